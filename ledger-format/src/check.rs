@@ -1,0 +1,63 @@
+//! The numbered verification checks of SPEC.md §7. Every refusal names one, so a message can be looked
+//! up in the spec and an independent implementation can match verdicts check by check.
+//!
+//! Owns: check identifiers and their one-line summaries. Must not contain verification logic.
+
+use serde::Serialize;
+use std::fmt;
+
+macro_rules! checks {
+    ($($id:ident => $summary:literal,)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        pub enum Check { $($id,)* }
+
+        impl Check {
+            pub const ALL: &'static [Check] = &[$(Check::$id,)*];
+
+            /// The identifier used in SPEC.md, messages and test vectors, e.g. `E4`.
+            pub fn id(self) -> &'static str {
+                match self { $(Check::$id => stringify!($id),)* }
+            }
+
+            /// What the check requires, as SPEC.md states it.
+            pub fn summary(self) -> &'static str {
+                match self { $(Check::$id => $summary,)* }
+            }
+        }
+    };
+}
+
+checks! {
+    T1 => "every path under trust/, environments/ and ledger/ is a regular file or a directory",
+    T2 => "every path under trust/, environments/ and ledger/ is UTF-8 and matches the layout",
+    T3 => "trust/policy.json exists",
+    D1 => "the document is no larger than its kind allows",
+    D2 => "the document is strict JSON",
+    D3 => "the document is in canonical file form",
+    D4 => "the envelope is exactly {payload, signatures}, signatures sorted and distinct",
+    D5 => "the payload matches the schema of the kind its path requires",
+    D6 => "the payload names the ledger of the policy",
+    S1 => "every signature by a key of the governing role verifies",
+    S2 => "every signature is by a key of the governing role",
+    S3 => "distinct verified keys meet the role's threshold",
+    P1 => "every key id is the key id of its public key",
+    P2 => "every role lists known keys once, with 1 <= threshold <= number of keys",
+    P3 => "the policy has not expired",
+    P4 => "the policy is signed by its root role",
+    N1 => "the environment spec is named after its environment, which the policy declares",
+    N2 => "every environment the policy declares has a spec",
+    N3 => "the environment spec's values are within their ranges",
+    N4 => "the environment spec is signed by the environment's role",
+    E1 => "entries live under an environment that the policy declares and that has a spec",
+    E2 => "the entry's env and seq match its path",
+    E3 => "an environment's entries are numbered 1..n without gaps",
+    E4 => "prev is the hash of the entry before (zero for seq 1)",
+    E5 => "the entry is signed by the environment's role",
+    E6 => "the environment's tip entry has not expired",
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}

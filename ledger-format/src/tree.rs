@@ -1,0 +1,360 @@
+//! Verification of one tree state (SPEC.md §7.2): the policy, every environment spec and every chain,
+//! judged against the policy the tree holds. Input is an in-memory [`Snapshot`] that a reader (work
+//! tree or Git tree) builds; output is a [`VerifiedTree`] or every problem found.
+//!
+//! Owns: the layout rules and the order of checks for a tree. Must not read files, Git or the clock;
+//! must not judge transitions between trees (that is the history verifier's job).
+
+use crate::check::Check;
+use crate::crypto::Blake3Digest;
+use crate::document::{DocError, Document, ForeignSignatures, Payload, SignedBy};
+use crate::time::Timestamp;
+use crate::types::{EnvName, Entry, Environment, LedgerId, Policy};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Path of the policy document.
+pub const POLICY_PATH: &str = "trust/policy.json";
+/// The directories whose whole content the format owns.
+pub const OWNED_DIRS: [&str; 3] = ["trust", "environments", "ledger"];
+
+/// What a reader found at a path. Readers stop reading a file past [`MAX_READ`] bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    File(Vec<u8>),
+    TooLarge { size: u64 },
+    Symlink,
+    /// Anything else that is not a directory: a submodule, a socket, a device.
+    Other(String),
+}
+
+/// The most a reader needs to load of any one file: one byte past the largest document limit.
+pub const MAX_READ: u64 = (1 << 20) + 1;
+
+/// Every non-directory node under the owned directories, by path bytes relative to the repository
+/// root with `/` separators (paths are bytes because Git and Unix names need not be UTF-8).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub nodes: BTreeMap<Vec<u8>, Node>,
+}
+
+impl Snapshot {
+    pub fn insert_file(&mut self, path: &str, bytes: Vec<u8>) {
+        self.nodes.insert(path.as_bytes().to_vec(), Node::File(bytes));
+    }
+}
+
+/// One refusal: which file, which check of SPEC.md, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub check: Check,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.path, self.check, self.reason)
+    }
+}
+
+/// A tree every check passed on.
+#[derive(Clone, Debug)]
+pub struct VerifiedTree {
+    pub policy: Document<Policy>,
+    pub environments: BTreeMap<EnvName, VerifiedEnv>,
+}
+
+#[derive(Clone, Debug)]
+pub struct VerifiedEnv {
+    pub spec: Document<Environment>,
+    /// Entries in seq order; the last one is the environment's target.
+    pub entries: Vec<VerifiedEntry>,
+}
+
+impl VerifiedEnv {
+    pub fn tip(&self) -> Option<&VerifiedEntry> {
+        self.entries.last()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct VerifiedEntry {
+    pub doc: Document<Entry>,
+    pub signed_by: SignedBy,
+}
+
+/// Where a path sits in the layout (SPEC.md §2).
+#[derive(Debug, PartialEq, Eq)]
+pub enum LayoutPath {
+    Policy,
+    Environment(EnvName),
+    Entry(EnvName, u64),
+}
+
+/// Parses a path against the layout: `trust/policy.json`, `environments/<env>.json`,
+/// `ledger/<env>/<seq>.json` with `seq` in canonical decimal (no sign, no leading zero).
+pub fn classify(path: &str) -> Option<LayoutPath> {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["trust", "policy.json"] => Some(LayoutPath::Policy),
+        ["environments", file] => file.strip_suffix(".json")?.parse().ok().map(LayoutPath::Environment),
+        ["ledger", env, file] => {
+            let digits = file.strip_suffix(".json")?;
+            let canonical = !digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+            let seq = digits.parse::<u64>().ok().filter(|_| canonical)?;
+            Some(LayoutPath::Entry(env.parse().ok()?, seq))
+        }
+        _ => None,
+    }
+}
+
+pub fn entry_path(env: &EnvName, seq: u64) -> String {
+    format!("ledger/{env}/{seq}.json")
+}
+
+pub fn environment_path(env: &EnvName) -> String {
+    format!("environments/{env}.json")
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: &str, check: Check, reason: impl Into<String>) {
+        self.0.push(Problem { path: path.to_owned(), check, reason: reason.into() });
+    }
+
+    fn doc(&mut self, path: &str, e: DocError) {
+        self.add(path, e.check, e.reason);
+    }
+}
+
+/// Parses a document and checks its ledger id (D1-D6).
+fn parse_in_ledger<T: Payload>(
+    node: &Node,
+    ledger: Option<&LedgerId>,
+    payload_ledger: fn(&T) -> &LedgerId,
+) -> Result<Document<T>, DocError> {
+    let bytes = match node {
+        Node::File(bytes) => bytes,
+        Node::TooLarge { size } => {
+            return Err(DocError::new(Check::D1, format!("{size} bytes, more than the {} bytes allowed", T::KIND.max_size())))
+        }
+        Node::Symlink | Node::Other(_) => unreachable!("classify_nodes passes regular files only"),
+    };
+    let doc = Document::<T>::parse(bytes)?;
+    if let Some(expected) = ledger {
+        let got = payload_ledger(&doc.payload);
+        if got != expected {
+            return Err(DocError::new(Check::D6, format!("payload names ledger {got:?}, the policy's ledger is {expected:?}")));
+        }
+    }
+    Ok(doc)
+}
+
+/// Verifies a whole tree (SPEC.md §7.2) against the policy it contains, at time `now`.
+/// Returns every problem found, in path order, when any check fails.
+pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTree, Vec<Problem>> {
+    let mut problems = Problems(Vec::new());
+
+    // T1, T2: sort every node into the layout.
+    let mut policy_node = None;
+    let mut spec_nodes: BTreeMap<EnvName, (String, &Node)> = BTreeMap::new();
+    let mut entry_nodes: BTreeMap<EnvName, BTreeMap<u64, (String, &Node)>> = BTreeMap::new();
+    for (raw, node) in &snapshot.nodes {
+        let Ok(path) = std::str::from_utf8(raw) else {
+            problems.add(&String::from_utf8_lossy(raw), Check::T2, "path is not valid UTF-8");
+            continue;
+        };
+        match node {
+            Node::Symlink => {
+                problems.add(path, Check::T1, "is a symbolic link");
+                continue;
+            }
+            Node::Other(what) => {
+                problems.add(path, Check::T1, format!("is a {what}, not a regular file"));
+                continue;
+            }
+            Node::File(_) | Node::TooLarge { .. } => {}
+        }
+        match classify(path) {
+            Some(LayoutPath::Policy) => policy_node = Some(node),
+            Some(LayoutPath::Environment(env)) => {
+                spec_nodes.insert(env, (path.to_owned(), node));
+            }
+            Some(LayoutPath::Entry(env, seq)) => {
+                entry_nodes.entry(env).or_default().insert(seq, (path.to_owned(), node));
+            }
+            None => problems.add(path, Check::T2, "does not match the layout (trust/policy.json, environments/<env>.json, ledger/<env>/<seq>.json)"),
+        }
+    }
+
+    // T3, D1-D6, P1-P4: without a trusted policy nothing else can be judged.
+    let Some(policy_node) = policy_node else {
+        problems.add(POLICY_PATH, Check::T3, "missing");
+        return Err(problems.0);
+    };
+    let policy = match parse_in_ledger::<Policy>(policy_node, None, |p| &p.ledger)
+        .and_then(|doc| check_policy(&doc, now).map(|_| doc))
+    {
+        Ok(doc) => doc,
+        Err(e) => {
+            problems.doc(POLICY_PATH, e);
+            return Err(problems.0);
+        }
+    };
+    let ledger = &policy.payload.ledger;
+
+    // N1-N4: environment specs.
+    let mut specs = BTreeMap::new();
+    for (env, (path, node)) in &spec_nodes {
+        let result = parse_in_ledger::<Environment>(node, Some(ledger), |e| &e.ledger)
+            .and_then(|doc| check_environment(&policy.payload, env, &doc).map(|_| doc));
+        match result {
+            Ok(doc) => {
+                specs.insert(env.clone(), doc);
+            }
+            Err(e) => problems.doc(path, e),
+        }
+    }
+    for env in policy.payload.environments.keys() {
+        if !spec_nodes.contains_key(env) {
+            problems.add(&environment_path(env), Check::N2, format!("environment {env} is declared in {POLICY_PATH} but has no spec"));
+        }
+    }
+
+    // E1-E6: chains.
+    let mut chains: BTreeMap<EnvName, Vec<VerifiedEntry>> = BTreeMap::new();
+    for (env, files) in &entry_nodes {
+        let Some(role) = policy.payload.env_role(env) else {
+            for (path, _) in files.values() {
+                problems.add(path, Check::E1, format!("environment {env} is not declared in {POLICY_PATH}"));
+            }
+            continue;
+        };
+        let mut chain = Vec::new();
+        let mut link = Link::Expect(Blake3Digest::ZERO);
+        for (index, (seq, (path, node))) in files.iter().enumerate() {
+            let expected_seq = index as u64 + 1;
+            if *seq != expected_seq && matches!(link, Link::Expect(_) | Link::Broken) {
+                problems.add(path, Check::E3, format!("gap in the chain: entry {expected_seq} of {env} is missing"));
+                link = Link::AfterGap;
+            }
+            let doc = match parse_in_ledger::<Entry>(node, Some(ledger), |e| &e.ledger) {
+                Ok(doc) => doc,
+                Err(e) => {
+                    problems.doc(path, e);
+                    link = Link::Broken;
+                    continue;
+                }
+            };
+            let checked = check_entry_position(&doc.payload, env, *seq, link)
+                .and_then(|()| doc.check_role(&policy.payload, role, ForeignSignatures::Refuse).map_err(|e| as_check(e, Check::E5)));
+            link = Link::Expect(doc.hash());
+            match checked {
+                Ok(signed_by) => chain.push(VerifiedEntry { doc, signed_by }),
+                Err(e) => problems.doc(path, e),
+            }
+        }
+        if let Some(tip) = chain.last().filter(|_| chain.len() == files.len()) {
+            if let Some(expires) = tip.doc.payload.expires_at.filter(|t| *t <= now) {
+                problems.add(&entry_path(env, tip.doc.payload.seq), Check::E6, format!("the tip entry expired at {expires}; nothing expired is acted on"));
+            }
+        }
+        chains.insert(env.clone(), chain);
+    }
+
+    if !problems.0.is_empty() {
+        problems.0.sort_by(|a, b| (a.path.as_str(), a.check).cmp(&(b.path.as_str(), b.check)));
+        return Err(problems.0);
+    }
+    let environments = specs
+        .into_iter()
+        .map(|(env, spec)| {
+            let entries = chains.remove(&env).unwrap_or_default();
+            (env, VerifiedEnv { spec, entries })
+        })
+        .collect();
+    Ok(VerifiedTree { policy, environments })
+}
+
+/// Signature failures of an entry or spec are reported under the document's own check (E5, N4), with
+/// the S-check that failed in the reason.
+fn as_check(e: DocError, check: Check) -> DocError {
+    DocError::new(check, format!("{} ({})", e.reason, e.check))
+}
+
+/// P1-P4 (SPEC.md §6.1) for a policy judged on its own.
+pub fn check_policy(doc: &Document<Policy>, now: Timestamp) -> Result<SignedBy, DocError> {
+    let p = &doc.payload;
+    if p.version < 1 {
+        return Err(DocError::new(Check::D5, "payload: version: must be at least 1"));
+    }
+    for (id, info) in &p.keys {
+        let actual = info.public_key.key_id();
+        if actual != *id {
+            return Err(DocError::new(Check::P1, format!("key {:?} is listed under id {id}, but its key id is {actual}", info.name.as_str())));
+        }
+    }
+    let roles = std::iter::once(("root".to_owned(), &p.root)).chain(p.environments.iter().map(|(env, r)| (format!("environment {env}"), r)));
+    for (what, role) in roles {
+        let mut seen = BTreeSet::new();
+        for id in &role.keys {
+            if !p.keys.contains_key(id) {
+                return Err(DocError::new(Check::P2, format!("{what} lists key {id}, which is not in keys")));
+            }
+            if !seen.insert(id) {
+                return Err(DocError::new(Check::P2, format!("{what} lists key {id} twice")));
+            }
+        }
+        if role.threshold < 1 || role.threshold > role.keys.len() as u64 {
+            return Err(DocError::new(Check::P2, format!("{what} has threshold {} with {} keys (need 1 <= threshold <= keys)", role.threshold, role.keys.len())));
+        }
+    }
+    if let Some(expires) = p.expires_at.filter(|t| *t <= now) {
+        return Err(DocError::new(Check::P3, format!("the policy expired at {expires}")));
+    }
+    doc.check_role(p, &p.root, ForeignSignatures::Skip).map_err(|e| as_check(e, Check::P4))
+}
+
+/// N1, N3, N4 (SPEC.md §6.2) for the spec found at `environments/<env>.json`.
+pub fn check_environment(policy: &Policy, env: &EnvName, doc: &Document<Environment>) -> Result<SignedBy, DocError> {
+    let spec = &doc.payload;
+    if spec.name != *env {
+        return Err(DocError::new(Check::N1, format!("spec names environment {}, but its file is for {env}", spec.name)));
+    }
+    let Some(role) = policy.env_role(env) else {
+        return Err(DocError::new(Check::N1, format!("environment {env} is not declared in {POLICY_PATH}")));
+    };
+    crate::ranges::check_environment_ranges(spec).map_err(|reason| DocError::new(Check::N3, reason))?;
+    doc.check_role(policy, role, ForeignSignatures::Refuse).map_err(|e| as_check(e, Check::N4))
+}
+
+/// What the `prev` of the next entry must be.
+#[derive(Clone, Copy)]
+enum Link {
+    Expect(Blake3Digest),
+    /// The entry before could not be read, so the link cannot be checked (and that is a problem).
+    Broken,
+    /// The entry before is missing and the gap was reported; the link is not judged again.
+    AfterGap,
+}
+
+/// E2, E4 (SPEC.md §6.3): the entry says where it is, and links to the entry before.
+fn check_entry_position(entry: &Entry, env: &EnvName, seq: u64, link: Link) -> Result<(), DocError> {
+    if entry.env != *env {
+        return Err(DocError::new(Check::E2, format!("entry is for environment {}, but it is filed under {env}", entry.env)));
+    }
+    if entry.seq != seq {
+        return Err(DocError::new(Check::E2, format!("entry has seq {}, but its file name says {seq}", entry.seq)));
+    }
+    match link {
+        Link::Expect(expected) if entry.prev != expected => {
+            let what = if seq == 1 { "the zero hash (first entry)".to_owned() } else { format!("the hash of entry {}", seq - 1) };
+            Err(DocError::new(Check::E4, format!("prev is {}, expected {what}: {expected}", entry.prev)))
+        }
+        Link::Expect(_) | Link::AfterGap => Ok(()),
+        Link::Broken => Err(DocError::new(Check::E4, format!("cannot check prev: entry {} of {env} is invalid", seq - 1))),
+    }
+}

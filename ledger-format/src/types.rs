@@ -1,0 +1,333 @@
+//! The payload schemas of the three document kinds (SPEC.md §6) and the small validated names they
+//! use. A value of these types can only hold what the spec allows: parsing is validation.
+//!
+//! Owns: field names, field types and per-field limits. Must not verify signatures or read files.
+
+use crate::crypto::{Blake3Digest, KeyId, PublicKey};
+use crate::time::Timestamp;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// A string newtype whose every value matched `$valid` on the way in.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $valid:expr, $rule:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                let valid: fn(&str) -> bool = $valid;
+                if valid(s) {
+                    Ok(Self(s.to_owned()))
+                } else {
+                    Err(format!("{} {:?} is invalid: {}", $what, s, $rule))
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fn is_slug(s: &str, max: usize) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= max
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+checked_string!(
+    /// An environment name; also a directory and file name in the repository, hence the tight rule.
+    EnvName, "environment name", |s| is_slug(s, 63),
+    "use 1-63 of a-z 0-9 '-', starting with a letter and not ending with '-'"
+);
+checked_string!(
+    /// An instance group name within an environment.
+    GroupName, "group name", |s| is_slug(s, 63),
+    "use 1-63 of a-z 0-9 '-', starting with a letter and not ending with '-'"
+);
+checked_string!(
+    /// The ledger's identity, bound into every signed payload so signatures cannot be replayed
+    /// into another ledger (SPEC.md §4.2).
+    LedgerId, "ledger id",
+    |s| !s.is_empty() && s.len() <= 128 && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'.' | b'_')),
+    "use 1-128 of a-z 0-9 '-' '.' '_', starting with a letter or digit"
+);
+checked_string!(
+    /// A release version label such as `1.4.2` or `2026.11.22-rc1`.
+    ReleaseVersion, "release version",
+    |s| !s.is_empty() && s.len() <= 64 && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'+')),
+    "use 1-64 of A-Z a-z 0-9 '.' '-' '_' '+', starting with a letter or digit"
+);
+checked_string!(
+    /// A human-readable key name (who holds the key), shown in verification output and audits.
+    KeyName, "key name",
+    |s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_graphic() || c == b' ')
+        && !s.starts_with(' ') && !s.ends_with(' '),
+    "use 1-64 printable ASCII characters without leading or trailing spaces"
+);
+checked_string!(
+    /// Where an artifact can be fetched: `file://`, `http://` or `https://` (SPEC.md §6.3).
+    ArtifactUri, "artifact uri",
+    |s| s.len() <= 2048
+        && ["file:///", "http://", "https://"].iter().any(|p| s.starts_with(p) && s.len() > p.len())
+        && s.bytes().all(|c| c.is_ascii_graphic()),
+    "use a file:///, http:// or https:// URL of at most 2048 printable ASCII characters without spaces"
+);
+checked_string!(
+    /// A provider's machine image id, such as an AMI id.
+    MachineImageId, "machine image id",
+    |s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/')),
+    "use 1-128 of A-Z a-z 0-9 '-' '_' '.' ':' '/'"
+);
+checked_string!(
+    /// An HTTP path for health checks.
+    HttpPath, "health check path",
+    |s| s.starts_with('/') && s.len() <= 256 && s.bytes().all(|c| c.is_ascii_graphic()),
+    "use an absolute path of at most 256 printable ASCII characters"
+);
+
+/// A payload kind's `type` member: a unit value that only deserializes from its one spelling.
+macro_rules! type_tag {
+    ($name:ident, $value:literal) => {
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name;
+
+        impl $name {
+            pub const VALUE: &'static str = $value;
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str($value)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                if s == $value {
+                    Ok($name)
+                } else {
+                    Err(serde::de::Error::custom(format!("type is {s:?}, expected {:?}", $value)))
+                }
+            }
+        }
+    };
+}
+
+type_tag!(PolicyType, "stele.policy/v1");
+type_tag!(EnvironmentType, "stele.environment/v1");
+type_tag!(EntryType, "stele.entry/v1");
+
+/// The trust policy, `trust/policy.json` (SPEC.md §6.1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(rename = "type")]
+    pub payload_type: PolicyType,
+    pub ledger: LedgerId,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    pub keys: BTreeMap<KeyId, KeyInfo>,
+    pub root: Role,
+    pub environments: BTreeMap<EnvName, Role>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInfo {
+    pub name: KeyName,
+    pub public_key: PublicKey,
+}
+
+/// Who may sign for something, and how many distinct keys must.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    pub keys: Vec<KeyId>,
+    pub threshold: u64,
+}
+
+impl Policy {
+    /// The role that signs documents of `env` (entries and the environment spec).
+    pub fn env_role(&self, env: &EnvName) -> Option<&Role> {
+        self.environments.get(env)
+    }
+
+    pub fn key_name(&self, id: &KeyId) -> Option<&KeyName> {
+        self.keys.get(id).map(|k| &k.name)
+    }
+}
+
+/// An environment spec, `environments/<env>.json` (SPEC.md §6.2): where and how the environment's
+/// target runs. Signed by the environment's role.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    #[serde(rename = "type")]
+    pub payload_type: EnvironmentType,
+    pub ledger: LedgerId,
+    pub name: EnvName,
+    pub version: u64,
+    pub provider: Provider,
+    pub groups: Vec<Group>,
+    pub strategy: Strategy,
+    pub health: HealthCheck,
+    pub drift: DriftMode,
+    pub revert: RevertPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instance_age_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Provider {
+    /// Processes on the agent's host, started from the verified image directory.
+    Local {},
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: GroupName,
+    pub capacity: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Strategy {
+    Rolling { max_surge: u64, max_unavailable: u64, min_ready_seconds: u64 },
+    BlueGreen { grace_seconds: u64 },
+    Canary { steps: Vec<CanaryStep> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStep {
+    /// Percentage of traffic sent to the new generation during this step, 1..=100.
+    pub weight: u64,
+    pub pause_seconds: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HealthCheck {
+    Http { path: HttpPath, interval_ms: u64, timeout_ms: u64, healthy_threshold: u64, deadline_seconds: u64 },
+    Tcp { interval_ms: u64, timeout_ms: u64, healthy_threshold: u64, deadline_seconds: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftMode {
+    Correct,
+    Report,
+}
+
+/// What a `git revert` of a promotion may do in this environment (SPEC.md §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevertPolicy {
+    Allow,
+    Signed,
+    Deny,
+}
+
+/// A release entry, `ledger/<env>/<seq>.json` (SPEC.md §6.3): "environment E runs image I".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    #[serde(rename = "type")]
+    pub payload_type: EntryType,
+    pub ledger: LedgerId,
+    pub env: EnvName,
+    pub seq: u64,
+    pub prev: Blake3Digest,
+    pub version: ReleaseVersion,
+    pub image: Image,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Image {
+    /// A file the agent fetches, hashes while streaming, and refuses unless digest and size match.
+    Artifact { uri: ArtifactUri, blake3: Blake3Digest, size: u64 },
+    /// A provider image (an AMI id) with the digest its bake pipeline recorded.
+    MachineImage { id: MachineImageId, blake3: Blake3Digest },
+}
+
+impl Image {
+    pub fn digest(&self) -> &Blake3Digest {
+        match self {
+            Image::Artifact { blake3, .. } | Image::MachineImage { blake3, .. } => blake3,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_have_one_tight_rule() {
+        for ok in ["a", "prod", "eu-west-1", "a1"] {
+            assert!(ok.parse::<EnvName>().is_ok(), "{ok}");
+        }
+        for bad in ["", "Prod", "1a", "a-", "a_b", "..", "a/b", "é", &"a".repeat(64)] {
+            assert!(bad.parse::<EnvName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn artifact_uris_need_a_known_scheme() {
+        assert!("file:///srv/app.tar".parse::<ArtifactUri>().is_ok());
+        assert!("https://example.com/app.tar".parse::<ArtifactUri>().is_ok());
+        for bad in ["/srv/app.tar", "ftp://x/y", "https://", "https://a b"] {
+            assert!(bad.parse::<ArtifactUri>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tagged_enums_refuse_unknown_members() {
+        let ok = serde_json::json!({"kind": "rolling", "max_surge": 1, "max_unavailable": 0, "min_ready_seconds": 0});
+        assert!(serde_json::from_value::<Strategy>(ok).is_ok());
+        let extra = serde_json::json!({"kind": "rolling", "max_surge": 1, "max_unavailable": 0, "min_ready_seconds": 0, "x": 1});
+        assert!(serde_json::from_value::<Strategy>(extra).is_err());
+        let local_extra = serde_json::json!({"kind": "local", "x": 1});
+        assert!(serde_json::from_value::<Provider>(local_extra).is_err());
+    }
+}
