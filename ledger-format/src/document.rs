@@ -140,7 +140,11 @@ impl<T: Payload> Document<T> {
         if bytes.len() > kind.max_size() {
             return Err(DocError::new(
                 Check::D1,
-                format!("{} bytes, more than the {} bytes allowed for a {kind:?} document", bytes.len(), kind.max_size()),
+                format!(
+                    "{} bytes, more than the {} bytes allowed for a {kind:?} document",
+                    bytes.len(),
+                    kind.max_size()
+                ),
             ));
         }
         let value = json::parse_strict(bytes).map_err(|e| DocError::new(Check::D2, e.to_string()))?;
@@ -155,7 +159,11 @@ impl<T: Payload> Document<T> {
         let raw: RawEnvelope =
             serde_json::from_value(value).map_err(|e| DocError::new(Check::D4, format!("envelope: {e}")))?;
         if let Some(w) = raw.signatures.windows(2).find(|w| w[0] >= w[1]) {
-            let reason = if w[0] == w[1] { "the same signature appears twice" } else { "signatures are not sorted by keyid, then sig" };
+            let reason = if w[0] == w[1] {
+                "the same signature appears twice"
+            } else {
+                "signatures are not sorted by keyid, then sig"
+            };
             return Err(DocError::new(Check::D4, reason));
         }
         let body = to_jcs(&raw.payload).expect("strictly parsed values render");
@@ -202,12 +210,7 @@ impl<T> Document<T> {
     /// `foreign` says what to do with signatures by keys outside the role: [`ForeignSignatures::Refuse`]
     /// for entries and environment specs; [`ForeignSignatures::Skip`] only for a policy, whose
     /// signatures by the previous root are checked against the previous policy (SPEC.md §6.1).
-    pub fn check_role(
-        &self,
-        policy: &Policy,
-        role: &Role,
-        foreign: ForeignSignatures,
-    ) -> Result<SignedBy, DocError> {
+    pub fn check_role(&self, policy: &Policy, role: &Role, foreign: ForeignSignatures) -> Result<SignedBy, DocError> {
         let members: BTreeSet<&KeyId> = role.keys.iter().collect();
         let mut verified: BTreeMap<[u8; 32], KeyId> = BTreeMap::new();
         let mut repeats = Vec::new();
@@ -217,7 +220,10 @@ impl<T> Document<T> {
                 match foreign {
                     ForeignSignatures::Skip => continue,
                     ForeignSignatures::Refuse => {
-                        return Err(DocError::new(Check::S2, format!("signature by key {} which this role does not authorise", s.keyid)))
+                        return Err(DocError::new(
+                            Check::S2,
+                            format!("signature by key {} which this role does not authorise", s.keyid),
+                        ))
                     }
                 }
             };
@@ -228,7 +234,10 @@ impl<T> Document<T> {
                     }
                 }
                 Err(CryptoError::BadSignature) => {
-                    return Err(DocError::new(Check::S1, format!("signature by {} ({}) does not verify", info.name, s.keyid)))
+                    return Err(DocError::new(
+                        Check::S1,
+                        format!("signature by {} ({}) does not verify", info.name, s.keyid),
+                    ))
                 }
                 Err(e) => return Err(DocError::new(Check::S1, format!("key {}: {e}", s.keyid))),
             }

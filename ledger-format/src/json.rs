@@ -449,7 +449,10 @@ mod tests {
     #[test]
     fn jcs_sorts_members_and_escapes_like_rfc_8785() {
         let v = parse_strict(r#"{"b":"\u0041\n\u001f\u00e9","a":[true,false,{}],"A":[]}"#.as_bytes()).unwrap();
-        assert_eq!(String::from_utf8(to_jcs(&v).unwrap()).unwrap(), "{\"A\":[],\"a\":[true,false,{}],\"b\":\"A\\n\\u001fé\"}");
+        assert_eq!(
+            String::from_utf8(to_jcs(&v).unwrap()).unwrap(),
+            "{\"A\":[],\"a\":[true,false,{}],\"b\":\"A\\n\\u001fé\"}"
+        );
     }
 
     #[test]

@@ -46,7 +46,11 @@ pub fn check_environment_ranges(spec: &Environment) -> Result<(), String> {
             let mut last = 0;
             for (i, step) in steps.iter().enumerate() {
                 if step.weight <= last || step.weight > 100 {
-                    return Err(format!("canary: step {} has weight {}; weights must rise strictly within 1..=100", i + 1, step.weight));
+                    return Err(format!(
+                        "canary: step {} has weight {}; weights must rise strictly within 1..=100",
+                        i + 1,
+                        step.weight
+                    ));
                 }
                 last = step.weight;
                 check_wait(&format!("canary: step {} pause_seconds", i + 1), step.pause_seconds)?;

@@ -60,7 +60,14 @@ impl FromStr for Timestamp {
     fn from_str(s: &str) -> Result<Self, String> {
         let err = || format!("timestamp {s:?} is not of the form YYYY-MM-DDTHH:MM:SSZ (UTC, whole seconds)");
         let b = s.as_bytes();
-        if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
+        if b.len() != 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'Z'
+        {
             return Err(err());
         }
         let num = |r: std::ops::Range<usize>| -> Result<i64, String> {

@@ -9,7 +9,7 @@ use crate::check::Check;
 use crate::crypto::Blake3Digest;
 use crate::document::{DocError, Document, ForeignSignatures, Payload, SignedBy};
 use crate::time::Timestamp;
-use crate::types::{EnvName, Entry, Environment, LedgerId, Policy};
+use crate::types::{Entry, EnvName, Environment, LedgerId, Policy};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -23,7 +23,9 @@ pub const OWNED_DIRS: [&str; 3] = ["trust", "environments", "ledger"];
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
     File(Vec<u8>),
-    TooLarge { size: u64 },
+    TooLarge {
+        size: u64,
+    },
     Symlink,
     /// Anything else that is not a directory: a submodule, a socket, a device.
     Other(String),
@@ -102,7 +104,10 @@ pub fn classify(path: &str) -> Option<LayoutPath> {
         ["environments", file] => file.strip_suffix(".json")?.parse().ok().map(LayoutPath::Environment),
         ["ledger", env, file] => {
             let digits = file.strip_suffix(".json")?;
-            let canonical = !digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+            let canonical = !digits.is_empty()
+                && digits.len() <= 15
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && !digits.starts_with('0');
             let seq = digits.parse::<u64>().ok().filter(|_| canonical)?;
             Some(LayoutPath::Entry(env.parse().ok()?, seq))
         }
@@ -139,7 +144,10 @@ fn parse_in_ledger<T: Payload>(
     let bytes = match node {
         Node::File(bytes) => bytes,
         Node::TooLarge { size } => {
-            return Err(DocError::new(Check::D1, format!("{size} bytes, more than the {} bytes allowed", T::KIND.max_size())))
+            return Err(DocError::new(
+                Check::D1,
+                format!("{size} bytes, more than the {} bytes allowed", T::KIND.max_size()),
+            ))
         }
         Node::Symlink | Node::Other(_) => unreachable!("classify_nodes passes regular files only"),
     };
@@ -147,7 +155,10 @@ fn parse_in_ledger<T: Payload>(
     if let Some(expected) = ledger {
         let got = payload_ledger(&doc.payload);
         if got != expected {
-            return Err(DocError::new(Check::D6, format!("payload names ledger {got:?}, the policy's ledger is {expected:?}")));
+            return Err(DocError::new(
+                Check::D6,
+                format!("payload names ledger {got:?}, the policy's ledger is {expected:?}"),
+            ));
         }
     }
     Ok(doc)
@@ -186,7 +197,11 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
             Some(LayoutPath::Entry(env, seq)) => {
                 entry_nodes.entry(env).or_default().insert(seq, (path.to_owned(), node));
             }
-            None => problems.add(path, Check::T2, "does not match the layout (trust/policy.json, environments/<env>.json, ledger/<env>/<seq>.json)"),
+            None => problems.add(
+                path,
+                Check::T2,
+                "does not match the layout (trust/policy.json, environments/<env>.json, ledger/<env>/<seq>.json)",
+            ),
         }
     }
 
@@ -220,7 +235,11 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
     }
     for env in policy.payload.environments.keys() {
         if !spec_nodes.contains_key(env) {
-            problems.add(&environment_path(env), Check::N2, format!("environment {env} is declared in {POLICY_PATH} but has no spec"));
+            problems.add(
+                &environment_path(env),
+                Check::N2,
+                format!("environment {env} is declared in {POLICY_PATH} but has no spec"),
+            );
         }
     }
 
@@ -249,8 +268,9 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
                     continue;
                 }
             };
-            let checked = check_entry_position(&doc.payload, env, *seq, link)
-                .and_then(|()| doc.check_role(&policy.payload, role, ForeignSignatures::Refuse).map_err(|e| as_check(e, Check::E5)));
+            let checked = check_entry_position(&doc.payload, env, *seq, link).and_then(|()| {
+                doc.check_role(&policy.payload, role, ForeignSignatures::Refuse).map_err(|e| as_check(e, Check::E5))
+            });
             link = Link::Expect(doc.hash());
             match checked {
                 Ok(signed_by) => chain.push(VerifiedEntry { doc, signed_by }),
@@ -259,7 +279,11 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
         }
         if let Some(tip) = chain.last().filter(|_| chain.len() == files.len()) {
             if let Some(expires) = tip.doc.payload.expires_at.filter(|t| *t <= now) {
-                problems.add(&entry_path(env, tip.doc.payload.seq), Check::E6, format!("the tip entry expired at {expires}; nothing expired is acted on"));
+                problems.add(
+                    &entry_path(env, tip.doc.payload.seq),
+                    Check::E6,
+                    format!("the tip entry expired at {expires}; nothing expired is acted on"),
+                );
             }
         }
         chains.insert(env.clone(), chain);
@@ -294,10 +318,14 @@ pub fn check_policy(doc: &Document<Policy>, now: Timestamp) -> Result<SignedBy, 
     for (id, info) in &p.keys {
         let actual = info.public_key.key_id();
         if actual != *id {
-            return Err(DocError::new(Check::P1, format!("key {:?} is listed under id {id}, but its key id is {actual}", info.name.as_str())));
+            return Err(DocError::new(
+                Check::P1,
+                format!("key {:?} is listed under id {id}, but its key id is {actual}", info.name.as_str()),
+            ));
         }
     }
-    let roles = std::iter::once(("root".to_owned(), &p.root)).chain(p.environments.iter().map(|(env, r)| (format!("environment {env}"), r)));
+    let roles = std::iter::once(("root".to_owned(), &p.root))
+        .chain(p.environments.iter().map(|(env, r)| (format!("environment {env}"), r)));
     for (what, role) in roles {
         let mut seen = BTreeSet::new();
         for id in &role.keys {
@@ -309,7 +337,14 @@ pub fn check_policy(doc: &Document<Policy>, now: Timestamp) -> Result<SignedBy, 
             }
         }
         if role.threshold < 1 || role.threshold > role.keys.len() as u64 {
-            return Err(DocError::new(Check::P2, format!("{what} has threshold {} with {} keys (need 1 <= threshold <= keys)", role.threshold, role.keys.len())));
+            return Err(DocError::new(
+                Check::P2,
+                format!(
+                    "{what} has threshold {} with {} keys (need 1 <= threshold <= keys)",
+                    role.threshold,
+                    role.keys.len()
+                ),
+            ));
         }
     }
     if let Some(expires) = p.expires_at.filter(|t| *t <= now) {
@@ -322,7 +357,10 @@ pub fn check_policy(doc: &Document<Policy>, now: Timestamp) -> Result<SignedBy, 
 pub fn check_environment(policy: &Policy, env: &EnvName, doc: &Document<Environment>) -> Result<SignedBy, DocError> {
     let spec = &doc.payload;
     if spec.name != *env {
-        return Err(DocError::new(Check::N1, format!("spec names environment {}, but its file is for {env}", spec.name)));
+        return Err(DocError::new(
+            Check::N1,
+            format!("spec names environment {}, but its file is for {env}", spec.name),
+        ));
     }
     let Some(role) = policy.env_role(env) else {
         return Err(DocError::new(Check::N1, format!("environment {env} is not declared in {POLICY_PATH}")));
@@ -344,17 +382,26 @@ enum Link {
 /// E2, E4 (SPEC.md §6.3): the entry says where it is, and links to the entry before.
 fn check_entry_position(entry: &Entry, env: &EnvName, seq: u64, link: Link) -> Result<(), DocError> {
     if entry.env != *env {
-        return Err(DocError::new(Check::E2, format!("entry is for environment {}, but it is filed under {env}", entry.env)));
+        return Err(DocError::new(
+            Check::E2,
+            format!("entry is for environment {}, but it is filed under {env}", entry.env),
+        ));
     }
     if entry.seq != seq {
         return Err(DocError::new(Check::E2, format!("entry has seq {}, but its file name says {seq}", entry.seq)));
     }
     match link {
         Link::Expect(expected) if entry.prev != expected => {
-            let what = if seq == 1 { "the zero hash (first entry)".to_owned() } else { format!("the hash of entry {}", seq - 1) };
+            let what = if seq == 1 {
+                "the zero hash (first entry)".to_owned()
+            } else {
+                format!("the hash of entry {}", seq - 1)
+            };
             Err(DocError::new(Check::E4, format!("prev is {}, expected {what}: {expected}", entry.prev)))
         }
         Link::Expect(_) | Link::AfterGap => Ok(()),
-        Link::Broken => Err(DocError::new(Check::E4, format!("cannot check prev: entry {} of {env} is invalid", seq - 1))),
+        Link::Broken => {
+            Err(DocError::new(Check::E4, format!("cannot check prev: entry {} of {env} is invalid", seq - 1)))
+        }
     }
 }
