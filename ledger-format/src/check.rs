@@ -52,7 +52,7 @@ checks! {
     E2 => "the entry's env and seq match its path",
     E3 => "an environment's entries are numbered 1..n without gaps",
     E4 => "prev is the hash of the entry before (zero for seq 1)",
-    E5 => "the entry is signed by the environment's role",
+    E5 => "the tip entry is signed by the environment's role; signatures on earlier entries by listed keys verify",
     E6 => "the environment's tip entry has not expired",
 }
 

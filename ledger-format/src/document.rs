@@ -151,10 +151,7 @@ impl<T: Payload> Document<T> {
         let canonical = to_file_form(&value).expect("strictly parsed values render");
         if canonical != bytes {
             let at = canonical.iter().zip(bytes).position(|(a, b)| a != b).unwrap_or(canonical.len().min(bytes.len()));
-            return Err(DocError::new(
-                Check::D3,
-                format!("not in canonical form (first difference at byte {at}; `stele fmt` rewrites it, which invalidates no signature)"),
-            ));
+            return Err(DocError::new(Check::D3, format!("not in canonical form (first difference at byte {at})")));
         }
         let raw: RawEnvelope =
             serde_json::from_value(value).map_err(|e| DocError::new(Check::D4, format!("envelope: {e}")))?;

@@ -1,0 +1,200 @@
+//! Key files. Stele keys are ordinary OpenSSH Ed25519 keys (`FILE` and `FILE.pub`), so one key signs
+//! ledger documents and, through git's `gpg.format=ssh`, revert commits; `ssh-keygen -t ed25519` keys
+//! work as they are.
+//!
+//! Owns: reading and writing key files. Must not decide what a key is authorised for (that is the
+//! policy's job, in `ledger-format`).
+
+use ledger_format::types::KeyName;
+use ledger_format::{KeyId, PublicKey, SecretKey};
+use rand_core::{OsRng, RngCore};
+use ssh_key::private::{Ed25519Keypair, KeypairData};
+use ssh_key::{LineEnding, PrivateKey};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: cannot read key file: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not an OpenSSH key file: {reason}")]
+    Format { path: PathBuf, reason: String },
+    #[error("{path}: is a {algorithm} key; Stele uses Ed25519 keys only")]
+    NotEd25519 { path: PathBuf, algorithm: String },
+    #[error("{path}: the key is passphrase-protected; Stele reads unencrypted keys only (keep them on an encrypted volume or a hardware token, or remove the passphrase with `ssh-keygen -p`)")]
+    Encrypted { path: PathBuf },
+    #[error("{path}: public key refused: {reason}")]
+    Weak { path: PathBuf, reason: String },
+    #[error("{path}: already exists; refusing to overwrite a key (pass --force to replace it)")]
+    Exists { path: PathBuf },
+    #[error("{path}: cannot write key file: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// A secret key loaded from a file, with the name to show for it.
+pub struct LoadedSecret {
+    pub key: SecretKey,
+    pub comment: String,
+}
+
+impl LoadedSecret {
+    pub fn key_id(&self) -> KeyId {
+        self.key.public_key().key_id()
+    }
+}
+
+/// A public key loaded from a `.pub` file (or derived from a secret key file).
+pub struct LoadedPublic {
+    pub key: PublicKey,
+    pub comment: String,
+}
+
+/// The public key file written beside a secret key file.
+pub fn public_path(secret: &Path) -> PathBuf {
+    let mut s = secret.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+/// Generates a key and writes `out` (mode 0600) and `out.pub`. Refuses to overwrite unless `force`.
+pub fn generate(out: &Path, comment: &str, force: bool) -> Result<LoadedSecret, KeyError> {
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let keypair = Ed25519Keypair::from_seed(&seed);
+    let private = PrivateKey::new(KeypairData::Ed25519(keypair), comment)
+        .map_err(|e| KeyError::Format { path: out.to_owned(), reason: e.to_string() })?;
+    let secret_text = private
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| KeyError::Format { path: out.to_owned(), reason: e.to_string() })?;
+    let public_text = private
+        .public_key()
+        .to_openssh()
+        .map_err(|e| KeyError::Format { path: out.to_owned(), reason: e.to_string() })?;
+    let pub_path = public_path(out);
+    if !force {
+        for p in [out, pub_path.as_path()] {
+            if p.symlink_metadata().is_ok() {
+                return Err(KeyError::Exists { path: p.to_owned() });
+            }
+        }
+    }
+    write_new(out, secret_text.as_bytes(), 0o600, force)?;
+    write_new(&pub_path, format!("{public_text}\n").as_bytes(), 0o644, force)?;
+    Ok(LoadedSecret { key: SecretKey::from_seed(&seed), comment: comment.to_owned() })
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<(), KeyError> {
+    let err = |source| KeyError::Write { path: path.to_owned(), source };
+    if replace {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    // create_new: never follow a planted symlink or truncate someone else's file; mode applies at creation.
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+/// Loads an unencrypted OpenSSH Ed25519 secret key.
+pub fn load_secret(path: &Path) -> Result<LoadedSecret, KeyError> {
+    let text = read_small(path)?;
+    let private = PrivateKey::from_openssh(&text).map_err(|e| KeyError::Format {
+        path: path.to_owned(),
+        reason: format!("{e} (expected a file from `stele key generate` or `ssh-keygen -t ed25519`)"),
+    })?;
+    if private.is_encrypted() {
+        return Err(KeyError::Encrypted { path: path.to_owned() });
+    }
+    let KeypairData::Ed25519(pair) = private.key_data() else {
+        return Err(KeyError::NotEd25519 { path: path.to_owned(), algorithm: private.algorithm().to_string() });
+    };
+    let key = SecretKey::from_seed(&pair.private.to_bytes());
+    if key.public_key().to_bytes() != pair.public.0 {
+        return Err(KeyError::Format { path: path.to_owned(), reason: "public half does not match the secret key".into() });
+    }
+    Ok(LoadedSecret { key, comment: private.comment().to_owned() })
+}
+
+/// Loads a public key from an OpenSSH `.pub` line, or from a secret key file.
+pub fn load_public(path: &Path) -> Result<LoadedPublic, KeyError> {
+    let text = read_small(path)?;
+    if text.trim_start().starts_with("-----BEGIN") {
+        let secret = load_secret(path)?;
+        return Ok(LoadedPublic { key: secret.key.public_key(), comment: secret.comment });
+    }
+    let public = ssh_key::PublicKey::from_openssh(text.trim())
+        .map_err(|e| KeyError::Format { path: path.to_owned(), reason: e.to_string() })?;
+    let Some(ed) = public.key_data().ed25519() else {
+        return Err(KeyError::NotEd25519 { path: path.to_owned(), algorithm: public.algorithm().to_string() });
+    };
+    let key = PublicKey::from_bytes(&ed.0).map_err(|e| KeyError::Weak { path: path.to_owned(), reason: e.to_string() })?;
+    Ok(LoadedPublic { key, comment: public.comment().to_owned() })
+}
+
+fn read_small(path: &Path) -> Result<String, KeyError> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+    let mut text = String::new();
+    f.take(64 << 10).read_to_string(&mut text).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+    Ok(text)
+}
+
+/// The name recorded for a key in the policy: the key's comment when it is a valid name, else the
+/// file name without extension.
+pub fn default_name(comment: &str, path: &Path) -> Option<KeyName> {
+    comment.parse().ok().or_else(|| {
+        let stem = path.file_name()?.to_str()?;
+        stem.trim_end_matches(".pub").trim_end_matches(".key").parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_keys_load_back_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alice.key");
+        let made = generate(&path, "alice", false).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let secret = load_secret(&path).unwrap();
+        let public = load_public(&public_path(&path)).unwrap();
+        assert_eq!(secret.key_id(), made.key_id());
+        assert_eq!(public.key.key_id(), made.key_id());
+        assert_eq!(public.comment, "alice");
+        assert!(matches!(generate(&path, "alice", false), Err(KeyError::Exists { .. })));
+    }
+
+    #[test]
+    fn ssh_keygen_keys_are_stele_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "bob", "-f"])
+            .arg(&path)
+            .status()
+            .expect("ssh-keygen (openssh-client) is needed for this test");
+        assert!(status.success());
+        let secret = load_secret(&path).unwrap();
+        let public = load_public(&public_path(&path)).unwrap();
+        assert_eq!(secret.key_id(), public.key.key_id());
+        assert_eq!(secret.comment, "bob");
+    }
+
+    #[test]
+    fn non_key_files_are_refused_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk");
+        std::fs::write(&path, "hello").unwrap();
+        let err = load_secret(&path).err().unwrap().to_string();
+        assert!(err.contains("junk") && err.contains("not an OpenSSH key file"), "{err}");
+    }
+}
