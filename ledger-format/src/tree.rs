@@ -9,7 +9,7 @@ use crate::check::Check;
 use crate::crypto::Blake3Digest;
 use crate::document::{DocError, Document, ForeignSignatures, Payload, SignedBy};
 use crate::time::Timestamp;
-use crate::types::{Entry, EnvName, Environment, LedgerId, Policy};
+use crate::types::{Entry, EnvName, Environment, LedgerId, Policy, Role};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
