@@ -48,7 +48,7 @@ checks! {
     N2 => "every environment the policy declares has a spec",
     N3 => "the environment spec's values are within their ranges",
     N4 => "the environment spec is signed by the environment's role",
-    E1 => "entries live under an environment that the policy declares and that has a spec",
+    E1 => "entries live under an environment that the policy declares",
     E2 => "the entry's env and seq match its path",
     E3 => "an environment's entries are numbered 1..n without gaps",
     E4 => "prev is the hash of the entry before (zero for seq 1)",

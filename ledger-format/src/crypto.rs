@@ -86,7 +86,7 @@ hex32_type!(
 );
 
 impl Blake3Digest {
-    /// The `prev` of the first entry in a chain (SPEC.md §6.2).
+    /// The `prev` of the first entry in a chain (SPEC.md §6.3).
     pub const ZERO: Blake3Digest = Blake3Digest([0; 32]);
 }
 
@@ -112,6 +112,11 @@ pub struct PublicKey(VerifyingKey);
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, CryptoError> {
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::InvalidPublicKey)?;
+        // One spelling per key: refuse encodings with y >= p, which decode to a point whose canonical
+        // encoding differs (they would give one key two key ids).
+        if key.to_edwards().compress().to_bytes() != *bytes {
+            return Err(CryptoError::InvalidPublicKey);
+        }
         if key.is_weak() {
             return Err(CryptoError::WeakPublicKey);
         }
@@ -223,6 +228,15 @@ mod tests {
         assert!(lower.parse::<KeyId>().is_ok());
         assert!("AB".repeat(32).parse::<KeyId>().is_err());
         assert!("ab".repeat(31).parse::<KeyId>().is_err());
+    }
+
+    #[test]
+    fn non_canonical_public_key_encodings_are_refused() {
+        // y = p (2^255 - 19) encodes the same point as y = 0, non-canonically.
+        let mut y_is_p = [0xffu8; 32];
+        y_is_p[0] = 0xed;
+        y_is_p[31] = 0x7f;
+        assert!(PublicKey::from_bytes(&y_is_p).is_err());
     }
 
     #[test]

@@ -133,6 +133,12 @@ impl Problems {
     fn doc(&mut self, path: &str, e: DocError) {
         self.add(path, e.check, e.reason);
     }
+
+    /// Problems in path order, then check order (SPEC.md §7.2).
+    fn sorted(mut self) -> Vec<Problem> {
+        self.0.sort_by(|a, b| (a.path.as_str(), a.check).cmp(&(b.path.as_str(), b.check)));
+        self.0
+    }
 }
 
 /// Parses a document and checks its ledger id (D1-D6).
@@ -208,7 +214,7 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
     // T3, D1-D6, P1-P4: without a trusted policy nothing else can be judged.
     let Some(policy_node) = policy_node else {
         problems.add(POLICY_PATH, Check::T3, "missing");
-        return Err(problems.0);
+        return Err(problems.sorted());
     };
     let policy = match parse_in_ledger::<Policy>(policy_node, None, |p| &p.ledger)
         .and_then(|doc| check_policy(&doc, now).map(|_| doc))
@@ -216,7 +222,7 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
         Ok(doc) => doc,
         Err(e) => {
             problems.doc(POLICY_PATH, e);
-            return Err(problems.0);
+            return Err(problems.sorted());
         }
     };
     let ledger = &policy.payload.ledger;
@@ -255,12 +261,18 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
         };
         let mut chain = Vec::new();
         let mut link = Link::Expect(Blake3Digest::ZERO);
+        let mut previous_seq = 0;
         for (index, (seq, (path, node))) in files.iter().enumerate() {
-            let expected_seq = index as u64 + 1;
-            if *seq != expected_seq && matches!(link, Link::Expect(_) | Link::Broken) {
-                problems.add(path, Check::E3, format!("gap in the chain: entry {expected_seq} of {env} is missing"));
+            if *seq != previous_seq + 1 {
+                let missing = if *seq == previous_seq + 2 {
+                    format!("entry {} of {env} is missing", previous_seq + 1)
+                } else {
+                    format!("entries {}..={} of {env} are missing", previous_seq + 1, seq - 1)
+                };
+                problems.add(path, Check::E3, format!("gap in the chain: {missing}"));
                 link = Link::AfterGap;
             }
+            previous_seq = *seq;
             let doc = match parse_in_ledger::<Entry>(node, Some(ledger), |e| &e.ledger) {
                 Ok(doc) => doc,
                 Err(e) => {
@@ -297,8 +309,7 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
     }
 
     if !problems.0.is_empty() {
-        problems.0.sort_by(|a, b| (a.path.as_str(), a.check).cmp(&(b.path.as_str(), b.check)));
-        return Err(problems.0);
+        return Err(problems.sorted());
     }
     let environments = specs
         .into_iter()

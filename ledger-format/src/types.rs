@@ -97,7 +97,7 @@ checked_string!(
     "use 1-64 printable ASCII characters without leading or trailing spaces"
 );
 checked_string!(
-    /// Where an artifact can be fetched: `file://`, `http://` or `https://` (SPEC.md §6.3).
+    /// Where an artifact can be fetched: `file:///` (absolute path), `http://` or `https://` (SPEC.md §6.3).
     ArtifactUri, "artifact uri",
     |s| s.len() <= 2048
         && ["file:///", "http://", "https://"].iter().any(|p| s.starts_with(p) && s.len() > p.len())

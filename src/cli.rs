@@ -1,0 +1,240 @@
+//! The command line, as clap types. This interface is a contract that the README and the tests use.
+//!
+//! Owns: argument names, defaults and help text. Must not do any work: `commands` does.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stele",
+    version,
+    about = "Signed release ledger and pull-based GitOps reconciler for immutable infrastructure",
+    long_about = "Stele keeps an append-only, signed ledger of releases in a Git repository: which image \
+                  (by BLAKE3 digest) each environment runs. Every document is signed with Ed25519 by keys \
+                  that a signed trust policy authorises. See ledger-format/SPEC.md for the format.",
+    after_help = "Exit codes: 0 ok, 1 verification failed, 2 usage error, 3 refused (nothing written), 4 I/O or Git failure."
+)]
+pub struct Cli {
+    /// The ledger repository: any directory inside its work tree.
+    #[arg(long, global = true, default_value = ".", env = "STELE_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate and inspect signing keys (OpenSSH Ed25519 key files).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Create a ledger: a Git repository with a signed policy and environment specs.
+    Init(InitArgs),
+    /// Change the trust policy: signers, thresholds, environments, root keys.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Build and hash image artifacts.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Promote a version: append a signed entry to an environment's chain and commit it.
+    Release(ReleaseArgs),
+    /// Co-sign a document (by default an environment's tip entry) and commit the signature.
+    Sign(SignArgs),
+    /// Verify the ledger tree: policy, environment specs and every chain. Exits 0 only if all verify.
+    Verify(VerifyArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Write a new secret key to FILE (mode 0600) and its public key to FILE.pub; print the key id.
+    Generate {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Name recorded with the key (the OpenSSH comment); defaults to the file name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the key id of a secret or public key file.
+    Id {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Where to create the ledger (an existing Git repository is used as it is).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Secret key that becomes the root key and the signer of every environment.
+    #[arg(long, value_name = "SECRET")]
+    pub key: PathBuf,
+    /// An environment to create (repeat for more).
+    #[arg(long = "env", value_name = "NAME", required = true)]
+    pub envs: Vec<String>,
+    /// The ledger's identity, bound into every signature; default: the directory name and a random suffix.
+    #[arg(long, value_name = "ID")]
+    pub ledger_id: Option<String>,
+    /// Name recorded for the key in the policy; default: the key's comment.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Print the policy: keys, root role and environment roles.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Authorise a key to sign for an environment.
+    AddSigner {
+        #[arg(long, value_name = "NAME")]
+        env: String,
+        /// Public key file of the new signer (OpenSSH .pub, or a secret key file).
+        #[arg(long, value_name = "FILE")]
+        pubkey: PathBuf,
+        /// Name recorded for the key; default: the key's comment.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        root: RootKeys,
+    },
+    /// Withdraw a key's authority to sign for an environment (the key stays listed if other roles use it).
+    RemoveSigner {
+        #[arg(long, value_name = "NAME")]
+        env: String,
+        /// Key id of the signer to remove.
+        #[arg(long, value_name = "KEYID", conflicts_with = "pubkey", required_unless_present = "pubkey")]
+        keyid: Option<String>,
+        /// Public key file of the signer to remove.
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+        #[command(flatten)]
+        root: RootKeys,
+    },
+    /// Set how many distinct signatures an environment (or, with --root, the policy) needs.
+    SetThreshold {
+        #[arg(long, value_name = "NAME", conflicts_with = "root_role", required_unless_present = "root_role")]
+        env: Option<String>,
+        /// Set the root role's threshold instead of an environment's.
+        #[arg(long = "root")]
+        root_role: bool,
+        #[arg(long, value_name = "N")]
+        threshold: u64,
+        #[command(flatten)]
+        root: RootKeys,
+    },
+    /// Declare a new environment, signed by the given key, with a default spec.
+    AddEnv {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        root: RootKeys,
+    },
+    /// Replace the root keys. The new policy must be signed by a threshold of the old root keys and a
+    /// threshold of the new ones: pass both sets with --key (or co-sign later with `stele sign --file
+    /// trust/policy.json`).
+    RotateRoot {
+        /// Public key file of a new root key (repeat).
+        #[arg(long = "new-root", value_name = "FILE", required = true)]
+        new_root: Vec<PathBuf>,
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        threshold: u64,
+        #[command(flatten)]
+        root: RootKeys,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RootKeys {
+    /// Secret key that signs the new policy (repeat for several signers).
+    #[arg(long = "key", value_name = "SECRET", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Expiry of the new policy, e.g. 365d or 2027-12-31T00:00:00Z; default: none.
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Pack DIR into a reproducible tar archive (sorted entries, fixed times, owners and modes) and
+    /// print its BLAKE3 digest and size: the same input always gives the same bytes.
+    Pack {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the BLAKE3 digest and size of a file, streamed.
+    Digest {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    #[arg(long, value_name = "NAME")]
+    pub env: String,
+    /// Version label, e.g. 1.4.2.
+    #[arg(long, value_name = "V")]
+    pub version: String,
+    /// Image artifact: a local path, or a file://, http:// or https:// URL. It is hashed as a stream.
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub image: String,
+    /// Record this URI in the entry instead of the image's own location (hash a local copy, publish
+    /// the URL the agents fetch from).
+    #[arg(long, value_name = "URI")]
+    pub uri: Option<String>,
+    /// Refuse unless the image's BLAKE3 digest is this (hex), e.g. the digest your build recorded.
+    #[arg(long, value_name = "HEX")]
+    pub expect_blake3: Option<String>,
+    /// Refuse unless the image is exactly this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub expect_size: Option<u64>,
+    /// Largest image accepted, in bytes (reading stops past it).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 30)]
+    pub max_size: u64,
+    /// The entry expires (is no longer acted on) after this, e.g. 30d, 12h or 2027-01-01T00:00:00Z.
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
+    /// Secret key that signs the entry.
+    #[arg(long, value_name = "SECRET")]
+    pub key: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// Co-sign this environment's tip entry.
+    #[arg(long, value_name = "NAME", conflicts_with = "file", required_unless_present = "file")]
+    pub env: Option<String>,
+    /// Co-sign this document instead (trust/policy.json, environments/<env>.json, or a tip entry).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<String>,
+    #[arg(long, value_name = "SECRET")]
+    pub key: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Verify this commit's tree instead of the work tree.
+    #[arg(long, value_name = "REV")]
+    pub rev: Option<String>,
+    /// Judge expiry as of this time (YYYY-MM-DDTHH:MM:SSZ) instead of now.
+    #[arg(long, value_name = "TIME")]
+    pub now: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

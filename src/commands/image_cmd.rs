@@ -1,0 +1,37 @@
+//! `stele image`: pack a directory reproducibly, or hash a file.
+
+use super::human_size;
+use crate::cli::ImageCommand;
+use crate::exit;
+use crate::image;
+use anyhow::Result;
+use serde_json::json;
+
+pub fn run(cmd: ImageCommand) -> Result<u8> {
+    match cmd {
+        ImageCommand::Pack { dir, out, json } => {
+            let (summary, digest) = image::pack_dir_to_file(&dir, &out)?;
+            if json {
+                println!("{}", json!({"file": out, "blake3": digest.blake3, "size": digest.size, "files": summary.files, "directories": summary.directories}));
+            } else {
+                println!("{}  {}", digest.blake3, out.display());
+                eprintln!(
+                    "packed {} files in {} directories: {} ({} bytes)",
+                    summary.files,
+                    summary.directories,
+                    human_size(digest.size),
+                    digest.size
+                );
+            }
+        }
+        ImageCommand::Digest { file, json } => {
+            let digest = image::digest_file(&file, None)?;
+            if json {
+                println!("{}", json!({"file": file, "blake3": digest.blake3, "size": digest.size}));
+            } else {
+                println!("{}  {}  ({} bytes)", digest.blake3, file.display(), digest.size);
+            }
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,22 @@
+//! `stele key`: generate a key pair, print a key id.
+
+use crate::cli::KeyCommand;
+use crate::exit;
+use crate::keys;
+use anyhow::Result;
+
+pub fn run(cmd: KeyCommand) -> Result<u8> {
+    match cmd {
+        KeyCommand::Generate { out, name, force } => {
+            let comment = match name {
+                Some(n) => n,
+                None => keys::default_name("", &out).map(|n| n.to_string()).unwrap_or_else(|| "stele".into()),
+            };
+            let key = keys::generate(&out, &comment, force)?;
+            eprintln!("wrote {} (secret, mode 0600) and {}", out.display(), keys::public_path(&out).display());
+            println!("{}", key.key_id());
+        }
+        KeyCommand::Id { file } => println!("{}", keys::load_public(&file)?.key.key_id()),
+    }
+    Ok(exit::OK)
+}

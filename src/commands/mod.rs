@@ -1,0 +1,130 @@
+//! The CLI's commands: each reads what it needs through `repo`, `keys` and `image`, asks
+//! `ledger_format` for verdicts, and writes through `repo` only after the verdict allows it.
+//!
+//! Owns: command behaviour and human/JSON output. Must not implement verification rules (those live
+//! in `ledger_format`) or touch Git directly (that is `repo`).
+
+mod image_cmd;
+mod init;
+mod key;
+mod policy;
+mod release;
+mod sign;
+mod verify;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Refused;
+use crate::repo::LedgerRepo;
+use anyhow::Result;
+use ledger_format::document::display_key;
+use ledger_format::tree::{verify_snapshot, Problem, Snapshot, VerifiedTree};
+use ledger_format::types::Policy;
+use ledger_format::{KeyId, Timestamp};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Runs the parsed command line and returns the exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Key(cmd) => key::run(cmd),
+        Command::Init(args) => init::run(args),
+        Command::Policy(cmd) => policy::run(&cli.repo, cmd),
+        Command::Image(cmd) => image_cmd::run(cmd),
+        Command::Release(args) => release::run(&cli.repo, args),
+        Command::Sign(args) => sign::run(&cli.repo, args),
+        Command::Verify(args) => verify::run(&cli.repo, args),
+    }
+}
+
+/// The current time, whole seconds. The only clock read in the CLI.
+pub fn now() -> Timestamp {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    Timestamp::from_unix(secs).expect("the system clock is between 1970 and 9999")
+}
+
+/// Parses `WHEN`: an absolute timestamp, or a duration from `now` such as `90s`, `15m`, `12h`, `30d`.
+pub fn parse_when(text: &str, now: Timestamp) -> Result<Timestamp> {
+    if let Ok(t) = text.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    let amount: i64 = digits.parse().unwrap_or(0);
+    if scale == 0 || amount == 0 {
+        return Err(Refused(format!(
+            "{text:?} is neither a time (YYYY-MM-DDTHH:MM:SSZ) nor a duration such as 90s, 15m, 12h or 30d"
+        ))
+        .into());
+    }
+    amount
+        .checked_mul(scale)
+        .and_then(|d| now.unix().checked_add(d))
+        .and_then(Timestamp::from_unix)
+        .ok_or_else(|| Refused(format!("{text:?} is too far in the future")).into())
+}
+
+/// Formats problems one per line, as `stele verify` prints them.
+pub fn problem_lines(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Reads the work tree (which must match HEAD) and verifies it: the starting point of every command
+/// that changes the ledger. Refuses, listing every problem, when the ledger does not verify.
+pub fn load_verified(repo: &LedgerRepo, now: Timestamp) -> Result<(Snapshot, VerifiedTree)> {
+    repo.ensure_clean()?;
+    let snapshot = repo.worktree_snapshot()?;
+    match verify_snapshot(&snapshot, now) {
+        Ok(tree) => Ok((snapshot, tree)),
+        Err(problems) => Err(Refused(format!(
+            "the ledger at {} does not verify, so nothing was changed; fix these first (see `stele verify`):\n{}",
+            repo.root().display(),
+            problem_lines(&problems)
+        ))
+        .into()),
+    }
+}
+
+/// `name (keyid)` for each key, comma-separated.
+pub fn key_list(policy: &Policy, ids: &[KeyId]) -> String {
+    if ids.is_empty() {
+        return "nobody".into();
+    }
+    ids.iter().map(|id| display_key(policy, id)).collect::<Vec<_>>().join(", ")
+}
+
+/// Human-readable byte count.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_accepts_times_and_durations() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(parse_when("2027-01-01T00:00:00Z", now).unwrap().to_string(), "2027-01-01T00:00:00Z");
+        assert_eq!(parse_when("1d", now).unwrap().to_string(), "2026-01-02T00:00:00Z");
+        assert_eq!(parse_when("90s", now).unwrap().unix(), now.unix() + 90);
+        for bad in ["", "d", "0d", "5w", "1.5h", "-3d"] {
+            assert!(parse_when(bad, now).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `stele release`: hash the image, append the next signed entry to an environment's chain, commit.
+
+use super::{human_size, key_list, load_verified, now, parse_when};
+use crate::cli::ReleaseArgs;
+use crate::exit::{self, Refused};
+use crate::image::{self, ImageDigest};
+use crate::keys;
+use crate::repo::{Change, LedgerRepo};
+use anyhow::{Context, Result};
+use ledger_format::tree::{entry_path, verify_snapshot};
+use ledger_format::types::{ArtifactUri, EntryType, Image};
+use ledger_format::{Blake3Digest, Document};
+use std::path::{Path, PathBuf};
+
+/// Resolves `--image` to a local file to hash and the URI to record.
+fn locate(image: &str, uri: Option<&str>) -> Result<(PathBuf, ArtifactUri)> {
+    if image.starts_with("http://") || image.starts_with("https://") {
+        return Err(Refused(format!(
+            "{image}: fetching images over HTTP at release time is not supported yet; download it, pass the \
+             local path with --image and the URL with --uri"
+        ))
+        .into());
+    }
+    let path = PathBuf::from(image.strip_prefix("file://").unwrap_or(image));
+    let absolute = path.canonicalize().with_context(|| format!("{}: cannot open image", path.display()))?;
+    let recorded = match uri {
+        Some(u) => u.to_owned(),
+        None => format!("file://{}", absolute.display()),
+    };
+    let recorded: ArtifactUri = recorded.parse().map_err(|e: String| {
+        Refused(format!("{e}; pass --uri with the URL the agents will fetch the image from"))
+    })?;
+    Ok((absolute, recorded))
+}
+
+fn check_expectations(args: &ReleaseArgs, path: &Path, actual: &ImageDigest) -> Result<()> {
+    if let Some(hex) = &args.expect_blake3 {
+        let expected: Blake3Digest = hex.parse().map_err(Refused)?;
+        if expected != actual.blake3 {
+            return Err(Refused(format!(
+                "{}: BLAKE3 digest is {}, expected {expected}; nothing was released",
+                path.display(),
+                actual.blake3
+            ))
+            .into());
+        }
+    }
+    if let Some(size) = args.expect_size.filter(|s| *s != actual.size) {
+        return Err(Refused(format!(
+            "{}: size is {} bytes, expected {size}; nothing was released",
+            path.display(),
+            actual.size
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
+    let now = now();
+    let key = keys::load_secret(&args.key)?;
+    let repo = LedgerRepo::open(repo_path)?;
+    let (mut snapshot, tree) = load_verified(&repo, now)?;
+    let env = args.env.parse().map_err(Refused)?;
+    let policy = &tree.policy.payload;
+    let Some(state) = tree.environments.get(&env) else {
+        return Err(Refused(format!("environment {env} is not declared in this ledger")).into());
+    };
+    let role = policy.env_role(&env).expect("verified environments are declared");
+    if !role.keys.contains(&key.key_id()) {
+        return Err(Refused(format!(
+            "key {} is not a signer of {env} (signers: {}); see `stele policy add-signer`",
+            key.key_id(),
+            key_list(policy, &role.keys)
+        ))
+        .into());
+    }
+    let version = args.version.parse().map_err(Refused)?;
+    let expires_at = args.expires.as_deref().map(|w| parse_when(w, now)).transpose()?;
+    if let Some(t) = expires_at.filter(|t| *t <= now) {
+        return Err(Refused(format!("--expires {t} is not in the future")).into());
+    }
+
+    let (path, uri) = locate(&args.image, args.uri.as_deref())?;
+    eprintln!("hashing {} ...", path.display());
+    let digest = image::digest_file(&path, Some(args.max_size))?;
+    check_expectations(&args, &path, &digest)?;
+
+    let (seq, prev) = match state.tip() {
+        Some(tip) => (tip.doc.payload.seq + 1, tip.doc.hash()),
+        None => (1, Blake3Digest::ZERO),
+    };
+    let entry = ledger_format::types::Entry {
+        payload_type: EntryType,
+        ledger: policy.ledger.clone(),
+        env: env.clone(),
+        seq,
+        prev,
+        version,
+        image: Image::Artifact { uri, blake3: digest.blake3, size: digest.size },
+        created_at: now,
+        expires_at,
+    };
+    let mut doc = Document::new(entry);
+    doc.sign(&key.key);
+    let file = entry_path(&env, seq);
+    let bytes = doc.to_file_bytes();
+
+    // Judge the ledger as it will be after this commit; a lone signature short of the threshold is
+    // expected (co-signers follow with `stele sign`), anything else is refused.
+    snapshot.insert_file(&file, bytes.clone());
+    let pending = match verify_snapshot(&snapshot, now) {
+        Ok(_) => None,
+        Err(problems) => match doc.check_role(policy, role, ledger_format::document::ForeignSignatures::Refuse) {
+            Err(e) if e.check == ledger_format::Check::S3 && problems.iter().all(|p| p.path == file) => Some(e.reason),
+            _ => anyhow::bail!("internal error: the new entry does not verify:\n{}", super::problem_lines(&problems)),
+        },
+    };
+
+    let signer = key_list(policy, &[key.key_id()]);
+    let message = format!(
+        "release {env} {} (seq {seq})\n\nimage: blake3:{} size {}\nuri: {}\nentry: {}\nsigned-by: {signer}\n",
+        doc.payload.version,
+        digest.blake3,
+        digest.size,
+        match &doc.payload.image {
+            Image::Artifact { uri, .. } => uri.as_str(),
+            Image::MachineImage { id, .. } => id.as_str(),
+        },
+        doc.hash()
+    );
+    let commit = repo.commit(&[Change::Write { path: file.clone(), bytes }], &message)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "env": env, "seq": seq, "version": doc.payload.version, "file": file, "entry_hash": doc.hash(),
+                "image": doc.payload.image, "commit": commit.to_string(), "signed_by": [key.key_id()],
+                "threshold": role.threshold, "complete": pending.is_none(),
+            })
+        );
+    } else {
+        println!("released {env} {} as {file}", doc.payload.version);
+        println!("  image  blake3:{} ({})", digest.blake3, human_size(digest.size));
+        println!("  entry  {}", doc.hash());
+        println!("  commit {commit}");
+        match pending {
+            None => println!("  signed by {signer}: threshold {} met", role.threshold),
+            Some(reason) => println!(
+                "  signed by {signer}; {reason}\n  co-signers run: stele sign --env {env} --key <their key>"
+            ),
+        }
+    }
+    Ok(exit::OK)
+}

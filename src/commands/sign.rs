@@ -1,0 +1,142 @@
+//! `stele sign`: add a co-signature to a document (an environment's tip entry by default) and commit.
+//!
+//! Co-signing is for documents that are otherwise valid but short of their threshold, so the only
+//! problem the ledger may have before signing is that document's missing signatures.
+
+use super::{key_list, now, problem_lines};
+use crate::cli::SignArgs;
+use crate::exit::{self, Refused};
+use crate::keys;
+use crate::repo::{Change, LedgerRepo};
+use anyhow::Result;
+use ledger_format::document::{DocError, ForeignSignatures, Payload};
+use ledger_format::tree::{classify, entry_path, verify_snapshot, LayoutPath, Node, Problem, Snapshot};
+use ledger_format::types::{EnvName, Entry, Environment, Policy, Role};
+use ledger_format::{Check, Document, SecretKey};
+use std::path::Path;
+
+pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
+    let now = now();
+    let key = keys::load_secret(&args.key)?;
+    let repo = LedgerRepo::open(repo_path)?;
+    repo.ensure_clean()?;
+    let mut snapshot = repo.worktree_snapshot()?;
+    let policy = current_policy(&snapshot)?;
+
+    let file = match (&args.env, &args.file) {
+        (Some(env), _) => {
+            let env: EnvName = env.parse().map_err(Refused)?;
+            let tip = snapshot
+                .nodes
+                .keys()
+                .filter_map(|p| match classify(std::str::from_utf8(p).ok()?) {
+                    Some(LayoutPath::Entry(e, seq)) if e == env => Some(seq),
+                    _ => None,
+                })
+                .max()
+                .ok_or_else(|| Refused(format!("environment {env} has no entries to sign")))?;
+            entry_path(&env, tip)
+        }
+        (None, Some(file)) => file.trim_start_matches("./").to_owned(),
+        (None, None) => unreachable!("clap requires --env or --file"),
+    };
+    let bytes = match snapshot.nodes.get(file.as_bytes()) {
+        Some(Node::File(bytes)) => bytes.clone(),
+        _ => return Err(Refused(format!("{file}: no such document in the ledger")).into()),
+    };
+    let (new_bytes, summary) = match classify(&file) {
+        Some(LayoutPath::Policy) => cosign::<Policy>(&file, &bytes, &policy, &policy.root, &key.key)?,
+        Some(LayoutPath::Environment(env)) => {
+            let role = env_role(&policy, &env)?;
+            cosign::<Environment>(&file, &bytes, &policy, role, &key.key)?
+        }
+        Some(LayoutPath::Entry(env, seq)) => {
+            let is_tip = !snapshot.nodes.contains_key(entry_path(&env, seq + 1).as_bytes());
+            if !is_tip {
+                return Err(Refused(format!(
+                    "{file} is not the tip of {env}; only the tip is co-signed (it covers earlier entries through prev)"
+                ))
+                .into());
+            }
+            let role = env_role(&policy, &env)?;
+            cosign::<Entry>(&file, &bytes, &policy, role, &key.key)?
+        }
+        None => return Err(Refused(format!("{file} is not a ledger document")).into()),
+    };
+
+    // Before: the only problems may be this document's own; after: none but its missing signatures.
+    let only_this = |problems: &[Problem]| problems.iter().all(|p| p.path == file && is_signature_check(p.check));
+    if let Err(problems) = verify_snapshot(&snapshot, now) {
+        if !only_this(&problems) {
+            return Err(Refused(format!(
+                "the ledger has problems besides {file}'s signatures; nothing was signed:\n{}",
+                problem_lines(&problems)
+            ))
+            .into());
+        }
+    }
+    snapshot.insert_file(&file, new_bytes.clone());
+    let remaining = match verify_snapshot(&snapshot, now) {
+        Ok(_) => None,
+        Err(problems) if only_this(&problems) => Some(problem_lines(&problems)),
+        Err(problems) => anyhow::bail!("internal error: co-signing broke the ledger:\n{}", problem_lines(&problems)),
+    };
+    let signer = key_list(&policy, &[key.key_id()]);
+    let commit = repo.commit(
+        &[Change::Write { path: file.clone(), bytes: new_bytes }],
+        &format!("sign {file}: {summary}\n\nsigned-by: {signer}\n"),
+    )?;
+    println!("signed {file} ({summary}) as {signer}");
+    println!("  commit {commit}");
+    match remaining {
+        None => println!("  the ledger verifies"),
+        Some(lines) => println!("  still needed:\n{lines}"),
+    }
+    Ok(exit::OK)
+}
+
+fn is_signature_check(check: Check) -> bool {
+    matches!(check, Check::E5 | Check::N4 | Check::P4)
+}
+
+/// The policy as written, parsed but not yet trusted (its own signatures may be what is being added).
+fn current_policy(snapshot: &Snapshot) -> Result<Policy> {
+    match snapshot.nodes.get(ledger_format::tree::POLICY_PATH.as_bytes()) {
+        Some(Node::File(bytes)) => Document::<Policy>::parse(bytes)
+            .map(|d| d.payload)
+            .map_err(|e| Refused(format!("{}: {e}", ledger_format::tree::POLICY_PATH)).into()),
+        _ => Err(Refused(format!("{} is missing", ledger_format::tree::POLICY_PATH)).into()),
+    }
+}
+
+fn env_role<'p>(policy: &'p Policy, env: &EnvName) -> Result<&'p Role> {
+    policy.env_role(env).ok_or_else(|| Refused(format!("environment {env} is not declared in the policy")).into())
+}
+
+/// Adds `key`'s signature to the document in `bytes`, after checking the key belongs to `role` and
+/// that the existing signatures are sound (only missing ones may be the problem).
+fn cosign<T: Payload>(file: &str, bytes: &[u8], policy: &Policy, role: &Role, key: &SecretKey) -> Result<(Vec<u8>, String)> {
+    let mut doc = Document::<T>::parse(bytes).map_err(|e| Refused(format!("{file}: {e}")))?;
+    let id = key.public_key().key_id();
+    if !role.keys.contains(&id) {
+        return Err(Refused(format!(
+            "key {id} may not sign {file} (allowed: {})",
+            key_list(policy, &role.keys)
+        ))
+        .into());
+    }
+    let foreign = if T::KIND == ledger_format::DocKind::Policy { ForeignSignatures::Skip } else { ForeignSignatures::Refuse };
+    match doc.check_role(policy, role, foreign) {
+        Ok(_) | Err(DocError { check: Check::S3, .. }) => {}
+        Err(e) => return Err(Refused(format!("{file}: existing signatures are not sound: {e}")).into()),
+    }
+    if doc.signatures.iter().any(|s| s.keyid == id) {
+        return Err(Refused(format!("{file} is already signed by {}", key_list(policy, &[id]))).into());
+    }
+    doc.sign(key);
+    let count = match doc.check_role(policy, role, foreign) {
+        Ok(signed) => signed.0.len(),
+        Err(_) => doc.signatures.iter().filter(|s| role.keys.contains(&s.keyid)).count(),
+    };
+    Ok((doc.to_file_bytes(), format!("{count} of {} signatures", role.threshold)))
+}

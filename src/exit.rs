@@ -1,0 +1,46 @@
+//! Exit codes of the `stele` binary, assigned here and nowhere else (README "Exit codes" lists them).
+//!
+//! Owns: the mapping from outcomes and error types to process exit codes. Must not print anything.
+
+use crate::image::ImageError;
+use crate::keys::KeyError;
+use crate::repo::RepoError;
+
+/// Success.
+pub const OK: u8 = 0;
+/// Verification ran and found problems (`stele verify`).
+pub const VERIFY_FAILED: u8 = 1;
+/// The command line is wrong (clap's own code for usage errors).
+pub const USAGE: u8 = 2;
+/// Input refused: a bad key or image, an unauthorised key, a ledger that does not verify before a
+/// change, uncommitted changes. Nothing was written.
+pub const REFUSED: u8 = 3;
+/// The environment failed: I/O, a Git error, a repository that cannot be read. Retrying may help.
+pub const IO: u8 = 4;
+
+/// An operation refused for a reason the user must fix; maps to [`REFUSED`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// The exit code for an error that ended a command.
+pub fn for_error(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<Refused>() || cause.is::<KeyError>() {
+            return REFUSED;
+        }
+        if let Some(e) = cause.downcast_ref::<ImageError>() {
+            return match e {
+                ImageError::Read { .. } | ImageError::Io { .. } | ImageError::Append { .. } | ImageError::Finish { .. } => IO,
+                _ => REFUSED,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<RepoError>() {
+            return match e {
+                RepoError::Dirty { .. } | RepoError::NotARepository { .. } => REFUSED,
+                RepoError::Io { .. } | RepoError::Git { .. } => IO,
+            };
+        }
+    }
+    IO
+}

@@ -1,0 +1,11 @@
+//! Stele: a signed release ledger and pull-based GitOps reconciler for immutable infrastructure.
+//!
+//! This crate is the I/O shell around the pure `ledger_format` core: key files, image files, the Git
+//! repository, and the command line. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod image;
+pub mod keys;
+pub mod repo;

@@ -1,0 +1,265 @@
+//! The ledger repository on disk: reading the owned directories into a [`Snapshot`] (from the work
+//! tree or from a Git revision) and committing changes to them.
+//!
+//! Owns: every filesystem and git2 call the CLI makes on a ledger. Must not judge what it reads (that
+//! is `ledger_format::tree`) and must not touch files outside the owned directories.
+
+use git2::{ErrorCode, Index, IndexEntry, IndexTime, Oid, Repository, Signature, Status, StatusOptions};
+use ledger_format::tree::{Node, Snapshot, MAX_READ, OWNED_DIRS};
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{path}: not a Git repository (run `stele init {path}` to make a ledger there): {source}")]
+    NotARepository { path: PathBuf, source: git2::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("git: {context}: {source}")]
+    Git { context: String, source: git2::Error },
+    #[error("uncommitted changes in the ledger: {paths}; commit or discard them first, so that what is signed is what is committed")]
+    Dirty { paths: String },
+}
+
+fn git(context: impl Into<String>) -> impl FnOnce(git2::Error) -> RepoError {
+    let context = context.into();
+    move |source| RepoError::Git { context, source }
+}
+
+/// One file change in a commit. Paths are relative to the repository root, `/`-separated.
+pub enum Change {
+    Write { path: String, bytes: Vec<u8> },
+}
+
+pub struct LedgerRepo {
+    root: PathBuf,
+    git: Repository,
+}
+
+impl LedgerRepo {
+    /// Opens the repository containing `path`.
+    pub fn open(path: &Path) -> Result<Self, RepoError> {
+        let git = Repository::discover(path)
+            .map_err(|source| RepoError::NotARepository { path: path.to_owned(), source })?;
+        let root = git
+            .workdir()
+            .ok_or_else(|| RepoError::NotARepository {
+                path: path.to_owned(),
+                source: git2::Error::from_str("bare repositories have no work tree; clone it first"),
+            })?
+            .to_owned();
+        Ok(Self { root, git })
+    }
+
+    /// Opens the repository at `path`, or creates one (with branch `main`) when there is none.
+    pub fn open_or_init(path: &Path) -> Result<Self, RepoError> {
+        fs::create_dir_all(path).map_err(|source| RepoError::Io { path: path.to_owned(), source })?;
+        match Repository::open(path) {
+            Ok(_) => Self::open(path),
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                let mut opts = git2::RepositoryInitOptions::new();
+                opts.initial_head("main");
+                Repository::init_opts(path, &opts).map_err(git("init"))?;
+                Self::open(path)
+            }
+            Err(source) => Err(RepoError::NotARepository { path: path.to_owned(), source }),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn git(&self) -> &Repository {
+        &self.git
+    }
+
+    /// Reads the owned directories of the work tree, without following symbolic links.
+    pub fn worktree_snapshot(&self) -> Result<Snapshot, RepoError> {
+        let mut snapshot = Snapshot::default();
+        for dir in OWNED_DIRS {
+            walk_fs(&self.root, Path::new(dir), &mut snapshot)?;
+        }
+        Ok(snapshot)
+    }
+
+    /// Reads the owned directories of the tree of `rev` (a commit-ish such as `HEAD` or a hash).
+    pub fn rev_snapshot(&self, rev: &str) -> Result<Snapshot, RepoError> {
+        let commit = self
+            .git
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(git(format!("resolve {rev:?}")))?;
+        let tree = commit.tree().map_err(git("read tree"))?;
+        let mut snapshot = Snapshot::default();
+        for dir in OWNED_DIRS {
+            if let Some(entry) = tree.get_name(dir) {
+                walk_git(&self.git, &entry, dir.as_bytes().to_vec(), &mut snapshot)?;
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Refuses when the owned directories differ from HEAD in the index or work tree (untracked
+    /// files included), so a command signs and commits exactly what it verified.
+    pub fn ensure_clean(&self) -> Result<(), RepoError> {
+        let mut opts = StatusOptions::new();
+        opts.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
+        for dir in OWNED_DIRS {
+            opts.pathspec(dir);
+        }
+        let statuses = self.git.statuses(Some(&mut opts)).map_err(git("status"))?;
+        let dirty: Vec<String> = statuses
+            .iter()
+            .filter(|s| s.status() != Status::CURRENT && !s.status().contains(Status::IGNORED))
+            .map(|s| String::from_utf8_lossy(s.path_bytes()).into_owned())
+            .collect();
+        if dirty.is_empty() {
+            Ok(())
+        } else {
+            Err(RepoError::Dirty { paths: dirty.join(", ") })
+        }
+    }
+
+    /// Commits `changes` on top of HEAD (or as the first commit), then brings the work tree and index
+    /// up to date for those paths. The commit is built from HEAD's tree, so unrelated staged changes
+    /// stay staged and are not swept into it.
+    pub fn commit(&self, changes: &[Change], message: &str) -> Result<Oid, RepoError> {
+        let parent = match self.git.head() {
+            Ok(head) => Some(head.peel_to_commit().map_err(git("read HEAD"))?),
+            Err(e) if e.code() == ErrorCode::UnbornBranch || e.code() == ErrorCode::NotFound => None,
+            Err(e) => return Err(git("read HEAD")(e)),
+        };
+        let mut index = Index::new().map_err(git("index"))?;
+        if let Some(parent) = &parent {
+            index.read_tree(&parent.tree().map_err(git("read tree"))?).map_err(git("read tree"))?;
+        }
+        for change in changes {
+            let Change::Write { path, bytes } = change;
+            let id = self.git.blob(bytes).map_err(git("write blob"))?;
+            index.add(&index_entry(path, id, bytes.len())).map_err(git(format!("stage {path}")))?;
+        }
+        let tree_id = index.write_tree_to(&self.git).map_err(git("write tree"))?;
+        let tree = self.git.find_tree(tree_id).map_err(git("read tree"))?;
+        let sig = identity(&self.git)?;
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let id = self.git.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).map_err(git("commit"))?;
+
+        let mut work_index = self.git.index().map_err(git("index"))?;
+        for change in changes {
+            let Change::Write { path, bytes } = change;
+            write_atomic(&self.root.join(path), bytes)?;
+            work_index.add_path(Path::new(path)).map_err(git(format!("stage {path}")))?;
+        }
+        work_index.write().map_err(git("write index"))?;
+        Ok(id)
+    }
+}
+
+fn index_entry(path: &str, id: Oid, len: usize) -> IndexEntry {
+    IndexEntry {
+        ctime: IndexTime::new(0, 0),
+        mtime: IndexTime::new(0, 0),
+        dev: 0,
+        ino: 0,
+        mode: 0o100644,
+        uid: 0,
+        gid: 0,
+        file_size: u32::try_from(len).unwrap_or(u32::MAX),
+        id,
+        flags: path.len().min(0xfff) as u16,
+        flags_extended: 0,
+        path: path.as_bytes().to_vec(),
+    }
+}
+
+/// The commit identity: `GIT_AUTHOR_NAME`/`GIT_AUTHOR_EMAIL` when set (as git does), else git config.
+fn identity(repo: &Repository) -> Result<Signature<'static>, RepoError> {
+    if let (Ok(name), Ok(email)) = (std::env::var("GIT_AUTHOR_NAME"), std::env::var("GIT_AUTHOR_EMAIL")) {
+        return Signature::now(&name, &email).map_err(git("author identity"));
+    }
+    repo.signature().map_err(|source| RepoError::Git {
+        context: "no commit identity: set user.name and user.email (git config --global ...), or GIT_AUTHOR_NAME and GIT_AUTHOR_EMAIL".into(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
+    let io = |source| RepoError::Io { path: path.to_owned(), source };
+    let dir = path.parent().expect("repository paths have a parent");
+    fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(".{}.stele-tmp", path.file_name().expect("a file name").to_string_lossy()));
+    fs::write(&tmp, bytes).map_err(io)?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+fn walk_fs(root: &Path, rel: &Path, snapshot: &mut Snapshot) -> Result<(), RepoError> {
+    let full = root.join(rel);
+    let io = |source| RepoError::Io { path: full.clone(), source };
+    let meta = match fs::symlink_metadata(&full) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let key = rel.as_os_str().as_bytes().to_vec();
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        let mut children: Vec<_> = fs::read_dir(&full).map_err(io)?.collect::<Result<_, _>>().map_err(io)?;
+        children.sort_by_key(|e| e.file_name());
+        for child in children {
+            walk_fs(root, &rel.join(child.file_name()), snapshot)?;
+        }
+    } else if ft.is_symlink() {
+        snapshot.nodes.insert(key, Node::Symlink);
+    } else if ft.is_file() {
+        let node = if meta.len() > MAX_READ {
+            Node::TooLarge { size: meta.len() }
+        } else {
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            fs::File::open(&full).map_err(io)?.take(MAX_READ).read_to_end(&mut bytes).map_err(io)?;
+            Node::File(bytes)
+        };
+        snapshot.nodes.insert(key, node);
+    } else {
+        snapshot.nodes.insert(key, Node::Other("special file".into()));
+    }
+    Ok(())
+}
+
+fn walk_git(repo: &Repository, entry: &git2::TreeEntry, path: Vec<u8>, snapshot: &mut Snapshot) -> Result<(), RepoError> {
+    match entry.filemode() {
+        0o040000 => {
+            let tree = repo.find_tree(entry.id()).map_err(git("read tree"))?;
+            for child in tree.iter() {
+                let mut child_path = path.clone();
+                child_path.push(b'/');
+                child_path.extend_from_slice(child.name_bytes());
+                walk_git(repo, &child, child_path, snapshot)?;
+            }
+        }
+        0o100644 | 0o100755 => {
+            let odb = repo.odb().map_err(git("object database"))?;
+            let (size, _) = odb.read_header(entry.id()).map_err(git("read object header"))?;
+            let node = if size as u64 > MAX_READ {
+                Node::TooLarge { size: size as u64 }
+            } else {
+                Node::File(repo.find_blob(entry.id()).map_err(git("read blob"))?.content().to_vec())
+            };
+            snapshot.nodes.insert(path, node);
+        }
+        0o120000 => {
+            snapshot.nodes.insert(path, Node::Symlink);
+        }
+        0o160000 => {
+            snapshot.nodes.insert(path, Node::Other("submodule".into()));
+        }
+        mode => {
+            snapshot.nodes.insert(path, Node::Other(format!("tree entry of mode {mode:o}")));
+        }
+    }
+    Ok(())
+}
