@@ -31,7 +31,11 @@ pub fn for_error(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<ImageError>() {
             return match e {
-                ImageError::Read { .. } | ImageError::Io { .. } | ImageError::Append { .. } | ImageError::Finish { .. } => IO,
+                ImageError::Read { .. }
+                | ImageError::Io { .. }
+                | ImageError::Http { .. }
+                | ImageError::Append { .. }
+                | ImageError::Finish { .. } => IO,
                 _ => REFUSED,
             };
         }

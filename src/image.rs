@@ -83,6 +83,14 @@ pub enum ImageError {
     #[error("{}: larger than the limit of {max_size} bytes; stopped reading", path.display())]
     FileTooLarge { path: PathBuf, max_size: u64 },
 
+    /// Fetching an image over HTTP failed (connection, status, or a body cut short).
+    #[error("{url}: {reason}")]
+    Http { url: String, reason: String },
+
+    /// A URL produced more than `max_size` bytes. Reading stopped at the first byte over.
+    #[error("{url}: larger than the limit of {max_size} bytes; stopped reading")]
+    UrlTooLarge { url: String, max_size: u64 },
+
     /// A file-system operation on `path` failed. `action` is a verb phrase such as "open" or
     /// "list directory".
     #[error("could not {action} {}: {error}", path.display())]
@@ -187,6 +195,30 @@ pub fn digest_file(path: &Path, max_size: Option<u64>) -> Result<ImageDigest, Im
     hash_stream(file, max_size).map_err(|failure| match failure {
         StreamFailure::Read(error) => ImageError::Io { action: "read", path: path.to_path_buf(), error },
         StreamFailure::TooLarge { max_size } => ImageError::FileTooLarge { path: path.to_path_buf(), max_size },
+    })
+}
+
+/// Streams `url` (http or https) through the same hashing as [`digest_file`], never holding the body
+/// in memory. A `Content-Length` beyond `max_size` is refused before any body is read.
+pub fn digest_url(url: &str, max_size: Option<u64>) -> Result<ImageDigest, ImageError> {
+    let http = |reason: String| ImageError::Http { url: url.to_owned(), reason };
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(None)
+        .build()
+        .map_err(|e| http(e.to_string()))?;
+    let response = client.get(url).send().map_err(|e| http(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(http(format!("server answered {}", response.status())));
+    }
+    if let (Some(max), Some(len)) = (max_size, response.content_length()) {
+        if len > max {
+            return Err(ImageError::UrlTooLarge { url: url.to_owned(), max_size: max });
+        }
+    }
+    hash_stream(response, max_size).map_err(|failure| match failure {
+        StreamFailure::Read(error) => http(format!("reading the body failed: {error}")),
+        StreamFailure::TooLarge { max_size } => ImageError::UrlTooLarge { url: url.to_owned(), max_size },
     })
 }
 
@@ -591,6 +623,49 @@ fn sync_dir(_dir: &Path) -> Result<(), ImageError> {
 
 #[cfg(test)]
 mod tests {
+    /// Serves `body` once on a loopback port, declaring `declared_len` as Content-Length.
+    fn serve_once(body: Vec<u8>, declared_len: usize) -> String {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut stream = stream;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {declared_len}\r\nConnection: close\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        });
+        format!("http://{addr}/app.tar")
+    }
+
+    #[test]
+    fn url_images_are_hashed_as_streams() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let url = serve_once(body.clone(), body.len());
+        let got = digest_url(&url, Some(1 << 20)).unwrap();
+        assert_eq!(got.blake3.0, *blake3::hash(&body).as_bytes());
+        assert_eq!(got.size, body.len() as u64);
+    }
+
+    #[test]
+    fn truncated_download_is_an_error_not_a_short_digest() {
+        let body = vec![7u8; 1000];
+        let url = serve_once(body, 5000);
+        let err = digest_url(&url, None).unwrap_err();
+        assert!(matches!(err, ImageError::Http { .. }), "{err}");
+    }
+
+    #[test]
+    fn declared_oversize_is_refused_before_reading() {
+        let url = serve_once(vec![1u8; 10], 10);
+        assert!(matches!(digest_url(&url, Some(5)), Err(ImageError::UrlTooLarge { .. })));
+    }
+
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;

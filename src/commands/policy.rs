@@ -207,10 +207,22 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
             let only_root_signatures = problems.iter().all(|p| p.path == POLICY_PATH && p.check == Check::P4)
                 && matches!(doc.check_role(&doc.payload, &doc.payload.root, ForeignSignatures::Skip), Err(e) if e.check == Check::S3);
             if !only_root_signatures {
+                let unsigned: Vec<&str> = problems
+                    .iter()
+                    .filter(|p| matches!(p.check, Check::N4 | Check::E5) && p.reason.ends_with("(S3)"))
+                    .map(|p| p.path.as_str())
+                    .collect();
+                let hint = if unsigned.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "\nthese documents would no longer have enough signatures under the new policy; have their \
+                         signers co-sign them first (stele sign --file PATH --key KEY), then retry: {}",
+                        unsigned.join(", ")
+                    )
+                };
                 return Err(Refused(format!(
-                    "after this change the ledger would not verify, so nothing was changed:\n{}\n\
-                     (a spec or tip entry signed only by a withdrawn key must first be co-signed by a remaining signer: \
-                     stele sign --file <path> --key <key>)",
+                    "after this change the ledger would not verify, so nothing was changed:\n{}{hint}",
                     problem_lines(&problems)
                 ))
                 .into());

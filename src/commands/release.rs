@@ -12,34 +12,34 @@ use ledger_format::types::{ArtifactUri, EntryType, Image};
 use ledger_format::{Blake3Digest, Document};
 use std::path::{Path, PathBuf};
 
-/// Resolves `--image` to a local file to hash and the URI to record.
-fn locate(image: &str, uri: Option<&str>) -> Result<(PathBuf, ArtifactUri)> {
-    if image.starts_with("http://") || image.starts_with("https://") {
-        return Err(Refused(format!(
-            "{image}: fetching images over HTTP at release time is not supported yet; download it, pass the \
-             local path with --image and the URL with --uri"
-        ))
-        .into());
-    }
-    let path = PathBuf::from(image.strip_prefix("file://").unwrap_or(image));
-    let absolute = path.canonicalize().with_context(|| format!("{}: cannot open image", path.display()))?;
-    let recorded = match uri {
-        Some(u) => u.to_owned(),
-        None => format!("file://{}", absolute.display()),
-    };
-    let recorded: ArtifactUri = recorded.parse().map_err(|e: String| {
-        Refused(format!("{e}; pass --uri with the URL the agents will fetch the image from"))
-    })?;
-    Ok((absolute, recorded))
+/// Where `--image` points: a local file, or a URL that is streamed.
+enum Source {
+    File(PathBuf),
+    Url(String),
 }
 
-fn check_expectations(args: &ReleaseArgs, path: &Path, actual: &ImageDigest) -> Result<()> {
+/// Resolves `--image` to what to hash and the URI to record in the entry.
+fn locate(image: &str, uri: Option<&str>) -> Result<(Source, ArtifactUri)> {
+    let (source, own_uri) = if image.starts_with("http://") || image.starts_with("https://") {
+        (Source::Url(image.to_owned()), image.to_owned())
+    } else {
+        let path = PathBuf::from(image.strip_prefix("file://").unwrap_or(image));
+        let absolute = path.canonicalize().with_context(|| format!("{}: cannot open image", path.display()))?;
+        let own = format!("file://{}", absolute.display());
+        (Source::File(absolute), own)
+    };
+    let recorded: ArtifactUri = uri.unwrap_or(&own_uri).parse().map_err(|e: String| {
+        Refused(format!("{e}; pass --uri with the URL the agents will fetch the image from"))
+    })?;
+    Ok((source, recorded))
+}
+
+fn check_expectations(args: &ReleaseArgs, image: &str, actual: &ImageDigest) -> Result<()> {
     if let Some(hex) = &args.expect_blake3 {
         let expected: Blake3Digest = hex.parse().map_err(Refused)?;
         if expected != actual.blake3 {
             return Err(Refused(format!(
-                "{}: BLAKE3 digest is {}, expected {expected}; nothing was released",
-                path.display(),
+                "{image}: BLAKE3 digest is {}, expected {expected}; nothing was released",
                 actual.blake3
             ))
             .into());
@@ -47,8 +47,7 @@ fn check_expectations(args: &ReleaseArgs, path: &Path, actual: &ImageDigest) -> 
     }
     if let Some(size) = args.expect_size.filter(|s| *s != actual.size) {
         return Err(Refused(format!(
-            "{}: size is {} bytes, expected {size}; nothing was released",
-            path.display(),
+            "{image}: size is {} bytes, expected {size}; nothing was released",
             actual.size
         ))
         .into());
@@ -81,10 +80,13 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
         return Err(Refused(format!("--expires {t} is not in the future")).into());
     }
 
-    let (path, uri) = locate(&args.image, args.uri.as_deref())?;
-    eprintln!("hashing {} ...", path.display());
-    let digest = image::digest_file(&path, Some(args.max_size))?;
-    check_expectations(&args, &path, &digest)?;
+    let (source, uri) = locate(&args.image, args.uri.as_deref())?;
+    eprintln!("hashing {} ...", args.image);
+    let digest = match &source {
+        Source::File(path) => image::digest_file(path, Some(args.max_size))?,
+        Source::Url(url) => image::digest_url(url, Some(args.max_size))?,
+    };
+    check_expectations(&args, &args.image, &digest)?;
 
     let (seq, prev) = match state.tip() {
         Some(tip) => (tip.doc.payload.seq + 1, tip.doc.hash()),

@@ -138,5 +138,5 @@ fn cosign<T: Payload>(file: &str, bytes: &[u8], policy: &Policy, role: &Role, ke
         Ok(signed) => signed.0.len(),
         Err(_) => doc.signatures.iter().filter(|s| role.keys.contains(&s.keyid)).count(),
     };
-    Ok((doc.to_file_bytes(), format!("{count} of {} signatures", role.threshold)))
+    Ok((doc.to_file_bytes(), format!("{count} signature{}, {} required", if count == 1 { "" } else { "s" }, role.threshold)))
 }

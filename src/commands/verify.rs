@@ -75,7 +75,7 @@ fn print_tree(tree: &VerifiedTree, repo: &LedgerRepo, source: &str) {
         }
     }
     println!(
-        "OK: {source} verified: policy, {} environment spec{} and {entries} entr{}",
+        "OK: {source} verified: policy, {} environment spec{} and {entries} entr{} (this tree; history not checked)",
         tree.environments.len(),
         if tree.environments.len() == 1 { "" } else { "s" },
         if entries == 1 { "y" } else { "ies" }
