@@ -115,7 +115,10 @@ pub fn load_secret(path: &Path) -> Result<LoadedSecret, KeyError> {
     };
     let key = SecretKey::from_seed(&pair.private.to_bytes());
     if key.public_key().to_bytes() != pair.public.0 {
-        return Err(KeyError::Format { path: path.to_owned(), reason: "public half does not match the secret key".into() });
+        return Err(KeyError::Format {
+            path: path.to_owned(),
+            reason: "public half does not match the secret key".into(),
+        });
     }
     Ok(LoadedSecret { key, comment: private.comment().to_owned() })
 }
@@ -132,7 +135,8 @@ pub fn load_public(path: &Path) -> Result<LoadedPublic, KeyError> {
     let Some(ed) = public.key_data().ed25519() else {
         return Err(KeyError::NotEd25519 { path: path.to_owned(), algorithm: public.algorithm().to_string() });
     };
-    let key = PublicKey::from_bytes(&ed.0).map_err(|e| KeyError::Weak { path: path.to_owned(), reason: e.to_string() })?;
+    let key =
+        PublicKey::from_bytes(&ed.0).map_err(|e| KeyError::Weak { path: path.to_owned(), reason: e.to_string() })?;
     Ok(LoadedPublic { key, comment: public.comment().to_owned() })
 }
 

@@ -41,8 +41,8 @@ pub struct LedgerRepo {
 impl LedgerRepo {
     /// Opens the repository containing `path`.
     pub fn open(path: &Path) -> Result<Self, RepoError> {
-        let git = Repository::discover(path)
-            .map_err(|source| RepoError::NotARepository { path: path.to_owned(), source })?;
+        let git =
+            Repository::discover(path).map_err(|source| RepoError::NotARepository { path: path.to_owned(), source })?;
         let root = git
             .workdir()
             .ok_or_else(|| RepoError::NotARepository {
@@ -87,11 +87,8 @@ impl LedgerRepo {
 
     /// Reads the owned directories of the tree of `rev` (a commit-ish such as `HEAD` or a hash).
     pub fn rev_snapshot(&self, rev: &str) -> Result<Snapshot, RepoError> {
-        let commit = self
-            .git
-            .revparse_single(rev)
-            .and_then(|o| o.peel_to_commit())
-            .map_err(git(format!("resolve {rev:?}")))?;
+        let commit =
+            self.git.revparse_single(rev).and_then(|o| o.peel_to_commit()).map_err(git(format!("resolve {rev:?}")))?;
         let tree = commit.tree().map_err(git("read tree"))?;
         let mut snapshot = Snapshot::default();
         for dir in OWNED_DIRS {
@@ -230,7 +227,12 @@ fn walk_fs(root: &Path, rel: &Path, snapshot: &mut Snapshot) -> Result<(), RepoE
     Ok(())
 }
 
-fn walk_git(repo: &Repository, entry: &git2::TreeEntry, path: Vec<u8>, snapshot: &mut Snapshot) -> Result<(), RepoError> {
+fn walk_git(
+    repo: &Repository,
+    entry: &git2::TreeEntry,
+    path: Vec<u8>,
+    snapshot: &mut Snapshot,
+) -> Result<(), RepoError> {
     match entry.filemode() {
         0o040000 => {
             let tree = repo.find_tree(entry.id()).map_err(git("read tree"))?;

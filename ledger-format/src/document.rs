@@ -141,9 +141,10 @@ impl<T: Payload> Document<T> {
             return Err(DocError::new(
                 Check::D1,
                 format!(
-                    "{} bytes, more than the {} bytes allowed for a {kind:?} document",
+                    "{} bytes, more than the {} bytes allowed for a {} document",
                     bytes.len(),
-                    kind.max_size()
+                    kind.max_size(),
+                    kind.payload_type()
                 ),
             ));
         }

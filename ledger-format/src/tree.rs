@@ -163,7 +163,7 @@ fn parse_in_ledger<T: Payload>(
         if got != expected {
             return Err(DocError::new(
                 Check::D6,
-                format!("payload names ledger {got:?}, the policy's ledger is {expected:?}"),
+                format!("payload names ledger {got}, the policy's ledger is {expected}"),
             ));
         }
     }

@@ -12,7 +12,10 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
         ImageCommand::Pack { dir, out, json } => {
             let (summary, digest) = image::pack_dir_to_file(&dir, &out)?;
             if json {
-                println!("{}", json!({"file": out, "blake3": digest.blake3, "size": digest.size, "files": summary.files, "directories": summary.directories}));
+                println!(
+                    "{}",
+                    json!({"file": out, "blake3": digest.blake3, "size": digest.size, "files": summary.files, "directories": summary.directories})
+                );
             } else {
                 println!("{}  {}", digest.blake3, out.display());
                 eprintln!(

@@ -107,7 +107,8 @@ pub fn run(args: InitArgs) -> Result<u8> {
         anyhow::bail!("internal error: the new ledger does not verify:\n{}", super::problem_lines(&problems));
     }
     let env_list = envs.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ");
-    let commit = repo.commit(&changes, &format!("stele init: ledger {ledger}\n\nenvironments: {env_list}\nroot key: {id}\n"))?;
+    let commit =
+        repo.commit(&changes, &format!("stele init: ledger {ledger}\n\nenvironments: {env_list}\nroot key: {id}\n"))?;
     let (_, tree) = load_verified(&repo, now())?;
     println!("initialised ledger {ledger} in {}", repo.root().display());
     println!("  root and signer of {env_list}: {}", key_list(&tree.policy.payload, &[id]));

@@ -28,9 +28,10 @@ fn locate(image: &str, uri: Option<&str>) -> Result<(Source, ArtifactUri)> {
         let own = format!("file://{}", absolute.display());
         (Source::File(absolute), own)
     };
-    let recorded: ArtifactUri = uri.unwrap_or(&own_uri).parse().map_err(|e: String| {
-        Refused(format!("{e}; pass --uri with the URL the agents will fetch the image from"))
-    })?;
+    let recorded: ArtifactUri = uri
+        .unwrap_or(&own_uri)
+        .parse()
+        .map_err(|e: String| Refused(format!("{e}; pass --uri with the URL the agents will fetch the image from")))?;
     Ok((source, recorded))
 }
 
@@ -46,11 +47,9 @@ fn check_expectations(args: &ReleaseArgs, image: &str, actual: &ImageDigest) -> 
         }
     }
     if let Some(size) = args.expect_size.filter(|s| *s != actual.size) {
-        return Err(Refused(format!(
-            "{image}: size is {} bytes, expected {size}; nothing was released",
-            actual.size
-        ))
-        .into());
+        return Err(
+            Refused(format!("{image}: size is {} bytes, expected {size}; nothing was released", actual.size)).into()
+        );
     }
     Ok(())
 }
@@ -148,9 +147,9 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
         println!("  commit {commit}");
         match pending {
             None => println!("  signed by {signer}: threshold {} met", role.threshold),
-            Some(reason) => println!(
-                "  signed by {signer}; {reason}\n  co-signers run: stele sign --env {env} --key <their key>"
-            ),
+            Some(reason) => {
+                println!("  signed by {signer}; {reason}\n  co-signers run: stele sign --env {env} --key <their key>")
+            }
         }
     }
     Ok(exit::OK)

@@ -11,7 +11,7 @@ use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::document::{DocError, ForeignSignatures, Payload};
 use ledger_format::tree::{classify, entry_path, verify_snapshot, LayoutPath, Node, Problem, Snapshot};
-use ledger_format::types::{EnvName, Entry, Environment, Policy, Role};
+use ledger_format::types::{Entry, EnvName, Environment, Policy, Role};
 use ledger_format::{Check, Document, SecretKey};
 use std::path::Path;
 
@@ -115,17 +115,20 @@ fn env_role<'p>(policy: &'p Policy, env: &EnvName) -> Result<&'p Role> {
 
 /// Adds `key`'s signature to the document in `bytes`, after checking the key belongs to `role` and
 /// that the existing signatures are sound (only missing ones may be the problem).
-fn cosign<T: Payload>(file: &str, bytes: &[u8], policy: &Policy, role: &Role, key: &SecretKey) -> Result<(Vec<u8>, String)> {
+fn cosign<T: Payload>(
+    file: &str,
+    bytes: &[u8],
+    policy: &Policy,
+    role: &Role,
+    key: &SecretKey,
+) -> Result<(Vec<u8>, String)> {
     let mut doc = Document::<T>::parse(bytes).map_err(|e| Refused(format!("{file}: {e}")))?;
     let id = key.public_key().key_id();
     if !role.keys.contains(&id) {
-        return Err(Refused(format!(
-            "key {id} may not sign {file} (allowed: {})",
-            key_list(policy, &role.keys)
-        ))
-        .into());
+        return Err(Refused(format!("key {id} may not sign {file} (allowed: {})", key_list(policy, &role.keys))).into());
     }
-    let foreign = if T::KIND == ledger_format::DocKind::Policy { ForeignSignatures::Skip } else { ForeignSignatures::Refuse };
+    let foreign =
+        if T::KIND == ledger_format::DocKind::Policy { ForeignSignatures::Skip } else { ForeignSignatures::Refuse };
     match doc.check_role(policy, role, foreign) {
         Ok(_) | Err(DocError { check: Check::S3, .. }) => {}
         Err(e) => return Err(Refused(format!("{file}: existing signatures are not sound: {e}")).into()),
@@ -138,5 +141,8 @@ fn cosign<T: Payload>(file: &str, bytes: &[u8], policy: &Policy, role: &Role, ke
         Ok(signed) => signed.0.len(),
         Err(_) => doc.signatures.iter().filter(|s| role.keys.contains(&s.keyid)).count(),
     };
-    Ok((doc.to_file_bytes(), format!("{count} signature{}, {} required", if count == 1 { "" } else { "s" }, role.threshold)))
+    Ok((
+        doc.to_file_bytes(),
+        format!("{count} signature{}, {} required", if count == 1 { "" } else { "s" }, role.threshold),
+    ))
 }

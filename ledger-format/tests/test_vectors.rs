@@ -1,0 +1,158 @@
+//! The test vectors in `test-vectors/`: they match what the generator writes, and every verdict they
+//! state is the one `verify_snapshot` reaches, judged from the files alone.
+
+#[path = "support/vectors.rs"]
+mod vectors;
+
+use ledger_format::check::Check;
+use ledger_format::time::Timestamp;
+use ledger_format::tree::{entry_path, environment_path, verify_snapshot, POLICY_PATH};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use vectors::{ExpectedProblem, Vector};
+
+const REGENERATE: &str = "run `cargo run -p ledger-format --example gen_vectors` and commit test-vectors/";
+
+fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("test-vectors")
+}
+
+/// Every file under `dir`, by path relative to it with `/` separators.
+fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}; {REGENERATE}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("directory entries are readable").path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let relative = path.strip_prefix(root).expect("walked paths lie under the root");
+                let name = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                out.insert(name, fs::read(&path).expect("vector files are readable"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn committed_vectors_match_the_generator() {
+    let committed = read_tree(&vectors_dir());
+    let fresh = vectors::render(&vectors::build_cases());
+    let names: BTreeSet<&String> = committed.keys().chain(fresh.keys()).collect();
+    let differing: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| match (committed.get(name), fresh.get(name)) {
+            (Some(a), Some(b)) if a == b => None,
+            (Some(_), Some(_)) => Some(format!("{name} differs")),
+            (Some(_), None) => Some(format!("{name} is no longer generated")),
+            (None, _) => Some(format!("{name} is missing")),
+        })
+        .collect();
+    assert!(differing.is_empty(), "test-vectors/ is out of date ({}); {REGENERATE}", differing.join(", "));
+    let total: usize = committed.values().map(Vec::len).sum();
+    assert!(total < 400 << 10, "test-vectors/ holds {total} bytes; keep the vectors small");
+}
+
+/// The vector files as they are on disk, by name (`valid/basic.json`).
+fn load_vectors() -> BTreeMap<String, Vector> {
+    let vectors: BTreeMap<String, Vector> = read_tree(&vectors_dir())
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".json") && name.contains('/'))
+        .map(|(name, bytes)| {
+            let vector = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name, vector)
+        })
+        .collect();
+    assert!(vectors.len() >= 40, "only {} vector files found; {REGENERATE}", vectors.len());
+    vectors
+}
+
+fn check_vector(name: &str, vector: &Vector) -> Result<(), String> {
+    let snapshot = vectors::to_snapshot(vector)?;
+    let now: Timestamp = vector.now.parse()?;
+    if name.starts_with("valid/") != vector.expected.valid {
+        return Err("valid vectors, and only they, live in valid/".into());
+    }
+    match verify_snapshot(&snapshot, now) {
+        Ok(tree) => {
+            if !vector.expected.valid {
+                return Err(format!("verified, but expected problems {:?}", vector.expected.problems));
+            }
+            let mut hashes = BTreeMap::new();
+            hashes.insert(POLICY_PATH.to_owned(), tree.policy.hash().to_hex());
+            for (env, verified) in &tree.environments {
+                hashes.insert(environment_path(env), verified.spec.hash().to_hex());
+                for entry in &verified.entries {
+                    hashes.insert(entry_path(env, entry.doc.payload.seq), entry.doc.hash().to_hex());
+                }
+            }
+            if hashes != vector.expected.hashes {
+                return Err(format!("document hashes {hashes:#?}, expected {:#?}", vector.expected.hashes));
+            }
+        }
+        Err(problems) => {
+            let show = || problems.iter().map(|p| format!("\n  {p}")).collect::<String>();
+            if vector.expected.valid {
+                return Err(format!("expected a valid tree, got:{}", show()));
+            }
+            let mut got: Vec<(String, String)> =
+                problems.iter().map(|p| (p.path.clone(), p.check.id().to_owned())).collect();
+            let mut want: Vec<(String, String)> =
+                vector.expected.problems.iter().map(|p| (p.path.clone(), p.check.clone())).collect();
+            got.sort();
+            want.sort();
+            if got != want {
+                return Err(format!("problems {got:?}, expected {want:?}:{}", show()));
+            }
+            for ExpectedProblem { path, check, cause } in &vector.expected.problems {
+                let Some(cause) = cause else { continue };
+                let suffix = format!("({cause})");
+                let found =
+                    problems.iter().any(|p| p.path == *path && p.check.id() == check && p.reason.ends_with(&suffix));
+                if !found {
+                    return Err(format!("{path}: {check} is not caused by {cause}:{}", show()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_vector_gets_its_verdict_from_the_files_alone() {
+    let failures: Vec<String> = load_vectors()
+        .iter()
+        .filter_map(|(name, vector)| check_vector(name, vector).err().map(|e| format!("{name}: {e}")))
+        .collect();
+    assert!(failures.is_empty(), "{} vectors fail:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn every_check_has_a_vector() {
+    let vectors = load_vectors();
+    let covered: BTreeSet<&str> = vectors
+        .values()
+        .flat_map(|v| &v.expected.problems)
+        .flat_map(|p| std::iter::once(p.check.as_str()).chain(p.cause.as_deref()))
+        .collect();
+    let missing: Vec<&str> = Check::ALL.iter().map(|c| c.id()).filter(|id| !covered.contains(id)).collect();
+    assert!(missing.is_empty(), "no invalid vector expects checks {missing:?}; add cases to tests/support/vectors.rs");
+}
+
+#[test]
+fn base64_round_trips_and_refuses_non_canonical_input() {
+    for len in 0..8 {
+        let bytes: Vec<u8> = (0..len).map(|i| 0xf0 ^ (i as u8 * 37)).collect();
+        let text = vectors::base64_encode(&bytes);
+        assert_eq!(vectors::base64_decode(&text), Some(bytes), "{text}");
+    }
+    assert_eq!(vectors::base64_encode(b"foobar"), "Zm9vYmFy");
+    assert_eq!(vectors::base64_encode(b"fo"), "Zm8=");
+    for bad in ["Zm8", "Zm9=", "Z===", "Zm=8", "Zm8=Zm8=", "Zm8*"] {
+        assert_eq!(vectors::base64_decode(bad), None, "{bad}");
+    }
+}
