@@ -41,7 +41,9 @@ pub fn for_error(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<RepoError>() {
             return match e {
-                RepoError::Dirty { .. } | RepoError::NotARepository { .. } => REFUSED,
+                RepoError::Dirty { .. } | RepoError::NotARepository { .. } | RepoError::UnknownRevision { .. } => {
+                    REFUSED
+                }
                 RepoError::Io { .. } | RepoError::Git { .. } => IO,
             };
         }

@@ -19,6 +19,8 @@ pub enum RepoError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("git: {context}: {source}")]
     Git { context: String, source: git2::Error },
+    #[error("{rev}: not a commit in this repository: {source}")]
+    UnknownRevision { rev: String, source: git2::Error },
     #[error("uncommitted changes in the ledger: {paths}; commit or discard them first, so that what is signed is what is committed")]
     Dirty { paths: String },
 }
@@ -87,8 +89,11 @@ impl LedgerRepo {
 
     /// Reads the owned directories of the tree of `rev` (a commit-ish such as `HEAD` or a hash).
     pub fn rev_snapshot(&self, rev: &str) -> Result<Snapshot, RepoError> {
-        let commit =
-            self.git.revparse_single(rev).and_then(|o| o.peel_to_commit()).map_err(git(format!("resolve {rev:?}")))?;
+        let commit = self
+            .git
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|source| RepoError::UnknownRevision { rev: rev.to_owned(), source })?;
         let tree = commit.tree().map_err(git("read tree"))?;
         let mut snapshot = Snapshot::default();
         for dir in OWNED_DIRS {
@@ -103,14 +108,16 @@ impl LedgerRepo {
     /// files included), so a command signs and commits exactly what it verified.
     pub fn ensure_clean(&self) -> Result<(), RepoError> {
         let mut opts = StatusOptions::new();
-        opts.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
+        // Ignored files count: the work tree is what gets verified, so a file git ignores under the
+        // ledger would be judged but never committed.
+        opts.include_untracked(true).recurse_untracked_dirs(true).include_ignored(true).recurse_ignored_dirs(true);
         for dir in OWNED_DIRS {
             opts.pathspec(dir);
         }
         let statuses = self.git.statuses(Some(&mut opts)).map_err(git("status"))?;
         let dirty: Vec<String> = statuses
             .iter()
-            .filter(|s| s.status() != Status::CURRENT && !s.status().contains(Status::IGNORED))
+            .filter(|s| s.status() != Status::CURRENT)
             .map(|s| String::from_utf8_lossy(s.path_bytes()).into_owned())
             .collect();
         if dirty.is_empty() {

@@ -170,9 +170,33 @@ fn parse_in_ledger<T: Payload>(
     Ok(doc)
 }
 
+/// When expiry is judged (checks P3 and E6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Documents that expired at or before this time are refused: what anything that acts does.
+    JudgedAt(Timestamp),
+    /// Expiry is not judged. Only for tools that append to a ledger: a release or a new policy is how
+    /// an expired tip or policy is renewed, so expiry must not block writing one.
+    NotJudged,
+}
+
+impl Expiry {
+    fn expired(self, at: Option<Timestamp>) -> Option<Timestamp> {
+        match self {
+            Expiry::JudgedAt(now) => at.filter(|t| *t <= now),
+            Expiry::NotJudged => None,
+        }
+    }
+}
+
 /// Verifies a whole tree (SPEC.md §7.2) against the policy it contains, at time `now`.
 /// Returns every problem found, in path order, when any check fails.
 pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTree, Vec<Problem>> {
+    verify_snapshot_with(snapshot, Expiry::JudgedAt(now))
+}
+
+/// [`verify_snapshot`] with a choice about expiry; see [`Expiry::NotJudged`] for the one use of it.
+pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<VerifiedTree, Vec<Problem>> {
     let mut problems = Problems(Vec::new());
 
     // T1, T2: sort every node into the layout.
@@ -217,7 +241,7 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
         return Err(problems.sorted());
     };
     let policy = match parse_in_ledger::<Policy>(policy_node, None, |p| &p.ledger)
-        .and_then(|doc| check_policy(&doc, now).map(|_| doc))
+        .and_then(|doc| check_policy(&doc, expiry).map(|_| doc))
     {
         Ok(doc) => doc,
         Err(e) => {
@@ -297,7 +321,7 @@ pub fn verify_snapshot(snapshot: &Snapshot, now: Timestamp) -> Result<VerifiedTr
             }
         }
         if let Some(tip) = chain.last().filter(|_| chain.len() == files.len()) {
-            if let Some(expires) = tip.doc.payload.expires_at.filter(|t| *t <= now) {
+            if let Some(expires) = expiry.expired(tip.doc.payload.expires_at) {
                 problems.add(
                     &entry_path(env, tip.doc.payload.seq),
                     Check::E6,
@@ -328,7 +352,7 @@ fn as_check(e: DocError, check: Check) -> DocError {
 }
 
 /// P1-P4 (SPEC.md §6.1) for a policy judged on its own.
-pub fn check_policy(doc: &Document<Policy>, now: Timestamp) -> Result<SignedBy, DocError> {
+pub fn check_policy(doc: &Document<Policy>, expiry: Expiry) -> Result<SignedBy, DocError> {
     let p = &doc.payload;
     if p.version < 1 {
         return Err(DocError::new(Check::D5, "payload: version: must be at least 1"));
@@ -365,7 +389,7 @@ pub fn check_policy(doc: &Document<Policy>, now: Timestamp) -> Result<SignedBy, 
             ));
         }
     }
-    if let Some(expires) = p.expires_at.filter(|t| *t <= now) {
+    if let Some(expires) = expiry.expired(p.expires_at) {
         return Err(DocError::new(Check::P3, format!("the policy expired at {expires}")));
     }
     doc.check_role(p, &p.root, ForeignSignatures::Skip).map_err(|e| as_check(e, Check::P4))

@@ -1,12 +1,12 @@
 //! `stele init`: a new ledger with one root key that also signs every environment.
 
-use super::{key_list, load_verified, now};
+use super::{key_list, load_verified};
 use crate::cli::InitArgs;
 use crate::exit::{self, Refused};
 use crate::keys;
 use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
-use ledger_format::tree::{environment_path, verify_snapshot, Snapshot, OWNED_DIRS, POLICY_PATH};
+use ledger_format::tree::{environment_path, verify_snapshot_with, Expiry, Snapshot, OWNED_DIRS, POLICY_PATH};
 use ledger_format::types::*;
 use ledger_format::Document;
 use rand_core::{OsRng, RngCore};
@@ -103,13 +103,13 @@ pub fn run(args: InitArgs) -> Result<u8> {
     for Change::Write { path, bytes } in &changes {
         snapshot.insert_file(path, bytes.clone());
     }
-    if let Err(problems) = verify_snapshot(&snapshot, now()) {
+    if let Err(problems) = verify_snapshot_with(&snapshot, Expiry::NotJudged) {
         anyhow::bail!("internal error: the new ledger does not verify:\n{}", super::problem_lines(&problems));
     }
     let env_list = envs.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ");
     let commit =
         repo.commit(&changes, &format!("stele init: ledger {ledger}\n\nenvironments: {env_list}\nroot key: {id}\n"))?;
-    let (_, tree) = load_verified(&repo, now())?;
+    let (_, tree) = load_verified(&repo)?;
     println!("initialised ledger {ledger} in {}", repo.root().display());
     println!("  root and signer of {env_list}: {}", key_list(&tree.policy.payload, &[id]));
     println!("  commit {commit}");

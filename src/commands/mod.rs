@@ -17,7 +17,7 @@ use crate::exit::Refused;
 use crate::repo::LedgerRepo;
 use anyhow::Result;
 use ledger_format::document::display_key;
-use ledger_format::tree::{verify_snapshot, Problem, Snapshot, VerifiedTree};
+use ledger_format::tree::{verify_snapshot_with, Expiry, Problem, Snapshot, VerifiedTree};
 use ledger_format::types::Policy;
 use ledger_format::{KeyId, Timestamp};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -75,10 +75,11 @@ pub fn problem_lines(problems: &[Problem]) -> String {
 
 /// Reads the work tree (which must match HEAD) and verifies it: the starting point of every command
 /// that changes the ledger. Refuses, listing every problem, when the ledger does not verify.
-pub fn load_verified(repo: &LedgerRepo, now: Timestamp) -> Result<(Snapshot, VerifiedTree)> {
+/// Expiry is not judged here: appending a release or a new policy is how an expired one is renewed.
+pub fn load_verified(repo: &LedgerRepo) -> Result<(Snapshot, VerifiedTree)> {
     repo.ensure_clean()?;
     let snapshot = repo.worktree_snapshot()?;
-    match verify_snapshot(&snapshot, now) {
+    match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
         Ok(tree) => Ok((snapshot, tree)),
         Err(problems) => Err(Refused(format!(
             "the ledger at {} does not verify, so nothing was changed; fix these first (see `stele verify`):\n{}",

@@ -11,7 +11,7 @@ use crate::keys::{self, LoadedSecret};
 use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::document::ForeignSignatures;
-use ledger_format::tree::{environment_path, verify_snapshot, POLICY_PATH};
+use ledger_format::tree::{environment_path, verify_snapshot_with, Expiry, POLICY_PATH};
 use ledger_format::types::{EnvName, KeyInfo, KeyName, Policy, Role};
 use ledger_format::{Check, Document, KeyId};
 use std::path::Path;
@@ -25,7 +25,7 @@ pub fn run(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
 
 fn show(repo_path: &Path, json: bool) -> Result<u8> {
     let repo = LedgerRepo::open(repo_path)?;
-    let (_, tree) = load_verified(&repo, now())?;
+    let (_, tree) = load_verified(&repo)?;
     let p = &tree.policy.payload;
     if json {
         println!("{}", serde_json::to_string_pretty(p)?);
@@ -77,7 +77,7 @@ fn drop_unused_keys(policy: &mut Policy) {
 fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     let now = now();
     let repo = LedgerRepo::open(repo_path)?;
-    let (mut snapshot, tree) = load_verified(&repo, now)?;
+    let (mut snapshot, tree) = load_verified(&repo)?;
     let old = tree.policy.payload.clone();
     let mut new = old.clone();
     new.version += 1;
@@ -168,6 +168,11 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     if let Some(when) = &root.expires {
         new.expires_at = Some(parse_when(when, now)?);
     }
+    if let Some(t) = new.expires_at.filter(|t| *t <= now) {
+        return Err(
+            Refused(format!("the new policy would already be expired ({t}); pass --expires to renew it")).into()
+        );
+    }
 
     let signers: Vec<LoadedSecret> = root.keys.iter().map(|k| keys::load_secret(k)).collect::<Result<_, _>>()?;
     for s in &signers {
@@ -201,7 +206,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     for Change::Write { path, bytes } in &extra {
         snapshot.insert_file(path, bytes.clone());
     }
-    let pending = match verify_snapshot(&snapshot, now) {
+    let pending = match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
         Ok(_) => None,
         Err(problems) => {
             let only_root_signatures = problems.iter().all(|p| p.path == POLICY_PATH && p.check == Check::P4)

@@ -7,7 +7,7 @@ use crate::image::{self, ImageDigest};
 use crate::keys;
 use crate::repo::{Change, LedgerRepo};
 use anyhow::{Context, Result};
-use ledger_format::tree::{entry_path, verify_snapshot};
+use ledger_format::tree::{entry_path, verify_snapshot_with, Expiry};
 use ledger_format::types::{ArtifactUri, EntryType, Image};
 use ledger_format::{Blake3Digest, Document};
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
     let now = now();
     let key = keys::load_secret(&args.key)?;
     let repo = LedgerRepo::open(repo_path)?;
-    let (mut snapshot, tree) = load_verified(&repo, now)?;
+    let (mut snapshot, tree) = load_verified(&repo)?;
     let env = args.env.parse().map_err(Refused)?;
     let policy = &tree.policy.payload;
     let Some(state) = tree.environments.get(&env) else {
@@ -110,7 +110,7 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
     // Judge the ledger as it will be after this commit; a lone signature short of the threshold is
     // expected (co-signers follow with `stele sign`), anything else is refused.
     snapshot.insert_file(&file, bytes.clone());
-    let pending = match verify_snapshot(&snapshot, now) {
+    let pending = match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
         Ok(_) => None,
         Err(problems) => match doc.check_role(policy, role, ledger_format::document::ForeignSignatures::Refuse) {
             Err(e) if e.check == ledger_format::Check::S3 && problems.iter().all(|p| p.path == file) => Some(e.reason),

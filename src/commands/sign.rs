@@ -3,20 +3,19 @@
 //! Co-signing is for documents that are otherwise valid but short of their threshold, so the only
 //! problem the ledger may have before signing is that document's missing signatures.
 
-use super::{key_list, now, problem_lines};
+use super::{key_list, problem_lines};
 use crate::cli::SignArgs;
 use crate::exit::{self, Refused};
 use crate::keys;
 use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::document::{DocError, ForeignSignatures, Payload};
-use ledger_format::tree::{classify, entry_path, verify_snapshot, LayoutPath, Node, Problem, Snapshot};
+use ledger_format::tree::{classify, entry_path, verify_snapshot_with, Expiry, LayoutPath, Node, Problem, Snapshot};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, Role};
 use ledger_format::{Check, Document, SecretKey};
 use std::path::Path;
 
 pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
-    let now = now();
     let key = keys::load_secret(&args.key)?;
     let repo = LedgerRepo::open(repo_path)?;
     repo.ensure_clean()?;
@@ -66,7 +65,7 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
 
     // Before: the only problems may be this document's own; after: none but its missing signatures.
     let only_this = |problems: &[Problem]| problems.iter().all(|p| p.path == file && is_signature_check(p.check));
-    if let Err(problems) = verify_snapshot(&snapshot, now) {
+    if let Err(problems) = verify_snapshot_with(&snapshot, Expiry::NotJudged) {
         if !only_this(&problems) {
             return Err(Refused(format!(
                 "the ledger has problems besides {file}'s signatures; nothing was signed:\n{}",
@@ -76,7 +75,7 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
         }
     }
     snapshot.insert_file(&file, new_bytes.clone());
-    let remaining = match verify_snapshot(&snapshot, now) {
+    let remaining = match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
         Ok(_) => None,
         Err(problems) if only_this(&problems) => Some(problem_lines(&problems)),
         Err(problems) => anyhow::bail!("internal error: co-signing broke the ledger:\n{}", problem_lines(&problems)),

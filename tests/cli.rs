@@ -1,0 +1,182 @@
+//! The `stele` command line as a user meets it: the new-user story from keys to a co-signed release,
+//! machine-readable verification, reproducible images and usage errors. Threats live in
+//! `cli_threats.rs`.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// Two keys, a ledger with staging and prod, bob added to prod and prod raised to 2-of-2, an image
+/// packed and released by alice: the release is pending until bob co-signs, then verifies; one byte
+/// changed in the signed payload is caught and named.
+#[test]
+fn new_user_story_from_keys_to_a_two_of_two_release_and_a_caught_tamper() {
+    let sb = Sandbox::new();
+    let alice = sb.key("alice"); // checks mode 0600, the .pub file and `stele key id`
+    let bob = sb.key("bob");
+    assert_ne!(alice.id, bob.id);
+    let ledger = sb.ledger("ledger-repo", "story", &alice, &["staging", "prod"]);
+    ledger.expect_valid(&[]).says(&["prod: no releases yet", "staging: no releases yet"]);
+
+    ledger
+        .stele(["policy", "add-signer", "--env", "prod", "--pubkey", &bob.public(), "--key", &alice.secret()])
+        .expect(OK);
+    // Under a 2-of-2 policy the prod spec needs bob's signature too, so he co-signs it first.
+    ledger.stele(["sign", "--file", "environments/prod.json", "--key", &bob.secret()]).expect(OK);
+    ledger
+        .stele(["policy", "set-threshold", "--env", "prod", "--threshold", "2", "--key", &alice.secret()])
+        .expect(OK)
+        .says(&["set prod threshold to 2"]);
+    let policy = ledger.stele(["policy", "show"]);
+    policy.expect(OK).says(&["prod: 2 of", "staging: 1 of", "alice", "bob"]);
+
+    let app = sb.path("app");
+    std::fs::create_dir_all(app.join("bin")).unwrap();
+    std::fs::write(app.join("bin/run.sh"), "#!/bin/sh\necho hello\n").unwrap();
+    let tar = sb.path("app-1.4.2.tar");
+    let packed = sb.stele(sb.root(), ["image", "pack", &path_str(&app), "--out", &path_str(&tar)]);
+    let digest = packed.expect(OK).first_word();
+
+    let commits = ledger.commit_count();
+    ledger.release("prod", "1.4.2", &tar, &alice).says(&["ledger/prod/1.json", "threshold not met: 1 of 2"]);
+    assert_eq!(ledger.commit_count(), commits + 1, "a pending release is committed for co-signers");
+    let entry = ledger.json("ledger/prod/1.json");
+    assert_eq!(entry["payload"]["image"]["blake3"], digest.as_str(), "the entry pins the packed image");
+    ledger.expect_problems(&[], &[("ledger/prod/1.json", "E5", &["threshold not met: 1 of 2", "(S3)"])]);
+
+    ledger.stele(["sign", "--env", "prod", "--key", &bob.secret()]).expect(OK).says(&["the ledger verifies"]);
+    ledger.expect_valid(&[]).says(&["prod: 1.4.2 (seq 1)", &digest, "alice", "bob"]);
+
+    // One byte of the signed payload, changed by hand: the version text 1.4.2 becomes 1.4.3.
+    let text = ledger.read_string("ledger/prod/1.json");
+    ledger.write("ledger/prod/1.json", replace_once(&text, "\"version\": \"1.4.2\"", "\"version\": \"1.4.3\""));
+    ledger.expect_problems(&[], &[("ledger/prod/1.json", "E5", &["does not verify", "(S1)"])]);
+}
+
+/// `verify --json` is one JSON document: `ok` true with no problems for a valid tree, `ok` false with
+/// every problem as {path, check, reason} otherwise, and the exit code still says which.
+#[test]
+fn verify_json_reports_ok_and_every_problem_as_path_check_reason() {
+    let sb = Sandbox::new();
+    let alice = sb.key("alice");
+    let image = sb.image("app.tar", b"app v1\n");
+    let ledger = sb.ledger("repo", "json-demo", &alice, &["prod"]);
+    ledger.release("prod", "1.0.0", &image, &alice);
+
+    let good = ledger.verify(&["--json"]);
+    good.expect(OK);
+    let v: serde_json::Value = serde_json::from_str(&good.stdout).unwrap_or_else(|e| panic!("{e}\n{}", good.dump()));
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert_eq!(v["ledger"], "json-demo");
+    assert_eq!(v["environments"]["prod"]["tip"]["version"], "1.0.0");
+
+    ledger.git(["rm", "-q", "environments/prod.json"]);
+    ledger.write("ledger/prod/notes.txt", "hello");
+    let bad = ledger.verify(&["--json"]);
+    bad.expect(VERIFY_FAILED);
+    let v: serde_json::Value = serde_json::from_str(&bad.stdout).unwrap_or_else(|e| panic!("{e}\n{}", bad.dump()));
+    assert_eq!(v["ok"], false);
+    let problems: Vec<(&str, &str)> = v["problems"]
+        .as_array()
+        .expect("a problems array")
+        .iter()
+        .map(|p| {
+            assert!(p["reason"].as_str().is_some_and(|r| !r.is_empty()), "a reason: {p}");
+            (p["path"].as_str().expect("path"), p["check"].as_str().expect("check"))
+        })
+        .collect();
+    assert_eq!(problems, [("environments/prod.json", "N2"), ("ledger/prod/notes.txt", "T2")]);
+}
+
+/// The same directory packs to the same bytes whatever the mtimes, the non-execute permission bits and
+/// the order the files were created in, and `image digest` of the archive agrees with `image pack`.
+#[test]
+fn image_pack_is_reproducible_and_agrees_with_image_digest() {
+    let sb = Sandbox::new();
+    let make = |dir: &Path, order: &[&str]| {
+        for rel in order {
+            let path = dir.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, format!("contents of {rel}\n")).unwrap();
+        }
+    };
+    let files = ["bin/app", "etc/app.toml", "README", "share/doc/a.txt"];
+    let (one, two) = (sb.path("one"), sb.path("two"));
+    make(&one, &files);
+    make(&two, &files.iter().rev().copied().collect::<Vec<_>>());
+
+    let pack = |dir: &Path, out: &str| -> (String, String) {
+        let o = sb.stele(sb.root(), ["image", "pack", &path_str(dir), "--out", &path_str(&sb.path(out)), "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&o.expect(OK).stdout).unwrap_or_else(|e| panic!("{e}\n{}", o.dump()));
+        (v["blake3"].as_str().expect("blake3").to_owned(), v["size"].to_string())
+    };
+    let first = pack(&one, "a.tar");
+    assert_eq!(pack(&one, "b.tar"), first, "packing twice");
+    assert_eq!(std::fs::read(sb.path("a.tar")).unwrap(), std::fs::read(sb.path("b.tar")).unwrap());
+    assert_eq!(pack(&two, "c.tar"), first, "files created in another order");
+
+    use std::os::unix::fs::PermissionsExt;
+    let long_ago = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    for rel in files {
+        let f = std::fs::File::options().write(true).open(one.join(rel)).unwrap();
+        f.set_modified(long_ago).unwrap();
+    }
+    std::fs::set_permissions(one.join("README"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(pack(&one, "d.tar"), first, "after touching mtimes and non-execute permission bits");
+
+    let digest = sb.stele(sb.root(), ["image", "digest", &path_str(&sb.path("a.tar")), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&digest.expect(OK).stdout).unwrap();
+    assert_eq!((v["blake3"].as_str().unwrap().to_owned(), v["size"].to_string()), first);
+    let plain = sb.stele(sb.root(), ["image", "digest", &path_str(&sb.path("a.tar"))]);
+    assert_eq!(plain.expect(OK).first_word(), first.0);
+
+    std::fs::write(one.join("README"), "changed\n").unwrap();
+    assert_ne!(pack(&one, "e.tar").0, first.0, "different contents give a different digest");
+}
+
+/// Packing into the directory being packed would make the next pack contain this one; it is refused
+/// and nothing is written.
+#[test]
+fn image_pack_refuses_an_output_inside_the_packed_directory() {
+    let sb = Sandbox::new();
+    let dir = sb.path("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a"), "a\n").unwrap();
+    let out = sb.stele(sb.root(), ["image", "pack", "app", "--out", "app/app.tar"]);
+    out.expect(REFUSED).says(&["app/app.tar", "inside the packed directory"]);
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["a"]);
+}
+
+/// Malformed command lines exit 2 (and say what is wrong) before touching anything; help and version
+/// exit 0.
+#[test]
+fn malformed_command_lines_exit_2() {
+    let sb = Sandbox::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["release", "--version", "1.0.0", "--image", "app.tar", "--key", "k"], "--env"),
+        (&["release", "--env", "prod"], "--version"),
+        (&["init", "repo", "--key", "k"], "--env"),
+        (&["key", "generate"], "--out"),
+        (&["sign", "--key", "k"], "--env"),
+        (&["sign", "--env", "prod", "--file", "trust/policy.json", "--key", "k"], "cannot be used with"),
+        (
+            &["policy", "remove-signer", "--env", "prod", "--keyid", "ab", "--pubkey", "b.pub", "--key", "k"],
+            "cannot be used with",
+        ),
+        (&["policy", "set-threshold", "--env", "prod", "--threshold", "two", "--key", "k"], "invalid value"),
+        (&["verify", "--frobnicate"], "--frobnicate"),
+        (&["deploy"], "unrecognized subcommand"),
+        (&[], "Usage"),
+    ];
+    for (args, says) in cases {
+        let out = sb.stele(sb.root(), *args);
+        out.expect(USAGE).says(&[says]);
+    }
+    assert_eq!(std::fs::read_dir(sb.root()).unwrap().count(), 0, "usage errors write nothing");
+    sb.stele(sb.root(), ["--help"]).expect(OK).says(&["Exit codes"]);
+    sb.stele(sb.root(), ["--version"]).expect(OK).says(&["stele"]);
+}
