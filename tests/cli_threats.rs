@@ -186,39 +186,17 @@ fn malleate(sig_hex: &str) -> String {
     hex::encode(sig)
 }
 
-/// The zero of `T` (the scalar type, which this crate cannot name).
-fn zero_like<T: Default>(_: &T) -> T {
-    T::default()
-}
-
-/// A second, different, strictly valid signature by the key in `secret` over `message`: Ed25519 with a
-/// fixed nonce instead of RFC 8032's derived one. Only the key's holder can make it.
+/// A second, different, strictly valid signature by the key in `secret` over `message`: the same secret
+/// scalar with another hash prefix, from which Ed25519 derives its nonce. Only the key's holder can make it.
 fn sign_with_another_nonce(secret: &Path, message: &[u8]) -> String {
-    use ssh_key::sha2::{Digest, Sha512};
+    use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
     let seed = stele::keys::load_secret(secret).expect("load the secret key").key.seed();
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let nonce = ed25519_dalek::SigningKey::from_bytes(blake3::hash(b"another nonce").as_bytes());
-    let (r, big_r) = (nonce.to_scalar(), nonce.verifying_key().to_bytes());
-    let (a, big_a) = (key.to_scalar(), key.verifying_key().to_bytes());
-    let digest = Sha512::new().chain_update(big_r).chain_update(big_a).chain_update(message).finalize();
-    // k = SHA-512(R || A || M) mod L, read little-endian, accumulated bit by bit from the top.
-    let one = a * a.invert();
-    let mut k = zero_like(&a);
-    for byte in digest.iter().rev() {
-        for bit in (0..8).rev() {
-            k = k + k;
-            if (byte >> bit) & 1 == 1 {
-                k += one;
-            }
-        }
-    }
-    let s = r + k * a;
-    let mut sig = [0u8; 64];
-    sig[..32].copy_from_slice(&big_r);
-    sig[32..].copy_from_slice(&s.to_bytes());
-    let verifying = key.verifying_key();
-    verifying.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig)).expect("the forged nonce signs");
-    hex::encode(sig)
+    let expanded =
+        ExpandedSecretKey { scalar: key.to_scalar(), hash_prefix: *blake3::hash(b"another nonce").as_bytes() };
+    let sig = raw_sign::<ed25519_dalek::Sha512>(&expanded, message, &key.verifying_key());
+    key.verifying_key().verify_strict(message, &sig).expect("a signature with another nonce verifies");
+    hex::encode(sig.to_bytes())
 }
 
 /// prod needs 2 of {alice, bob}. Starting from an entry both signed, every way of making alice count
