@@ -180,3 +180,48 @@ fn malformed_command_lines_exit_2() {
     sb.stele(sb.root(), ["--help"]).expect(OK).says(&["Exit codes"]);
     sb.stele(sb.root(), ["--version"]).expect(OK).says(&["stele"]);
 }
+
+/// Root rotation: the new policy is signed by old and new root keys; afterwards only the new root may
+/// change the policy (the old key keeps only its environment role). A rotation signed by the new keys
+/// alone is refused, nothing committed. `add-env` then declares an environment that takes releases.
+#[test]
+fn root_rotation_needs_old_and_new_root_and_retires_the_old_root() {
+    let sb = Sandbox::new();
+    let old = sb.key("oldroot");
+    let new = sb.key("newroot");
+    let ledger = sb.ledger("ledger-repo", "rotation", &old, &["prod"]);
+
+    let commits = ledger.commit_count();
+    ledger
+        .stele(["policy", "rotate-root", "--new-root", &new.public(), "--key", &new.secret()])
+        .expect(REFUSED)
+        .says(&["must be signed by 1 of the current root keys"]);
+    assert_eq!(ledger.commit_count(), commits, "a refused rotation commits nothing");
+
+    ledger
+        .stele(["policy", "rotate-root", "--new-root", &new.public(), "--key", &old.secret(), "--key", &new.secret()])
+        .expect(OK)
+        .says(&["policy version 2", "rotate root"]);
+    ledger.expect_valid(&[]);
+    let policy = ledger.json("trust/policy.json");
+    assert_eq!(policy["payload"]["root"]["keys"], serde_json::json!([new.id]));
+    assert_eq!(policy["signatures"].as_array().map(Vec::len), Some(2), "old and new root both signed");
+
+    // The old key still signs prod (it was its signer), so it stays listed, but it may no longer sign
+    // a policy.
+    assert!(policy["payload"]["keys"].get(&old.id).is_some(), "prod's signer stays listed");
+    let commits = ledger.commit_count();
+    ledger
+        .stele(["policy", "set-threshold", "--env", "prod", "--threshold", "1", "--key", &old.secret()])
+        .expect(REFUSED)
+        .says(&["is not a root key"]);
+    assert_eq!(ledger.commit_count(), commits);
+    ledger
+        .stele(["policy", "add-env", "qa", "--key", &new.secret()])
+        .expect(OK)
+        .says(&["policy version 3", "add environment qa"]);
+    ledger.expect_valid(&[]).says(&["qa: no releases yet"]);
+    let image = sb.image("qa.tar", b"qa image");
+    ledger.release("qa", "0.1.0", &image, &new).says(&["threshold 1 met"]);
+    ledger.expect_valid(&[]).says(&["qa: 0.1.0 (seq 1)"]);
+}
