@@ -43,6 +43,70 @@ pub enum Command {
     Sign(SignArgs),
     /// Verify the ledger tree: policy, environment specs and every chain. Exits 0 only if all verify.
     Verify(VerifyArgs),
+    /// Roll an environment back: commit exactly what `git revert` of its tip promotion would, SSH-signed
+    /// with --key (for environments whose revert policy is `signed`).
+    Rollback(RollbackArgs),
+    /// Fetch the ledger (--repo: a path or a file://, git://, ssh:// or https:// URL), verify every new
+    /// first-parent commit since the last verified one, and persist the new high-water mark.
+    Poll(PollArgs),
+    /// Replay the whole history offline, verify every step, and print each environment's timeline.
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrustArgs {
+    /// Pinned trust root: key ids (comma-separated) of which --trust-threshold must have signed the
+    /// genesis policy.
+    #[arg(long, value_delimiter = ',', value_name = "KEYID[,KEYID...]", conflicts_with = "trust_root_hash")]
+    pub trust_root: Vec<String>,
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub trust_threshold: u64,
+    /// Pinned trust root: the document hash of the genesis policy.
+    #[arg(long, value_name = "HEX")]
+    pub trust_root_hash: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[arg(long, value_name = "NAME")]
+    pub env: String,
+    /// SSH-sign the revert commit with this key (git's gpg.format=ssh signature, namespace "git").
+    #[arg(long, value_name = "SECRET")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PollArgs {
+    /// Where the verified state (high-water mark) and the fetch cache live.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Branch to follow; default: HEAD of a local repository, main for a URL.
+    #[arg(long, value_name = "NAME")]
+    pub branch: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Branch to replay; default: HEAD of a local repository, main for a URL.
+    #[arg(long, value_name = "NAME")]
+    pub branch: Option<String>,
+    /// Only this environment's timeline.
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
+    /// Answer "what was the target at TIME" (YYYY-MM-DDTHH:MM:SSZ; commit times as Git records them).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Where to fetch a remote ledger (default: a temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

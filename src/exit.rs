@@ -5,6 +5,7 @@
 use crate::image::ImageError;
 use crate::keys::KeyError;
 use crate::repo::RepoError;
+use crate::source::SourceError;
 
 /// Success.
 pub const OK: u8 = 0;
@@ -37,6 +38,13 @@ pub fn for_error(err: &anyhow::Error) -> u8 {
                 | ImageError::Append { .. }
                 | ImageError::Finish { .. } => IO,
                 _ => REFUSED,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<SourceError>() {
+            return match e {
+                SourceError::Network { .. } | SourceError::Git { .. } => IO,
+                SourceError::Rewritten { .. } => VERIFY_FAILED,
+                SourceError::NoBranch { .. } => REFUSED,
             };
         }
         if let Some(e) = cause.downcast_ref::<RepoError>() {

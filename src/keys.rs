@@ -100,6 +100,15 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<(), 
     f.sync_all().map_err(err)
 }
 
+/// Signs `message` as OpenSSH's `ssh-keygen -Y sign -n NAMESPACE` does (SSHSIG, SHA-512), returning
+/// the armored signature: with namespace `git`, what git stores in a commit's `gpgsig` header.
+pub fn ssh_sign(key: &SecretKey, namespace: &str, message: &[u8]) -> Result<String, String> {
+    let pair = Ed25519Keypair::from_seed(&key.seed());
+    let private = PrivateKey::new(KeypairData::Ed25519(pair), "").map_err(|e| e.to_string())?;
+    let sig = private.sign(namespace, ssh_key::HashAlg::Sha512, message).map_err(|e| e.to_string())?;
+    sig.to_pem(LineEnding::LF).map_err(|e| e.to_string())
+}
+
 /// Loads an unencrypted OpenSSH Ed25519 secret key.
 pub fn load_secret(path: &Path) -> Result<LoadedSecret, KeyError> {
     let text = read_small(path)?;

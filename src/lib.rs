@@ -8,4 +8,7 @@ pub mod commands;
 pub mod exit;
 pub mod image;
 pub mod keys;
+pub mod replay;
 pub mod repo;
+pub mod source;
+pub mod state;

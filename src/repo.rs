@@ -30,9 +30,25 @@ fn git(context: impl Into<String>) -> impl FnOnce(git2::Error) -> RepoError {
     move |source| RepoError::Git { context, source }
 }
 
+/// Signs a commit object's bytes, returning the armored signature for its `gpgsig` header.
+pub type CommitSigner<'a> = &'a dyn Fn(&[u8]) -> Result<String, String>;
+
 /// One file change in a commit. Paths are relative to the repository root, `/`-separated.
 pub enum Change {
     Write { path: String, bytes: Vec<u8> },
+    Remove { path: String },
+}
+
+/// Applies `changes` to an in-memory snapshot, to verify a tree before committing it.
+pub fn apply_to(snapshot: &mut Snapshot, changes: &[Change]) {
+    for change in changes {
+        match change {
+            Change::Write { path, bytes } => snapshot.insert_file(path, bytes.clone()),
+            Change::Remove { path } => {
+                snapshot.nodes.remove(path.as_bytes());
+            }
+        }
+    }
 }
 
 pub struct LedgerRepo {
@@ -95,13 +111,7 @@ impl LedgerRepo {
             .and_then(|o| o.peel_to_commit())
             .map_err(|source| RepoError::UnknownRevision { rev: rev.to_owned(), source })?;
         let tree = commit.tree().map_err(git("read tree"))?;
-        let mut snapshot = Snapshot::default();
-        for dir in OWNED_DIRS {
-            if let Some(entry) = tree.get_name(dir) {
-                walk_git(&self.git, &entry, dir.as_bytes().to_vec(), &mut snapshot)?;
-            }
-        }
-        Ok(snapshot)
+        tree_snapshot(&self.git, &tree).map_err(git("read tree"))
     }
 
     /// Refuses when the owned directories differ from HEAD in the index or work tree (untracked
@@ -131,31 +141,75 @@ impl LedgerRepo {
     /// up to date for those paths. The commit is built from HEAD's tree, so unrelated staged changes
     /// stay staged and are not swept into it.
     pub fn commit(&self, changes: &[Change], message: &str) -> Result<Oid, RepoError> {
-        let parent = match self.git.head() {
-            Ok(head) => Some(head.peel_to_commit().map_err(git("read HEAD"))?),
+        self.commit_signed(changes, message, None)
+    }
+
+    /// [`LedgerRepo::commit`], with the commit object signed by `sign` (which returns an armored
+    /// signature for the commit bytes, stored in the `gpgsig` header as git does) when given.
+    pub fn commit_signed(
+        &self,
+        changes: &[Change],
+        message: &str,
+        sign: Option<CommitSigner>,
+    ) -> Result<Oid, RepoError> {
+        let head = match self.git.head() {
+            Ok(head) => Some(head),
             Err(e) if e.code() == ErrorCode::UnbornBranch || e.code() == ErrorCode::NotFound => None,
             Err(e) => return Err(git("read HEAD")(e)),
         };
+        let parent = head.as_ref().map(|h| h.peel_to_commit()).transpose().map_err(git("read HEAD"))?;
         let mut index = Index::new().map_err(git("index"))?;
         if let Some(parent) = &parent {
             index.read_tree(&parent.tree().map_err(git("read tree"))?).map_err(git("read tree"))?;
         }
         for change in changes {
-            let Change::Write { path, bytes } = change;
-            let id = self.git.blob(bytes).map_err(git("write blob"))?;
-            index.add(&index_entry(path, id, bytes.len())).map_err(git(format!("stage {path}")))?;
+            match change {
+                Change::Write { path, bytes } => {
+                    let id = self.git.blob(bytes).map_err(git("write blob"))?;
+                    index.add(&index_entry(path, id, bytes.len())).map_err(git(format!("stage {path}")))?;
+                }
+                Change::Remove { path } => index.remove_path(Path::new(path)).map_err(git(format!("remove {path}")))?,
+            }
         }
         let tree_id = index.write_tree_to(&self.git).map_err(git("write tree"))?;
         let tree = self.git.find_tree(tree_id).map_err(git("read tree"))?;
         let sig = identity(&self.git)?;
         let parents: Vec<&git2::Commit> = parent.iter().collect();
-        let id = self.git.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).map_err(git("commit"))?;
+        let id = match sign {
+            None => self.git.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).map_err(git("commit"))?,
+            Some(sign) => {
+                let buffer =
+                    self.git.commit_create_buffer(&sig, &sig, message, &tree, &parents).map_err(git("build commit"))?;
+                let armored = sign(&buffer)
+                    .map_err(|e| RepoError::Git { context: "sign commit".into(), source: git2::Error::from_str(&e) })?;
+                let content = std::str::from_utf8(&buffer).expect("commit buffers of UTF-8 messages are UTF-8");
+                let id = self.git.commit_signed(content, &armored, None).map_err(git("write signed commit"))?;
+                let target = match &head {
+                    Some(h) if h.is_branch() => h.name().expect("branch names are UTF-8").to_owned(),
+                    _ => "HEAD".to_owned(),
+                };
+                self.git.reference(&target, id, true, "stele: signed commit").map_err(git("move branch"))?;
+                id
+            }
+        };
 
         let mut work_index = self.git.index().map_err(git("index"))?;
         for change in changes {
-            let Change::Write { path, bytes } = change;
-            write_atomic(&self.root.join(path), bytes)?;
-            work_index.add_path(Path::new(path)).map_err(git(format!("stage {path}")))?;
+            match change {
+                Change::Write { path, bytes } => {
+                    write_atomic(&self.root.join(path), bytes)?;
+                    work_index.add_path(Path::new(path)).map_err(git(format!("stage {path}")))?;
+                }
+                Change::Remove { path } => {
+                    let full = self.root.join(path);
+                    match fs::remove_file(&full) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(source) => return Err(RepoError::Io { path: full, source }),
+                    }
+                    work_index.remove_path(Path::new(path)).map_err(git(format!("unstage {path}")))?;
+                }
+            }
         }
         work_index.write().map_err(git("write index"))?;
         Ok(id)
@@ -234,40 +288,53 @@ fn walk_fs(root: &Path, rel: &Path, snapshot: &mut Snapshot) -> Result<(), RepoE
     Ok(())
 }
 
+/// What a tree entry of `mode` pointing at `id` is, as a snapshot node; `None` for a directory.
+/// Blobs larger than [`MAX_READ`] are recorded by size only, without being read.
+pub fn node_of(repo: &Repository, mode: u32, id: Oid) -> Result<Option<Node>, git2::Error> {
+    Ok(Some(match mode {
+        0o040000 => return Ok(None),
+        0o100644 | 0o100755 => {
+            let (size, _) = repo.odb()?.read_header(id)?;
+            if size as u64 > MAX_READ {
+                Node::TooLarge { size: size as u64 }
+            } else {
+                Node::File(repo.find_blob(id)?.content().to_vec())
+            }
+        }
+        0o120000 => Node::Symlink,
+        0o160000 => Node::Other("submodule".into()),
+        mode => Node::Other(format!("tree entry of mode {mode:o}")),
+    }))
+}
+
+/// The owned directories of `tree` as a snapshot.
+pub fn tree_snapshot(repo: &Repository, tree: &git2::Tree) -> Result<Snapshot, git2::Error> {
+    let mut snapshot = Snapshot::default();
+    for dir in OWNED_DIRS {
+        if let Some(entry) = tree.get_name(dir) {
+            walk_git(repo, &entry, dir.as_bytes().to_vec(), &mut snapshot)?;
+        }
+    }
+    Ok(snapshot)
+}
+
 fn walk_git(
     repo: &Repository,
     entry: &git2::TreeEntry,
     path: Vec<u8>,
     snapshot: &mut Snapshot,
-) -> Result<(), RepoError> {
-    match entry.filemode() {
-        0o040000 => {
-            let tree = repo.find_tree(entry.id()).map_err(git("read tree"))?;
-            for child in tree.iter() {
+) -> Result<(), git2::Error> {
+    match node_of(repo, entry.filemode() as u32, entry.id())? {
+        Some(node) => {
+            snapshot.nodes.insert(path, node);
+        }
+        None => {
+            for child in repo.find_tree(entry.id())?.iter() {
                 let mut child_path = path.clone();
                 child_path.push(b'/');
                 child_path.extend_from_slice(child.name_bytes());
                 walk_git(repo, &child, child_path, snapshot)?;
             }
-        }
-        0o100644 | 0o100755 => {
-            let odb = repo.odb().map_err(git("object database"))?;
-            let (size, _) = odb.read_header(entry.id()).map_err(git("read object header"))?;
-            let node = if size as u64 > MAX_READ {
-                Node::TooLarge { size: size as u64 }
-            } else {
-                Node::File(repo.find_blob(entry.id()).map_err(git("read blob"))?.content().to_vec())
-            };
-            snapshot.nodes.insert(path, node);
-        }
-        0o120000 => {
-            snapshot.nodes.insert(path, Node::Symlink);
-        }
-        0o160000 => {
-            snapshot.nodes.insert(path, Node::Other("submodule".into()));
-        }
-        mode => {
-            snapshot.nodes.insert(path, Node::Other(format!("tree entry of mode {mode:o}")));
         }
     }
     Ok(())

@@ -6,7 +6,7 @@
 //! a document or look at other documents; that is `tree` and the history verifier.
 
 use crate::check::Check;
-use crate::crypto::{document_hash, pae, parse_hex_exact, Blake3Digest, CryptoError, KeyId, SecretKey};
+use crate::crypto::{document_hash, pae, parse_hex_exact, Blake3Digest, CryptoError, KeyId, PublicKey, SecretKey};
 use crate::json::{self, to_file_form, to_jcs};
 use crate::types::{Entry, EntryType, Environment, EnvironmentType, Policy, PolicyType, Role};
 use serde::de::DeserializeOwned;
@@ -209,6 +209,18 @@ impl<T> Document<T> {
     /// for entries and environment specs; [`ForeignSignatures::Skip`] only for a policy, whose
     /// signatures by the previous root are checked against the previous policy (SPEC.md §6.1).
     pub fn check_role(&self, policy: &Policy, role: &Role, foreign: ForeignSignatures) -> Result<SignedBy, DocError> {
+        self.check_role_with(policy, role, foreign, &Direct)
+    }
+
+    /// [`Document::check_role`] with signature verification delegated to `sigs`, so a replay can verify
+    /// every signature of a history in parallel first and judge the steps in order afterwards.
+    pub fn check_role_with(
+        &self,
+        policy: &Policy,
+        role: &Role,
+        foreign: ForeignSignatures,
+        sigs: &impl SignatureCheck,
+    ) -> Result<SignedBy, DocError> {
         let members: BTreeSet<&KeyId> = role.keys.iter().collect();
         let mut verified: BTreeMap<[u8; 32], KeyId> = BTreeMap::new();
         let mut repeats = Vec::new();
@@ -225,7 +237,7 @@ impl<T> Document<T> {
                     }
                 }
             };
-            match info.public_key.verify(&self.pae, &s.sig.0) {
+            match sigs.verify(&self.hash, &info.public_key, &self.pae, &s.sig.0) {
                 Ok(()) => {
                     if verified.insert(info.public_key.to_bytes(), s.keyid).is_some() {
                         repeats.push(s.keyid);
@@ -254,6 +266,21 @@ impl<T> Document<T> {
             return Err(DocError::new(Check::S3, reason));
         }
         Ok(SignedBy(verified.into_values().collect()))
+    }
+}
+
+/// How a signature over a document is verified: directly, or from results computed earlier.
+pub trait SignatureCheck {
+    /// Verifies `sig` by `key` over `pae`, the PAE bytes of the document whose hash is `hash`.
+    fn verify(&self, hash: &Blake3Digest, key: &PublicKey, pae: &[u8], sig: &[u8; 64]) -> Result<(), CryptoError>;
+}
+
+/// Verifies every signature when asked.
+pub struct Direct;
+
+impl SignatureCheck for Direct {
+    fn verify(&self, _: &Blake3Digest, key: &PublicKey, pae: &[u8], sig: &[u8; 64]) -> Result<(), CryptoError> {
+        key.verify(pae, sig)
     }
 }
 

@@ -4,11 +4,13 @@
 //! The crate does no I/O and never reads a clock: callers pass bytes and `now` in, which keeps every
 //! verdict reproducible (and testable against the vectors in `test-vectors/`).
 //!
-//! Data flow: bytes --[`json`]--> value --[`document`]--> typed document --[`tree`]--> verified tree.
+//! Data flow: bytes --[`json`]--> value --[`document`]--> typed document --[`tree`]--> verified tree;
+//! first-parent steps --[`history`]--> verified state, target generations and an audit timeline.
 
 pub mod check;
 pub mod crypto;
 pub mod document;
+pub mod history;
 pub mod json;
 pub mod ranges;
 pub mod time;

@@ -4,7 +4,7 @@ use super::{key_list, load_verified};
 use crate::cli::InitArgs;
 use crate::exit::{self, Refused};
 use crate::keys;
-use crate::repo::{Change, LedgerRepo};
+use crate::repo::{apply_to, Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::tree::{environment_path, verify_snapshot_with, Expiry, Snapshot, OWNED_DIRS, POLICY_PATH};
 use ledger_format::types::*;
@@ -100,9 +100,7 @@ pub fn run(args: InitArgs) -> Result<u8> {
     }
     // Verify what is about to be committed, exactly as `stele verify` will read it.
     let mut snapshot = Snapshot::default();
-    for Change::Write { path, bytes } in &changes {
-        snapshot.insert_file(path, bytes.clone());
-    }
+    apply_to(&mut snapshot, &changes);
     if let Err(problems) = verify_snapshot_with(&snapshot, Expiry::NotJudged) {
         anyhow::bail!("internal error: the new ledger does not verify:\n{}", super::problem_lines(&problems));
     }

@@ -4,11 +4,14 @@
 //! Owns: command behaviour and human/JSON output. Must not implement verification rules (those live
 //! in `ledger_format`) or touch Git directly (that is `repo`).
 
+mod audit;
 mod image_cmd;
 mod init;
 mod key;
 mod policy;
+mod poll;
 mod release;
+mod rollback;
 mod sign;
 mod verify;
 
@@ -32,6 +35,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Release(args) => release::run(&cli.repo, args),
         Command::Sign(args) => sign::run(&cli.repo, args),
         Command::Verify(args) => verify::run(&cli.repo, args),
+        Command::Rollback(args) => rollback::run(&cli.repo, args),
+        Command::Poll(args) => poll::run(&cli.repo, args),
+        Command::Audit(args) => audit::run(&cli.repo, args),
     }
 }
 
@@ -88,6 +94,24 @@ pub fn load_verified(repo: &LedgerRepo) -> Result<(Snapshot, VerifiedTree)> {
         ))
         .into()),
     }
+}
+
+/// The trust anchor from the command line; `None` when nothing is pinned.
+pub fn trust_anchor(args: &crate::cli::TrustArgs) -> Result<Option<ledger_format::history::TrustAnchor>> {
+    use ledger_format::history::TrustAnchor;
+    if let Some(hex) = &args.trust_root_hash {
+        return Ok(Some(TrustAnchor::PolicyHash(hex.parse().map_err(Refused)?)));
+    }
+    if args.trust_root.is_empty() {
+        return Ok(None);
+    }
+    let keys = args.trust_root.iter().map(|k| k.parse::<KeyId>().map_err(Refused)).collect::<Result<Vec<_>, _>>()?;
+    if args.trust_threshold < 1 || args.trust_threshold > keys.len() as u64 {
+        return Err(
+            Refused(format!("--trust-threshold {} is not within 1..={}", args.trust_threshold, keys.len())).into()
+        );
+    }
+    Ok(Some(TrustAnchor::RootKeys { keys, threshold: args.trust_threshold }))
 }
 
 /// `name (keyid)` for each key, comma-separated.

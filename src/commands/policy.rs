@@ -8,7 +8,7 @@ use super::{key_list, load_verified, now, parse_when, problem_lines};
 use crate::cli::{PolicyCommand, RootKeys};
 use crate::exit::{self, Refused};
 use crate::keys::{self, LoadedSecret};
-use crate::repo::{Change, LedgerRepo};
+use crate::repo::{apply_to, Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::document::ForeignSignatures;
 use ledger_format::tree::{environment_path, verify_snapshot_with, Expiry, POLICY_PATH};
@@ -203,9 +203,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
 
     let bytes = doc.to_file_bytes();
     snapshot.insert_file(POLICY_PATH, bytes.clone());
-    for Change::Write { path, bytes } in &extra {
-        snapshot.insert_file(path, bytes.clone());
-    }
+    apply_to(&mut snapshot, &extra);
     let pending = match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
         Ok(_) => None,
         Err(problems) => {

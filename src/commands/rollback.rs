@@ -1,0 +1,55 @@
+//! `stele rollback`: the commit `git revert` of an environment's tip promotion would make (the tip
+//! entry removed, git's revert message), optionally SSH-signed for `revert: signed` environments.
+
+use super::{key_list, load_verified};
+use crate::cli::RollbackArgs;
+use crate::exit::{self, Refused};
+use crate::keys;
+use crate::repo::{Change, LedgerRepo};
+use anyhow::Result;
+use ledger_format::tree::entry_path;
+use ledger_format::types::EnvName;
+use std::path::Path;
+
+pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
+    let repo = LedgerRepo::open(repo_path)?;
+    let (_, tree) = load_verified(&repo)?;
+    let env: EnvName = args.env.parse().map_err(Refused)?;
+    let state = tree.environments.get(&env).ok_or_else(|| Refused(format!("environment {env} is not declared")))?;
+    let tip = state.tip().ok_or_else(|| Refused(format!("{env} has no release to roll back")))?;
+    let seq = tip.doc.payload.seq;
+    let file = entry_path(&env, seq);
+    let (promotion, summary) = promotion_commit(&repo, &file)?;
+    let message = format!("Revert \"{summary}\"\n\nThis reverts commit {promotion}.\n");
+    let key = args.key.as_deref().map(keys::load_secret).transpose()?;
+    let sign = key.as_ref().map(|k| move |bytes: &[u8]| keys::ssh_sign(&k.key, "git", bytes));
+    let commit = repo.commit_signed(
+        &[Change::Remove { path: file.clone() }],
+        &message,
+        sign.as_ref().map(|f| f as crate::repo::CommitSigner),
+    )?;
+    let back_to =
+        state.entries.iter().rev().nth(1).map(|e| format!("{} (seq {})", e.doc.payload.version, e.doc.payload.seq));
+    println!("rolled back {env}: removed {file} ({})", tip.doc.payload.version);
+    println!("  target is now {}", back_to.as_deref().unwrap_or("nothing (no earlier release)"));
+    println!("  commit {commit} reverts {promotion}");
+    match &key {
+        Some(k) => println!("  SSH-signed by {}", key_list(&tree.policy.payload, &[k.key_id()])),
+        None => println!("  not signed (environments with `revert: signed` refuse it; pass --key)"),
+    }
+    Ok(exit::OK)
+}
+
+/// The first-parent commit that added `file`, and its subject line.
+fn promotion_commit(repo: &LedgerRepo, file: &str) -> Result<(git2::Oid, String)> {
+    let git = repo.git();
+    let mut at = git.head()?.peel_to_commit()?;
+    loop {
+        let has = |c: &git2::Commit| c.tree().map(|t| t.get_path(Path::new(file)).is_ok()).unwrap_or(false);
+        let parent = at.parent(0).ok();
+        if has(&at) && !parent.as_ref().is_some_and(has) {
+            return Ok((at.id(), at.summary().unwrap_or("").to_owned()));
+        }
+        at = parent.ok_or_else(|| Refused(format!("no commit on the first-parent history adds {file}")))?;
+    }
+}

@@ -1,0 +1,202 @@
+//! Replays Git history through the pure history verifier: gathers the first-parent steps once,
+//! verifies every signature they carry in parallel, then judges the steps in order.
+//!
+//! Owns: the order of work and the recovery rule after a refused commit. Must not contain
+//! verification rules (those are `ledger_format::history`) or git2 calls (those are `source`).
+
+use crate::source::{LedgerSource, SourceError};
+use git2::Oid;
+use ledger_format::crypto::CryptoError;
+use ledger_format::document::{Direct, Document, SignatureCheck, SignatureEntry};
+use ledger_format::history::{apply_step, genesis, CommitInfo, Event, LedgerState, Step, TrustAnchor};
+use ledger_format::tree::{classify, LayoutPath, Node, Problem};
+use ledger_format::types::{Entry, Environment, Policy};
+use ledger_format::{Blake3Digest, KeyId, PublicKey};
+use std::collections::{HashMap, HashSet};
+
+/// A verified point in history.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub commit: Oid,
+    pub state: LedgerState,
+}
+
+/// What one commit did, for the timeline.
+#[derive(Clone, Debug)]
+pub struct CommitReport {
+    pub commit: CommitInfo,
+    pub events: Vec<Event>,
+}
+
+/// A refused commit and every reason.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub commit: CommitInfo,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The last verified point (the input one when nothing new verified).
+    pub verified: Option<Verified>,
+    pub reports: Vec<CommitReport>,
+    pub refusals: Vec<Refusal>,
+    /// Commits judged together with a later one after a refusal (see [`replay`]).
+    pub recovered: Vec<(String, String)>,
+    pub commits_seen: usize,
+}
+
+/// Signatures verified ahead of time; anything not in the set is verified directly, so a failure is
+/// still reported precisely.
+pub struct Preverified(HashSet<(Blake3Digest, [u8; 32], [u8; 64])>);
+
+impl SignatureCheck for Preverified {
+    fn verify(&self, hash: &Blake3Digest, key: &PublicKey, pae: &[u8], sig: &[u8; 64]) -> Result<(), CryptoError> {
+        if self.0.contains(&(*hash, key.to_bytes(), *sig)) {
+            Ok(())
+        } else {
+            Direct.verify(hash, key, pae, sig)
+        }
+    }
+}
+
+/// Parses every document the steps add or change and verifies, across all cores, each signature whose
+/// key id is known from any policy in the history. Keys come from the documents' own history, and a
+/// key id determines its public key, so no verdict depends on which policy lists it.
+pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
+    let mut keys: HashMap<KeyId, PublicKey> = HashMap::new();
+    let mut add_keys = |p: &Policy| {
+        for (id, info) in &p.keys {
+            keys.insert(*id, info.public_key);
+        }
+    };
+    if let Some(p) = initial {
+        add_keys(p);
+    }
+    let mut docs: Vec<&[u8]> = Vec::new();
+    for change in steps.iter().flat_map(|s| &s.changes) {
+        let (Some(Node::File(bytes)), Some(kind)) =
+            (&change.after, std::str::from_utf8(&change.path).ok().and_then(classify))
+        else {
+            continue;
+        };
+        if kind == LayoutPath::Policy {
+            if let Ok(doc) = Document::<Policy>::parse(bytes) {
+                add_keys(&doc.payload);
+            }
+        }
+        docs.push(bytes);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = docs.len().div_ceil(threads).max(1);
+    let keys = &keys;
+    let valid: HashSet<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = docs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut valid = Vec::new();
+                    for bytes in part {
+                        let Some((hash, pae, sigs)) = parse_any(bytes) else { continue };
+                        for s in sigs {
+                            if let Some(key) = keys.get(&s.keyid) {
+                                if key.verify(&pae, &s.sig.0).is_ok() {
+                                    valid.push((hash, key.to_bytes(), s.sig.0));
+                                }
+                            }
+                        }
+                    }
+                    valid
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("verification threads do not panic")).collect()
+    });
+    Preverified(valid)
+}
+
+/// The hash, PAE and signatures of a document of any kind (tried as entry, spec, then policy).
+fn parse_any(bytes: &[u8]) -> Option<(Blake3Digest, Vec<u8>, Vec<SignatureEntry>)> {
+    fn parts<T>(d: Document<T>) -> (Blake3Digest, Vec<u8>, Vec<SignatureEntry>) {
+        (d.hash(), d.pae().to_vec(), d.signatures)
+    }
+    Document::<Entry>::parse(bytes)
+        .map(parts)
+        .or_else(|_| Document::<Environment>::parse(bytes).map(parts))
+        .or_else(|_| Document::<Policy>::parse(bytes).map(parts))
+        .ok()
+}
+
+/// Replays the first-parent history from `from` (or from the root) up to `head`.
+///
+/// After a refused commit the state stays at the last good one, and each later commit is judged as one
+/// step from that last good commit: a bad commit followed by its revert is thereby recovered from
+/// without ever acting on the bad state. `progress` is called with (done, total).
+pub fn replay(
+    source: &dyn LedgerSource,
+    from: Option<Verified>,
+    head: Oid,
+    anchor: &TrustAnchor,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Outcome, SourceError> {
+    let commits = source.first_parents(from.as_ref().map(|v| v.commit), head)?;
+    let mut out = Outcome { commits_seen: commits.len(), ..Outcome::default() };
+    let mut rest: &[Oid] = &commits;
+    let mut current = from;
+
+    if current.is_none() {
+        // Commits before the policy first appears are outside the ledger.
+        while let Some((&id, tail)) = rest.split_first() {
+            rest = tail;
+            let Some(snapshot) = source.snapshot(id)? else { continue };
+            let info = source.commit_info(id)?;
+            match genesis(&snapshot, anchor, &info) {
+                Ok((state, events)) => {
+                    out.reports.push(CommitReport { commit: info, events });
+                    current = Some(Verified { commit: id, state });
+                }
+                Err(problems) => {
+                    // Nothing after an untrusted genesis can be judged.
+                    out.refusals.push(Refusal { commit: info, problems });
+                    return Ok(out);
+                }
+            }
+            break;
+        }
+    }
+    let Some(mut good) = current else {
+        return Ok(out);
+    };
+
+    let steps: Vec<Step> = rest.iter().map(|id| source.step(*id, None)).collect::<Result<_, _>>()?;
+    let sigs = preverify(Some(&good.state.policy.payload), &steps);
+    let mut refused_since: Option<String> = None;
+    for (i, (id, step)) in rest.iter().zip(&steps).enumerate() {
+        progress(i + 1, steps.len());
+        let recovery;
+        let step = match &refused_since {
+            None => step,
+            Some(_) => {
+                recovery = source.step(*id, Some(good.commit))?;
+                &recovery
+            }
+        };
+        match apply_step(&good.state, step, &sigs) {
+            Ok((state, events)) => {
+                if let Some(first_bad) = refused_since.take() {
+                    out.recovered.push((first_bad, id.to_string()));
+                }
+                out.reports.push(CommitReport { commit: step.commit.clone(), events });
+                good = Verified { commit: *id, state };
+            }
+            Err(problems) => {
+                if refused_since.is_none() {
+                    refused_since = Some(id.to_string());
+                    out.refusals.push(Refusal { commit: step.commit.clone(), problems });
+                }
+            }
+        }
+    }
+    out.verified = Some(good);
+    Ok(out)
+}
