@@ -89,8 +89,19 @@ impl GitSource {
             })
         } else {
             let repo = Repository::discover(location).map_err(git_err(location, "open repository"))?;
-            Ok(Self { repo, branch: branch.map(str::to_owned), remote_url: None, location: location.to_owned() })
+            // Follow the branch checked out now, by name, so that switching branches in this checkout
+            // later is not mistaken for a history rewrite.
+            let branch = match branch {
+                Some(b) => Some(b.to_owned()),
+                None => repo.head().ok().filter(|h| h.is_branch()).and_then(|h| h.shorthand().map(str::to_owned)),
+            };
+            Ok(Self { repo, branch, remote_url: None, location: location.to_owned() })
         }
+    }
+
+    /// The branch followed (`None`: a detached HEAD).
+    pub fn branch(&self) -> Option<&str> {
+        self.branch.as_deref()
     }
 
     pub fn repository(&self) -> &Repository {

@@ -475,6 +475,7 @@ fn apply_entry_changes(
     sigs: &impl SignatureCheck,
 ) -> Result<Vec<Event>, Vec<Problem>> {
     let tip_seq = history.tip.as_ref().map_or(0, |t| t.seq);
+    let target_before = history.target.as_ref().map(|t| t.hash);
     let kinds = [!changes.added.is_empty(), !changes.removed.is_empty(), !changes.modified.is_empty()];
     if kinds.iter().filter(|k| **k).count() > 1 {
         let path = entry_path(env, tip_seq.max(1));
@@ -552,9 +553,10 @@ fn apply_entry_changes(
                 vec![problem(&below_path, Check::H2, "the entry below a reverted tip is missing from the commit")]
             })?;
             let doc = parse_doc::<Entry>(&below_path, node, &policy.ledger, |e| &e.ledger).map_err(|p| vec![p])?;
-            // It was a complete tip once (entries are appended only on complete tips); its signers
-            // are recorded as found, without re-judging them against today's policy.
-            let signed_by = doc.signatures.iter().map(|s| s.keyid).collect();
+            // It becomes the target again, so it must satisfy today's policy: a key revoked since it
+            // signed must not come back into force through a revert.
+            let signed_by =
+                require_complete(&below_path, &doc, policy, role, sigs, "a revert would make it the target again")?;
             Some(link(&doc, file_digest(node), true, signed_by))
         } else {
             None
@@ -606,6 +608,14 @@ fn apply_entry_changes(
         let restored = history.reverted.iter().rposition(|r| r.seq == *seq && r.file_digest == digest && r.complete);
         let (new_link, action) = match restored {
             Some(i) => {
+                require_complete(
+                    path,
+                    &doc,
+                    policy,
+                    role,
+                    sigs,
+                    "a revert of its revert would make it the target again",
+                )?;
                 let link = history.reverted.remove(i);
                 (link, Action::Restore)
             }
@@ -618,11 +628,37 @@ fn apply_entry_changes(
         history.tip = Some(new_link.clone());
         if new_link.complete {
             history.target = Some(new_link.clone());
-            history.generation += 1;
         }
         event(action, history, Some(new_link), None);
     }
+    // Several entries appended in one step (a merge, a push of several commits squashed) change the
+    // target once: one generation per step (SPEC.md §8.5).
+    if !changes.added.is_empty() && history.target.as_ref().map(|t| t.hash) != target_before {
+        history.generation += 1;
+        for e in &mut events {
+            e.generation = history.generation;
+            e.target = history.target.clone();
+        }
+    }
     Ok(events)
+}
+
+/// The signers of `doc` if it meets its threshold under today's policy; E5 otherwise.
+fn require_complete(
+    path: &str,
+    doc: &Document<Entry>,
+    policy: &Policy,
+    role: &crate::types::Role,
+    sigs: &impl SignatureCheck,
+    why: &str,
+) -> Result<Vec<KeyId>, Vec<Problem>> {
+    doc.check_role_with(policy, role, ForeignSignatures::Refuse, sigs).map(|s| s.0).map_err(|e| {
+        vec![problem(
+            path,
+            Check::E5,
+            format!("{} ({}); {why}, so it must satisfy the current policy", e.reason, e.check),
+        )]
+    })
 }
 
 fn file_digest(node: &Node) -> Blake3Digest {
@@ -698,5 +734,275 @@ fn check_revert(
                 ),
             )]),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use crate::document::Direct;
+    use crate::tree::environment_path;
+    use crate::types::*;
+
+    fn alice() -> SecretKey {
+        SecretKey::from_seed(&[1; 32])
+    }
+    fn bob() -> SecretKey {
+        SecretKey::from_seed(&[2; 32])
+    }
+
+    fn policy(version: u64, prod_threshold: u64) -> Policy {
+        let (a, b) = (alice().public_key(), bob().public_key());
+        Policy {
+            payload_type: PolicyType,
+            ledger: "hist".parse().unwrap(),
+            version,
+            expires_at: None,
+            keys: BTreeMap::from([
+                (a.key_id(), KeyInfo { name: "alice".parse().unwrap(), public_key: a }),
+                (b.key_id(), KeyInfo { name: "bob".parse().unwrap(), public_key: b }),
+            ]),
+            root: Role { keys: vec![a.key_id()], threshold: 1 },
+            environments: BTreeMap::from([(
+                "prod".parse().unwrap(),
+                Role {
+                    keys: {
+                        let mut k = vec![a.key_id(), b.key_id()];
+                        k.sort();
+                        k
+                    },
+                    threshold: prod_threshold,
+                },
+            )]),
+        }
+    }
+
+    fn spec(revert: RevertPolicy, version: u64) -> Vec<u8> {
+        let mut doc = Document::new(Environment {
+            payload_type: EnvironmentType,
+            ledger: "hist".parse().unwrap(),
+            name: "prod".parse().unwrap(),
+            version,
+            provider: Provider::Local {},
+            groups: vec![Group { name: "web".parse().unwrap(), capacity: 1 }],
+            strategy: Strategy::BlueGreen { grace_seconds: 0 },
+            health: HealthCheck::Tcp { interval_ms: 100, timeout_ms: 100, healthy_threshold: 1, deadline_seconds: 1 },
+            drift: DriftMode::Correct,
+            revert,
+            max_instance_age_seconds: None,
+        });
+        doc.sign(&alice());
+        doc.sign(&bob());
+        doc.to_file_bytes()
+    }
+
+    fn signed_policy(p: Policy, keys: &[SecretKey]) -> Vec<u8> {
+        let mut doc = Document::new(p);
+        for k in keys {
+            doc.sign(k);
+        }
+        doc.to_file_bytes()
+    }
+
+    fn entry(seq: u64, prev: Blake3Digest, signers: &[SecretKey]) -> Document<Entry> {
+        let mut doc = Document::new(Entry {
+            payload_type: EntryType,
+            ledger: "hist".parse().unwrap(),
+            env: "prod".parse().unwrap(),
+            seq,
+            prev,
+            version: format!("1.{seq}").parse().unwrap(),
+            image: Image::Artifact {
+                uri: "file:///i.tar".parse().unwrap(),
+                blake3: Blake3Digest([seq as u8; 32]),
+                size: 1,
+            },
+            created_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            expires_at: None,
+        });
+        for k in signers {
+            doc.sign(k);
+        }
+        doc
+    }
+
+    fn start(prod_threshold: u64, revert: RevertPolicy) -> LedgerState {
+        let mut snapshot = Snapshot::default();
+        snapshot.insert_file(POLICY_PATH, signed_policy(policy(1, prod_threshold), &[alice()]));
+        snapshot.insert_file(&environment_path(&"prod".parse().unwrap()), spec(revert, 1));
+        let anchor = TrustAnchor::RootKeys { keys: vec![alice().public_key().key_id()], threshold: 1 };
+        genesis(&snapshot, &anchor, &CommitInfo::default()).unwrap().0
+    }
+
+    fn change(path: &str, before: Option<Vec<u8>>, after: Option<Vec<u8>>) -> PathChange {
+        PathChange { path: path.as_bytes().to_vec(), before: before.map(Node::File), after: after.map(Node::File) }
+    }
+
+    fn step(changes: Vec<PathChange>) -> Step {
+        Step { commit: CommitInfo { id: "c".into(), ..CommitInfo::default() }, changes, context: BTreeMap::new() }
+    }
+
+    fn apply(state: &LedgerState, s: &Step) -> Result<(LedgerState, Vec<Event>), Vec<Problem>> {
+        apply_step(state, s, &Direct)
+    }
+
+    fn checks(r: Result<(LedgerState, Vec<Event>), Vec<Problem>>) -> Vec<Check> {
+        r.expect_err("the step is refused").into_iter().map(|p| p.check).collect()
+    }
+
+    fn prod(s: &LedgerState) -> &EnvHistory {
+        &s.envs[&"prod".parse::<EnvName>().unwrap()]
+    }
+
+    #[test]
+    fn promote_rollback_restore_and_promote_again_count_generations() {
+        let s0 = start(1, RevertPolicy::Allow);
+        let e1 = entry(1, Blake3Digest::ZERO, &[alice()]);
+        let e2 = entry(2, e1.hash(), &[alice()]);
+        let (s1, _) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
+        let (s2, _) = apply(&s1, &step(vec![change("ledger/prod/2.json", None, Some(e2.to_file_bytes()))])).unwrap();
+        let mut revert = step(vec![change("ledger/prod/2.json", Some(e2.to_file_bytes()), None)]);
+        revert.context.insert(b"ledger/prod/1.json".to_vec(), Node::File(e1.to_file_bytes()));
+        let (s3, ev3) = apply(&s2, &revert).unwrap();
+        let (s4, ev4) = apply(&s3, &step(vec![change("ledger/prod/2.json", None, Some(e2.to_file_bytes()))])).unwrap();
+        let e3 = entry(3, e2.hash(), &[bob()]);
+        let (s5, _) = apply(&s4, &step(vec![change("ledger/prod/3.json", None, Some(e3.to_file_bytes()))])).unwrap();
+        let gens: Vec<u64> = [&s1, &s2, &s3, &s4, &s5].iter().map(|s| prod(s).generation).collect();
+        assert_eq!(gens, [1, 2, 3, 4, 5]);
+        assert_eq!(ev3[0].action, Action::Rollback);
+        assert_eq!(prod(&s3).target.as_ref().map(|t| t.seq), Some(1));
+        assert_eq!(ev4[0].action, Action::Restore);
+        assert_eq!(prod(&s5).target.as_ref().map(|t| t.seq), Some(3));
+    }
+
+    #[test]
+    fn an_entry_short_of_signatures_is_proposed_and_promoted_by_its_co_signature() {
+        let s0 = start(2, RevertPolicy::Allow);
+        let mut e1 = entry(1, Blake3Digest::ZERO, &[alice()]);
+        let (s1, ev) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
+        assert_eq!(
+            (ev[0].action.clone(), prod(&s1).generation, prod(&s1).target.is_none()),
+            (Action::Propose, 0, true)
+        );
+        let e2 = entry(2, e1.hash(), &[alice(), bob()]);
+        let on_pending = apply(&s1, &step(vec![change("ledger/prod/2.json", None, Some(e2.to_file_bytes()))]));
+        assert_eq!(checks(on_pending), [Check::H2]);
+        let before = e1.to_file_bytes();
+        e1.sign(&bob());
+        let (s2, ev) =
+            apply(&s1, &step(vec![change("ledger/prod/1.json", Some(before), Some(e1.to_file_bytes()))])).unwrap();
+        assert_eq!((ev[0].action.clone(), prod(&s2).generation), (Action::Promote, 1));
+    }
+
+    #[test]
+    fn edits_non_tip_reverts_and_older_policies_are_refused() {
+        let s0 = start(1, RevertPolicy::Allow);
+        let e1 = entry(1, Blake3Digest::ZERO, &[alice()]);
+        let e2 = entry(2, e1.hash(), &[alice()]);
+        let (s1, _) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
+        let (s2, _) = apply(&s1, &step(vec![change("ledger/prod/2.json", None, Some(e2.to_file_bytes()))])).unwrap();
+        // Revert of a non-tip entry.
+        assert_eq!(
+            checks(apply(&s2, &step(vec![change("ledger/prod/1.json", Some(e1.to_file_bytes()), None)]))),
+            [Check::H2]
+        );
+        // A signed entry rewritten in place.
+        let other = entry(2, e1.hash(), &[bob()]);
+        let mut forged = other.clone();
+        forged.payload.version = "9.9".parse().unwrap();
+        let rewrite = step(vec![change(
+            "ledger/prod/2.json",
+            Some(e2.to_file_bytes()),
+            Some(Document::new(forged.payload).to_file_bytes()),
+        )]);
+        assert_eq!(checks(apply(&s2, &rewrite)), [Check::H2]);
+        // A signature by a key outside the role, appended.
+        let outsider = entry(3, e2.hash(), &[SecretKey::from_seed(&[9; 32])]);
+        assert_eq!(
+            checks(apply(&s2, &step(vec![change("ledger/prod/3.json", None, Some(outsider.to_file_bytes()))]))),
+            [Check::E5]
+        );
+        // Policy v2, then v1 again: a policy rollback.
+        let v1 = signed_policy(policy(1, 1), &[alice()]);
+        let v2 = signed_policy(policy(2, 1), &[alice()]);
+        let (s3, _) = apply(&s2, &step(vec![change(POLICY_PATH, Some(v1.clone()), Some(v2.clone()))])).unwrap();
+        assert_eq!(checks(apply(&s3, &step(vec![change(POLICY_PATH, Some(v2), Some(v1))]))), [Check::P5]);
+        // v3 signed only by a new root that the old root never endorsed.
+        let mut v3 = policy(3, 1);
+        v3.root = Role { keys: vec![bob().public_key().key_id()], threshold: 1 };
+        let v3 = signed_policy(v3, &[bob()]);
+        assert_eq!(checks(apply(&s3, &step(vec![change(POLICY_PATH, None, Some(v3))]))), [Check::P6]);
+    }
+
+    #[test]
+    fn a_revert_cannot_bring_back_an_entry_whose_signer_was_revoked() {
+        let s0 = start(1, RevertPolicy::Allow);
+        let e1 = entry(1, Blake3Digest::ZERO, &[bob()]);
+        let e2 = entry(2, e1.hash(), &[alice()]);
+        let (s1, _) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
+        let (s2, _) = apply(&s1, &step(vec![change("ledger/prod/2.json", None, Some(e2.to_file_bytes()))])).unwrap();
+        let mut v2 = policy(2, 1);
+        v2.environments.values_mut().for_each(|r| r.keys.retain(|k| *k != bob().public_key().key_id()));
+        let v2 = signed_policy(v2, &[alice()]);
+        let (s3, _) = apply(&s2, &step(vec![change(POLICY_PATH, None, Some(v2))])).unwrap();
+        let mut revert = step(vec![change("ledger/prod/2.json", Some(e2.to_file_bytes()), None)]);
+        revert.context.insert(b"ledger/prod/1.json".to_vec(), Node::File(e1.to_file_bytes()));
+        assert_eq!(checks(apply(&s3, &revert)), [Check::E5]);
+    }
+
+    /// Signs `payload` the way `git commit -S` with `gpg.format=ssh` does.
+    fn ssh_sign(key: &SecretKey, payload: &[u8]) -> Vec<u8> {
+        use ssh_key::private::{Ed25519Keypair, KeypairData};
+        let private =
+            ssh_key::PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&key.seed())), "").unwrap();
+        let sig = private.sign("git", ssh_key::HashAlg::Sha512, payload).unwrap();
+        sig.to_pem(ssh_key::LineEnding::LF).unwrap().into_bytes()
+    }
+
+    #[test]
+    fn revert_policy_allow_signed_and_deny() {
+        for rule in [RevertPolicy::Allow, RevertPolicy::Signed, RevertPolicy::Deny] {
+            let s0 = start(1, rule);
+            let e1 = entry(1, Blake3Digest::ZERO, &[alice()]);
+            let (s1, _) =
+                apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
+            let revert = |signer: Option<&SecretKey>| {
+                let mut s = step(vec![change("ledger/prod/1.json", Some(e1.to_file_bytes()), None)]);
+                let payload = b"tree 0000\nauthor x\n\nRevert".to_vec();
+                s.commit.ssh_signature =
+                    signer.map(|k| SshSigned { armored: ssh_sign(k, &payload), signed_payload: payload.clone() });
+                apply(&s1, &s)
+            };
+            let outsider = SecretKey::from_seed(&[9; 32]);
+            match rule {
+                RevertPolicy::Allow => {
+                    let (s2, ev) = revert(None).unwrap();
+                    assert_eq!(
+                        (prod(&s2).generation, prod(&s2).target.is_none(), ev[0].action.clone()),
+                        (2, true, Action::Rollback)
+                    );
+                }
+                RevertPolicy::Signed => {
+                    assert_eq!(checks(revert(None)), [Check::H3]);
+                    assert_eq!(checks(revert(Some(&outsider))), [Check::H3]);
+                    let (_, ev) = revert(Some(&bob())).unwrap();
+                    assert_eq!(ev[0].revert_signed_by, Some(bob().public_key().key_id()));
+                }
+                RevertPolicy::Deny => assert_eq!(checks(revert(Some(&alice()))), [Check::H3]),
+            }
+        }
+    }
+
+    #[test]
+    fn genesis_must_match_the_pinned_root() {
+        let mut snapshot = Snapshot::default();
+        snapshot.insert_file(POLICY_PATH, signed_policy(policy(1, 1), &[alice()]));
+        snapshot.insert_file(&environment_path(&"prod".parse().unwrap()), spec(RevertPolicy::Allow, 1));
+        let wrong = TrustAnchor::RootKeys { keys: vec![bob().public_key().key_id()], threshold: 1 };
+        let refused = genesis(&snapshot, &wrong, &CommitInfo::default()).map(|_| ()).unwrap_err();
+        assert_eq!(refused[0].check, Check::P7);
+        let by_hash = TrustAnchor::PolicyHash(Blake3Digest([0; 32]));
+        assert_eq!(genesis(&snapshot, &by_hash, &CommitInfo::default()).map(|_| ()).unwrap_err()[0].check, Check::P7);
     }
 }

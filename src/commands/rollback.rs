@@ -1,33 +1,61 @@
 //! `stele rollback`: the commit `git revert` of an environment's tip promotion would make (the tip
 //! entry removed, git's revert message), optionally SSH-signed for `revert: signed` environments.
 
-use super::{key_list, load_verified};
+use super::{key_list, load_verified, problem_lines};
 use crate::cli::RollbackArgs;
 use crate::exit::{self, Refused};
 use crate::keys;
-use crate::repo::{Change, LedgerRepo};
+use crate::repo::{apply_to, Change, LedgerRepo};
 use anyhow::Result;
-use ledger_format::tree::entry_path;
-use ledger_format::types::EnvName;
+use ledger_format::tree::{entry_path, verify_snapshot_with, Expiry};
+use ledger_format::types::{EnvName, RevertPolicy};
 use std::path::Path;
 
 pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
     let repo = LedgerRepo::open(repo_path)?;
-    let (_, tree) = load_verified(&repo)?;
+    let (mut snapshot, tree) = load_verified(&repo)?;
     let env: EnvName = args.env.parse().map_err(Refused)?;
     let state = tree.environments.get(&env).ok_or_else(|| Refused(format!("environment {env} is not declared")))?;
     let tip = state.tip().ok_or_else(|| Refused(format!("{env} has no release to roll back")))?;
     let seq = tip.doc.payload.seq;
     let file = entry_path(&env, seq);
+    // Refuse here what every agent would refuse (SPEC.md §8.4), rather than commit a stall.
+    let role = tree.policy.payload.env_role(&env).expect("verified environments are declared");
+    let key = args.key.as_deref().map(keys::load_secret).transpose()?;
+    match (state.spec.payload.revert, &key) {
+        (RevertPolicy::Deny, _) => {
+            return Err(Refused(format!(
+                "{env} denies rollback by revert (environments/{env}.json: revert = deny); release a signed entry \
+                 that re-targets the earlier image instead"
+            ))
+            .into())
+        }
+        (RevertPolicy::Signed, None) => {
+            return Err(Refused(format!("{env} requires reverts SSH-signed by one of its signers; pass --key")).into())
+        }
+        (RevertPolicy::Signed, Some(k)) if !role.keys.contains(&k.key_id()) => {
+            return Err(Refused(format!(
+                "key {} is not a signer of {env} (signers: {})",
+                k.key_id(),
+                key_list(&tree.policy.payload, &role.keys)
+            ))
+            .into())
+        }
+        _ => {}
+    }
+    let change = Change::Remove { path: file.clone() };
+    apply_to(&mut snapshot, std::slice::from_ref(&change));
+    if let Err(problems) = verify_snapshot_with(&snapshot, Expiry::NotJudged) {
+        return Err(Refused(format!(
+            "after removing {file} the ledger would not verify, so nothing was committed:\n{}",
+            problem_lines(&problems)
+        ))
+        .into());
+    }
     let (promotion, summary) = promotion_commit(&repo, &file)?;
     let message = format!("Revert \"{summary}\"\n\nThis reverts commit {promotion}.\n");
-    let key = args.key.as_deref().map(keys::load_secret).transpose()?;
     let sign = key.as_ref().map(|k| move |bytes: &[u8]| keys::ssh_sign(&k.key, "git", bytes));
-    let commit = repo.commit_signed(
-        &[Change::Remove { path: file.clone() }],
-        &message,
-        sign.as_ref().map(|f| f as crate::repo::CommitSigner),
-    )?;
+    let commit = repo.commit_signed(&[change], &message, sign.as_ref().map(|f| f as crate::repo::CommitSigner))?;
     let back_to =
         state.entries.iter().rev().nth(1).map(|e| format!("{} (seq {})", e.doc.payload.version, e.doc.payload.seq));
     println!("rolled back {env}: removed {file} ({})", tip.doc.payload.version);
