@@ -208,10 +208,18 @@ fn main() {
     println!("raw verify_strict: {one:.0}/s on one core, {all:.0}/s on {threads} threads");
     let stele = env!("CARGO_BIN_EXE_stele");
     for n in sizes {
+        // STELE_BENCH_KEEP=DIR keeps generated repositories there and reuses them (for profiling).
         let dir = tempfile::tempdir().unwrap();
-        let repo_dir = dir.path().join("ledger.git");
+        let repo_dir = match std::env::var("STELE_BENCH_KEEP") {
+            Ok(keep) => Path::new(&keep).join(format!("ledger-{n}.git")),
+            Err(_) => dir.path().join("ledger.git"),
+        };
         let start = Instant::now();
-        let (root, _key) = generate(&repo_dir, n);
+        let root = if repo_dir.join("HEAD").exists() {
+            SecretKey::from_seed(&[5; 32]).public_key().key_id().to_hex()
+        } else {
+            generate(&repo_dir, n).0
+        };
         let gen_s = start.elapsed().as_secs_f64();
 
         let mut source = GitSource::open(repo_dir.to_str().unwrap(), Some("main"), dir.path()).unwrap();
@@ -223,6 +231,14 @@ fn main() {
         assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals.first());
         let generations: u64 = outcome.verified.as_ref().unwrap().state.envs.values().map(|h| h.generation).sum();
         assert_eq!(generations, n as u64, "every entry is one generation");
+        let t = outcome.timings;
+        println!(
+            "  replay phases: walk {:.0} ms, read {:.0} ms, verify signatures {:.0} ms, judge steps {:.0} ms",
+            t.walk.as_secs_f64() * 1e3,
+            t.read.as_secs_f64() * 1e3,
+            t.verify.as_secs_f64() * 1e3,
+            t.apply.as_secs_f64() * 1e3
+        );
         let rate = n as f64 / replay_s;
         println!(
             "{n} entries ({} commits, generated in {gen_s:.1} s): replay {replay_s:.2} s = {rate:.0} entries/s = {:.0}% of raw verify on {threads} threads",

@@ -44,6 +44,16 @@ pub struct Outcome {
     /// Commits judged together with a later one after a refusal (see [`replay`]).
     pub recovered: Vec<(String, String)>,
     pub commits_seen: usize,
+    /// Where the time went: walking first parents, reading steps, verifying signatures, judging steps.
+    pub timings: Timings,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    pub walk: std::time::Duration,
+    pub read: std::time::Duration,
+    pub verify: std::time::Duration,
+    pub apply: std::time::Duration,
 }
 
 /// Signatures verified ahead of time; anything not in the set is verified directly, so a failure is
@@ -139,8 +149,10 @@ pub fn replay(
     anchor: &TrustAnchor,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Outcome, SourceError> {
+    let clock = std::time::Instant::now();
     let commits = source.first_parents(from.as_ref().map(|v| v.commit), head)?;
     let mut out = Outcome { commits_seen: commits.len(), ..Outcome::default() };
+    out.timings.walk = clock.elapsed();
     let mut rest: &[Oid] = &commits;
     let mut current = from;
 
@@ -168,8 +180,13 @@ pub fn replay(
         return Ok(out);
     };
 
-    let steps: Vec<Step> = rest.iter().map(|id| source.step(*id, None)).collect::<Result<_, _>>()?;
+    let clock = std::time::Instant::now();
+    let steps: Vec<Step> = source.steps(rest)?;
+    out.timings.read = clock.elapsed();
+    let clock = std::time::Instant::now();
     let sigs = preverify(Some(&good.state.policy.payload), &steps);
+    out.timings.verify = clock.elapsed();
+    let clock = std::time::Instant::now();
     let mut refused_since: Option<String> = None;
     for (i, (id, step)) in rest.iter().zip(&steps).enumerate() {
         progress(i + 1, steps.len());
@@ -197,6 +214,7 @@ pub fn replay(
             }
         }
     }
+    out.timings.apply = clock.elapsed();
     out.verified = Some(good);
     Ok(out)
 }

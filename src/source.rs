@@ -7,9 +7,10 @@
 //! (retryable), never a verdict about the ledger.
 
 use crate::repo::{node_of, tree_snapshot};
-use git2::{Commit, Cred, CredentialType, Delta, DiffOptions, FetchOptions, Oid, RemoteCallbacks, Repository};
+use git2::{Commit, Cred, CredentialType, FetchOptions, Oid, RemoteCallbacks, Repository};
 use ledger_format::history::{CommitInfo, PathChange, SshSigned, Step};
-use ledger_format::tree::{classify, entry_path, LayoutPath, Snapshot, OWNED_DIRS};
+use ledger_format::tree::{classify, entry_path, LayoutPath, Node, Snapshot, OWNED_DIRS};
+use std::cmp::Ordering;
 use ledger_format::Timestamp;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,10 @@ pub trait LedgerSource {
     fn snapshot(&self, commit: Oid) -> Result<Option<Snapshot>, SourceError>;
     /// The step from `base` (default: the first parent) to `commit`.
     fn step(&self, commit: Oid, base: Option<Oid>) -> Result<Step, SourceError>;
+    /// The steps of `commits` (each from its first parent), in order. Sources may read in parallel.
+    fn steps(&self, commits: &[Oid]) -> Result<Vec<Step>, SourceError> {
+        commits.iter().map(|id| self.step(*id, None)).collect()
+    }
     fn commit_info(&self, commit: Oid) -> Result<CommitInfo, SourceError>;
     /// What to call this source in messages.
     fn location(&self) -> &str;
@@ -64,10 +69,28 @@ pub fn is_remote(location: &str) -> bool {
     location.contains("://") || (location.contains('@') && location.contains(':') && !Path::new(location).exists())
 }
 
+/// Process-wide libgit2 settings for replay speed, applied once before the first repository opens.
+fn tune_libgit2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Keep ledger directory trees (tens of KiB at a thousand entries) in the object cache: each
+        // step reads the tree its parent step just read. The default limit caches trees up to 4 KiB.
+        // SAFETY: called once, before any repository is opened by this process.
+        let cached = unsafe { git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 4 << 20) };
+        debug_assert!(cached.is_ok());
+        // Do not re-hash every object on every read: fetched objects were hashed when their pack was
+        // indexed, and a local object store is inside the same trust boundary as the state directory
+        // (whoever can write one can write the other). Commit ids, which the high-water mark pins,
+        // are still what the objects were received as.
+        git2::opts::strict_hash_verification(false);
+    });
+}
+
 impl GitSource {
     /// Opens `location`. A remote is fetched into a bare repository under `cache_dir`; a local path is
     /// read in place. `branch` defaults to the local repository's HEAD, or `main` for a remote.
     pub fn open(location: &str, branch: Option<&str>, cache_dir: &Path) -> Result<Self, SourceError> {
+        tune_libgit2();
         if is_remote(location) {
             let path = cache_dir.join("ledger.git");
             let repo = match Repository::open_bare(&path) {
@@ -240,31 +263,11 @@ impl LedgerSource for GitSource {
         let base = base.or_else(|| c.parent_ids().next());
         let old_tree = self.tree_of(base)?;
         let new_tree = c.tree().map_err(git_err(&self.location, "read tree"))?;
-        let mut opts = DiffOptions::new();
-        for dir in OWNED_DIRS {
-            opts.pathspec(dir);
-        }
-        let diff = self
-            .repo
-            .diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), Some(&mut opts))
-            .map_err(git_err(&self.location, "diff"))?;
-        let node = |mode: u32, id: Oid| -> Result<Option<ledger_format::tree::Node>, SourceError> {
-            if id.is_zero() {
-                return Ok(None);
-            }
-            node_of(&self.repo, mode, id).map_err(git_err(&self.location, "read blob"))
-        };
-        let file_node = |file: git2::DiffFile| node(u32::from(file.mode()), file.id());
         let mut changes = Vec::new();
-        for delta in diff.deltas() {
-            let path =
-                delta.new_file().path_bytes().or_else(|| delta.old_file().path_bytes()).unwrap_or_default().to_vec();
-            let (before, after) = match delta.status() {
-                Delta::Added => (None, file_node(delta.new_file())?),
-                Delta::Deleted => (file_node(delta.old_file())?, None),
-                _ => (file_node(delta.old_file())?, file_node(delta.new_file())?),
-            };
-            changes.push(PathChange { path, before, after });
+        for dir in OWNED_DIRS {
+            let side = |t: Option<&git2::Tree>| t.and_then(|t| t.get_name(dir)).map(|e| (e.id(), e.filemode()));
+            diff_entry(&self.repo, dir.as_bytes().to_vec(), side(old_tree.as_ref()), side(Some(&new_tree)), &mut changes)
+                .map_err(git_err(&self.location, "diff"))?;
         }
         // A removed entry makes the one below it the tip: hand that file to the verifier.
         let mut context = std::collections::BTreeMap::new();
@@ -278,13 +281,46 @@ impl LedgerSource for GitSource {
             if seq > 1 {
                 let below = entry_path(&env, seq - 1);
                 if let Ok(entry) = new_tree.get_path(Path::new(&below)) {
-                    if let Some(node) = node(entry.filemode() as u32, entry.id())? {
+                    let node = node_of(&self.repo, entry.filemode() as u32, entry.id())
+                        .map_err(git_err(&self.location, "read blob"))?;
+                    if let Some(node) = node {
                         context.insert(below.into_bytes(), node);
                     }
                 }
             }
         }
         Ok(Step { commit: self.commit_info(commit)?, changes, context })
+    }
+
+    fn steps(&self, commits: &[Oid]) -> Result<Vec<Step>, SourceError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads < 2 || commits.len() < 64 {
+            return commits.iter().map(|id| self.step(*id, None)).collect();
+        }
+        // git2 handles are not shared across threads: each worker opens its own on the same repository.
+        let path = self.repo.path().to_owned();
+        let (location, branch) = (self.location.as_str(), self.branch.as_ref());
+        let chunk = commits.len().div_ceil(threads);
+        let parts: Vec<Result<Vec<Step>, SourceError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = commits
+                .chunks(chunk)
+                .map(|part| {
+                    let path = &path;
+                    scope.spawn(move || {
+                        let repo = Repository::open(path).map_err(git_err(location, "open repository"))?;
+                        let worker =
+                            GitSource { repo, branch: branch.cloned(), remote_url: None, location: location.to_owned() };
+                        part.iter().map(|id| worker.step(*id, None)).collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().expect("step readers do not panic")).collect()
+        });
+        let mut steps = Vec::with_capacity(commits.len());
+        for part in parts {
+            steps.extend(part?);
+        }
+        Ok(steps)
     }
 
     fn commit_info(&self, commit: Oid) -> Result<CommitInfo, SourceError> {
@@ -306,5 +342,102 @@ impl LedgerSource for GitSource {
 
     fn location(&self) -> &str {
         &self.location
+    }
+}
+
+const TREE_MODE: i32 = 0o040000;
+
+/// Git's order of names within a tree: bytes, with a directory's name compared as if it ended in `/`.
+fn git_order(a: &[u8], a_dir: bool, b: &[u8], b_dir: bool) -> Ordering {
+    let n = a.len().min(b.len());
+    match a[..n].cmp(&b[..n]) {
+        Ordering::Equal => {
+            let next = |name: &[u8], dir: bool| name.get(n).copied().or(dir.then_some(b'/'));
+            next(a, a_dir).cmp(&next(b, b_dir))
+        }
+        other => other,
+    }
+}
+
+/// Appends every changed non-directory path between two tree entries (either may be absent),
+/// descending only into subtrees whose ids differ. Both trees are walked in git's order side by side,
+/// so an unchanged entry costs one id comparison and no allocation.
+fn diff_entry(
+    repo: &Repository,
+    path: Vec<u8>,
+    old: Option<(Oid, i32)>,
+    new: Option<(Oid, i32)>,
+    out: &mut Vec<PathChange>,
+) -> Result<(), git2::Error> {
+    if old == new {
+        return Ok(());
+    }
+    let as_node = |side: Option<(Oid, i32)>| -> Result<Option<Node>, git2::Error> {
+        match side {
+            Some((id, mode)) if mode != TREE_MODE => node_of(repo, mode as u32, id),
+            _ => Ok(None),
+        }
+    };
+    let old_tree = old.filter(|(_, m)| *m == TREE_MODE).map(|(id, _)| repo.find_tree(id)).transpose()?;
+    let new_tree = new.filter(|(_, m)| *m == TREE_MODE).map(|(id, _)| repo.find_tree(id)).transpose()?;
+    let (old_node, new_node) = (as_node(old)?, as_node(new)?);
+    if old_node.is_some() || new_node.is_some() {
+        out.push(PathChange { path: path.clone(), before: old_node, after: new_node });
+    }
+    if old_tree.is_none() && new_tree.is_none() {
+        return Ok(());
+    }
+    let (len_a, len_b) = (old_tree.as_ref().map_or(0, |t| t.len()), new_tree.as_ref().map_or(0, |t| t.len()));
+    let (mut i, mut j) = (0, 0);
+    let child = |name: &[u8]| {
+        let mut p = path.clone();
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    };
+    while i < len_a || j < len_b {
+        let a = old_tree.as_ref().and_then(|t| t.get(i));
+        let b = new_tree.as_ref().and_then(|t| t.get(j));
+        let order = match (&a, &b) {
+            (Some(a), Some(b)) => git_order(a.name_bytes(), a.filemode() == TREE_MODE, b.name_bytes(), b.filemode() == TREE_MODE),
+            (Some(_), None) => Ordering::Less,
+            (None, _) => Ordering::Greater,
+        };
+        match order {
+            Ordering::Less => {
+                let a = a.expect("Less means an old entry");
+                diff_entry(repo, child(a.name_bytes()), Some((a.id(), a.filemode())), None, out)?;
+                i += 1;
+            }
+            Ordering::Greater => {
+                let b = b.expect("Greater means a new entry");
+                diff_entry(repo, child(b.name_bytes()), None, Some((b.id(), b.filemode())), out)?;
+                j += 1;
+            }
+            Ordering::Equal => {
+                let (a, b) = (a.expect("both"), b.expect("both"));
+                if a.id() != b.id() || a.filemode() != b.filemode() {
+                    diff_entry(repo, child(a.name_bytes()), Some((a.id(), a.filemode())), Some((b.id(), b.filemode())), out)?;
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_order_puts_a_directory_after_names_that_extend_it_with_lower_bytes() {
+        // "a-b" < "a/" (a directory "a") because '-' (0x2d) < '/' (0x2f); "a.json" > "a/"? '.' is 0x2e < '/'.
+        assert_eq!(git_order(b"a-b", false, b"a", true), Ordering::Less);
+        assert_eq!(git_order(b"a0", false, b"a", true), Ordering::Greater);
+        assert_eq!(git_order(b"a", false, b"a", false), Ordering::Equal);
+        assert_eq!(git_order(b"a", false, b"a", true), Ordering::Less);
+        assert_eq!(git_order(b"10.json", false, b"9.json", false), Ordering::Less);
     }
 }
