@@ -1,12 +1,11 @@
 //! History replay and polling cost, in figures printed to stdout (run: `cargo bench --bench replay`;
 //! `STELE_BENCH_SIZES=1000,10000` to choose sizes, default 1000,10000,100000).
 //!
-//! For each size it writes a real Git repository (objects written with git2, one commit per entry,
+//! For each size it writes a real Git repository (with `git fast-import`, one commit per entry,
 //! entries spread over environments of at most 1 000 entries each), then measures in one run:
 //! the raw strict-verification rate on one core and on all cores, a full `replay` (what `stele audit`
 //! does, in process), and the first and a no-change `stele poll` (the binary, end to end).
 
-use git2::{Oid, Repository, Signature, Time};
 use ledger_format::crypto::SecretKey;
 use ledger_format::document::Document;
 use ledger_format::history::TrustAnchor;
@@ -22,74 +21,56 @@ use stele::source::{GitSource, LedgerSource};
 
 const PER_ENV: usize = 1_000;
 
-struct Gen<'r> {
-    repo: &'r Repository,
-    key: SecretKey,
-    ledger: LedgerId,
-    /// Current tree content of each directory we touch, as (name -> (oid, mode)).
-    dirs: BTreeMap<String, BTreeMap<String, (Oid, i32)>>,
-    head: Option<Oid>,
+/// Streams commits into `git fast-import`, which writes a delta-compressed pack like a fetched
+/// repository's.
+struct Importer {
+    child: std::process::Child,
+    input: std::io::BufWriter<std::process::ChildStdin>,
     time: i64,
 }
 
-impl Gen<'_> {
-    fn put(&mut self, path: &str, bytes: &[u8]) {
-        let oid = self.repo.blob(bytes).unwrap();
-        let (dir, name) = path.rsplit_once('/').unwrap();
-        self.dirs.entry(dir.to_owned()).or_default().insert(name.to_owned(), (oid, 0o100644));
+impl Importer {
+    fn start(dir: &Path) -> Self {
+        let status =
+            Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(dir).status().expect("git runs");
+        assert!(status.success(), "git init failed");
+        let mut child = Command::new("git")
+            .args(["fast-import", "--quiet", "--done"])
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("git fast-import runs");
+        let input = std::io::BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped stdin"));
+        Self { child, input, time: 1_800_000_000 }
     }
 
-    /// Writes the trees bottom-up (only directories exist under the three owned roots) and commits.
-    fn commit(&mut self, message: &str) -> Oid {
-        let mut dirs: Vec<String> = Vec::new();
-        for dir in self.dirs.keys() {
-            let mut at = dir.as_str();
-            loop {
-                if !dirs.iter().any(|d| d == at) {
-                    dirs.push(at.to_owned());
-                }
-                match at.rsplit_once('/') {
-                    Some((parent, _)) => at = parent,
-                    None => break,
-                }
-            }
-        }
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
-        let mut parents: BTreeMap<String, BTreeMap<String, Oid>> = BTreeMap::new();
-        for dir in &dirs {
-            let mut tb = self.repo.treebuilder(None).unwrap();
-            for (name, (oid, mode)) in self.dirs.get(dir).into_iter().flatten() {
-                tb.insert(name, *oid, *mode).unwrap();
-            }
-            for (name, oid) in parents.remove(dir).unwrap_or_default() {
-                tb.insert(name, oid, 0o040000).unwrap();
-            }
-            let oid = tb.write().unwrap();
-            let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
-            parents.entry(parent.to_owned()).or_default().insert(name.to_owned(), oid);
-        }
-        let mut root = self.repo.treebuilder(None).unwrap();
-        for (name, oid) in parents.remove("").unwrap_or_default() {
-            root.insert(name, oid, 0o040000).unwrap();
-        }
-        let tree = self.repo.find_tree(root.write().unwrap()).unwrap();
+    fn commit(&mut self, message: &str, files: &[(String, Vec<u8>)]) {
+        use std::io::Write;
         self.time += 1;
-        let sig = Signature::new("bench", "bench@example.invalid", &Time::new(self.time, 0)).unwrap();
-        let parent = self.head.map(|h| self.repo.find_commit(h).unwrap());
-        let parents: Vec<&git2::Commit> = parent.iter().collect();
-        let id = self.repo.commit(Some("refs/heads/main"), &sig, &sig, message, &tree, &parents).unwrap();
-        self.head = Some(id);
-        id
+        let w = &mut self.input;
+        writeln!(w, "commit refs/heads/main").unwrap();
+        writeln!(w, "committer bench <bench@example.invalid> {} +0000", self.time).unwrap();
+        writeln!(w, "data {}\n{message}", message.len()).unwrap();
+        for (path, bytes) in files {
+            writeln!(w, "M 100644 inline {path}").unwrap();
+            writeln!(w, "data {}", bytes.len()).unwrap();
+            w.write_all(bytes).unwrap();
+            writeln!(w).unwrap();
+        }
+        writeln!(w).unwrap();
+    }
+
+    fn finish(mut self) {
+        use std::io::Write;
+        writeln!(self.input, "done").unwrap();
+        self.input.flush().unwrap();
+        drop(self.input);
+        assert!(self.child.wait().unwrap().success(), "git fast-import failed");
     }
 }
 
 /// Writes a ledger of `entries` entries, one commit each; returns the key id that roots it.
-fn generate(dir: &Path, entries: usize) -> (String, SecretKey) {
-    // The generator writes every object itself; libgit2's per-entry existence check would make each
-    // tree write read back every blob in it (quadratic). Nothing here writes untrusted objects.
-    git2::opts::strict_object_creation(false);
-    let repo = Repository::init_bare(dir).unwrap();
-    repo.set_head("refs/heads/main").unwrap();
+fn generate(dir: &Path, entries: usize) -> String {
     let key = SecretKey::from_seed(&[5; 32]);
     let id = key.public_key().key_id();
     let ledger: LedgerId = "bench".parse().unwrap();
@@ -105,14 +86,14 @@ fn generate(dir: &Path, entries: usize) -> (String, SecretKey) {
         root: role.clone(),
         environments: envs.iter().map(|e| (e.clone(), role.clone())).collect(),
     };
-    let mut g = Gen { repo: &repo, key, ledger, dirs: BTreeMap::new(), head: None, time: 1_800_000_000 };
+    let mut import = Importer::start(dir);
     let mut doc = Document::new(policy);
-    doc.sign(&g.key);
-    g.put(POLICY_PATH, &doc.to_file_bytes());
+    doc.sign(&key);
+    let mut files = vec![(POLICY_PATH.to_owned(), doc.to_file_bytes())];
     for env in &envs {
         let mut spec = Document::new(Environment {
             payload_type: EnvironmentType,
-            ledger: g.ledger.clone(),
+            ledger: ledger.clone(),
             name: env.clone(),
             version: 1,
             provider: Provider::Local {},
@@ -123,17 +104,17 @@ fn generate(dir: &Path, entries: usize) -> (String, SecretKey) {
             revert: RevertPolicy::Allow,
             max_instance_age_seconds: None,
         });
-        spec.sign(&g.key);
-        g.put(&environment_path(env), &spec.to_file_bytes());
+        spec.sign(&key);
+        files.push((environment_path(env), spec.to_file_bytes()));
     }
-    g.commit("init");
+    import.commit("init", &files);
     let mut prev: BTreeMap<EnvName, Blake3Digest> = BTreeMap::new();
     for n in 0..entries {
         let env = &envs[n / PER_ENV];
         let seq = (n % PER_ENV) as u64 + 1;
         let entry = Entry {
             payload_type: EntryType,
-            ledger: g.ledger.clone(),
+            ledger: ledger.clone(),
             env: env.clone(),
             seq,
             prev: prev.get(env).copied().unwrap_or(Blake3Digest::ZERO),
@@ -147,15 +128,12 @@ fn generate(dir: &Path, entries: usize) -> (String, SecretKey) {
             expires_at: None,
         };
         let mut doc = Document::new(entry);
-        doc.sign(&g.key);
+        doc.sign(&key);
         prev.insert(env.clone(), doc.hash());
-        g.put(&entry_path(env, seq), &doc.to_file_bytes());
-        g.commit(&format!("release {env} 1.0.{seq}"));
+        import.commit(&format!("release {env} 1.0.{seq}"), &[(entry_path(env, seq), doc.to_file_bytes())]);
     }
-    // Pack it, as a fetched repository would be.
-    let packed = Command::new("git").args(["repack", "-a", "-d", "-q"]).current_dir(dir).status().expect("git runs");
-    assert!(packed.success(), "git repack failed");
-    (id.to_hex(), SecretKey::from_seed(&[5; 32]))
+    import.finish();
+    id.to_hex()
 }
 
 fn raw_rates() -> (f64, f64) {
@@ -218,7 +196,7 @@ fn main() {
         let root = if repo_dir.join("HEAD").exists() {
             SecretKey::from_seed(&[5; 32]).public_key().key_id().to_hex()
         } else {
-            generate(&repo_dir, n).0
+            generate(&repo_dir, n)
         };
         let gen_s = start.elapsed().as_secs_f64();
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds stele and walks through a release engineer's day in a temporary directory:
 # two keys, a ledger with a 2-of-2 production environment, a release, a co-signature, verification,
-# and a tampered entry caught. Prints each command before running it. Leaves nothing behind.
+# a tampered entry caught; then three releases to staging, a rollback by `git revert`, an agent's
+# poll and an auditor's replay. Prints each command before running it. Leaves nothing behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bin stele
@@ -31,5 +32,18 @@ run "$stele" verify
 run sed -i 's/"version": "1.0.0"/"version": "1.0.9"/' ledger/prod/1.json
 expect_fail "$stele" verify
 run git checkout -- ledger/prod/1.json
-run git log --oneline
-printf '\nwalkthrough complete: the ledger verified only when fully signed and untampered.\n'
+
+# History: three releases to staging, a rollback by plain `git revert`, and what an agent and an
+# auditor see. The agent pins the root key; it never trusts the first policy it finds.
+root=$("$stele" key id ../alice.key.pub)
+for v in 1 2 3; do
+  echo "<h1>v$v</h1>" > ../app/index.html
+  run "$stele" image pack ../app --out "../app-v$v.tar"
+  run "$stele" release --env staging --version "$v.0.0" --image "../app-v$v.tar" --key ../alice.key
+done
+run "$stele" poll --state-dir ../agent-state --trust-root "$root"
+v3=$(git log --format=%H -1 -- ledger/staging/3.json)
+run git revert --no-edit "$v3"
+run "$stele" poll --state-dir ../agent-state
+run "$stele" audit --env staging --trust-root "$root"
+printf '\nwalkthrough complete: the ledger verified only when fully signed and untampered, and a git revert rolled staging back to 2.0.0.\n'

@@ -44,7 +44,7 @@ pub fn for_error(err: &anyhow::Error) -> u8 {
             return match e {
                 SourceError::Network { .. } | SourceError::Git { .. } => IO,
                 SourceError::Rewritten { .. } => VERIFY_FAILED,
-                SourceError::NoBranch { .. } => REFUSED,
+                SourceError::NoBranch { .. } | SourceError::UnknownHostKey { .. } => REFUSED,
             };
         }
         if let Some(e) = cause.downcast_ref::<RepoError>() {

@@ -198,13 +198,13 @@ pub fn replay(
                 &recovery
             }
         };
-        match apply_step(&good.state, step, &sigs) {
-            Ok((state, events)) => {
+        match apply_step(&mut good.state, step, &sigs) {
+            Ok(events) => {
                 if let Some(first_bad) = refused_since.take() {
                     out.recovered.push((first_bad, id.to_string()));
                 }
                 out.reports.push(CommitReport { commit: step.commit.clone(), events });
-                good = Verified { commit: *id, state };
+                good.commit = *id;
             }
             Err(problems) => {
                 if refused_since.is_none() {

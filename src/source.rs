@@ -10,8 +10,8 @@ use crate::repo::{node_of, tree_snapshot};
 use git2::{Commit, Cred, CredentialType, FetchOptions, Oid, RemoteCallbacks, Repository};
 use ledger_format::history::{CommitInfo, PathChange, SshSigned, Step};
 use ledger_format::tree::{classify, entry_path, LayoutPath, Node, Snapshot, OWNED_DIRS};
-use std::cmp::Ordering;
 use ledger_format::Timestamp;
+use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,9 @@ pub enum SourceError {
     /// The remote could not be reached or refused us: retry later.
     #[error("{url}: cannot fetch: {reason}")]
     Network { url: String, reason: String },
+    /// The server's SSH host key is unknown or changed: a human must check and trust it.
+    #[error("{url}: the server's SSH host key is not in ~/.ssh/known_hosts or does not match it; verify the key and add it (e.g. `ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts`)")]
+    UnknownHostKey { url: String },
     #[error("branch {branch} not found in {location}")]
     NoBranch { branch: String, location: String },
     /// History was rewritten: the new head does not descend, by first parents, from `verified`.
@@ -136,7 +139,13 @@ impl GitSource {
     }
 
     fn fetch(&self, url: &str, branch: &str) -> Result<Oid, SourceError> {
-        let network = |e: git2::Error| SourceError::Network { url: url.to_owned(), reason: e.message().to_owned() };
+        let network = |e: git2::Error| {
+            if e.class() == git2::ErrorClass::Ssh && e.code() == git2::ErrorCode::Certificate {
+                SourceError::UnknownHostKey { url: url.to_owned() }
+            } else {
+                SourceError::Network { url: url.to_owned(), reason: e.message().to_owned() }
+            }
+        };
         let mut remote = self.repo.remote_anonymous(url).map_err(network)?;
         // Look at the remote's ref first: a poll of an unchanged ledger transfers no objects.
         remote.connect_auth(git2::Direction::Fetch, Some(callbacks()), None).map_err(network)?;
@@ -266,8 +275,14 @@ impl LedgerSource for GitSource {
         let mut changes = Vec::new();
         for dir in OWNED_DIRS {
             let side = |t: Option<&git2::Tree>| t.and_then(|t| t.get_name(dir)).map(|e| (e.id(), e.filemode()));
-            diff_entry(&self.repo, dir.as_bytes().to_vec(), side(old_tree.as_ref()), side(Some(&new_tree)), &mut changes)
-                .map_err(git_err(&self.location, "diff"))?;
+            diff_entry(
+                &self.repo,
+                dir.as_bytes().to_vec(),
+                side(old_tree.as_ref()),
+                side(Some(&new_tree)),
+                &mut changes,
+            )
+            .map_err(git_err(&self.location, "diff"))?;
         }
         // A removed entry makes the one below it the tip: hand that file to the verifier.
         let mut context = std::collections::BTreeMap::new();
@@ -308,8 +323,12 @@ impl LedgerSource for GitSource {
                     let path = &path;
                     scope.spawn(move || {
                         let repo = Repository::open(path).map_err(git_err(location, "open repository"))?;
-                        let worker =
-                            GitSource { repo, branch: branch.cloned(), remote_url: None, location: location.to_owned() };
+                        let worker = GitSource {
+                            repo,
+                            branch: branch.cloned(),
+                            remote_url: None,
+                            location: location.to_owned(),
+                        };
                         part.iter().map(|id| worker.step(*id, None)).collect()
                     })
                 })
@@ -399,7 +418,9 @@ fn diff_entry(
         let a = old_tree.as_ref().and_then(|t| t.get(i));
         let b = new_tree.as_ref().and_then(|t| t.get(j));
         let order = match (&a, &b) {
-            (Some(a), Some(b)) => git_order(a.name_bytes(), a.filemode() == TREE_MODE, b.name_bytes(), b.filemode() == TREE_MODE),
+            (Some(a), Some(b)) => {
+                git_order(a.name_bytes(), a.filemode() == TREE_MODE, b.name_bytes(), b.filemode() == TREE_MODE)
+            }
             (Some(_), None) => Ordering::Less,
             (None, _) => Ordering::Greater,
         };
@@ -417,7 +438,13 @@ fn diff_entry(
             Ordering::Equal => {
                 let (a, b) = (a.expect("both"), b.expect("both"));
                 if a.id() != b.id() || a.filemode() != b.filemode() {
-                    diff_entry(repo, child(a.name_bytes()), Some((a.id(), a.filemode())), Some((b.id(), b.filemode())), out)?;
+                    diff_entry(
+                        repo,
+                        child(a.name_bytes()),
+                        Some((a.id(), a.filemode())),
+                        Some((b.id(), b.filemode())),
+                        out,
+                    )?;
                 }
                 i += 1;
                 j += 1;

@@ -279,14 +279,28 @@ struct EnvChanges<'a> {
     modified: BTreeMap<u64, (String, &'a Node)>,
 }
 
-/// Applies one first-parent step to `state` (SPEC.md §8.3). Returns the state after it and what it
-/// did, or every reason it is refused; a refused step leaves `state` as it was (the caller keeps it).
+/// Applies one first-parent step to `state` (SPEC.md §8.3) and returns what it did, or every reason it
+/// is refused. All or nothing: the step is judged on copies of what it touches (the policy and the
+/// environments it changes), which replace the originals in `state` only when the step verifies.
 pub fn apply_step(
-    state: &LedgerState,
+    state: &mut LedgerState,
     step: &Step,
     sigs: &impl SignatureCheck,
-) -> Result<(LedgerState, Vec<Event>), Vec<Problem>> {
-    let mut next = state.clone();
+) -> Result<Vec<Event>, Vec<Problem>> {
+    let (new_policy, touched, events) = judge_step(state, step, sigs)?;
+    if let Some(policy) = new_policy {
+        state.policy = policy;
+    }
+    state.envs.extend(touched);
+    Ok(events)
+}
+
+/// The copies a step would change, or its problems.
+type Judged = (Option<Document<Policy>>, BTreeMap<EnvName, EnvHistory>, Vec<Event>);
+
+fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> Result<Judged, Vec<Problem>> {
+    let mut new_policy: Option<Document<Policy>> = None;
+    let mut touched: BTreeMap<EnvName, EnvHistory> = BTreeMap::new();
     let mut events = Vec::new();
     let mut problems = Vec::new();
 
@@ -354,12 +368,12 @@ pub fn apply_step(
                     policy_version: policy.payload.version,
                     revert_signed_by: None,
                 });
-                next.policy = policy;
+                new_policy = Some(policy);
             }
             Err(p) => return Err(vec![p]),
         }
     }
-    let policy = next.policy.payload.clone();
+    let policy = new_policy.as_ref().unwrap_or(&state.policy).payload.clone();
     let policy_version = policy.version;
 
     // 2. Environment specs.
@@ -380,7 +394,7 @@ pub fn apply_step(
             }
         };
         let version = doc.payload.version;
-        match next.envs.get_mut(env) {
+        match env_copy(state, &mut touched, env) {
             // Same payload, more signatures: a co-signature, which needs no new version.
             Some(h) if doc.hash() == h.spec.hash() => h.spec = doc,
             Some(h) if version != h.spec.payload.version + 1 => problems.push(problem(
@@ -390,13 +404,13 @@ pub fn apply_step(
             )),
             Some(h) => h.spec = doc,
             None => {
-                next.envs.insert(
+                touched.insert(
                     env.clone(),
                     EnvHistory { spec: doc, tip: None, target: None, generation: 0, reverted: Vec::new() },
                 );
             }
         }
-        let generation = next.envs.get(env).map_or(0, |h| h.generation);
+        let generation = touched.get(env).map_or(0, |h| h.generation);
         events.push(Event {
             action: Action::SpecChange,
             env: Some(env.clone()),
@@ -408,7 +422,7 @@ pub fn apply_step(
         });
     }
     for env in policy.environments.keys() {
-        if !next.envs.contains_key(env) {
+        if !state.envs.contains_key(env) && !touched.contains_key(env) {
             problems.push(problem(
                 &crate::tree::environment_path(env),
                 Check::N2,
@@ -419,7 +433,7 @@ pub fn apply_step(
 
     // 3. Chains.
     for (env, changes) in &entry_changes {
-        let Some(history) = next.envs.get_mut(env) else {
+        let Some(history) = env_copy(state, &mut touched, env) else {
             for (path, _) in changes.added.values() {
                 problems.push(problem(path, Check::E1, format!("environment {env} is not declared in {POLICY_PATH}")));
             }
@@ -438,11 +452,23 @@ pub fn apply_step(
     }
 
     if problems.is_empty() {
-        Ok((next, events))
+        Ok((new_policy, touched, events))
     } else {
         problems.sort_by(|a, b| (a.path.as_str(), a.check).cmp(&(b.path.as_str(), b.check)));
         Err(problems)
     }
+}
+
+/// The step's own copy of `env`'s history, made on first use.
+fn env_copy<'t>(
+    state: &LedgerState,
+    touched: &'t mut BTreeMap<EnvName, EnvHistory>,
+    env: &EnvName,
+) -> Option<&'t mut EnvHistory> {
+    if !touched.contains_key(env) {
+        touched.insert(env.clone(), state.envs.get(env)?.clone());
+    }
+    touched.get_mut(env)
 }
 
 /// P1-P6 for a policy that replaces `old` (SPEC.md §8.3.1).
@@ -844,7 +870,9 @@ mod tests {
     }
 
     fn apply(state: &LedgerState, s: &Step) -> Result<(LedgerState, Vec<Event>), Vec<Problem>> {
-        apply_step(state, s, &Direct)
+        let mut next = state.clone();
+        let events = apply_step(&mut next, s, &Direct)?;
+        Ok((next, events))
     }
 
     fn checks(r: Result<(LedgerState, Vec<Event>), Vec<Problem>>) -> Vec<Check> {

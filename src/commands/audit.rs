@@ -55,6 +55,12 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
         return Ok(exit::VERIFY_FAILED);
     };
     let policy = &verified.state.policy.payload;
+    let shown = if is_remote(&location) {
+        location.clone()
+    } else {
+        source.repository().workdir().unwrap_or(source.repository().path()).display().to_string()
+    };
+    let location = shown;
     if args.json {
         print_json(&args, &location, head, pinned.is_some(), policy, &outcome, only_env.as_ref(), at);
     } else {
