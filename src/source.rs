@@ -235,16 +235,20 @@ impl LedgerSource for GitSource {
     }
 
     fn first_parents(&self, from: Option<Oid>, to: Oid) -> Result<Vec<Oid>, SourceError> {
+        if Some(to) == from {
+            return Ok(Vec::new());
+        }
+        let walk_err = git_err(&self.location, "walk history");
+        let mut walk = self.repo.revwalk().map_err(walk_err)?;
+        walk.push(to).and_then(|()| walk.simplify_first_parent()).map_err(git_err(&self.location, "walk history"))?;
         let mut chain = Vec::new();
-        let mut at = Some(to);
-        while let Some(id) = at {
+        for id in walk {
+            let id = id.map_err(git_err(&self.location, "walk history"))?;
             if Some(id) == from {
                 chain.reverse();
                 return Ok(chain);
             }
             chain.push(id);
-            let commit = self.commit(id)?;
-            at = commit.parent_ids().next();
         }
         match from {
             None => {
