@@ -4,6 +4,12 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away (`stele audit | head`)
+    // instead of panicking on a broken pipe. Rust ignores SIGPIPE by default.
+    // SAFETY: restoring a default signal disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STELE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

@@ -61,10 +61,20 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
         source.repository().workdir().unwrap_or(source.repository().path()).display().to_string()
     };
     let location = shown;
+    let view = View {
+        location: &location,
+        branch: args.branch.as_deref(),
+        head,
+        pinned: pinned.is_some(),
+        policy,
+        outcome: &outcome,
+        only: only_env.as_ref(),
+        at,
+    };
     if args.json {
-        print_json(&args, &location, head, pinned.is_some(), policy, &outcome, only_env.as_ref(), at);
+        view.print_json();
     } else {
-        print_human(&location, head, pinned.is_some(), policy, &outcome, only_env.as_ref(), at);
+        view.print_human();
     }
     Ok(if outcome.refusals.is_empty() { exit::OK } else { exit::VERIFY_FAILED })
 }
@@ -122,158 +132,158 @@ fn detail(policy: &Policy, report: &CommitReport, e: &Event) -> String {
     }
 }
 
-fn print_human(
-    location: &str,
+/// What an audit prints, whichever the format.
+struct View<'a> {
+    location: &'a str,
+    branch: Option<&'a str>,
     head: git2::Oid,
     pinned: bool,
-    policy: &Policy,
-    outcome: &Outcome,
-    only: Option<&EnvName>,
+    policy: &'a Policy,
+    outcome: &'a Outcome,
+    only: Option<&'a EnvName>,
     at: Option<Timestamp>,
-) {
-    println!(
-        "ledger {} — {location}, head {}, {} commits replayed",
-        policy.ledger,
-        short(&head.to_string()),
-        outcome.commits_seen
-    );
-    if !pinned {
-        println!("trust root NOT PINNED: the genesis policy was taken as found (pin it with --trust-root or --trust-root-hash)");
-    }
-    let envs: Vec<&EnvName> = policy.environments.keys().filter(|e| only.is_none_or(|o| o == *e)).collect();
-    for env in &envs {
-        println!("\n{env}");
-        println!(
-            "  {:<4} {:<12} {:<20} {:<9} {:<12} {:<14} DETAIL",
-            "GEN", "COMMIT", "TIME (UTC)", "ACTION", "TARGET", "IMAGE"
-        );
-        for (report, e) in env_events(outcome, env) {
-            let (version, image) = match &e.target {
-                Some(t) => (t.version.to_string(), t.image.digest().to_hex()[..12].to_owned()),
-                None => ("-".into(), "-".into()),
-            };
-            println!(
-                "  {:<4} {:<12} {:<20} {:<9} {:<12} {:<14} {}",
-                e.generation,
-                short(&report.commit.id),
-                report.commit.time.map(|t| t.to_string()).unwrap_or_default(),
-                action_word(&e.action),
-                version,
-                image,
-                detail(policy, report, e)
-            );
-        }
-        if let Some(at) = at {
-            match target_at(outcome, env, at) {
-                Some((report, e)) => match &e.target {
-                    Some(t) => println!(
-                        "  at {at}: {env} ran {} (seq {}, blake3:{}), generation {}, since commit {} at {}",
-                        t.version,
-                        t.seq,
-                        t.image.digest(),
-                        e.generation,
-                        short(&report.commit.id),
-                        report.commit.time.map(|t| t.to_string()).unwrap_or_default()
-                    ),
-                    None => println!("  at {at}: {env} had no target"),
-                },
-                None => println!("  at {at}: {env} had no target yet"),
-            }
-        }
-    }
-    let policy_events: Vec<_> =
-        outcome.reports.iter().flat_map(|r| r.events.iter().filter(|e| e.env.is_none()).map(move |e| (r, e))).collect();
-    if only.is_none() && !policy_events.is_empty() {
-        println!("\npolicy");
-        for (r, e) in policy_events {
-            println!(
-                "  v{:<3} {:<12} {:<20} {} — {}",
-                e.policy_version,
-                short(&r.commit.id),
-                r.commit.time.map(|t| t.to_string()).unwrap_or_default(),
-                action_word(&e.action),
-                r.commit.summary
-            );
-        }
-    }
-    for r in &outcome.refusals {
-        for p in &r.problems {
-            println!("\nREFUSED commit {} ({}): {p}", short(&r.commit.id), r.commit.summary);
-        }
-    }
-    for (bad, good) in &outcome.recovered {
-        println!(
-            "recovered at commit {}: it verifies as one step from the last good commit, past refused {}",
-            short(good),
-            short(bad)
-        );
-    }
-    if outcome.refusals.is_empty() {
-        println!("\nOK: every step verified");
-    } else {
-        println!(
-            "\nFAILED: {} refused commit{}",
-            outcome.refusals.len(),
-            if outcome.refusals.len() == 1 { "" } else { "s" }
-        );
-    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn print_json(
-    args: &AuditArgs,
-    location: &str,
-    head: git2::Oid,
-    pinned: bool,
-    policy: &Policy,
-    outcome: &Outcome,
-    only: Option<&EnvName>,
-    at: Option<Timestamp>,
-) {
-    let key_json =
-        |ids: &[KeyId]| ids.iter().map(|id| json!({"keyid": id, "name": policy.key_name(id)})).collect::<Vec<_>>();
-    let event_json = |r: &CommitReport, e: &Event| {
-        json!({
-            "generation": e.generation,
-            "commit": r.commit.id,
-            "time": r.commit.time,
-            "author": r.commit.author,
-            "summary": r.commit.summary,
-            "action": action_word(&e.action),
-            "target": e.target,
-            "entry": e.entry,
-            "signed_by": e.entry.as_ref().map(|l| key_json(&l.signed_by)),
-            "revert": matches!(e.action, Action::Rollback | Action::Withdraw).then(|| json!({
-                "commit_signed": r.commit.ssh_signature.is_some(),
-                "signed_by": e.revert_signed_by.map(|k| key_json(&[k])),
-            })),
-            "policy_version": e.policy_version,
-            // Filled from the status branch once the agent writes one.
-            "observed": serde_json::Value::Null,
-        })
-    };
-    let envs: serde_json::Map<String, serde_json::Value> = policy
-        .environments
-        .keys()
-        .filter(|e| only.is_none_or(|o| o == *e))
-        .map(|env| {
-            let events: Vec<_> = env_events(outcome, env).map(|(r, e)| event_json(r, e)).collect();
-            let at_answer = at.map(|t| target_at(outcome, env, t).map(|(r, e)| event_json(r, e)));
-            (env.to_string(), json!({"events": events, "at": at_answer}))
-        })
-        .collect();
-    let policy_events: Vec<_> = outcome
-        .reports
-        .iter()
-        .flat_map(|r| r.events.iter().filter(|e| e.env.is_none()).map(move |e| event_json(r, e)))
-        .collect();
-    println!(
+impl View<'_> {
+    fn print_human(&self) {
+        let View { location, head, pinned, policy, outcome, only, at, .. } = *self;
+        println!(
+            "ledger {} — {location}, head {}, {} commits replayed",
+            policy.ledger,
+            short(&head.to_string()),
+            outcome.commits_seen
+        );
+        if !pinned {
+            println!("trust root NOT PINNED: the genesis policy was taken as found (pin it with --trust-root or --trust-root-hash)");
+        }
+        let envs: Vec<&EnvName> = policy.environments.keys().filter(|e| only.is_none_or(|o| o == *e)).collect();
+        for env in &envs {
+            println!("\n{env}");
+            println!(
+                "  {:<4} {:<12} {:<20} {:<9} {:<12} {:<14} DETAIL",
+                "GEN", "COMMIT", "TIME (UTC)", "ACTION", "TARGET", "IMAGE"
+            );
+            for (report, e) in env_events(outcome, env) {
+                let (version, image) = match &e.target {
+                    Some(t) => (t.version.to_string(), t.image.digest().to_hex()[..12].to_owned()),
+                    None => ("-".into(), "-".into()),
+                };
+                println!(
+                    "  {:<4} {:<12} {:<20} {:<9} {:<12} {:<14} {}",
+                    e.generation,
+                    short(&report.commit.id),
+                    report.commit.time.map(|t| t.to_string()).unwrap_or_default(),
+                    action_word(&e.action),
+                    version,
+                    image,
+                    detail(policy, report, e)
+                );
+            }
+            if let Some(at) = at {
+                match target_at(outcome, env, at) {
+                    Some((report, e)) => match &e.target {
+                        Some(t) => println!(
+                            "  at {at}: {env} ran {} (seq {}, blake3:{}), generation {}, since commit {} at {}",
+                            t.version,
+                            t.seq,
+                            t.image.digest(),
+                            e.generation,
+                            short(&report.commit.id),
+                            report.commit.time.map(|t| t.to_string()).unwrap_or_default()
+                        ),
+                        None => println!("  at {at}: {env} had no target"),
+                    },
+                    None => println!("  at {at}: {env} had no target yet"),
+                }
+            }
+        }
+        let policy_events: Vec<_> = outcome
+            .reports
+            .iter()
+            .flat_map(|r| r.events.iter().filter(|e| e.env.is_none()).map(move |e| (r, e)))
+            .collect();
+        if only.is_none() && !policy_events.is_empty() {
+            println!("\npolicy");
+            for (r, e) in policy_events {
+                println!(
+                    "  v{:<3} {:<12} {:<20} {} — {}",
+                    e.policy_version,
+                    short(&r.commit.id),
+                    r.commit.time.map(|t| t.to_string()).unwrap_or_default(),
+                    action_word(&e.action),
+                    r.commit.summary
+                );
+            }
+        }
+        for r in &outcome.refusals {
+            for p in &r.problems {
+                println!("\nREFUSED commit {} ({}): {p}", short(&r.commit.id), r.commit.summary);
+            }
+        }
+        for (bad, good) in &outcome.recovered {
+            println!(
+                "recovered at commit {}: it verifies as one step from the last good commit, past refused {}",
+                short(good),
+                short(bad)
+            );
+        }
+        if outcome.refusals.is_empty() {
+            println!("\nOK: every step verified");
+        } else {
+            println!(
+                "\nFAILED: {} refused commit{}",
+                outcome.refusals.len(),
+                if outcome.refusals.len() == 1 { "" } else { "s" }
+            );
+        }
+    }
+
+    fn print_json(&self) {
+        let View { location, branch, head, pinned, policy, outcome, only, at } = *self;
+        let key_json =
+            |ids: &[KeyId]| ids.iter().map(|id| json!({"keyid": id, "name": policy.key_name(id)})).collect::<Vec<_>>();
+        let event_json = |r: &CommitReport, e: &Event| {
+            json!({
+                "generation": e.generation,
+                "commit": r.commit.id,
+                "time": r.commit.time,
+                "author": r.commit.author,
+                "summary": r.commit.summary,
+                "action": action_word(&e.action),
+                "target": e.target,
+                "entry": e.entry,
+                "signed_by": e.entry.as_ref().map(|l| key_json(&l.signed_by)),
+                "revert": matches!(e.action, Action::Rollback | Action::Withdraw).then(|| json!({
+                    "commit_signed": r.commit.ssh_signature.is_some(),
+                    "signed_by": e.revert_signed_by.map(|k| key_json(&[k])),
+                })),
+                "policy_version": e.policy_version,
+                // Filled from the status branch once the agent writes one.
+                "observed": serde_json::Value::Null,
+            })
+        };
+        let envs: serde_json::Map<String, serde_json::Value> = policy
+            .environments
+            .keys()
+            .filter(|e| only.is_none_or(|o| o == *e))
+            .map(|env| {
+                let events: Vec<_> = env_events(outcome, env).map(|(r, e)| event_json(r, e)).collect();
+                let at_answer = at.map(|t| target_at(outcome, env, t).map(|(r, e)| event_json(r, e)));
+                (env.to_string(), json!({"events": events, "at": at_answer}))
+            })
+            .collect();
+        let policy_events: Vec<_> = outcome
+            .reports
+            .iter()
+            .flat_map(|r| r.events.iter().filter(|e| e.env.is_none()).map(move |e| event_json(r, e)))
+            .collect();
+        println!(
         "{}",
         serde_json::to_string_pretty(&json!({
             "ok": outcome.refusals.is_empty(),
             "ledger": policy.ledger,
             "source": location,
-            "branch": args.branch,
+            "branch": branch,
             "head": head.to_string(),
             "trust_root_pinned": pinned,
             "commits": outcome.commits_seen,
@@ -285,4 +295,5 @@ fn print_json(
         }))
         .expect("JSON values serialize")
     );
+    }
 }
