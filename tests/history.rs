@@ -12,9 +12,9 @@ use common::*;
 use ledger_format::types::{Entry, Environment, ReleaseVersion, RevertPolicy};
 use ledger_format::Document;
 use serde_json::Value;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ impl Fixture {
 
     /// `git ARGS` in the ledger with extra environment variables (e.g. fixed commit dates).
     fn git_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
-        let out = scrubbed("git", &self.sb, &self.ledger.dir).args(args).envs(env.iter().copied()).output();
+        let out = scrubbed("git", self.sb.root(), &self.ledger.dir).args(args).envs(env.iter().copied()).output();
         let out = out.unwrap_or_else(|e| panic!("cannot run git {args:?}: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "git {args:?} failed\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
@@ -84,25 +84,6 @@ impl Fixture {
 /// The signing key in `key`'s secret file.
 fn secret(key: &Key) -> ledger_format::SecretKey {
     stele::keys::load_secret(&key.secret).expect("a key written by `stele key generate`").key
-}
-
-/// A command with the environment the shared helpers give theirs: only `PATH` inherited, `HOME` the
-/// sandbox, the fixed Git identity. For what they do not cover: extra variables and child processes.
-fn scrubbed(program: &str, sb: &Sandbox, cwd: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.current_dir(cwd).env_clear();
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
-    }
-    cmd.env("HOME", sb.root())
-        .env("LC_ALL", "C")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", "Stele Test")
-        .env("GIT_AUTHOR_EMAIL", "test@stele.invalid")
-        .env("GIT_COMMITTER_NAME", "Stele Test")
-        .env("GIT_COMMITTER_EMAIL", "test@stele.invalid");
-    cmd
 }
 
 /// An agent: `stele poll` of one source with one state directory.
@@ -262,12 +243,6 @@ fn event<'a>(audit: &'a Value, env: &str, commit: &str, action: &str) -> &'a Val
         .unwrap_or_else(|| panic!("no {action} of {env} at {commit} in\n{audit:#}"))
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("a bound address").port()
-}
-
 /// `git daemon` serving every repository under `base` on loopback, pushes included. Killed on drop.
 struct GitDaemon {
     child: Child,
@@ -282,7 +257,7 @@ impl GitDaemon {
         let log = sb.path("git-daemon.log");
         for _ in 0..5 {
             let port = free_port();
-            let mut child = scrubbed(&path_str(&program), sb, base)
+            let mut child = scrubbed(&path_str(&program), sb.root(), base)
                 .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1", "--enable=receive-pack"])
                 .arg(format!("--base-path={}", path_str(base)))
                 .arg(format!("--port={port}"))
@@ -567,7 +542,7 @@ fn with_gpgsig(l: &Ledger, rev: &str, armored: &str) -> String {
 fn ssh_keygen_sign(f: &Fixture, rev: &str, key: &Key, namespace: &str) -> String {
     let payload = f.sb.path(&format!("{rev}.{namespace}"));
     std::fs::write(&payload, f.ledger.git_bytes(["cat-file", "commit", rev], None)).expect("write the payload");
-    let out = scrubbed("ssh-keygen", &f.sb, f.sb.root())
+    let out = scrubbed("ssh-keygen", f.sb.root(), f.sb.root())
         .args(["-q", "-Y", "sign", "-n", namespace, "-f", &key.secret(), &path_str(&payload)])
         .output()
         .expect("run ssh-keygen (part of openssh-client, which these tests need)");

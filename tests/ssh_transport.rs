@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,27 +27,6 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
-
-/// A command with only `PATH` inherited, `HOME` set to `home` and the fixed Git identity, like the
-/// shared helpers' (which do not take extra variables or another `HOME`).
-fn scrubbed(program: &str, home: &Path, cwd: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.current_dir(cwd).env_clear();
-    for inherited in ["PATH", "LLVM_PROFILE_FILE"] {
-        if let Some(value) = std::env::var_os(inherited) {
-            cmd.env(inherited, value);
-        }
-    }
-    cmd.env("HOME", home)
-        .env("LC_ALL", "C")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", "Stele Test")
-        .env("GIT_AUTHOR_EMAIL", "test@stele.invalid")
-        .env("GIT_COMMITTER_NAME", "Stele Test")
-        .env("GIT_COMMITTER_EMAIL", "test@stele.invalid");
-    cmd
-}
 
 /// Runs `cmd` to the end, killing it (and failing) after [`PROCESS_TIMEOUT`]: a transport that hangs
 /// must not hang the test run. Output goes through unnamed files, so no pipe can fill up.
@@ -93,12 +72,6 @@ fn ssh_keygen(sb: &Sandbox, path: &Path) -> String {
     run(cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "stele-test", "-f"]).arg(path)).expect(OK);
     let public = std::fs::read_to_string(format!("{}.pub", path_str(path))).expect("ssh-keygen wrote a .pub");
     public.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("a bound address").port()
 }
 
 /// `sshd -D -e` on 127.0.0.1 with its own host key, letting in root with the keys in `authorized_keys`

@@ -342,8 +342,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let mut cmd = scrubbed(program, home, cwd);
+    cmd.args(args);
+    cmd
+}
+
+/// `program` in `cwd` with the scrubbed environment of every helper here (only `PATH` inherited,
+/// `HOME` = `home`, the fixed Git identity), for suites that add variables or keep children running.
+pub fn scrubbed(program: &str, home: &Path, cwd: &Path) -> Command {
     let mut cmd = Command::new(program);
-    cmd.args(args).current_dir(cwd).env_clear();
+    cmd.current_dir(cwd).env_clear();
     for inherited in ["PATH", "LLVM_PROFILE_FILE"] {
         if let Some(value) = std::env::var_os(inherited) {
             cmd.env(inherited, value);
@@ -401,4 +409,10 @@ fn run(cmd: Command, stdin: Option<&[u8]>) -> Output {
         stderr: String::from_utf8_lossy(&raw.stderr).into_owned(),
         command: raw.command,
     }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("a bound address").port()
 }
