@@ -6,18 +6,16 @@
 //! the raw strict-verification rate on one core and on all cores, a full `replay` (what `stele audit`
 //! does, in process), and the first and a no-change `stele poll` (the binary, end to end).
 
-use ledger_format::crypto::SecretKey;
-use ledger_format::document::Document;
+mod support;
+
 use ledger_format::history::TrustAnchor;
-use ledger_format::tree::{entry_path, environment_path, POLICY_PATH};
-use ledger_format::types::*;
-use ledger_format::{Blake3Digest, Timestamp};
-use std::collections::BTreeMap;
+use ledger_format::types::EnvName;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 use stele::replay::replay;
 use stele::source::{GitSource, LedgerSource};
+use support::{raw_verify_rates, BenchLedger};
 
 const PER_ENV: usize = 1_000;
 
@@ -71,94 +69,18 @@ impl Importer {
 
 /// Writes a ledger of `entries` entries, one commit each; returns the key id that roots it.
 fn generate(dir: &Path, entries: usize) -> String {
-    let key = SecretKey::from_seed(&[5; 32]);
-    let id = key.public_key().key_id();
-    let ledger: LedgerId = "bench".parse().unwrap();
+    let mut gen = BenchLedger::new();
     let envs: Vec<EnvName> =
         (0..entries.div_ceil(PER_ENV).max(1)).map(|i| format!("env{i}").parse().unwrap()).collect();
-    let role = Role { keys: vec![id], threshold: 1 };
-    let policy = Policy {
-        payload_type: PolicyType,
-        ledger: ledger.clone(),
-        version: 1,
-        expires_at: None,
-        keys: BTreeMap::from([(id, KeyInfo { name: "bench".parse().unwrap(), public_key: key.public_key() })]),
-        root: role.clone(),
-        environments: envs.iter().map(|e| (e.clone(), role.clone())).collect(),
-    };
     let mut import = Importer::start(dir);
-    let mut doc = Document::new(policy);
-    doc.sign(&key);
-    let mut files = vec![(POLICY_PATH.to_owned(), doc.to_file_bytes())];
-    for env in &envs {
-        let mut spec = Document::new(Environment {
-            payload_type: EnvironmentType,
-            ledger: ledger.clone(),
-            name: env.clone(),
-            version: 1,
-            provider: Provider::Local {},
-            groups: vec![Group { name: "web".parse().unwrap(), capacity: 2 }],
-            strategy: Strategy::Rolling { max_surge: 1, max_unavailable: 0, min_ready_seconds: 0 },
-            health: HealthCheck::Tcp { interval_ms: 500, timeout_ms: 500, healthy_threshold: 1, deadline_seconds: 30 },
-            drift: DriftMode::Correct,
-            revert: RevertPolicy::Allow,
-            max_instance_age_seconds: None,
-        });
-        spec.sign(&key);
-        files.push((environment_path(env), spec.to_file_bytes()));
-    }
-    import.commit("init", &files);
-    let mut prev: BTreeMap<EnvName, Blake3Digest> = BTreeMap::new();
+    import.commit("init", &gen.genesis(&envs));
     for n in 0..entries {
         let env = &envs[n / PER_ENV];
-        let seq = (n % PER_ENV) as u64 + 1;
-        let entry = Entry {
-            payload_type: EntryType,
-            ledger: ledger.clone(),
-            env: env.clone(),
-            seq,
-            prev: prev.get(env).copied().unwrap_or(Blake3Digest::ZERO),
-            version: format!("1.0.{seq}").parse().unwrap(),
-            image: Image::Artifact {
-                uri: format!("https://images.example/{env}-{seq}.tar").parse().unwrap(),
-                blake3: Blake3Digest(*blake3::hash(&(n as u64).to_le_bytes()).as_bytes()),
-                size: 1 << 20,
-            },
-            created_at: Timestamp::from_unix(1_800_000_000 + n as i64).unwrap(),
-            expires_at: None,
-        };
-        let mut doc = Document::new(entry);
-        doc.sign(&key);
-        prev.insert(env.clone(), doc.hash());
-        import.commit(&format!("release {env} 1.0.{seq}"), &[(entry_path(env, seq), doc.to_file_bytes())]);
+        let (path, bytes) = gen.next_entry(env);
+        import.commit(&format!("release {path}"), &[(path, bytes)]);
     }
     import.finish();
-    id.to_hex()
-}
-
-fn raw_rates() -> (f64, f64) {
-    let key = SecretKey::from_seed(&[3; 32]);
-    let msg = [0x5au8; 400];
-    let sig = key.sign(&msg);
-    let pk = key.public_key();
-    let n = 20_000;
-    let start = Instant::now();
-    for _ in 0..n {
-        pk.verify(&msg, &sig).unwrap();
-    }
-    let one = n as f64 / start.elapsed().as_secs_f64();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                for _ in 0..n / threads {
-                    pk.verify(&msg, &sig).unwrap();
-                }
-            });
-        }
-    });
-    (one, (n / threads * threads) as f64 / start.elapsed().as_secs_f64())
+    gen.root().to_hex()
 }
 
 fn poll(stele: &str, repo: &Path, state: &Path, root: &str) -> f64 {
@@ -181,7 +103,7 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("sizes are numbers"))
         .collect();
-    let (one, all) = raw_rates();
+    let (one, all) = raw_verify_rates();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("raw verify_strict: {one:.0}/s on one core, {all:.0}/s on {threads} threads");
     let stele = env!("CARGO_BIN_EXE_stele");
@@ -193,11 +115,8 @@ fn main() {
             Err(_) => dir.path().join("ledger.git"),
         };
         let start = Instant::now();
-        let root = if repo_dir.join("HEAD").exists() {
-            SecretKey::from_seed(&[5; 32]).public_key().key_id().to_hex()
-        } else {
-            generate(&repo_dir, n)
-        };
+        let root =
+            if repo_dir.join("HEAD").exists() { BenchLedger::new().root().to_hex() } else { generate(&repo_dir, n) };
         let gen_s = start.elapsed().as_secs_f64();
 
         let mut source = GitSource::open(repo_dir.to_str().unwrap(), Some("main"), dir.path()).unwrap();

@@ -4,86 +4,31 @@
 //! entry of `verify_snapshot` on generated ledgers of several sizes, and `stele verify` end to end
 //! (reading the work tree from disk) on a ledger repository written by the same generator.
 
-use ledger_format::crypto::SecretKey;
-use ledger_format::document::Document;
-use ledger_format::tree::{entry_path, environment_path, verify_snapshot, Snapshot, POLICY_PATH};
-use ledger_format::types::*;
-use ledger_format::{Blake3Digest, Timestamp};
-use std::collections::BTreeMap;
+mod support;
+
+use ledger_format::tree::{verify_snapshot, Snapshot};
+use ledger_format::types::EnvName;
+use ledger_format::Timestamp;
 use std::time::Instant;
+use support::{raw_verify_rates, BenchLedger};
 
 fn ledger(entries: usize) -> Snapshot {
-    let key = SecretKey::from_seed(&[9; 32]);
-    let id = key.public_key().key_id();
-    let ledger: LedgerId = "bench".parse().unwrap();
     let env: EnvName = "prod".parse().unwrap();
-    let role = Role { keys: vec![id], threshold: 1 };
-    let policy = Policy {
-        payload_type: PolicyType,
-        ledger: ledger.clone(),
-        version: 1,
-        expires_at: None,
-        keys: BTreeMap::from([(id, KeyInfo { name: "bench".parse().unwrap(), public_key: key.public_key() })]),
-        root: role.clone(),
-        environments: BTreeMap::from([(env.clone(), role)]),
-    };
+    let mut gen = BenchLedger::new();
     let mut snapshot = Snapshot::default();
-    let mut doc = Document::new(policy);
-    doc.sign(&key);
-    snapshot.insert_file(POLICY_PATH, doc.to_file_bytes());
-    let spec = Environment {
-        payload_type: EnvironmentType,
-        ledger: ledger.clone(),
-        name: env.clone(),
-        version: 1,
-        provider: Provider::Local {},
-        groups: vec![Group { name: "web".parse().unwrap(), capacity: 2 }],
-        strategy: Strategy::Rolling { max_surge: 1, max_unavailable: 0, min_ready_seconds: 0 },
-        health: HealthCheck::Tcp { interval_ms: 500, timeout_ms: 500, healthy_threshold: 1, deadline_seconds: 30 },
-        drift: DriftMode::Correct,
-        revert: RevertPolicy::Allow,
-        max_instance_age_seconds: None,
-    };
-    let mut doc = Document::new(spec);
-    doc.sign(&key);
-    snapshot.insert_file(&environment_path(&env), doc.to_file_bytes());
-    let mut prev = Blake3Digest::ZERO;
-    for seq in 1..=entries as u64 {
-        let entry = Entry {
-            payload_type: EntryType,
-            ledger: ledger.clone(),
-            env: env.clone(),
-            seq,
-            prev,
-            version: format!("1.0.{seq}").parse().unwrap(),
-            image: Image::Artifact {
-                uri: format!("https://images.example/app-{seq}.tar").parse().unwrap(),
-                blake3: Blake3Digest(*blake3::hash(&seq.to_le_bytes()).as_bytes()),
-                size: 1 << 20,
-            },
-            created_at: Timestamp::from_unix(1_800_000_000 + seq as i64).unwrap(),
-            expires_at: None,
-        };
-        let mut doc = Document::new(entry);
-        doc.sign(&key);
-        prev = doc.hash();
-        snapshot.insert_file(&entry_path(&env, seq), doc.to_file_bytes());
+    for (path, bytes) in gen.genesis(std::slice::from_ref(&env)) {
+        snapshot.insert_file(&path, bytes);
+    }
+    for _ in 0..entries {
+        let (path, bytes) = gen.next_entry(&env);
+        snapshot.insert_file(&path, bytes);
     }
     snapshot
 }
 
 fn main() {
     let now = Timestamp::from_unix(1_900_000_000).unwrap();
-    let key = SecretKey::from_seed(&[3; 32]);
-    let msg = [0x5au8; 400]; // about the size of an entry's PAE
-    let sig = key.sign(&msg);
-    let pk = key.public_key();
-    let n = 20_000;
-    let start = Instant::now();
-    for _ in 0..n {
-        pk.verify(&msg, &sig).expect("valid signature");
-    }
-    let raw = n as f64 / start.elapsed().as_secs_f64();
+    let (raw, _) = raw_verify_rates();
     println!("raw verify_strict (1 core): {raw:.0} signatures/s, {:.1} us each", 1e6 / raw);
 
     for entries in [1_000usize, 10_000] {
