@@ -101,11 +101,24 @@ struct RawEnvelope {
 pub struct DocError {
     pub check: Check,
     pub reason: String,
+    /// The signature check (S1-S3) behind a P4, N4, E5 or P6 failure (SPEC.md §7.1).
+    pub cause: Option<Check>,
 }
 
 impl DocError {
     pub fn new(check: Check, reason: impl Into<String>) -> Self {
-        Self { check, reason: reason.into() }
+        Self { check, reason: reason.into(), cause: None }
+    }
+
+    /// This error as a problem at `path`.
+    pub fn at(self, path: &str) -> crate::tree::Problem {
+        crate::tree::Problem { path: path.to_owned(), check: self.check, reason: self.reason, cause: self.cause }
+    }
+
+    /// Reports a signature failure `self` under the document's own `check`, keeping the S-check as
+    /// the cause (and, for readers, in the reason).
+    pub fn caused(self, check: Check) -> Self {
+        Self { check, reason: format!("{} ({})", self.reason, self.check), cause: Some(self.check) }
     }
 }
 

@@ -149,11 +149,11 @@ pub struct Event {
 }
 
 fn problem(path: &str, check: Check, reason: impl Into<String>) -> Problem {
-    Problem { path: path.to_owned(), check, reason: reason.into() }
+    Problem { path: path.to_owned(), check, reason: reason.into(), cause: None }
 }
 
 fn doc_problem(path: &str, e: DocError) -> Problem {
-    problem(path, e.check, e.reason)
+    e.at(path)
 }
 
 /// Genesis (SPEC.md §8.2): the first commit that holds a policy is verified as a whole tree and its
@@ -484,7 +484,8 @@ fn next_policy(old: &Document<Policy>, node: &Node, sigs: &impl SignatureCheck) 
         ));
     }
     doc.check_role_with(old_p, &old_p.root, ForeignSignatures::Skip, sigs).map_err(|e| {
-        problem(POLICY_PATH, Check::P6, format!("not signed by the previous root: {} ({})", e.reason, e.check))
+        let e = e.caused(Check::P6);
+        problem(POLICY_PATH, Check::P6, format!("not signed by the previous root: {}", e.reason)).with_cause(e.cause)
     })?;
     Ok(doc)
 }
@@ -679,11 +680,9 @@ fn require_complete(
     why: &str,
 ) -> Result<Vec<KeyId>, Vec<Problem>> {
     doc.check_role_with(policy, role, ForeignSignatures::Refuse, sigs).map(|s| s.0).map_err(|e| {
-        vec![problem(
-            path,
-            Check::E5,
-            format!("{} ({}); {why}, so it must satisfy the current policy", e.reason, e.check),
-        )]
+        let e = e.caused(Check::E5);
+        let reason = format!("{}; {why}, so it must satisfy the current policy", e.reason);
+        vec![problem(path, Check::E5, reason).with_cause(e.cause)]
     })
 }
 
@@ -712,7 +711,7 @@ fn judge_entry(
                 .map_err(|e| doc_problem(path, e))?;
             Ok((false, signed.0))
         }
-        Err(e) => Err(problem(path, Check::E5, format!("{} ({})", e.reason, e.check))),
+        Err(e) => Err(e.caused(Check::E5).at(path)),
     }
 }
 

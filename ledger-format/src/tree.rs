@@ -53,6 +53,16 @@ pub struct Problem {
     pub path: String,
     pub check: Check,
     pub reason: String,
+    /// The signature check (S1-S3) that made a P4, N4, E5 or P6 check fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Check>,
+}
+
+impl Problem {
+    /// The same problem, with the signature check that caused it.
+    pub fn with_cause(self, cause: Option<Check>) -> Self {
+        Self { cause, ..self }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -127,11 +137,11 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, path: &str, check: Check, reason: impl Into<String>) {
-        self.0.push(Problem { path: path.to_owned(), check, reason: reason.into() });
+        self.0.push(Problem { path: path.to_owned(), check, reason: reason.into(), cause: None });
     }
 
     fn doc(&mut self, path: &str, e: DocError) {
-        self.add(path, e.check, e.reason);
+        self.0.push(e.at(path));
     }
 
     /// Problems in path order, then check order (SPEC.md §7.2).
@@ -311,9 +321,8 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
             let is_tip = index + 1 == files.len();
             let (judged_role, foreign) =
                 if is_tip { (role, ForeignSignatures::Refuse) } else { (&any_listed_key, ForeignSignatures::Skip) };
-            let checked = check_entry_position(&doc.payload, env, *seq, link).and_then(|()| {
-                doc.check_role(&policy.payload, judged_role, foreign).map_err(|e| as_check(e, Check::E5))
-            });
+            let checked = check_entry_position(&doc.payload, env, *seq, link)
+                .and_then(|()| doc.check_role(&policy.payload, judged_role, foreign).map_err(|e| e.caused(Check::E5)));
             link = Link::Expect(doc.hash());
             match checked {
                 Ok(signed_by) => chain.push(VerifiedEntry { doc, signed_by }),
@@ -343,12 +352,6 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
         })
         .collect();
     Ok(VerifiedTree { policy, environments })
-}
-
-/// Signature failures of an entry or spec are reported under the document's own check (E5, N4), with
-/// the S-check that failed in the reason.
-fn as_check(e: DocError, check: Check) -> DocError {
-    DocError::new(check, format!("{} ({})", e.reason, e.check))
 }
 
 /// P1-P4 (SPEC.md §6.1) for a policy judged on its own.
@@ -392,7 +395,7 @@ pub fn check_policy(doc: &Document<Policy>, expiry: Expiry) -> Result<SignedBy, 
     if let Some(expires) = expiry.expired(p.expires_at) {
         return Err(DocError::new(Check::P3, format!("the policy expired at {expires}")));
     }
-    doc.check_role(p, &p.root, ForeignSignatures::Skip).map_err(|e| as_check(e, Check::P4))
+    doc.check_role(p, &p.root, ForeignSignatures::Skip).map_err(|e| e.caused(Check::P4))
 }
 
 /// N1, N3, N4 (SPEC.md §6.2) for the spec found at `environments/<env>.json`.
@@ -408,7 +411,7 @@ pub fn check_environment(policy: &Policy, env: &EnvName, doc: &Document<Environm
         return Err(DocError::new(Check::N1, format!("environment {env} is not declared in {POLICY_PATH}")));
     };
     crate::ranges::check_environment_ranges(spec).map_err(|reason| DocError::new(Check::N3, reason))?;
-    doc.check_role(policy, role, ForeignSignatures::Refuse).map_err(|e| as_check(e, Check::N4))
+    doc.check_role(policy, role, ForeignSignatures::Refuse).map_err(|e| e.caused(Check::N4))
 }
 
 /// What the `prev` of the next entry must be.

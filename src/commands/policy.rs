@@ -212,7 +212,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
             if !only_root_signatures {
                 let unsigned: Vec<&str> = problems
                     .iter()
-                    .filter(|p| matches!(p.check, Check::N4 | Check::E5) && p.reason.ends_with("(S3)"))
+                    .filter(|p| matches!(p.check, Check::N4 | Check::E5) && p.cause == Some(Check::S3))
                     .map(|p| p.path.as_str())
                     .collect();
                 let hint = if unsigned.is_empty() {
