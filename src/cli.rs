@@ -51,6 +51,30 @@ pub enum Command {
     Poll(PollArgs),
     /// Replay the whole history offline, verify every step, and print each environment's timeline.
     Audit(AuditArgs),
+    /// Show what runs where, as the agent last recorded it on the status branch.
+    Status(StatusArgs),
+    /// Run a local TCP load balancer for one instance group (started by the local provider).
+    #[command(hide = true)]
+    Lb(LbArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Only this environment.
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
+    /// The status branch to read (local branch first, then refs/remotes/origin/<branch>).
+    #[arg(long, default_value = "stele/status", value_name = "BRANCH")]
+    pub branch: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LbArgs {
+    /// The balancer's configuration file (JSON), re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -12,3 +12,6 @@ pub mod replay;
 pub mod repo;
 pub mod source;
 pub mod state;
+pub mod lb;
+pub mod provider;
+pub mod status;

@@ -13,6 +13,7 @@ mod poll;
 mod release;
 mod rollback;
 mod sign;
+mod status;
 mod verify;
 
 use crate::cli::{Cli, Command};
@@ -38,6 +39,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Rollback(args) => rollback::run(&cli.repo, args),
         Command::Poll(args) => poll::run(&cli.repo, args),
         Command::Audit(args) => audit::run(&cli.repo, args),
+        Command::Status(args) => status::run(&cli.repo, args),
+        Command::Lb(args) => crate::lb::run(&args.config),
     }
 }
 

@@ -1,0 +1,4 @@
+//! The local provider. Being built.
+
+pub mod process;
+pub mod store;

@@ -1,0 +1,3 @@
+//! Providers: where instances run. Being built.
+
+pub mod local;

@@ -1,0 +1,1 @@
+//! Status write-back to the status branch, being built.
