@@ -186,7 +186,7 @@ fn git_err<'a>(location: &'a str, context: &'a str) -> impl FnOnce(git2::Error) 
 /// Credentials, never from the command line: an SSH agent or `STELE_GIT_SSH_KEY` (a key file) for
 /// ssh; `STELE_GIT_TOKEN` / `STELE_GIT_TOKEN_FILE` (with `STELE_GIT_USERNAME`, default
 /// `x-access-token`) for https.
-fn callbacks() -> RemoteCallbacks<'static> {
+pub fn callbacks() -> RemoteCallbacks<'static> {
     let mut cb = RemoteCallbacks::new();
     let mut tried_agent = false;
     cb.credentials(move |_url, username, allowed| {
