@@ -16,9 +16,10 @@ use std::path::PathBuf;
     after_help = "Exit codes: 0 ok, 1 verification failed, 2 usage error, 3 refused (nothing written), 4 I/O or Git failure."
 )]
 pub struct Cli {
-    /// The ledger repository: any directory inside its work tree.
-    #[arg(long, global = true, default_value = ".", env = "STELE_REPO", value_name = "DIR")]
-    pub repo: PathBuf,
+    /// The ledger repository: any directory inside its work tree (default: the current directory).
+    /// `poll` and `agent` also take a URL.
+    #[arg(long, global = true, env = "STELE_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -39,6 +40,9 @@ pub enum Command {
     Image(ImageCommand),
     /// Promote a version: append a signed entry to an environment's chain and commit it.
     Release(ReleaseArgs),
+    /// Change how an environment runs: sign a new environment spec (strategy, groups, health) and commit it.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Co-sign a document (by default an environment's tip entry) and commit the signature.
     Sign(SignArgs),
     /// Verify the ledger tree: policy, environment specs and every chain. Exits 0 only if all verify.
@@ -51,11 +55,118 @@ pub enum Command {
     Poll(PollArgs),
     /// Replay the whole history offline, verify every step, and print each environment's timeline.
     Audit(AuditArgs),
+    /// Run the agent: poll and verify the ledger, converge instance groups to each environment's
+    /// target, and record what runs on the status branch.
+    Agent(AgentArgs),
+    /// Print what the agent would do now (verify, observe, plan), without doing it.
+    Plan(PlanArgs),
     /// Show what runs where, as the agent last recorded it on the status branch.
     Status(StatusArgs),
+    /// The whole story in one command: make a ledger and keys, release v1 and v2 of the demo app to a
+    /// local environment, roll back by `git revert`, audit, and clean up.
+    Quickstart(QuickstartArgs),
     /// Run a local TCP load balancer for one instance group (started by the local provider).
     #[command(hide = true)]
     Lb(LbArgs),
+}
+
+/// Agent settings; each flag overrides the same key of the --config file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AgentSettingsArgs {
+    /// Configuration file (TOML); see examples/agent.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Branch of the ledger to follow (default: HEAD of a local repository, main for a URL).
+    #[arg(long, value_name = "NAME")]
+    pub branch: Option<String>,
+    /// Manage only this environment (repeatable; default: every environment of the ledger).
+    #[arg(long = "env", value_name = "NAME")]
+    pub envs: Vec<String>,
+    /// Where the verified state, images, instance records and caches live.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Pinned trust root: key ids (comma-separated) of which --trust-threshold signed the genesis policy.
+    #[arg(long, value_delimiter = ',', value_name = "KEYID[,KEYID...]", conflicts_with = "trust_root_hash")]
+    pub trust_root: Vec<String>,
+    #[arg(long, value_name = "N")]
+    pub trust_threshold: Option<u64>,
+    /// Pinned trust root: the document hash of the genesis policy.
+    #[arg(long, value_name = "HEX")]
+    pub trust_root_hash: Option<String>,
+    /// Seconds between ledger polls (±10% jitter; default 30).
+    #[arg(long, value_name = "SECONDS")]
+    pub interval: Option<u64>,
+    /// Status branch to write (default stele/status).
+    #[arg(long, value_name = "BRANCH")]
+    pub status_branch: Option<String>,
+    /// Do not write status to Git.
+    #[arg(long)]
+    pub no_status: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub settings: AgentSettingsArgs,
+    /// Run until every environment settles (converged, degraded or stalled), then exit:
+    /// 0 converged, 1 stalled, 5 degraded, 6 timed out.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub timeout: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub settings: AgentSettingsArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct QuickstartArgs {
+    /// Work in this directory (default: a new temporary directory, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Leave the ledger, keys and state behind (instances are still stopped).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnvCommand {
+    /// Sign and commit a new spec for an environment. FILE holds the spec's payload (see
+    /// examples/environments/); `ledger`, `name` and `version` may be left out and are filled in
+    /// (version = current + 1).
+    Set(EnvSetArgs),
+    /// Print an environment's current spec payload (the starting point for `env set`).
+    Show {
+        #[arg(long, value_name = "NAME")]
+        env: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct EnvSetArgs {
+    #[arg(long, value_name = "NAME")]
+    pub env: String,
+    /// The spec payload (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub spec: PathBuf,
+    /// Signing key(s) of the environment's role (repeat for a threshold above 1).
+    #[arg(long, value_name = "SECRET", required = true)]
+    pub key: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -9,7 +9,7 @@ use crate::source::SourceError;
 
 /// Success.
 pub const OK: u8 = 0;
-/// Verification ran and found problems (`stele verify`).
+/// Verification ran and found problems (`stele verify`); `stele agent --once`: stalled (a human must act).
 pub const VERIFY_FAILED: u8 = 1;
 /// The command line is wrong (clap's own code for usage errors).
 pub const USAGE: u8 = 2;
@@ -18,6 +18,10 @@ pub const USAGE: u8 = 2;
 pub const REFUSED: u8 = 3;
 /// The environment failed: I/O, a Git error, a repository that cannot be read. Retrying may help.
 pub const IO: u8 = 4;
+/// `stele agent --once`: an environment's health gate failed; the last good release was restored.
+pub const DEGRADED: u8 = 5;
+/// `stele agent --once`: not every environment settled before `--timeout`.
+pub const TIMED_OUT: u8 = 6;
 
 /// An operation refused for a reason the user must fix; maps to [`REFUSED`].
 #[derive(Debug, thiserror::Error)]

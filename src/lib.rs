@@ -4,7 +4,9 @@
 //! repository, and the command line. See ARCHITECTURE.md for the map.
 
 pub mod cli;
+pub mod agent;
 pub mod commands;
+pub mod converge;
 pub mod exit;
 pub mod image;
 pub mod keys;
@@ -12,6 +14,9 @@ pub mod replay;
 pub mod repo;
 pub mod source;
 pub mod state;
+pub mod sync;
 pub mod lb;
+pub mod logging;
+pub mod plan;
 pub mod provider;
 pub mod status;

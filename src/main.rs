@@ -10,10 +10,6 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STELE_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = match stele::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -21,6 +17,12 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { stele::exit::USAGE } else { stele::exit::OK });
         }
     };
+    // Long-running commands narrate at `info`; one-shot commands speak only about trouble.
+    match &cli.command {
+        stele::cli::Command::Agent(a) => stele::logging::init(a.log_format == stele::cli::LogFormat::Json, "info"),
+        stele::cli::Command::Lb(_) | stele::cli::Command::Quickstart(_) => stele::logging::init(false, "info"),
+        _ => stele::logging::init(false, "warn"),
+    }
     match stele::commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

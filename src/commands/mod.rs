@@ -4,12 +4,16 @@
 //! Owns: command behaviour and human/JSON output. Must not implement verification rules (those live
 //! in `ledger_format`) or touch Git directly (that is `repo`).
 
+mod agent;
 mod audit;
+mod env;
 mod image_cmd;
 mod init;
 mod key;
+mod plan;
 mod policy;
 mod poll;
+mod quickstart;
 mod release;
 mod rollback;
 mod sign;
@@ -28,18 +32,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Runs the parsed command line and returns the exit code.
 pub fn run(cli: Cli) -> Result<u8> {
+    let repo = cli.repo.clone();
+    let cwd = std::path::PathBuf::from(".");
+    let here = repo.as_deref().unwrap_or(&cwd);
     match cli.command {
         Command::Key(cmd) => key::run(cmd),
         Command::Init(args) => init::run(args),
-        Command::Policy(cmd) => policy::run(&cli.repo, cmd),
+        Command::Policy(cmd) => policy::run(here, cmd),
         Command::Image(cmd) => image_cmd::run(cmd),
-        Command::Release(args) => release::run(&cli.repo, args),
-        Command::Sign(args) => sign::run(&cli.repo, args),
-        Command::Verify(args) => verify::run(&cli.repo, args),
-        Command::Rollback(args) => rollback::run(&cli.repo, args),
-        Command::Poll(args) => poll::run(&cli.repo, args),
-        Command::Audit(args) => audit::run(&cli.repo, args),
-        Command::Status(args) => status::run(&cli.repo, args),
+        Command::Release(args) => release::run(here, args),
+        Command::Env(cmd) => env::run(here, cmd),
+        Command::Sign(args) => sign::run(here, args),
+        Command::Verify(args) => verify::run(here, args),
+        Command::Rollback(args) => rollback::run(here, args),
+        Command::Poll(args) => poll::run(here, args),
+        Command::Audit(args) => audit::run(here, args),
+        Command::Status(args) => status::run(here, args),
+        Command::Agent(args) => agent::run(repo.as_deref(), args),
+        Command::Plan(args) => plan::run(repo.as_deref(), args),
+        Command::Quickstart(args) => quickstart::run(args),
         Command::Lb(args) => crate::lb::run(&args.config),
     }
 }

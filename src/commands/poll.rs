@@ -5,11 +5,10 @@
 use super::{now, trust_anchor};
 use crate::cli::PollArgs;
 use crate::exit::{self, Refused};
-use crate::replay::{replay, Outcome, Verified};
-use crate::source::{GitSource, LedgerSource, SourceError};
-use crate::state::{self, StateFile};
+use crate::replay::{Outcome, Verified};
+use crate::sync::{LedgerSync, SyncStatus};
 use anyhow::Result;
-use ledger_format::history::{LedgerState, TrustAnchor};
+use ledger_format::history::LedgerState;
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -18,61 +17,19 @@ pub fn run(repo: &Path, args: PollArgs) -> Result<u8> {
     let started = Instant::now();
     let location = repo.to_str().ok_or_else(|| Refused(format!("{}: not UTF-8", repo.display())))?.to_owned();
     let anchor = trust_anchor(&args.trust)?;
-    let mut source = GitSource::open(&location, args.branch.as_deref(), &args.state_dir.join("cache"))?;
-    let branch = source.branch().map(str::to_owned);
-    let existing = state::load(&args.state_dir)?;
-    if let Some(s) = &existing {
-        if s.source != location || s.branch != branch {
-            return Err(Refused(format!(
-                "{} holds the state of {} (branch {}); use another --state-dir for {location} (branch {})",
-                args.state_dir.display(),
-                s.source,
-                s.branch.as_deref().unwrap_or("HEAD"),
-                branch.as_deref().unwrap_or("HEAD")
-            ))
-            .into());
-        }
-    }
-    if existing.is_none() && anchor.is_none() {
-        return Err(Refused(
-            "the first poll needs a pinned trust root (--trust-root KEYID[,KEYID] or --trust-root-hash HEX); \
-             Stele never trusts the first policy it happens to find"
-                .into(),
-        )
-        .into());
-    }
-    let head = source.refresh()?;
-    let from = match existing {
-        Some(s) => Some(Verified { commit: git2::Oid::from_str(&s.commit)?, state: s.state }),
-        None => None,
+    let mut ledger = LedgerSync::open(&location, args.branch.as_deref(), &args.state_dir, anchor)?;
+    let synced = ledger.sync(now(), true)?;
+    let report = Report { args: &args, started, head: synced.head, new_commits: synced.outcome.commits_seen };
+    let status = match synced.status {
+        SyncStatus::UpToDate => "up_to_date",
+        SyncStatus::Verified => "verified",
+        SyncStatus::NoLedger => "no_ledger",
+        SyncStatus::Stalled => "stalled",
     };
-    let mut report = Report { args: &args, started, head, new_commits: 0, reason: None };
-    if let Some(v) = from.as_ref().filter(|v| v.commit == head) {
-        report.print("up_to_date", Some(v), &Outcome::default());
-        return Ok(exit::OK);
-    }
-    let anchor = anchor.unwrap_or(TrustAnchor::UnpinnedTrustGenesisAsFound);
-    let outcome = match replay(&source, from.clone(), head, &anchor, &mut |_, _| {}) {
-        Err(e @ SourceError::Rewritten { .. }) => {
-            report.reason = Some(format!("H1: {e}; keeping the last verified state"));
-            report.print("stalled", from.as_ref(), &Outcome::default());
-            return Ok(exit::VERIFY_FAILED);
-        }
-        other => other?,
-    };
-    report.new_commits = outcome.commits_seen;
-    let verified = outcome.verified.as_ref();
-    if let Some(v) = verified.filter(|v| from.as_ref().map(|f| f.commit) != Some(v.commit)) {
-        let file = StateFile::new(&location, branch.as_deref(), v.commit.to_string(), now(), v.state.clone());
-        state::save(&args.state_dir, &file)?;
-    }
-    let status = match verified {
-        Some(v) if v.commit == head => "verified",
-        None if outcome.refusals.is_empty() => "no_ledger",
-        _ => "stalled",
-    };
-    report.print(status, verified, &outcome);
-    Ok(if status == "stalled" { exit::VERIFY_FAILED } else { exit::OK })
+    // A rewrite is reported as the reason; a refused commit is reported with its problems.
+    let reason = synced.reason.as_deref().filter(|r| r.starts_with("H1:"));
+    report.print(status, reason, synced.verified.as_ref(), &synced.outcome);
+    Ok(if synced.status == SyncStatus::Stalled { exit::VERIFY_FAILED } else { exit::OK })
 }
 
 fn refusals_json(outcome: &Outcome) -> serde_json::Value {
@@ -89,11 +46,10 @@ struct Report<'a> {
     started: Instant,
     head: git2::Oid,
     new_commits: usize,
-    reason: Option<String>,
 }
 
 impl Report<'_> {
-    fn print(&self, status: &str, verified: Option<&Verified>, outcome: &Outcome) {
+    fn print(&self, status: &str, reason: Option<&str>, verified: Option<&Verified>, outcome: &Outcome) {
         let elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
         let state: Option<&LedgerState> = verified.map(|v| &v.state);
         let commit = verified.map(|v| v.commit.to_string());
@@ -113,7 +69,7 @@ impl Report<'_> {
             println!(
                 "{}",
                 json!({
-                    "status": status, "reason": self.reason, "commit": commit, "head": self.head.to_string(),
+                    "status": status, "reason": reason, "commit": commit, "head": self.head.to_string(),
                     "new_commits": self.new_commits, "ledger": state.map(|s| &s.policy.payload.ledger),
                     "policy_version": state.map(|s| s.policy.payload.version), "environments": envs,
                     "refusals": refusals_json(outcome), "recovered": recovered, "elapsed_ms": elapsed_ms,
@@ -121,7 +77,7 @@ impl Report<'_> {
             );
             return;
         }
-        if let Some(reason) = &self.reason {
+        if let Some(reason) = reason {
             eprintln!("STALLED: {reason}");
         }
         for r in &outcome.refusals {

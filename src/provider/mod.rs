@@ -1,3 +1,63 @@
-//! Providers: where instances run. Being built.
+//! Providers: where instances run. A provider reports what exists (instances with their health, and
+//! each group's traffic setting), and carries out single actions of a plan. It never decides what to
+//! do: that is `plan`.
+//!
+//! Owns: the `Provider` trait and the errors the loop branches on. Implementations: `local` (processes
+//! on this host, the embedded default) and `sim` (deterministic, virtual time, injected failures).
 
 pub mod local;
+pub mod sim;
+
+use crate::plan::{Observed, Release, Traffic};
+use ledger_format::types::{EnvName, Environment, GroupName};
+
+/// How the agent must react to a provider failure (STYLE.md 4).
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// A human must act: the image does not match its signed digest, the spec cannot be run here.
+    /// Nothing was started.
+    #[error("{0}")]
+    Refused(String),
+    /// Worth retrying with backoff: network, a busy API, a launch that failed for a passing reason.
+    #[error("{0}")]
+    Retryable(String),
+}
+
+impl ProviderError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProviderError::Retryable(_))
+    }
+}
+
+/// One environment's instances somewhere. Times are milliseconds on the agent's clock, passed in so a
+/// simulated provider can run on virtual time.
+pub trait Provider {
+    /// Makes a release's image ready to launch (fetch and verify it for `local`). Refuses an image
+    /// whose digest or size differs from the signed entry before anything runs.
+    fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError>;
+
+    /// What runs now, with fresh health results.
+    fn observe(&mut self, env: &EnvName, spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError>;
+
+    /// Starts one instance of `release` in `group`; returns its id.
+    fn launch(
+        &mut self,
+        env: &EnvName,
+        spec: &Environment,
+        group: &GroupName,
+        release: &Release,
+        now_ms: u64,
+    ) -> Result<String, ProviderError>;
+
+    /// Stops one instance (after taking it out of traffic). Idempotent.
+    fn terminate(&mut self, env: &EnvName, group: &GroupName, id: &str) -> Result<(), ProviderError>;
+
+    /// Changes where a group's traffic goes.
+    fn set_traffic(
+        &mut self,
+        env: &EnvName,
+        group: &GroupName,
+        traffic: &Traffic,
+        now_ms: u64,
+    ) -> Result<(), ProviderError>;
+}

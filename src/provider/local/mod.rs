@@ -1,4 +1,619 @@
-//! The local provider. Being built.
+//! The local provider, the embedded default: instances are processes on this host, started from a
+//! verified, read-only image directory, each in its own process group with a private data directory;
+//! each instance group has a load balancer process (`stele lb`) on a stable loopback port. Instances
+//! and balancers outlive the agent and are adopted by the next one from their records on disk.
+//!
+//! Owns: the on-disk records under `<state-dir>/local/<env>/`, health probing and its thresholds, drift
+//! checks of unpacked images, and turning a group's traffic setting into balancer weights. Must not
+//! decide what to run (that is `plan`), or touch the ledger.
+//!
+//! Layout:
+//! ```text
+//! <root>/images/...                       the content-addressed image store (store.rs)
+//! <root>/local/<env>/instances/<id>/      instance.json (record), data/ (private, writable), log
+//! <root>/local/<env>/groups/<group>/      traffic.json, lb.json (balancer process), lb-config.json,
+//!                                         lb-config.json.report.json, lb.log
+//! ```
 
 pub mod process;
 pub mod store;
+
+use super::{Provider, ProviderError};
+use crate::lb::{Backend, LbConfig};
+use crate::plan::{GroupTraffic, Health, Instance, Observed, Release, Traffic};
+use crate::repo::write_atomic;
+use ledger_format::types::{EnvName, Environment, GroupName, HealthCheck, Image};
+use ledger_format::Blake3Digest;
+use process::{Liveness, ProcessHandle, SpawnSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use store::ImageStore;
+
+/// Settings of the local provider (the `[local]` table of the agent's configuration).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSettings {
+    /// Stable balancer addresses per `env/group`; a group without one gets a free port, kept across restarts.
+    #[serde(default)]
+    pub listen: BTreeMap<String, SocketAddr>,
+    /// How often each unpacked image is re-hashed to detect tampering (seconds; default 30).
+    #[serde(default)]
+    pub drift_check_seconds: Option<u64>,
+    /// How long a stopping instance gets after SIGTERM before SIGKILL (seconds; default 10).
+    #[serde(default)]
+    pub stop_grace_seconds: Option<u64>,
+}
+
+/// The record of one instance, `instances/<id>/instance.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceRecord {
+    id: String,
+    group: GroupName,
+    release: Release,
+    port: u16,
+    launched_ms: u64,
+    image_dir: PathBuf,
+    /// Written after the process started; a record without it is a launch that was interrupted.
+    process: Option<ProcessHandle>,
+}
+
+/// The record of a group's balancer process, `groups/<group>/lb.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalancerRecord {
+    listen: SocketAddr,
+    process: Option<ProcessHandle>,
+}
+
+/// Consecutive probe results of one instance, kept in memory: after a restart health is re-learnt.
+#[derive(Clone, Debug, Default)]
+struct HealthTrack {
+    ok_streak: u64,
+    fail_streak: u64,
+    healthy_since: Option<u64>,
+    last_failure: Option<(u64, String)>,
+}
+
+pub struct LocalProvider {
+    root: PathBuf,
+    store: ImageStore,
+    settings: LocalSettings,
+    /// The `stele` binary that runs balancers (`stele lb`).
+    stele_exe: PathBuf,
+    health: HashMap<String, HealthTrack>,
+    /// When each image directory was last re-hashed, and the verdict.
+    drift: HashMap<PathBuf, (Instant, Option<String>)>,
+    /// The healthy instances per group as last observed, which the balancer config is built from.
+    healthy: HashMap<(EnvName, GroupName), Vec<String>>,
+    /// Observe without side effects (`stele plan`): no balancer is started or reconfigured.
+    dry_run: bool,
+}
+
+fn io_err<'a>(what: &str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ProviderError + 'a {
+    let what = what.to_owned();
+    move |e| ProviderError::Retryable(format!("{}: {what}: {e}", path.display()))
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ProviderError> {
+    let bytes = serde_json::to_vec_pretty(value).expect("records serialize");
+    write_atomic(path, &bytes).map_err(|e| ProviderError::Retryable(e.to_string()))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, ProviderError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ProviderError::Refused(format!("{}: unreadable record: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+/// A short random instance id suffix.
+fn random_suffix() -> String {
+    use rand_core::RngCore;
+    format!("{:08x}", rand_core::OsRng.next_u32())
+}
+
+impl LocalProvider {
+    /// `root` is the agent's state directory; `stele_exe` the binary that runs `stele lb`.
+    pub fn new(root: &Path, settings: LocalSettings, stele_exe: PathBuf) -> Result<Self, ProviderError> {
+        // Records hold paths that processes with other working directories use.
+        let root = &std::path::absolute(root).map_err(io_err("make absolute", root))?;
+        let store = ImageStore::open(&root.join("images")).map_err(|e| ProviderError::Refused(e.to_string()))?;
+        Ok(Self {
+            root: root.to_owned(),
+            store,
+            settings,
+            stele_exe,
+            health: HashMap::new(),
+            drift: HashMap::new(),
+            healthy: HashMap::new(),
+            dry_run: false,
+        })
+    }
+
+    /// A provider that only observes: for `stele plan`.
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+
+    fn env_dir(&self, env: &EnvName) -> PathBuf {
+        self.root.join("local").join(env.as_str())
+    }
+
+    fn group_dir(&self, env: &EnvName, group: &GroupName) -> PathBuf {
+        self.env_dir(env).join("groups").join(group.as_str())
+    }
+
+    fn instance_dir(&self, env: &EnvName, id: &str) -> PathBuf {
+        self.env_dir(env).join("instances").join(id)
+    }
+
+    fn stop_grace(&self) -> Duration {
+        Duration::from_secs(self.settings.stop_grace_seconds.unwrap_or(10))
+    }
+
+    fn records(&self, env: &EnvName) -> Result<Vec<InstanceRecord>, ProviderError> {
+        let dir = self.env_dir(env).join("instances");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io_err("list instances", &dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("list instances", &dir))?;
+            if let Some(r) = read_json::<InstanceRecord>(&entry.path().join("instance.json"))? {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| (a.launched_ms, &a.id).cmp(&(b.launched_ms, &b.id)));
+        Ok(out)
+    }
+
+    fn probe(check: &HealthCheck, port: u16) -> Result<(), String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        match check {
+            HealthCheck::Http { path, timeout_ms, .. } => {
+                process::probe_http(addr, path.as_str(), Duration::from_millis(*timeout_ms))
+            }
+            HealthCheck::Tcp { timeout_ms, .. } => process::probe_tcp(addr, Duration::from_millis(*timeout_ms)),
+        }
+    }
+
+    /// Re-hashes an image directory when its last check is older than the drift interval.
+    fn drift_of(&mut self, dir: &Path, digest: &Blake3Digest) -> Option<String> {
+        let every = Duration::from_secs(self.settings.drift_check_seconds.unwrap_or(30));
+        if let Some((at, verdict)) = self.drift.get(dir) {
+            if at.elapsed() < every {
+                return verdict.clone();
+            }
+        }
+        let verdict = match tree_digest(dir) {
+            Ok(actual) if &actual == digest => None,
+            Ok(actual) => Some(format!("files under {} no longer hash to {digest} (got {actual})", dir.display())),
+            Err(e) => Some(format!("cannot re-hash {}: {e}", dir.display())),
+        };
+        if let Some(v) = &verdict {
+            tracing::error!(dir = %dir.display(), "DRIFT: {v}");
+        }
+        self.drift.insert(dir.to_owned(), (Instant::now(), verdict.clone()));
+        verdict
+    }
+
+    fn traffic(&self, env: &EnvName, group: &GroupName) -> Result<GroupTraffic, ProviderError> {
+        Ok(read_json(&self.group_dir(env, group).join("traffic.json"))?
+            .unwrap_or(GroupTraffic { traffic: Traffic::Even, since_ms: 0 }))
+    }
+
+    /// Makes sure the group's balancer runs, starting it if needed; returns its record.
+    fn balancer(&self, env: &EnvName, group: &GroupName) -> Result<BalancerRecord, ProviderError> {
+        let dir = self.group_dir(env, group);
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let record_path = dir.join("lb.json");
+        let mut record = match read_json::<BalancerRecord>(&record_path)? {
+            Some(r) => r,
+            None => {
+                let key = format!("{env}/{group}");
+                let listen = match self.settings.listen.get(&key) {
+                    Some(a) => *a,
+                    None => {
+                        SocketAddr::from(([127, 0, 0, 1], process::free_port().map_err(io_err("pick a port", &dir))?))
+                    }
+                };
+                BalancerRecord { listen, process: None }
+            }
+        };
+        if let Some(h) = &record.process {
+            if process::liveness(h) == Liveness::Running {
+                return Ok(record);
+            }
+            tracing::warn!(%env, %group, "load balancer is not running; starting it again");
+        }
+        let config_path = dir.join("lb-config.json");
+        if !config_path.exists() {
+            crate::lb::write_config(&config_path, &LbConfig { listen: record.listen, version: 1, backends: vec![] })
+                .map_err(io_err("write", &config_path))?;
+        }
+        let spec = SpawnSpec {
+            program: self.stele_exe.clone(),
+            args: vec!["lb".into(), "--config".into(), config_path.display().to_string()],
+            cwd: dir.clone(),
+            env: vec![],
+            log: dir.join("lb.log"),
+        };
+        let handle = process::spawn(&spec).map_err(io_err("start load balancer", &dir))?;
+        record.process = Some(handle);
+        write_json(&record_path, &record)?;
+        tracing::info!(%env, %group, listen = %record.listen, "load balancer started");
+        Ok(record)
+    }
+
+    /// Writes the balancer configuration for the group's current traffic and healthy instances, unless
+    /// `exclude` names an instance to take out first; waits until the balancer reports it applied.
+    fn sync_balancer(
+        &self,
+        env: &EnvName,
+        group: &GroupName,
+        exclude: Option<&str>,
+        wait: bool,
+    ) -> Result<(), ProviderError> {
+        let lb = self.balancer(env, group)?;
+        let dir = self.group_dir(env, group);
+        let config_path = dir.join("lb-config.json");
+        let traffic = self.traffic(env, group)?.traffic;
+        let healthy = self.healthy.get(&(env.clone(), group.clone())).cloned().unwrap_or_default();
+        let records: Vec<InstanceRecord> = self
+            .records(env)?
+            .into_iter()
+            .filter(|r| &r.group == group && healthy.contains(&r.id) && Some(r.id.as_str()) != exclude)
+            .collect();
+        let mut per_generation: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in &records {
+            *per_generation.entry(r.release.generation).or_default() += 1;
+        }
+        let backends: Vec<Backend> = records
+            .iter()
+            .filter_map(|r| {
+                let weight = match &traffic {
+                    Traffic::Even => 100,
+                    Traffic::Weighted(w) => {
+                        let share = w.get(&r.release.generation).copied().unwrap_or(0);
+                        let n = per_generation[&r.release.generation] as u32;
+                        if share == 0 {
+                            0
+                        } else {
+                            (share * 100 / n).max(1)
+                        }
+                    }
+                };
+                (weight > 0).then(|| Backend {
+                    id: r.id.clone(),
+                    addr: SocketAddr::from(([127, 0, 0, 1], r.port)),
+                    weight,
+                })
+            })
+            .collect();
+        let old: Option<LbConfig> = read_json(&config_path)?;
+        let version = match &old {
+            Some(o) if o.backends == backends && o.listen == lb.listen => {
+                if !wait {
+                    return Ok(());
+                }
+                o.version
+            }
+            Some(o) => o.version + 1,
+            None => 1,
+        };
+        if old.as_ref().map(|o| o.version) != Some(version) {
+            let cfg = LbConfig { listen: lb.listen, version, backends };
+            crate::lb::write_config(&config_path, &cfg).map_err(io_err("write", &config_path))?;
+        }
+        if wait {
+            let until = Instant::now() + Duration::from_secs(5);
+            loop {
+                let applied = crate::lb::read_report(&config_path).ok().flatten().map(|r| r.version);
+                if applied >= Some(version) {
+                    break;
+                }
+                if Instant::now() > until {
+                    return Err(ProviderError::Retryable(format!(
+                        "load balancer of {env}/{group} did not apply config version {version} within 5s"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the balancer has no open connection to `id` (at most `limit`).
+    fn drain(&self, env: &EnvName, group: &GroupName, id: &str, limit: Duration) {
+        let config_path = self.group_dir(env, group).join("lb-config.json");
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            let active = crate::lb::read_report(&config_path)
+                .ok()
+                .flatten()
+                .and_then(|r| r.active.get(id).copied())
+                .unwrap_or(0);
+            if active == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!(%env, %group, id, "connections still open after {limit:?}; stopping anyway");
+    }
+
+    /// The address clients use for a group (its balancer), if it has one.
+    pub fn listen_addr(&self, env: &EnvName, group: &GroupName) -> Option<SocketAddr> {
+        read_json::<BalancerRecord>(&self.group_dir(env, group).join("lb.json")).ok().flatten().map(|r| r.listen)
+    }
+
+    /// Stops every instance and balancer of an environment and removes its records (quickstart clean-up).
+    pub fn destroy(&mut self, env: &EnvName) -> Result<(), ProviderError> {
+        for r in self.records(env)? {
+            if let Some(h) = &r.process {
+                process::stop(h, self.stop_grace()).map_err(io_err("stop", &self.instance_dir(env, &r.id)))?;
+            }
+        }
+        let groups = self.env_dir(env).join("groups");
+        if let Ok(entries) = std::fs::read_dir(&groups) {
+            for entry in entries.flatten() {
+                if let Ok(Some(lb)) = read_json::<BalancerRecord>(&entry.path().join("lb.json")) {
+                    if let Some(h) = &lb.process {
+                        process::stop(h, Duration::from_secs(6)).map_err(io_err("stop", &entry.path()))?;
+                    }
+                }
+            }
+        }
+        let dir = self.env_dir(env);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &dir)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The digest an unpacked image tree packs to; `pack` is reproducible, so an intact tree packs to the
+/// digest of the artifact it came from.
+fn tree_digest(dir: &Path) -> Result<Blake3Digest, String> {
+    let mut hasher = blake3::Hasher::new();
+    crate::image::pack_dir(dir, &mut hasher).map_err(|e| e.to_string())?;
+    Ok(Blake3Digest(*hasher.finalize().as_bytes()))
+}
+
+impl Provider for LocalProvider {
+    fn prepare(&mut self, _env: &EnvName, _spec: &Environment, release: &Release) -> Result<(), ProviderError> {
+        let Image::Artifact { uri, blake3, size } = &release.image else {
+            return Err(ProviderError::Refused(format!(
+                "release {} pins a machine image; the local provider runs artifacts (image.kind = \"artifact\")",
+                release.version
+            )));
+        };
+        // An unpacked tree found drifted is moved aside (its instances keep running from it until
+        // replaced) so that replacements start from a fresh unpack of the verified blob.
+        let dir = self.store.image_dir(blake3);
+        if dir.exists() {
+            if let Some(why) = self.drift_of(&dir.clone(), blake3) {
+                let aside = dir.with_extension(format!("drifted-{}", random_suffix()));
+                tracing::warn!(dir = %dir.display(), "moving a drifted image aside ({why})");
+                std::fs::rename(&dir, &aside).map_err(io_err("move aside", &dir))?;
+                self.store.remove(blake3).map_err(|e| ProviderError::Retryable(e.to_string()))?;
+                self.drift.remove(&dir);
+            }
+        }
+        match self.store.ensure(uri, blake3, *size) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_retryable() => Err(ProviderError::Retryable(e.to_string())),
+            Err(e) => Err(ProviderError::Refused(format!("release {} (seq {}): {e}", release.version, release.seq))),
+        }
+    }
+
+    fn observe(&mut self, env: &EnvName, spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError> {
+        let records = self.records(env)?;
+        let threshold = match &spec.health {
+            HealthCheck::Http { healthy_threshold, .. } | HealthCheck::Tcp { healthy_threshold, .. } => {
+                (*healthy_threshold).max(1)
+            }
+        };
+        // Probe every live instance in parallel: one slow instance must not delay the others' verdicts.
+        let liveness: Vec<Liveness> = records
+            .iter()
+            .map(|r| match &r.process {
+                Some(h) => process::liveness(h),
+                None => Liveness::Gone("its launch was interrupted before the process was recorded".into()),
+            })
+            .collect();
+        let probes: Vec<Option<Result<(), String>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = records
+                .iter()
+                .zip(&liveness)
+                .map(|(r, l)| {
+                    let check = &spec.health;
+                    let port = r.port;
+                    let alive = *l == Liveness::Running;
+                    s.spawn(move || alive.then(|| Self::probe(check, port)))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(Some(Err("probe panicked".into())))).collect()
+        });
+        let mut instances = Vec::new();
+        let mut healthy_by_group: HashMap<GroupName, Vec<String>> = HashMap::new();
+        // An instance the balancer already serves (a previous agent found it healthy) needs one good
+        // probe, not a full threshold, so adopting instances after a restart never empties the balancer.
+        let mut serving: HashMap<String, ()> = HashMap::new();
+        for g in &spec.groups {
+            let config = self.group_dir(env, &g.name).join("lb-config.json");
+            if let Ok(Some(cfg)) = read_json::<LbConfig>(&config) {
+                serving.extend(cfg.backends.into_iter().map(|b| (b.id, ())));
+            }
+        }
+        for ((r, l), probe) in records.iter().zip(liveness).zip(probes) {
+            let track = self.health.entry(r.id.clone()).or_insert_with(|| HealthTrack {
+                ok_streak: if serving.contains_key(&r.id) { threshold - 1 } else { 0 },
+                ..HealthTrack::default()
+            });
+            let health = match (l, probe) {
+                (Liveness::Gone(why), _) => Health::Gone { reason: why },
+                (_, Some(Ok(()))) => {
+                    track.ok_streak += 1;
+                    track.fail_streak = 0;
+                    if track.ok_streak >= threshold && track.healthy_since.is_none() {
+                        track.healthy_since = Some(now_ms);
+                    }
+                    match track.healthy_since {
+                        Some(since_ms) => Health::Healthy { since_ms },
+                        None => Health::Starting,
+                    }
+                }
+                (_, failed) => {
+                    let why = match failed {
+                        Some(Err(why)) => why,
+                        _ => "not probed".into(),
+                    };
+                    track.ok_streak = 0;
+                    track.fail_streak += 1;
+                    if track.last_failure.is_none() {
+                        track.last_failure = Some((now_ms, why.clone()));
+                    }
+                    if track.healthy_since.is_some() && track.fail_streak < threshold {
+                        Health::Healthy { since_ms: track.healthy_since.unwrap_or(now_ms) }
+                    } else {
+                        track.healthy_since = None;
+                        let since_ms = track.last_failure.as_ref().map_or(now_ms, |f| f.0);
+                        Health::Unhealthy { since_ms, reason: why }
+                    }
+                }
+            };
+            if matches!(health, Health::Healthy { .. }) {
+                track.last_failure = None;
+                healthy_by_group.entry(r.group.clone()).or_default().push(r.id.clone());
+            }
+            let drift = if matches!(health, Health::Gone { .. }) {
+                None
+            } else {
+                self.drift_of(&r.image_dir.clone(), r.release.digest())
+            };
+            instances.push(Instance {
+                id: r.id.clone(),
+                group: r.group.clone(),
+                generation: r.release.generation,
+                digest: *r.release.digest(),
+                launched_ms: r.launched_ms,
+                health,
+                drift,
+            });
+        }
+        let mut traffic = BTreeMap::new();
+        for g in &spec.groups {
+            self.healthy.insert((env.clone(), g.name.clone()), healthy_by_group.remove(&g.name).unwrap_or_default());
+            // New healthy instances join, failed ones leave, without waiting for the balancer.
+            if !self.dry_run {
+                self.sync_balancer(env, &g.name, None, false)?;
+            }
+            traffic.insert(g.name.clone(), self.traffic(env, &g.name)?);
+        }
+        Ok(Observed { instances, traffic })
+    }
+
+    fn launch(
+        &mut self,
+        env: &EnvName,
+        _spec: &Environment,
+        group: &GroupName,
+        release: &Release,
+        now_ms: u64,
+    ) -> Result<String, ProviderError> {
+        let Image::Artifact { uri, blake3, size } = &release.image else {
+            return Err(ProviderError::Refused("the local provider runs artifacts only".into()));
+        };
+        let image = self.store.ensure(uri, blake3, *size).map_err(|e| {
+            if e.is_retryable() {
+                ProviderError::Retryable(e.to_string())
+            } else {
+                ProviderError::Refused(e.to_string())
+            }
+        })?;
+        let id = format!("{group}-g{}-{}", release.generation, random_suffix());
+        let dir = self.instance_dir(env, &id);
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).map_err(io_err("create", &data))?;
+        let port = process::free_port().map_err(io_err("pick a port", &dir))?;
+        let mut record = InstanceRecord {
+            id: id.clone(),
+            group: group.clone(),
+            release: release.clone(),
+            port,
+            launched_ms: now_ms,
+            image_dir: image.dir.clone(),
+            process: None,
+        };
+        write_json(&dir.join("instance.json"), &record)?;
+        let mut vars: Vec<(String, String)> = image.manifest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.extend([
+            ("STELE_PORT".to_owned(), port.to_string()),
+            ("STELE_INSTANCE_ID".to_owned(), id.clone()),
+            ("STELE_ENV".to_owned(), env.to_string()),
+            ("STELE_GROUP".to_owned(), group.to_string()),
+            ("STELE_VERSION".to_owned(), release.version.to_string()),
+            ("STELE_GENERATION".to_owned(), release.generation.to_string()),
+            ("STELE_IMAGE_DIR".to_owned(), image.dir.display().to_string()),
+            ("STELE_DATA_DIR".to_owned(), data.display().to_string()),
+        ]);
+        let program = image.dir.join(&image.manifest.command);
+        let handle = process::spawn(&SpawnSpec {
+            program,
+            args: image.manifest.args.clone(),
+            cwd: data,
+            env: vars,
+            log: dir.join("log"),
+        })
+        .map_err(|e| ProviderError::Retryable(format!("{id}: cannot start {}: {e}", image.manifest.command)))?;
+        record.process = Some(handle);
+        write_json(&dir.join("instance.json"), &record)?;
+        tracing::info!(%env, %group, %id, port, version = %release.version, generation = release.generation, "launched");
+        Ok(id)
+    }
+
+    fn terminate(&mut self, env: &EnvName, group: &GroupName, id: &str) -> Result<(), ProviderError> {
+        let dir = self.instance_dir(env, id);
+        let Some(record) = read_json::<InstanceRecord>(&dir.join("instance.json"))? else {
+            return Ok(());
+        };
+        // Out of the balancer first, then let open connections finish, then stop the process group.
+        if let Some(list) = self.healthy.get_mut(&(env.clone(), group.clone())) {
+            list.retain(|x| x != id);
+        }
+        self.sync_balancer(env, group, Some(id), true)?;
+        self.drain(env, group, id, Duration::from_secs(10));
+        if let Some(h) = &record.process {
+            process::stop(h, self.stop_grace()).map_err(io_err("stop", &dir))?;
+        }
+        self.health.remove(id);
+        std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        tracing::info!(%env, %group, %id, "terminated");
+        Ok(())
+    }
+
+    fn set_traffic(
+        &mut self,
+        env: &EnvName,
+        group: &GroupName,
+        traffic: &Traffic,
+        now_ms: u64,
+    ) -> Result<(), ProviderError> {
+        let dir = self.group_dir(env, group);
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        write_json(&dir.join("traffic.json"), &GroupTraffic { traffic: traffic.clone(), since_ms: now_ms })?;
+        self.sync_balancer(env, group, None, true)?;
+        tracing::info!(%env, %group, ?traffic, "traffic moved");
+        Ok(())
+    }
+}

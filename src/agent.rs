@@ -1,0 +1,447 @@
+//! The agent: polls the ledger, converges every managed environment one step per tick, and writes
+//! what it observes back to the status branch. `stele agent` runs it; `--once` runs it until every
+//! environment settles.
+//!
+//! Owns: the loop and its timing (poll interval with jitter, fast ticks while something converges,
+//! backoff after retryable failures), the classification of every failure as stalled, waiting or
+//! retryable, shutdown on SIGTERM/SIGINT between steps, and the gate memory on disk
+//! (`<state-dir>/agent/<env>.json`). Must not verify (that is `sync`), plan (`plan`) or touch instances
+//! directly (`provider`).
+
+use crate::converge::{self, Memory};
+use crate::plan::{Health, Observed, Phase as PlanPhase, Release};
+use crate::provider::local::{LocalProvider, LocalSettings};
+use crate::provider::{Provider, ProviderError};
+use crate::repo::write_atomic;
+use crate::status::{EnvStatus, InstanceStatus, Phase, Published, StatusWriter, TargetStatus, FORMAT};
+use crate::sync::{LedgerSync, SyncStatus};
+use anyhow::{Context, Result};
+use ledger_format::history::{EnvHistory, Link, TrustAnchor};
+use ledger_format::types::EnvName;
+use ledger_format::Timestamp;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The agent's validated settings (from the configuration file and flags).
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub repo: String,
+    pub branch: Option<String>,
+    pub state_dir: PathBuf,
+    pub anchor: Option<TrustAnchor>,
+    /// Environments to manage; empty means every environment of the ledger.
+    pub envs: Vec<EnvName>,
+    pub interval: Duration,
+    /// Status branch, or `None` to not write status.
+    pub status_branch: Option<String>,
+    pub agent_id: String,
+    pub local: LocalSettings,
+    /// The binary that runs `stele lb`.
+    pub stele_exe: PathBuf,
+}
+
+/// How a pass ended, for `--once` and the loop's timing.
+#[derive(Clone, Debug, Default)]
+pub struct PassSummary {
+    pub phases: BTreeMap<EnvName, Phase>,
+    /// True when every managed environment has nothing left to do (converged, degraded and restored,
+    /// or stalled).
+    pub settled: bool,
+    /// The shortest useful delay before the next tick while something converges.
+    pub tick: Option<Duration>,
+    pub retryable_failure: bool,
+}
+
+/// Milliseconds since the Unix epoch: the planner's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn timestamp_of_ms(ms: u64) -> Timestamp {
+    Timestamp::from_unix((ms / 1000) as i64).expect("the clock is between 1970 and 9999")
+}
+
+pub fn release_of(h: &EnvHistory) -> Option<Release> {
+    h.target.as_ref().map(|t: &Link| Release {
+        generation: h.generation,
+        version: t.version.clone(),
+        seq: t.seq,
+        image: t.image.clone(),
+    })
+}
+
+/// The long-lived, synchronous part of the agent: it runs on a blocking thread, one pass at a time.
+pub struct Worker {
+    cfg: AgentConfig,
+    ledger: LedgerSync,
+    provider: Box<dyn Provider + Send>,
+    status: Option<StatusWriter>,
+    memory: BTreeMap<EnvName, Memory>,
+    /// Last status written per environment (compared without `updated_at`).
+    published: BTreeMap<EnvName, EnvStatus>,
+    last_sync: Option<Instant>,
+    /// Why the ledger is stalled (a refused commit or a rewrite), while it is.
+    ledger_stall: Option<String>,
+    ledger_error: Option<String>,
+    head_commit: Option<String>,
+}
+
+impl Worker {
+    pub fn new(cfg: AgentConfig) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("{}: cannot create the state directory", cfg.state_dir.display()))?;
+        let ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?;
+        let provider = LocalProvider::new(&cfg.state_dir, cfg.local.clone(), cfg.stele_exe.clone())?;
+        let status = match &cfg.status_branch {
+            Some(b) => Some(StatusWriter::open(&cfg.repo, b, &cfg.state_dir.join("status.git"))?),
+            None => None,
+        };
+        let memory = load_memory(&cfg.state_dir)?;
+        Ok(Self {
+            cfg,
+            ledger,
+            provider: Box::new(provider),
+            status,
+            memory,
+            published: BTreeMap::new(),
+            last_sync: None,
+            ledger_stall: None,
+            ledger_error: None,
+            head_commit: None,
+        })
+    }
+
+    fn save_memory(&self, env: &EnvName, m: &Memory) -> Result<()> {
+        let dir = self.cfg.state_dir.join("agent");
+        std::fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join(format!("{env}.json")), &serde_json::to_vec_pretty(m).expect("memory serializes"))?;
+        Ok(())
+    }
+
+    /// Fetches and verifies the ledger when the poll interval has passed (or `force`).
+    fn maybe_sync(&mut self, force: bool) {
+        if !force && self.last_sync.is_some_and(|t| t.elapsed() < self.cfg.interval) {
+            return;
+        }
+        self.last_sync = Some(Instant::now());
+        match self.ledger.sync(crate::commands::now(), true) {
+            Ok(s) => {
+                self.ledger_error = None;
+                self.head_commit = Some(s.head.to_string());
+                match s.status {
+                    SyncStatus::Stalled => {
+                        let reason = s.reason.unwrap_or_else(|| "the head is not verified".into());
+                        if self.ledger_stall.as_ref() != Some(&reason) {
+                            tracing::error!(head = %s.head, "STALLED: {reason}");
+                        }
+                        self.ledger_stall = Some(reason);
+                    }
+                    SyncStatus::Verified => {
+                        self.ledger_stall = None;
+                        if let Some(v) = &s.verified {
+                            tracing::info!(commit = %v.commit, new_commits = s.outcome.commits_seen, "ledger verified");
+                        }
+                    }
+                    SyncStatus::UpToDate | SyncStatus::NoLedger => self.ledger_stall = None,
+                }
+            }
+            Err(e) => {
+                let retry = e.is_retryable();
+                tracing::warn!(retryable = retry, "ledger fetch failed: {e}");
+                self.ledger_error = Some(format!("ledger fetch failed: {e}"));
+                if !retry {
+                    self.ledger_stall = Some(format!("ledger unreadable: {e}"));
+                }
+            }
+        }
+    }
+
+    /// One pass: sync when due, then one tick per managed environment.
+    pub fn pass(&mut self, force_sync: bool) -> PassSummary {
+        self.maybe_sync(force_sync);
+        let mut summary = PassSummary { settled: true, ..PassSummary::default() };
+        let Some(verified) = self.ledger.last().cloned() else {
+            summary.settled = self.ledger_stall.is_some();
+            return summary;
+        };
+        let ledger_id = verified.state.policy.payload.ledger.clone();
+        for (env, h) in &verified.state.envs {
+            if !self.cfg.envs.is_empty() && !self.cfg.envs.contains(env) {
+                continue;
+            }
+            let spec = &h.spec.payload;
+            let target = release_of(h);
+            let mut memory = self.memory.get(env).cloned().unwrap_or_default();
+            let now = now_ms();
+            let mut last_error = self.ledger_error.clone();
+            let stall = self.ledger_stall.clone();
+            // An expired target is not acted on (DESIGN.md "Signed documents"): observe only, and hold.
+            let expired = h.target.as_ref().and_then(|t| {
+                let exp = t.expires_at?;
+                (exp.unix().saturating_mul(1000) <= now as i64)
+                    .then(|| format!("the target entry {} (seq {}) expired at {exp}; holding", t.version, t.seq))
+            });
+            let (phase, message, observed, tick_done) = if let Some(why) = expired {
+                let observed = self.provider.observe(env, spec, now).unwrap_or_default();
+                (Phase::Stalled, why, observed, true)
+            } else {
+                match converge::tick(self.provider.as_mut(), env, spec, target.as_ref(), &mut memory, now) {
+                    Ok(t) => {
+                        if !t.retryable.is_empty() {
+                            summary.retryable_failure = true;
+                            last_error = Some(t.retryable.join("; "));
+                            tracing::warn!(%env, "retrying later: {}", t.retryable.join("; "));
+                        }
+                        let done = t.converged();
+                        let mut message = match t.plan.phase {
+                            PlanPhase::Healthy => format!(
+                                "running {} (generation {})",
+                                target.as_ref().map(|r| r.version.to_string()).unwrap_or_else(|| "nothing".into()),
+                                target.as_ref().map_or(0, |r| r.generation)
+                            ),
+                            PlanPhase::Degraded => memory
+                                .failed
+                                .as_ref()
+                                .map(|f| format!("{}; restored the last good release", f.reason))
+                                .unwrap_or_else(|| "degraded".into()),
+                            PlanPhase::Progressing => t.plan.waiting.join("; "),
+                        };
+                        if !t.plan.drift.is_empty() {
+                            message = format!("{message}; drift reported: {}", t.plan.drift.join("; "));
+                        }
+                        for a in &t.plan.actions {
+                            tracing::debug!(%env, action = ?a, "planned");
+                        }
+                        let phase = match (&stall, t.plan.phase) {
+                            (Some(_), _) => Phase::Stalled,
+                            (None, PlanPhase::Healthy) => Phase::Healthy,
+                            (None, PlanPhase::Degraded) => Phase::Degraded,
+                            (None, PlanPhase::Progressing) => Phase::Progressing,
+                        };
+                        if let Some(s) = &stall {
+                            message = format!("{s}; acting on the last verified state: {message}");
+                        }
+                        (phase, message, t.observed, done)
+                    }
+                    Err(ProviderError::Refused(why)) => {
+                        tracing::error!(%env, "STALLED: {why}");
+                        let observed = self.provider.observe(env, spec, now).unwrap_or_default();
+                        (Phase::Stalled, why.clone(), observed, true)
+                    }
+                    Err(ProviderError::Retryable(why)) => {
+                        tracing::warn!(%env, "retrying later: {why}");
+                        summary.retryable_failure = true;
+                        last_error = Some(why.clone());
+                        (Phase::Progressing, why, Observed::default(), false)
+                    }
+                }
+            };
+            if self.memory.get(env) != Some(&memory) {
+                if let Err(e) = self.save_memory(env, &memory) {
+                    tracing::error!(%env, "cannot save agent memory: {e:#}");
+                }
+                self.memory.insert(env.clone(), memory.clone());
+            }
+            if !tick_done {
+                summary.settled = false;
+                let health_interval = match &spec.health {
+                    ledger_format::types::HealthCheck::Http { interval_ms, .. }
+                    | ledger_format::types::HealthCheck::Tcp { interval_ms, .. } => *interval_ms,
+                };
+                let d = Duration::from_millis(health_interval.clamp(100, 5_000));
+                summary.tick = Some(summary.tick.map_or(d, |t| t.min(d)));
+            }
+            summary.phases.insert(env.clone(), phase);
+            let status = EnvStatus {
+                format: FORMAT,
+                env: env.clone(),
+                ledger: ledger_id.clone(),
+                ledger_commit: verified.commit.to_string(),
+                target_generation: h.generation,
+                observed_generation: memory.last_good.as_ref().map_or(0, |g| g.generation),
+                target: h.target.as_ref().map(|t| TargetStatus {
+                    version: t.version.clone(),
+                    seq: t.seq,
+                    blake3: *t.image.digest(),
+                }),
+                running: memory.last_good.as_ref().map(|g| TargetStatus {
+                    version: g.version.clone(),
+                    seq: g.seq,
+                    blake3: *g.digest(),
+                }),
+                phase,
+                message,
+                instances: observed
+                    .instances
+                    .iter()
+                    .map(|i| InstanceStatus {
+                        id: i.id.clone(),
+                        group: i.group.clone(),
+                        generation: i.generation,
+                        blake3: i.digest,
+                        health: i.health.to_string(),
+                        since: timestamp_of_ms(match &i.health {
+                            Health::Healthy { since_ms } | Health::Unhealthy { since_ms, .. } => *since_ms,
+                            _ => i.launched_ms,
+                        }),
+                        drift: i.drift.clone(),
+                    })
+                    .collect(),
+                last_error,
+                agent: self.cfg.agent_id.clone(),
+                updated_at: crate::commands::now(),
+            };
+            self.publish(status);
+        }
+        summary
+    }
+
+    fn publish(&mut self, status: EnvStatus) {
+        let env = status.env.clone();
+        let unchanged = self.published.get(&env).is_some_and(|old| {
+            let mut a = old.clone();
+            a.updated_at = status.updated_at;
+            a == status
+        });
+        if unchanged {
+            return;
+        }
+        tracing::info!(%env, phase = ?status.phase, message = %status.message, "status");
+        let Some(writer) = self.status.as_mut() else {
+            self.published.insert(env, status);
+            return;
+        };
+        match writer.publish(&status) {
+            Ok(Published::Committed { commit, attempts }) => {
+                tracing::info!(%env, %commit, attempts, "status committed");
+                self.published.insert(env, status);
+            }
+            Ok(Published::Unchanged) => {
+                self.published.insert(env, status);
+            }
+            Err(e) => tracing::warn!(%env, retryable = e.is_retryable(), "status not written: {e}"),
+        }
+    }
+}
+
+/// The gate memory of every environment, `<state-dir>/agent/<env>.json`.
+pub fn load_memory(state_dir: &Path) -> Result<BTreeMap<EnvName, Memory>> {
+    let mut memory = BTreeMap::new();
+    let dir = state_dir.join("agent");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(memory) };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<EnvName>().ok()) else {
+            continue;
+        };
+        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let m: Memory = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: unreadable agent memory; never guessed at", path.display()))?;
+        memory.insert(name, m);
+    }
+    Ok(memory)
+}
+
+/// Exit codes of `stele agent --once` (also in `exit.rs`).
+pub fn once_code(summary: &PassSummary) -> u8 {
+    if summary.phases.values().any(|p| *p == Phase::Stalled) {
+        crate::exit::VERIFY_FAILED
+    } else if summary.phases.values().any(|p| *p == Phase::Degraded) {
+        crate::exit::DEGRADED
+    } else {
+        crate::exit::OK
+    }
+}
+
+/// Runs the agent until a signal (or, with `once`, until every environment settles or `timeout`).
+pub fn run(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_async(cfg, once, timeout))
+}
+
+async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    {
+        let (stop, notify) = (stop.clone(), notify.clone());
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler can be installed");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutdown requested; finishing the current step");
+            stop.store(true, Ordering::SeqCst);
+            notify.notify_waiters();
+        });
+    }
+    let interval = cfg.interval;
+    let started = Instant::now();
+    let mut worker = tokio::task::spawn_blocking(move || Worker::new(cfg)).await??;
+    tracing::info!(interval_s = interval.as_secs_f64(), "agent started");
+    let mut first = true;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let (w, summary) = tokio::task::spawn_blocking(move || {
+            let s = worker.pass(first);
+            (worker, s)
+        })
+        .await?;
+        worker = w;
+        first = false;
+        if stop.load(Ordering::SeqCst) {
+            tracing::info!("stopped between steps; instances keep running and are adopted on restart");
+            return Ok(crate::exit::OK);
+        }
+        if once && summary.settled && !summary.retryable_failure {
+            return Ok(once_code(&summary));
+        }
+        if once && started.elapsed() > timeout {
+            tracing::error!(phases = ?summary.phases, "--once timed out before every environment settled");
+            return Ok(crate::exit::TIMED_OUT);
+        }
+        let delay = if summary.retryable_failure {
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff
+        } else {
+            backoff = Duration::from_millis(500);
+            match summary.tick {
+                Some(t) => t,
+                None => jitter(interval),
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = notify.notified() => {}
+        }
+        if stop.load(Ordering::SeqCst) {
+            tracing::info!("stopped between steps; instances keep running and are adopted on restart");
+            return Ok(crate::exit::OK);
+        }
+    }
+}
+
+/// The poll interval ±10%, so many agents polling one remote spread out.
+fn jitter(d: Duration) -> Duration {
+    use rand_core::RngCore;
+    let spread = d.as_millis() as u64 / 10;
+    if spread == 0 {
+        return d;
+    }
+    let offset = rand_core::OsRng.next_u64() % (2 * spread + 1);
+    Duration::from_millis(d.as_millis() as u64 - spread + offset)
+}
+
+/// The default agent id: host name and state directory.
+pub fn default_agent_id(state_dir: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    format!("{}:{}", if host.is_empty() { "localhost" } else { &host }, state_dir.display())
+}

@@ -1,0 +1,101 @@
+//! `stele agent`: builds the agent's configuration from the `--config` file and flags, then runs it.
+//! Also used by `stele plan`, which needs the same configuration.
+
+use super::trust_anchor;
+use crate::agent::{self, default_agent_id, AgentConfig};
+use crate::cli::{AgentArgs, AgentSettingsArgs, TrustArgs};
+use crate::exit::Refused;
+use crate::provider::local::LocalSettings;
+use crate::source::is_remote;
+use anyhow::{Context, Result};
+use ledger_format::types::EnvName;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration file (TOML). Every key is optional; flags override keys. Relative paths are
+/// relative to the file's directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    repo: Option<String>,
+    branch: Option<String>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    trust_root: Vec<String>,
+    trust_threshold: Option<u64>,
+    trust_root_hash: Option<String>,
+    #[serde(default)]
+    environments: Vec<String>,
+    interval_seconds: Option<u64>,
+    status_branch: Option<String>,
+    write_status: Option<bool>,
+    agent_id: Option<String>,
+    #[serde(default)]
+    local: LocalSettings,
+}
+
+pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result<AgentConfig> {
+    let (file, base) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let file: AgentFile = toml::from_str(&text).map_err(|e| Refused(format!("{}: {e}", path.display())))?;
+            (file, path.parent().map(Path::to_owned).unwrap_or_default())
+        }
+        None => (AgentFile::default(), PathBuf::new()),
+    };
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let repo = match (repo_flag, file.repo) {
+        (Some(flag), _) => flag.to_str().ok_or_else(|| Refused(format!("{}: not UTF-8", flag.display())))?.to_owned(),
+        (None, Some(r)) if is_remote(&r) => r,
+        (None, Some(r)) => resolve(PathBuf::from(r)).display().to_string(),
+        (None, None) => return Err(Refused("no ledger: pass --repo DIR|URL or set repo in --config".into()).into()),
+    };
+    let state_dir = match (&args.state_dir, file.state_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => resolve(d),
+        (None, None) => return Err(Refused("no state directory: pass --state-dir or set state_dir".into()).into()),
+    };
+    // Instances and balancers run in their own directories and outlive this process: give them
+    // absolute paths.
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("{}: cannot create the state directory", state_dir.display()))?;
+    let state_dir = state_dir
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve the state directory", state_dir.display()))?;
+    let trust = if !args.trust_root.is_empty() || args.trust_root_hash.is_some() {
+        TrustArgs {
+            trust_root: args.trust_root.clone(),
+            trust_threshold: args.trust_threshold.unwrap_or(1),
+            trust_root_hash: args.trust_root_hash.clone(),
+        }
+    } else {
+        TrustArgs {
+            trust_root: file.trust_root,
+            trust_threshold: args.trust_threshold.or(file.trust_threshold).unwrap_or(1),
+            trust_root_hash: file.trust_root_hash,
+        }
+    };
+    let names = if args.envs.is_empty() { file.environments } else { args.envs.clone() };
+    let envs = names.iter().map(|e| e.parse::<EnvName>().map_err(Refused)).collect::<Result<Vec<_>, _>>()?;
+    let interval = args.interval.or(file.interval_seconds).unwrap_or(30).max(1);
+    let write_status = !args.no_status && file.write_status.unwrap_or(true);
+    let status_branch = args.status_branch.clone().or(file.status_branch).unwrap_or_else(|| "stele/status".into());
+    Ok(AgentConfig {
+        anchor: trust_anchor(&trust)?,
+        branch: args.branch.clone().or(file.branch),
+        envs,
+        interval: Duration::from_secs(interval),
+        status_branch: write_status.then_some(status_branch),
+        agent_id: file.agent_id.unwrap_or_else(|| default_agent_id(&state_dir)),
+        local: file.local,
+        stele_exe: std::env::current_exe().context("cannot find the stele binary for `stele lb`")?,
+        repo,
+        state_dir,
+    })
+}
+
+pub fn run(repo: Option<&Path>, args: AgentArgs) -> Result<u8> {
+    let cfg = load_config(repo, &args.settings)?;
+    agent::run(cfg, args.once, Duration::from_secs(args.timeout))
+}

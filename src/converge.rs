@@ -1,0 +1,115 @@
+//! One reconcile tick for one environment: observe, plan, carry out the step. The agent calls it in a
+//! loop; tests call it against the simulated provider on virtual time.
+//!
+//! Owns: the order in which a plan's actions are carried out (prepare the image, move traffic, launch,
+//! terminate) and the environment's gate memory (last good release, failed generation). Must not
+//! decide what to do (that is `plan`) or talk to Git (that is `agent` and `status`).
+
+use crate::plan::{plan, Action, Desired, Generation, Observed, Phase, Plan, Release};
+use crate::provider::{Provider, ProviderError};
+use ledger_format::types::{EnvName, Environment};
+use serde::{Deserialize, Serialize};
+
+/// What the agent remembers between ticks (and restarts) about one environment's gates.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    /// The last release that reached `Healthy` here.
+    pub last_good: Option<Release>,
+    /// The generation whose health gate failed, and why; cleared when a newer generation arrives.
+    pub failed: Option<FailedGate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedGate {
+    pub generation: Generation,
+    pub reason: String,
+}
+
+/// The result of one tick.
+#[derive(Clone, Debug)]
+pub struct Tick {
+    /// What was observed before acting.
+    pub observed: Observed,
+    /// The plan that was carried out (after recording a failed gate, the restoring plan).
+    pub plan: Plan,
+    /// Actions that failed with a retryable error; the next tick plans again from what exists.
+    pub retryable: Vec<String>,
+}
+
+impl Tick {
+    pub fn converged(&self) -> bool {
+        self.plan.converged() && self.retryable.is_empty()
+    }
+}
+
+/// Observes, plans and carries out one step. A refused image stops the tick before any action; a
+/// retryable failure of one action is reported and the remaining actions still run (each is
+/// independent and the next tick re-plans).
+pub fn tick<P: Provider + ?Sized>(
+    provider: &mut P,
+    env: &EnvName,
+    spec: &Environment,
+    target: Option<&Release>,
+    memory: &mut Memory,
+    now_ms: u64,
+) -> Result<Tick, ProviderError> {
+    if memory.failed.as_ref().is_some_and(|f| target.map(|t| t.generation) != Some(f.generation)) {
+        memory.failed = None;
+    }
+    let observed = provider.observe(env, spec, now_ms)?;
+    let mut current = decide(spec, target, memory, &observed, now_ms);
+    if let [Action::FailGate { generation, reason }] = current.actions.as_slice() {
+        tracing::warn!(%env, generation, %reason, "health gate failed; restoring the last good release");
+        memory.failed = Some(FailedGate { generation: *generation, reason: reason.clone() });
+        current = decide(spec, target, memory, &observed, now_ms);
+    }
+    if current.phase == Phase::Healthy {
+        memory.last_good = current.effective.clone();
+    }
+    let mut retryable = Vec::new();
+    if let (Some(release), false) = (&current.effective, current.actions.is_empty()) {
+        if current.actions.iter().any(|a| matches!(a, Action::Launch { .. })) {
+            provider.prepare(env, spec, release)?;
+        }
+    }
+    let mut record = |r: Result<(), ProviderError>| -> Result<(), ProviderError> {
+        match r {
+            Err(e) if e.is_retryable() => {
+                retryable.push(e.to_string());
+                Ok(())
+            }
+            other => other,
+        }
+    };
+    // Traffic first, so nothing is sent to an instance that is about to stop; if traffic could not be
+    // moved, nothing is stopped this tick.
+    let mut traffic_moved = true;
+    for a in &current.actions {
+        if let Action::SetTraffic { group, traffic } = a {
+            let r = provider.set_traffic(env, group, traffic, now_ms);
+            traffic_moved &= r.is_ok();
+            record(r)?;
+        }
+    }
+    for a in &current.actions {
+        if let Action::Launch { group, release } = a {
+            record(provider.launch(env, spec, group, release, now_ms).map(drop))?;
+        }
+    }
+    for a in current.actions.iter().filter(|_| traffic_moved) {
+        if let Action::Terminate { group, id, .. } = a {
+            record(provider.terminate(env, group, id))?;
+        }
+    }
+    Ok(Tick { observed, plan: current, retryable })
+}
+
+fn decide(spec: &Environment, target: Option<&Release>, memory: &Memory, observed: &Observed, now_ms: u64) -> Plan {
+    let desired = Desired {
+        spec,
+        target: target.cloned(),
+        last_good: memory.last_good.clone(),
+        failed: memory.failed.as_ref().map(|f| f.generation),
+    };
+    plan(&desired, observed, now_ms)
+}

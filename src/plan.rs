@@ -1,0 +1,614 @@
+//! The planner: `plan(desired, observed, now) -> Plan`, a pure function. It pairs what the verified
+//! ledger wants with what a provider reports and returns the next step as data: which instances to
+//! launch or terminate and where to send traffic. The agent carries out one step per tick and plans
+//! again from what it then observes, so a crash anywhere resumes safely (DESIGN.md "Convergence").
+//!
+//! Owns: the rollout rules of the three strategies (rolling, blue/green, canary), health gates, drift
+//! and age replacement, and the phase an environment is in. Must not do I/O, read a clock, or judge the
+//! ledger: `desired` comes from `ledger_format::history`, `observed` from a provider, `now` from the caller.
+//!
+//! The rules, per instance group:
+//! - An instance is *fresh* when it runs the effective target (same generation and digest) and is not
+//!   drifted (with `drift: correct`) or older than `max_instance_age_seconds`. Everything else alive is
+//!   *stale* and is replaced, never patched.
+//! - *Rolling*: launch fresh instances while the group stays within `capacity + max_surge`; terminate
+//!   stale ones while at least `capacity - max_unavailable` instances are ready (healthy for
+//!   `min_ready_seconds`). Traffic goes evenly to every healthy instance.
+//! - *Blue/green*: launch the full new group, wait until every instance is healthy, switch 100% of the
+//!   traffic, keep the old group for `grace_seconds`, then terminate it.
+//! - *Canary*: for each step, launch enough new instances for the step's weight, move that weight when
+//!   they are healthy, pause; after the last step move all traffic and terminate the old group.
+//! - *Health gate*: while a generation has never been healthy here, a new instance that exits, or is not
+//!   healthy within the health check's `deadline_seconds`, fails the gate. The agent records the failure
+//!   and plans again: the effective target becomes the last generation that was healthy, the rollout is
+//!   undone with the same rules, and the phase stays `Degraded` until a newer generation arrives. An
+//!   instance of an already-healthy generation that fails is simply replaced.
+//! - Traffic is never given to a generation without healthy instances (blue/green: without all of them).
+
+use ledger_format::types::{DriftMode, Environment, GroupName, HealthCheck, Image, ReleaseVersion, Strategy};
+use ledger_format::Blake3Digest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A target generation number (DESIGN.md "Target generation").
+pub type Generation = u64;
+
+/// One release the environment may run: a target generation of the ledger and its image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub generation: Generation,
+    pub version: ReleaseVersion,
+    pub seq: u64,
+    pub image: Image,
+}
+
+impl Release {
+    pub fn digest(&self) -> &Blake3Digest {
+        self.image.digest()
+    }
+}
+
+/// What the environment should run, from the verified ledger and the agent's memory of gates.
+#[derive(Clone, Debug)]
+pub struct Desired<'a> {
+    pub spec: &'a Environment,
+    /// The ledger's target; `None` when the environment has no target (every entry reverted).
+    pub target: Option<Release>,
+    /// The last release that was `Healthy` here: what a failed gate restores.
+    pub last_good: Option<Release>,
+    /// A generation whose health gate failed; only counts while it is still the target's generation.
+    pub failed: Option<Generation>,
+}
+
+impl Desired<'_> {
+    /// True while the target's generation is the one that failed: the environment is degraded.
+    pub fn restoring(&self) -> bool {
+        matches!((&self.target, self.failed), (Some(t), Some(f)) if t.generation == f)
+    }
+
+    /// What the planner converges to now: the target, or the last good release while restoring.
+    pub fn effective(&self) -> Option<&Release> {
+        if self.restoring() {
+            self.last_good.as_ref()
+        } else {
+            self.target.as_ref()
+        }
+    }
+}
+
+/// An instance's health as the provider last probed it. Times are milliseconds on the caller's clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Health {
+    /// Launched, not yet healthy, and no check has failed yet.
+    Starting,
+    Healthy {
+        since_ms: u64,
+    },
+    Unhealthy {
+        since_ms: u64,
+        reason: String,
+    },
+    /// The instance no longer exists or its process exited; only its record is left.
+    Gone {
+        reason: String,
+    },
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Health::Starting => f.write_str("starting"),
+            Health::Healthy { .. } => f.write_str("healthy"),
+            Health::Unhealthy { reason, .. } => write!(f, "unhealthy: {reason}"),
+            Health::Gone { reason } => write!(f, "gone: {reason}"),
+        }
+    }
+}
+
+/// One instance as observed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub group: GroupName,
+    pub generation: Generation,
+    pub digest: Blake3Digest,
+    pub launched_ms: u64,
+    pub health: Health,
+    /// Why this instance differs from its image (e.g. files that no longer hash to the digest).
+    pub drift: Option<String>,
+}
+
+impl Instance {
+    fn alive(&self) -> bool {
+        !matches!(self.health, Health::Gone { .. })
+    }
+
+    fn healthy(&self) -> bool {
+        matches!(self.health, Health::Healthy { .. })
+    }
+
+    /// Healthy for at least `min_ready_ms`: counts as available.
+    fn ready(&self, now_ms: u64, min_ready_ms: u64) -> bool {
+        matches!(self.health, Health::Healthy { since_ms } if now_ms >= since_ms.saturating_add(min_ready_ms))
+    }
+
+    fn runs(&self, release: &Release) -> bool {
+        self.generation == release.generation && &self.digest == release.digest()
+    }
+}
+
+/// Where a group's load balancer sends traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", content = "weights", rename_all = "snake_case")]
+pub enum Traffic {
+    /// Every healthy instance gets an equal share (rolling).
+    Even,
+    /// Percentages per generation, summing to 100; each generation's share is split evenly among its
+    /// healthy instances (blue/green, canary).
+    Weighted(BTreeMap<Generation, u32>),
+}
+
+impl Traffic {
+    fn weight_of(&self, generation: Generation) -> u32 {
+        match self {
+            Traffic::Even => 0,
+            Traffic::Weighted(w) => w.get(&generation).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A group's traffic setting and when it was last changed (pauses and grace periods count from it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupTraffic {
+    pub traffic: Traffic,
+    pub since_ms: u64,
+}
+
+/// Everything a provider reports for one environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub instances: Vec<Instance>,
+    pub traffic: BTreeMap<GroupName, GroupTraffic>,
+}
+
+/// One thing to do. A plan's actions are independent of each other's order except that the agent
+/// carries out `SetTraffic` before `Terminate`, so traffic never points at a stopping instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Launch {
+        group: GroupName,
+        release: Release,
+    },
+    Terminate {
+        group: GroupName,
+        id: String,
+        reason: String,
+    },
+    SetTraffic {
+        group: GroupName,
+        traffic: Traffic,
+    },
+    /// The health gate of `generation` failed: record it and plan again (which restores the last good
+    /// release). Always the only action of its plan.
+    FailGate {
+        generation: Generation,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Progressing,
+    Healthy,
+    Degraded,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Progressing => "Progressing",
+            Phase::Healthy => "Healthy",
+            Phase::Degraded => "Degraded",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub phase: Phase,
+    pub actions: Vec<Action>,
+    /// Why nothing more can be done this tick (health checks, pauses, grace periods, budgets).
+    pub waiting: Vec<String>,
+    /// Drift that is reported but, by the environment's `drift: report`, not corrected.
+    pub drift: Vec<String>,
+    /// The release being converged to (the target, or the last good release while degraded).
+    pub effective: Option<Release>,
+}
+
+impl Plan {
+    /// True when the environment runs its effective target exactly and nothing is left to do.
+    pub fn converged(&self) -> bool {
+        self.actions.is_empty() && self.waiting.is_empty()
+    }
+}
+
+/// Plans the next step for one environment. Pure: the same inputs give the same plan.
+pub fn plan(desired: &Desired, observed: &Observed, now_ms: u64) -> Plan {
+    let spec = desired.spec;
+    let effective = desired.effective().cloned();
+    // A generation is gated until it has been healthy here once.
+    let gated =
+        effective.as_ref().is_some_and(|e| desired.last_good.as_ref().map(|g| g.generation) != Some(e.generation));
+    let mut out = Plan {
+        phase: Phase::Progressing,
+        actions: vec![],
+        waiting: vec![],
+        drift: vec![],
+        effective: effective.clone(),
+    };
+    for group in &spec.groups {
+        let mut members: Vec<&Instance> = observed.instances.iter().filter(|i| i.group == group.name).collect();
+        members.sort_by(|a, b| (a.launched_ms, &a.id).cmp(&(b.launched_ms, &b.id)));
+        let traffic =
+            observed.traffic.get(&group.name).cloned().unwrap_or(GroupTraffic { traffic: Traffic::Even, since_ms: 0 });
+        let ctx = GroupCtx {
+            spec,
+            group: &group.name,
+            capacity: usize::try_from(group.capacity).unwrap_or(usize::MAX),
+            target: effective.as_ref(),
+            gated,
+            restoring: desired.restoring(),
+            now_ms,
+        };
+        if let Err(failure) = ctx.plan(&members, &traffic, &mut out) {
+            return Plan {
+                phase: Phase::Degraded,
+                actions: vec![*failure],
+                waiting: vec![],
+                drift: vec![],
+                effective: out.effective,
+            };
+        }
+    }
+    // Instances of groups the spec no longer has are stale too (in a fixed order, whatever the provider's).
+    let mut strays: Vec<&Instance> =
+        observed.instances.iter().filter(|i| !spec.groups.iter().any(|g| g.name == i.group)).collect();
+    strays.sort_by(|a, b| (&a.group, a.launched_ms, &a.id).cmp(&(&b.group, b.launched_ms, &b.id)));
+    for i in strays {
+        out.actions.push(Action::Terminate {
+            group: i.group.clone(),
+            id: i.id.clone(),
+            reason: format!("group {} is not in the environment spec", i.group),
+        });
+    }
+    out.phase = if desired.restoring() || (out.effective.is_none() && desired.failed.is_some()) {
+        Phase::Degraded
+    } else if out.converged() {
+        Phase::Healthy
+    } else {
+        Phase::Progressing
+    };
+    out
+}
+
+struct GroupCtx<'a> {
+    spec: &'a Environment,
+    group: &'a GroupName,
+    capacity: usize,
+    target: Option<&'a Release>,
+    gated: bool,
+    restoring: bool,
+    now_ms: u64,
+}
+
+/// Seconds to milliseconds, saturating.
+fn ms(seconds: u64) -> u64 {
+    seconds.saturating_mul(1000)
+}
+
+fn deadline_ms(health: &HealthCheck) -> u64 {
+    match health {
+        HealthCheck::Http { deadline_seconds, .. } | HealthCheck::Tcp { deadline_seconds, .. } => ms(*deadline_seconds),
+    }
+}
+
+impl GroupCtx<'_> {
+    fn terminate(&self, out: &mut Plan, i: &Instance, reason: impl Into<String>) {
+        out.actions.push(Action::Terminate { group: self.group.clone(), id: i.id.clone(), reason: reason.into() });
+    }
+
+    fn launch(&self, out: &mut Plan, release: &Release, count: usize) {
+        for _ in 0..count {
+            out.actions.push(Action::Launch { group: self.group.clone(), release: release.clone() });
+        }
+    }
+
+    fn set_traffic(&self, out: &mut Plan, traffic: Traffic) {
+        out.actions.push(Action::SetTraffic { group: self.group.clone(), traffic });
+    }
+
+    /// Why a running instance of the target must still be replaced, if it must.
+    fn replace_reason(&self, i: &Instance, out: &mut Plan) -> Option<String> {
+        if let Some(drift) = &i.drift {
+            match self.spec.drift {
+                DriftMode::Correct => return Some(format!("drift: {drift}")),
+                DriftMode::Report => out.drift.push(format!("{}: {drift}", i.id)),
+            }
+        }
+        if let Some(age) = self.spec.max_instance_age_seconds {
+            if self.now_ms >= i.launched_ms.saturating_add(ms(age)) {
+                return Some(format!("older than max_instance_age_seconds {age}"));
+            }
+        }
+        if !self.gated && !i.healthy() && self.now_ms >= i.launched_ms.saturating_add(deadline_ms(&self.spec.health)) {
+            return Some(format!("{} past the health deadline", i.health));
+        }
+        None
+    }
+
+    /// The health gate for a generation that has not been healthy here yet.
+    fn gate(&self, fresh: &[&Instance], target: &Release) -> Result<(), Box<Action>> {
+        if !self.gated {
+            return Ok(());
+        }
+        let deadline = deadline_ms(&self.spec.health);
+        for i in fresh {
+            let why = match &i.health {
+                Health::Gone { reason } => Some(format!("instance {} is gone: {reason}", i.id)),
+                Health::Healthy { .. } => None,
+                other if self.now_ms >= i.launched_ms.saturating_add(deadline) => {
+                    Some(format!("instance {} is not healthy {}s after launch ({other})", i.id, deadline / 1000))
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(Box::new(Action::FailGate {
+                    generation: target.generation,
+                    reason: format!(
+                        "health gate of generation {} ({}) failed: {why}",
+                        target.generation, target.version
+                    ),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn plan(&self, members: &[&Instance], traffic: &GroupTraffic, out: &mut Plan) -> Result<(), Box<Action>> {
+        let Some(target) = self.target else {
+            for i in members {
+                self.terminate(out, i, "the environment has no target");
+            }
+            return Ok(());
+        };
+        // Exited instances of the target count against the gate before their records are cleaned up.
+        let of_target: Vec<&Instance> = members.iter().copied().filter(|i| i.runs(target)).collect();
+        self.gate(&of_target, target)?;
+        let mut fresh = Vec::new();
+        let mut stale = Vec::new();
+        for i in members {
+            if !i.alive() {
+                self.terminate(out, i, format!("{}", i.health));
+            } else if !i.runs(target) {
+                stale.push((*i, format!("runs generation {}, target is {}", i.generation, target.generation)));
+            } else if let Some(why) = self.replace_reason(i, out) {
+                stale.push((*i, why));
+            } else {
+                fresh.push(*i);
+            }
+        }
+        match &self.spec.strategy {
+            Strategy::Rolling { max_surge, max_unavailable, min_ready_seconds } => {
+                let surge = usize::try_from(*max_surge).unwrap_or(usize::MAX);
+                let mut unavailable = usize::try_from(*max_unavailable).unwrap_or(usize::MAX);
+                if surge == 0 && unavailable == 0 {
+                    unavailable = 1;
+                }
+                self.rolling(target, &fresh, &stale, surge, unavailable, ms(*min_ready_seconds), traffic, out);
+            }
+            Strategy::BlueGreen { grace_seconds } => {
+                self.weighted(target, &fresh, &stale, traffic, &[(100, *grace_seconds)], out);
+            }
+            Strategy::Canary { steps } => {
+                let mut steps: Vec<(u32, u64)> =
+                    steps.iter().map(|s| (u32::try_from(s.weight.min(100)).unwrap_or(100), s.pause_seconds)).collect();
+                if steps.last().is_none_or(|s| s.0 < 100) {
+                    steps.push((100, 0));
+                }
+                self.weighted(target, &fresh, &stale, traffic, &steps, out);
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rolling(
+        &self,
+        target: &Release,
+        fresh: &[&Instance],
+        stale: &[(&Instance, String)],
+        surge: usize,
+        unavailable: usize,
+        min_ready_ms: u64,
+        traffic: &GroupTraffic,
+        out: &mut Plan,
+    ) {
+        let c = self.capacity;
+        if traffic.traffic != Traffic::Even {
+            self.set_traffic(out, Traffic::Even);
+        }
+        let alive = fresh.len() + stale.len();
+        let ready =
+            fresh.iter().chain(stale.iter().map(|(i, _)| i)).filter(|i| i.ready(self.now_ms, min_ready_ms)).count();
+        let min_ready = c.saturating_sub(unavailable);
+        let want = c.saturating_sub(fresh.len());
+        let room = (c + surge).saturating_sub(alive);
+        let launch = want.min(room);
+        self.launch(out, target, launch);
+        if want > launch {
+            out.waiting.push(format!(
+                "{}: {} more to launch, at capacity + max_surge ({})",
+                self.group,
+                want - launch,
+                c + surge
+            ));
+        }
+        // Instances that are not healthy can go at once: removing them costs no availability. Healthy
+        // ones go only while the group keeps `capacity - max_unavailable` ready instances, oldest
+        // first; a healthy instance still inside `min_ready_seconds` (say, one re-learnt after an
+        // agent restart) serves traffic, so it is held like a ready one.
+        let mut budget = ready.saturating_sub(min_ready);
+        let excess_fresh = fresh.len().saturating_sub(c);
+        let mut leaving: Vec<(&Instance, String)> = stale.to_vec();
+        // Surplus fresh instances (after a capacity decrease) leave too, newest (least proven) first.
+        leaving.extend(fresh.iter().rev().take(excess_fresh).map(|i| (*i, "above capacity".to_owned())));
+        leaving.sort_by_key(|(i, _)| i.healthy());
+        let mut held = 0;
+        for (i, why) in leaving {
+            if !i.healthy() {
+                self.terminate(out, i, why);
+            } else if budget > 0 {
+                budget -= 1;
+                self.terminate(out, i, why);
+            } else {
+                held += 1;
+            }
+        }
+        if held > 0 {
+            out.waiting.push(format!(
+                "{}: {held} to replace; {ready} ready, at least {min_ready} must stay ready (max_unavailable {unavailable})",
+                self.group
+            ));
+        }
+        let not_ready = fresh.iter().filter(|i| !i.ready(self.now_ms, min_ready_ms)).count();
+        if not_ready > 0 {
+            out.waiting.push(format!("{}: {not_ready} new instance(s) not ready yet", self.group));
+        }
+    }
+
+    /// Blue/green and canary: traffic moves by generation weight through `steps` (weight, pause seconds),
+    /// the last of which is always 100.
+    fn weighted(
+        &self,
+        target: &Release,
+        fresh: &[&Instance],
+        stale: &[(&Instance, String)],
+        traffic: &GroupTraffic,
+        steps: &[(u32, u64)],
+        out: &mut Plan,
+    ) {
+        let c = self.capacity;
+        let now = self.now_ms;
+        let weight = traffic.traffic.weight_of(target.generation);
+        let healthy_fresh = fresh.iter().filter(|i| i.healthy()).count();
+        // Instances of the target that must be replaced (drift, age, failing) are swapped one by one:
+        // the replacement first, then the old one once the group is whole again.
+        let replacing: Vec<&(&Instance, String)> = stale.iter().filter(|(i, _)| i.runs(target)).collect();
+        let others: Vec<&(&Instance, String)> = stale.iter().filter(|(i, _)| !i.runs(target)).collect();
+        let full_hold_ms = if self.restoring { 0 } else { ms(steps.last().map_or(0, |s| s.1)) };
+        if weight >= 100 {
+            self.launch(out, target, c.saturating_sub(fresh.len()));
+            for (i, why) in &replacing {
+                if healthy_fresh >= c {
+                    self.terminate(out, i, why.clone());
+                } else {
+                    out.waiting.push(format!("{}: replacement for {} not healthy yet", self.group, i.id));
+                    break;
+                }
+            }
+            if !others.is_empty() {
+                let until = traffic.since_ms.saturating_add(full_hold_ms);
+                if now >= until {
+                    for (i, why) in &others {
+                        self.terminate(out, i, why.clone());
+                    }
+                } else {
+                    out.waiting.push(format!(
+                        "{}: keeping {} previous instance(s) for {}s more",
+                        self.group,
+                        others.len(),
+                        (until - now).div_ceil(1000)
+                    ));
+                }
+            }
+            self.trim(fresh, out);
+            let starting = fresh.len() - healthy_fresh;
+            if starting > 0 {
+                out.waiting.push(format!("{}: {starting} instance(s) not healthy yet", self.group));
+            }
+            return;
+        }
+        // Where the traffic not yet on the target goes: the previous generation with the most healthy
+        // instances, on a tie the one with more weight. Not simply the one with the most weight: after a
+        // preempted canary that may be a generation only partly launched, which could not carry the rest.
+        let mut serving: BTreeMap<u64, usize> = BTreeMap::new();
+        for (i, _) in &others {
+            if i.healthy() {
+                *serving.entry(i.generation).or_default() += 1;
+            }
+        }
+        let stable = serving.iter().max_by_key(|(g, n)| (**n, traffic.traffic.weight_of(**g), **g)).map(|(g, _)| *g);
+        // A generation's instances that carry no traffic and are not the stable one are left over from a
+        // preempted rollout: they go at once.
+        for (i, why) in &others {
+            let carries = match &traffic.traffic {
+                Traffic::Even => true,
+                Traffic::Weighted(_) => traffic.traffic.weight_of(i.generation) > 0,
+            };
+            if !carries && Some(i.generation) != stable {
+                self.terminate(out, i, why.clone());
+            }
+        }
+        // The next weight: the first step above the current one; a restore or a group with nothing else
+        // healthy goes straight to 100.
+        let current_step = steps.iter().find(|s| s.0 == weight);
+        let next = if self.restoring || !self.gated || stable.is_none() {
+            100
+        } else {
+            steps.iter().map(|s| s.0).find(|w| *w > weight).unwrap_or(100)
+        };
+        let need = if next >= 100 { c } else { (c * next as usize).div_ceil(100).max(1) };
+        self.launch(out, target, need.saturating_sub(fresh.len()));
+        if let Some((_, pause)) = current_step.filter(|_| weight > 0 && self.gated && !self.restoring) {
+            let until = traffic.since_ms.saturating_add(ms(*pause));
+            if now < until {
+                out.waiting.push(format!(
+                    "{}: canary at {weight}%, pausing {}s more",
+                    self.group,
+                    (until - now).div_ceil(1000)
+                ));
+                return;
+            }
+        }
+        if healthy_fresh < need {
+            out.waiting.push(format!(
+                "{}: {healthy_fresh} of {need} new instance(s) healthy before {next}% of traffic",
+                self.group
+            ));
+            return;
+        }
+        let mut weights = BTreeMap::from([(target.generation, next)]);
+        if next < 100 {
+            if let Some(s) = stable {
+                weights.insert(s, 100 - next);
+            }
+        }
+        if weights.len() == 1 {
+            weights.insert(target.generation, 100);
+        }
+        self.set_traffic(out, Traffic::Weighted(weights));
+    }
+
+    /// Terminates fresh instances above capacity, least proven first.
+    fn trim(&self, fresh: &[&Instance], out: &mut Plan) {
+        let excess = fresh.len().saturating_sub(self.capacity);
+        let mut surplus: Vec<&&Instance> = fresh.iter().collect();
+        surplus.sort_by_key(|i| (i.healthy(), std::cmp::Reverse(i.launched_ms)));
+        for i in surplus.into_iter().take(excess) {
+            self.terminate(out, i, "above capacity");
+        }
+    }
+}

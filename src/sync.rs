@@ -1,0 +1,149 @@
+//! One ledger sync: fetch the branch, verify every first-parent commit since the high-water mark, and
+//! persist the new mark. `stele poll` runs it once; the agent runs it on every poll.
+//!
+//! Owns: the rules around the state directory (a state belongs to one source and branch; the first
+//! sync needs a pinned trust root) and the verdict of a sync. Must not contain verification rules
+//! (`ledger_format::history`) or print.
+
+use crate::exit::Refused;
+use crate::replay::{replay, Outcome, Verified};
+use crate::source::{GitSource, LedgerSource, SourceError};
+use crate::state::{self, StateFile};
+use anyhow::Result;
+use git2::Oid;
+use ledger_format::history::TrustAnchor;
+use ledger_format::Timestamp;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncStatus {
+    /// The head is the high-water mark already.
+    UpToDate,
+    /// New commits verified up to the head.
+    Verified,
+    /// No commit carries a ledger yet.
+    NoLedger,
+    /// The head is not verified (a refused commit or a history rewrite): the last verified state holds.
+    Stalled,
+}
+
+pub struct Synced {
+    pub status: SyncStatus,
+    pub head: Oid,
+    /// The state to act on: the last verified point (new or old).
+    pub verified: Option<Verified>,
+    pub outcome: Outcome,
+    /// Why the sync stalled, when it did, in one line naming the commit and check.
+    pub reason: Option<String>,
+}
+
+/// A ledger source with its state directory.
+pub struct LedgerSync {
+    source: GitSource,
+    location: String,
+    branch: Option<String>,
+    state_dir: PathBuf,
+    anchor: Option<TrustAnchor>,
+    last: Option<Verified>,
+}
+
+impl LedgerSync {
+    /// Opens the source and the state directory. Refuses a state directory that belongs to another
+    /// source or branch, and a first sync without a pinned trust root.
+    pub fn open(location: &str, branch: Option<&str>, state_dir: &Path, anchor: Option<TrustAnchor>) -> Result<Self> {
+        let source = GitSource::open(location, branch, &state_dir.join("cache"))?;
+        let branch = source.branch().map(str::to_owned);
+        let existing = state::load(state_dir)?;
+        if let Some(s) = &existing {
+            if s.source != location || s.branch != branch {
+                return Err(Refused(format!(
+                    "{} holds the state of {} (branch {}); use another --state-dir for {location} (branch {})",
+                    state_dir.display(),
+                    s.source,
+                    s.branch.as_deref().unwrap_or("HEAD"),
+                    branch.as_deref().unwrap_or("HEAD")
+                ))
+                .into());
+            }
+        }
+        if existing.is_none() && anchor.is_none() {
+            return Err(Refused(
+                "the first poll needs a pinned trust root (--trust-root KEYID[,KEYID] or --trust-root-hash HEX); \
+                 Stele never trusts the first policy it happens to find"
+                    .into(),
+            )
+            .into());
+        }
+        let last = match existing {
+            Some(s) => Some(Verified { commit: Oid::from_str(&s.commit)?, state: s.state }),
+            None => None,
+        };
+        Ok(Self { source, location: location.to_owned(), branch, state_dir: state_dir.to_owned(), anchor, last })
+    }
+
+    pub fn branch(&self) -> Option<&str> {
+        self.branch.as_deref()
+    }
+
+    /// The last verified point, without fetching.
+    pub fn last(&self) -> Option<&Verified> {
+        self.last.as_ref()
+    }
+
+    /// Fetches and verifies; with `persist`, saves a new high-water mark (a dry run such as `stele plan`
+    /// passes false). Network failures are errors (retryable: `SourceError::is_retryable`); refusals
+    /// are a `Stalled` verdict, never an error.
+    pub fn sync(&mut self, now: Timestamp, persist: bool) -> Result<Synced, SourceError> {
+        let head = self.source.refresh()?;
+        if let Some(v) = self.last.as_ref().filter(|v| v.commit == head) {
+            return Ok(Synced {
+                status: SyncStatus::UpToDate,
+                head,
+                verified: Some(v.clone()),
+                outcome: Outcome::default(),
+                reason: None,
+            });
+        }
+        let anchor = self.anchor.clone().unwrap_or(TrustAnchor::UnpinnedTrustGenesisAsFound);
+        let outcome = match replay(&self.source, self.last.clone(), head, &anchor, &mut |_, _| {}) {
+            Err(e @ SourceError::Rewritten { .. }) => {
+                return Ok(Synced {
+                    status: SyncStatus::Stalled,
+                    head,
+                    verified: self.last.clone(),
+                    outcome: Outcome::default(),
+                    reason: Some(format!("H1: {e}; keeping the last verified state")),
+                });
+            }
+            other => other?,
+        };
+        let verified = outcome.verified.clone();
+        if let Some(v) = verified.as_ref().filter(|v| self.last.as_ref().map(|l| l.commit) != Some(v.commit)) {
+            if persist {
+                let file =
+                    StateFile::new(&self.location, self.branch.as_deref(), v.commit.to_string(), now, v.state.clone());
+                state::save(&self.state_dir, &file).map_err(|e| SourceError::Git {
+                    location: self.state_dir.display().to_string(),
+                    context: "save the verified state".into(),
+                    source: git2::Error::from_str(&format!("{e:#}")),
+                })?;
+            }
+            self.last = Some(v.clone());
+        }
+        let status = match &verified {
+            Some(v) if v.commit == head => SyncStatus::Verified,
+            None if outcome.refusals.is_empty() => SyncStatus::NoLedger,
+            _ => SyncStatus::Stalled,
+        };
+        let reason = outcome.refusals.first().map(|r| {
+            let problems: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
+            format!(
+                "commit {} ({}) refused: {}",
+                &r.commit.id[..12.min(r.commit.id.len())],
+                r.commit.summary,
+                problems.join("; ")
+            )
+        });
+        Ok(Synced { status, head, verified, outcome, reason })
+    }
+}
