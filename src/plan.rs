@@ -506,8 +506,12 @@ impl GroupCtx<'_> {
         let healthy_fresh = fresh.iter().filter(|i| i.healthy()).count();
         // Instances of the target that must be replaced (drift, age, failing) are swapped one by one:
         // the replacement first, then the old one once the group is whole again.
-        let replacing: Vec<&(&Instance, String)> = stale.iter().filter(|(i, _)| i.runs(target)).collect();
-        let others: Vec<&(&Instance, String)> = stale.iter().filter(|(i, _)| !i.runs(target)).collect();
+        // Weights are per generation, so an instance of the target's generation with another image is
+        // replaced like these, never taken for a previous generation.
+        let replacing: Vec<&(&Instance, String)> =
+            stale.iter().filter(|(i, _)| i.generation == target.generation).collect();
+        let others: Vec<&(&Instance, String)> =
+            stale.iter().filter(|(i, _)| i.generation != target.generation).collect();
         let full_hold_ms = if self.restoring { 0 } else { ms(steps.last().map_or(0, |s| s.1)) };
         if weight >= 100 {
             self.launch(out, target, c.saturating_sub(fresh.len()));
@@ -572,6 +576,17 @@ impl GroupCtx<'_> {
         };
         let need = if next >= 100 { c } else { (c * next as usize).div_ceil(100).max(1) };
         self.launch(out, target, need.saturating_sub(fresh.len()));
+        // Instances of the target being replaced (drift, age) go once the fresh ones carry the current
+        // weight, as at 100%: otherwise a pause longer than `max_instance_age_seconds` piles them up.
+        let carrying = if weight == 0 { 0 } else { (c * weight as usize).div_ceil(100).max(1) };
+        for (i, why) in &replacing {
+            if healthy_fresh >= carrying {
+                self.terminate(out, i, why.clone());
+            } else {
+                out.waiting.push(format!("{}: replacement for {} not healthy yet", self.group, i.id));
+                break;
+            }
+        }
         if let Some((_, pause)) = current_step.filter(|_| weight > 0 && self.gated && !self.restoring) {
             let until = traffic.since_ms.saturating_add(ms(*pause));
             if now < until {

@@ -619,6 +619,28 @@ fn interrupted_preparation_is_redone_from_the_stored_blob_without_fetching() {
 }
 
 #[test]
+fn drifted_tree_is_discarded_and_unpacked_again_from_the_blob() {
+    let bytes = sample_archive();
+    let served = bytes.clone();
+    let server = Server::start(move |_| Reply::Body(served.clone()));
+    let s = new_store();
+    let uri = server.uri("/app.tar");
+    let digest = digest_of(&bytes);
+    let image = s.store.ensure(&uri, &digest, bytes.len() as u64).expect("ensure");
+    let app = image.dir.join("bin/app");
+    fs::set_permissions(&app, fs::Permissions::from_mode(0o755)).expect("chmod u+w");
+    fs::write(&app, b"tampered").expect("tamper");
+    assert!(s.store.verify_unpacked(&digest).is_err());
+
+    s.store.discard_unpacked(&digest).expect("discard");
+    assert!(!image.dir.exists());
+    assert_eq!(names_in(&s.root.join("blobs")), [format!("{}.tar", digest.to_hex())], "the blob is kept");
+    s.store.ensure(&uri, &digest, bytes.len() as u64).expect("ensure again");
+    assert_eq!(s.store.verify_unpacked(&digest), Ok(()));
+    assert_eq!(server.hits(), 1, "unpacked again from the stored blob");
+}
+
+#[test]
 fn damaged_blob_and_removed_images_are_fetched_again() {
     let bytes = sample_archive();
     let served = bytes.clone();

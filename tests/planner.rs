@@ -636,6 +636,61 @@ fn a_release_slower_to_boot_than_the_deadline_fails_the_gate() {
     failed_gate_restores_and_waits_for_a_newer_generation(rolling(2, 1, 1, 0), config, "3.0.0");
 }
 
+/// Rolls generation 2 out until `moment` holds, then makes 2.0.0 fail (`crash`: exit, else fail its
+/// checks); the gate must fail and generation 1 come back whole, with all the traffic.
+fn late_failure_restores_generation_one(spec: Environment, crash: bool, moment: impl Fn(&World) -> bool) {
+    let capacity = spec.groups[0].capacity as usize;
+    let weighted_strategy = !matches!(spec.strategy, Rollout::Rolling { .. });
+    let mut w = World::new(spec, config(), 500);
+    let (v1, v2) = (release(1, "1.0.0"), release(2, "2.0.0"));
+    w.deploy(&v1);
+    for n in 0.. {
+        assert!(n < 200, "the moment never came");
+        w.tick(Some(&v2));
+        if moment(&w) {
+            break;
+        }
+    }
+    assert_eq!(w.memory.last_good.as_ref(), Some(&v1), "still gated");
+    let bad = "2.0.0".parse().unwrap();
+    if crash {
+        w.sim.config.crashing.insert(bad);
+    } else {
+        w.sim.config.unhealthy.insert(bad);
+    }
+    let (_, tick) = w.settle(Some(&v2), 300);
+    assert_eq!(tick.plan.phase, Phase::Degraded);
+    assert_eq!(w.memory.failed.as_ref().map(|f| f.generation), Some(2));
+    assert_eq!(w.generations(), BTreeMap::from([(1, capacity)]));
+    if weighted_strategy {
+        assert_eq!(w.traffic(), Some(weighted(&[(1, 100)])));
+    }
+}
+
+#[test]
+fn a_canary_that_fails_after_taking_traffic_gives_it_back_to_the_old_generation() {
+    for crash in [false, true] {
+        late_failure_restores_generation_one(canary(4, &[(25, 10), (50, 10)]), crash, |w| {
+            w.traffic() == Some(weighted(&[(2, 50), (1, 50)]))
+        });
+    }
+}
+
+#[test]
+fn blue_green_that_fails_during_the_grace_period_switches_back_to_the_old_group() {
+    for crash in [false, true] {
+        late_failure_restores_generation_one(blue_green(3, 60), crash, |w| w.traffic() == Some(weighted(&[(2, 100)])));
+    }
+}
+
+#[test]
+fn rolling_that_fails_after_the_old_generation_is_gone_relaunches_the_last_good_release() {
+    // min_ready_seconds keeps generation 2 from being Healthy for a while after the last old instance went.
+    for crash in [false, true] {
+        late_failure_restores_generation_one(rolling(3, 1, 1, 20), crash, |w| !w.generations().contains_key(&1));
+    }
+}
+
 #[test]
 fn a_failing_first_release_leaves_nothing_running_and_stays_degraded() {
     let mut w = World::new(rolling(2, 1, 0, 0), unhealthy("1.0.0"), 500);
@@ -751,6 +806,32 @@ fn a_canary_preempted_past_half_gives_the_rest_of_the_traffic_to_the_generation_
     assert_eq!(p.actions, [Action::SetTraffic { group: web(), traffic: weighted(&[(3, 10), (1, 90)]) }], "{p:#?}");
 }
 
+#[test]
+fn an_instance_of_the_target_generation_with_another_image_is_replaced_not_taken_for_a_previous_generation() {
+    // Weights are per generation: counting the two odd instances as a "previous generation" (the one
+    // with the most healthy instances) would give generation 2 all the traffic with one proper instance.
+    let spec = canary(3, &[(1, 0)]);
+    let (v1, v2) = (release(1, "1.0.0"), release(2, "2.0.0"));
+    let up = || Health::Healthy { since_ms: 2_000 };
+    let odd = |id: &str| Instance { digest: digest_of("tampered"), ..instance(id, &v2, 1_000, up(), None) };
+    let observed = Observed {
+        instances: vec![
+            instance("a0", &v1, 0, up(), None),
+            instance("b0", &v2, 1_000, up(), None),
+            odd("b1"),
+            odd("b2"),
+        ],
+        traffic: BTreeMap::from([(web(), GroupTraffic { traffic: weighted(&[(1, 100)]), since_ms: 0 })]),
+    };
+    let desired = Desired { spec: &spec, target: Some(v2), last_good: Some(v1), failed: None };
+    let p = plan(&desired, &observed, 20_000);
+    check_plan(&desired, &observed, 20_000, &p);
+    assert!(p.actions.contains(&Action::SetTraffic { group: web(), traffic: weighted(&[(2, 1), (1, 99)]) }), "{p:#?}");
+    for id in ["b1", "b2"] {
+        assert!(p.actions.iter().any(|a| matches!(a, Action::Terminate { id: t, .. } if t == id)), "{p:#?}");
+    }
+}
+
 fn instance(id: &str, r: &Release, launched_ms: u64, health: Health, drift: Option<&str>) -> Instance {
     Instance {
         id: id.into(),
@@ -863,6 +944,31 @@ fn instances_older_than_max_instance_age_are_replaced_without_a_new_release() {
         assert!(last.is_disjoint(&first), "{strategy}");
         assert_eq!(last.len(), 3);
         assert!(w.launches_of(1) >= 9, "{strategy}: replaced at least twice over 200s: {}", w.launches_of(1));
+    }
+}
+
+#[test]
+fn a_canary_paused_longer_than_max_instance_age_replaces_its_instances_without_piling_them_up() {
+    for steps in [vec![(50, 600)], vec![(25, 300), (50, 300)]] {
+        let mut v = spec_json(
+            json!({"kind": "canary", "steps": steps.iter().map(|(w, p)| json!({"weight": w, "pause_seconds": p})).collect::<Vec<_>>()}),
+            4,
+        );
+        v["max_instance_age_seconds"] = json!(60);
+        let mut w = World::new(build(v), config(), 1_000);
+        let (v1, v2) = (release(1, "1.0.0"), release(2, "2.0.0"));
+        w.deploy(&v1);
+        let mut most = 0;
+        for _ in 0..1_000 {
+            let tick = w.tick(Some(&v2));
+            most = most.max(w.instances().len());
+            if tick.converged() && tick.plan.phase == Phase::Healthy {
+                break;
+            }
+        }
+        // 4 old + 4 new (launched for the last step during the pause before it) + a replacement in
+        // flight for each new one, at most.
+        assert!(most <= 3 * 4, "{steps:?}: {most} instances at once");
     }
 }
 

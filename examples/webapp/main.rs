@@ -157,6 +157,8 @@ fn main() -> ExitCode {
         eprintln!("stele-webapp: cannot make the listener non-blocking: {error}");
         return ExitCode::FAILURE;
     }
+    // The port actually bound, which differs from the one asked for when that was 0.
+    let port = listener.local_addr().map_or(port, |address| address.port());
     let data_dir = env("STELE_DATA_DIR");
     let mut stdout = io::stdout().lock();
     // A closed stdout must not stop the app from serving, so write errors are ignored.

@@ -111,7 +111,9 @@ fn set(repo_path: &Path, args: EnvSetArgs) -> Result<u8> {
         },
     };
 
-    let signer_ids: Vec<_> = signers.iter().map(|s| s.key_id()).collect();
+    let mut signer_ids: Vec<_> = signers.iter().map(|s| s.key_id()).collect();
+    signer_ids.sort();
+    signer_ids.dedup();
     let signed_by = key_list(policy, &signer_ids);
     let what = if changed.is_empty() { "nothing but the version".to_owned() } else { changed.join(", ") };
     let message = format!(
@@ -124,7 +126,10 @@ fn set(repo_path: &Path, args: EnvSetArgs) -> Result<u8> {
     match pending {
         None => println!("  signed by {signed_by}: threshold {} met", role.threshold),
         Some(reason) => {
-            println!("  signed by {signed_by}; {reason}\n  co-signers run: stele sign --file {path} --key <their key>")
+            println!(
+                "  signed by {signed_by}; {reason}\n  co-signers run: stele sign --file {path} --key <their key> \
+                 (agents keep the previous spec until then)"
+            )
         }
     }
     Ok(exit::OK)

@@ -9,7 +9,7 @@
 //!
 //! Layout:
 //! ```text
-//! <root>/images/...                       the content-addressed image store (store.rs)
+//! <root>/store/{blobs,images}/...         the content-addressed image store (store.rs)
 //! <root>/local/<env>/instances/<id>/      instance.json (record), data/ (private, writable), log
 //! <root>/local/<env>/groups/<group>/      traffic.json, lb.json (balancer process), lb-config.json,
 //!                                         lb-config.json.report.json, lb.log
@@ -59,6 +59,10 @@ struct InstanceRecord {
     image_dir: PathBuf,
     /// Written after the process started; a record without it is a launch that was interrupted.
     process: Option<ProcessHandle>,
+    /// Set once the image this instance started from was found altered; sticky, because the instance
+    /// may have loaded the altered files even after the image is unpacked afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    drift: Option<String>,
 }
 
 /// The record of a group's balancer process, `groups/<group>/lb.json`.
@@ -124,7 +128,7 @@ impl LocalProvider {
     pub fn new(root: &Path, settings: LocalSettings, stele_exe: PathBuf) -> Result<Self, ProviderError> {
         // Records hold paths that processes with other working directories use.
         let root = &std::path::absolute(root).map_err(io_err("make absolute", root))?;
-        let store = ImageStore::open(&root.join("images")).map_err(|e| ProviderError::Refused(e.to_string()))?;
+        let store = ImageStore::open(&root.join("store")).map_err(|e| ProviderError::Refused(e.to_string()))?;
         Ok(Self {
             root: root.to_owned(),
             store,
@@ -169,9 +173,24 @@ impl LocalProvider {
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(io_err("list instances", &dir))?;
-            if let Some(r) = read_json::<InstanceRecord>(&entry.path().join("instance.json"))? {
-                out.push(r);
+            let Some(mut r) = read_json::<InstanceRecord>(&entry.path().join("instance.json"))? else { continue };
+            if r.process.is_none() {
+                // A launch interrupted between starting the process and recording it: adopt the
+                // process if it runs, else forget the launch (nothing of it is left to stop).
+                match find_by_environment(&r.id, &entry.path().join("data")) {
+                    Some(handle) => {
+                        tracing::warn!(%env, id = %r.id, pid = handle.pid, "adopting an instance whose launch was interrupted");
+                        r.process = Some(handle);
+                        write_json(&entry.path().join("instance.json"), &r)?;
+                    }
+                    None => {
+                        tracing::warn!(%env, id = %r.id, "forgetting a launch that was interrupted before its process started");
+                        std::fs::remove_dir_all(entry.path()).map_err(io_err("remove", &entry.path()))?;
+                        continue;
+                    }
+                }
             }
+            out.push(r);
         }
         out.sort_by(|a, b| (a.launched_ms, &a.id).cmp(&(b.launched_ms, &b.id)));
         Ok(out)
@@ -381,6 +400,27 @@ impl LocalProvider {
     }
 }
 
+/// The process started for instance `id`, found by the variables the agent gave it (used when the agent
+/// died before recording the process).
+fn find_by_environment(id: &str, data_dir: &Path) -> Option<ProcessHandle> {
+    let want_id = format!("STELE_INSTANCE_ID={id}");
+    let want_dir = format!("STELE_DATA_DIR={}", data_dir.display());
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        let mut vars = environ.split(|b| *b == 0);
+        let (mut has_id, mut has_dir) = (false, false);
+        for v in &mut vars {
+            has_id |= v == want_id.as_bytes();
+            has_dir |= v == want_dir.as_bytes();
+        }
+        if has_id && has_dir {
+            return process::identify(pid).ok();
+        }
+    }
+    None
+}
+
 /// The digest an unpacked image tree packs to; `pack` is reproducible, so an intact tree packs to the
 /// digest of the artifact it came from.
 fn tree_digest(dir: &Path) -> Result<Blake3Digest, String> {
@@ -405,7 +445,7 @@ impl Provider for LocalProvider {
                 let aside = dir.with_extension(format!("drifted-{}", random_suffix()));
                 tracing::warn!(dir = %dir.display(), "moving a drifted image aside ({why})");
                 std::fs::rename(&dir, &aside).map_err(io_err("move aside", &dir))?;
-                self.store.remove(blake3).map_err(|e| ProviderError::Retryable(e.to_string()))?;
+                self.store.discard_unpacked(blake3).map_err(|e| ProviderError::Retryable(e.to_string()))?;
                 self.drift.remove(&dir);
             }
         }
@@ -446,8 +486,9 @@ impl Provider for LocalProvider {
         });
         let mut instances = Vec::new();
         let mut healthy_by_group: HashMap<GroupName, Vec<String>> = HashMap::new();
-        // An instance the balancer already serves (a previous agent found it healthy) needs one good
-        // probe, not a full threshold, so adopting instances after a restart never empties the balancer.
+        // An instance the balancer already serves was found healthy by a previous agent: it keeps that
+        // verdict until `healthy_threshold` probes in a row fail, so adopting instances after a restart
+        // never empties the balancer.
         let mut serving: HashMap<String, ()> = HashMap::new();
         for g in &spec.groups {
             let config = self.group_dir(env, &g.name).join("lb-config.json");
@@ -456,9 +497,12 @@ impl Provider for LocalProvider {
             }
         }
         for ((r, l), probe) in records.iter().zip(liveness).zip(probes) {
-            let track = self.health.entry(r.id.clone()).or_insert_with(|| HealthTrack {
-                ok_streak: if serving.contains_key(&r.id) { threshold - 1 } else { 0 },
-                ..HealthTrack::default()
+            let track = self.health.entry(r.id.clone()).or_insert_with(|| {
+                if serving.contains_key(&r.id) {
+                    HealthTrack { ok_streak: threshold, healthy_since: Some(now_ms), ..HealthTrack::default() }
+                } else {
+                    HealthTrack::default()
+                }
             });
             let health = match (l, probe) {
                 (Liveness::Gone(why), _) => Health::Gone { reason: why },
@@ -498,8 +542,16 @@ impl Provider for LocalProvider {
             }
             let drift = if matches!(health, Health::Gone { .. }) {
                 None
+            } else if r.drift.is_some() {
+                r.drift.clone()
             } else {
-                self.drift_of(&r.image_dir.clone(), r.release.digest())
+                let found = self.drift_of(&r.image_dir.clone(), r.release.digest());
+                if found.is_some() {
+                    let mut marked = r.clone();
+                    marked.drift = found.clone();
+                    write_json(&self.instance_dir(env, &r.id).join("instance.json"), &marked)?;
+                }
+                found
             };
             instances.push(Instance {
                 id: r.id.clone(),
@@ -554,6 +606,7 @@ impl Provider for LocalProvider {
             launched_ms: now_ms,
             image_dir: image.dir.clone(),
             process: None,
+            drift: None,
         };
         write_json(&dir.join("instance.json"), &record)?;
         let mut vars: Vec<(String, String)> = image.manifest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

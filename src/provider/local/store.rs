@@ -384,6 +384,16 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Removes an image's unpacked tree and marker but keeps its blob, so the next
+    /// [`ImageStore::ensure`] unpacks again without fetching (if the blob still hashes right). The way
+    /// to replace a drifted tree. The caller makes sure nothing still runs from it.
+    pub fn discard_unpacked(&self, digest: &Blake3Digest) -> Result<(), StoreError> {
+        let _claim = self.claim(digest);
+        // The marker goes first, so an interruption leaves an incomplete image that `ensure` rebuilds.
+        remove_forcibly(&self.marker_path(digest))?;
+        remove_forcibly(&self.image_dir(digest))
+    }
+
     /// Removes an image, its marker and its blob, so the next [`ImageStore::ensure`] starts afresh
     /// (after drift, say). Removing an image that is not there is not an error. The caller makes sure
     /// nothing still runs from it.
