@@ -389,12 +389,16 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
     tracing::info!(interval_s = interval.as_secs_f64(), "agent started");
     let mut first = true;
     let mut backoff = Duration::from_millis(500);
+    let (mut busy, mut passes) = (Duration::ZERO, 0u64);
     loop {
+        let pass_started = Instant::now();
         let (w, summary) = tokio::task::spawn_blocking(move || {
             let s = worker.pass(first);
             (worker, s)
         })
         .await?;
+        busy += pass_started.elapsed();
+        passes += 1;
         worker = w;
         first = false;
         if stop.load(Ordering::SeqCst) {
@@ -402,6 +406,16 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
             return Ok(crate::exit::OK);
         }
         if once && summary.settled && !summary.retryable_failure {
+            // Where the time went: passes (fetch, verify, observe, plan, act) versus sleeping between
+            // ticks while health checks, pauses and grace periods ran.
+            tracing::info!(
+                elapsed_s = started.elapsed().as_secs_f64(),
+                busy_s = busy.as_secs_f64(),
+                passes,
+                peak_rss_kib = peak_rss_kib(),
+                phases = ?summary.phases,
+                "settled"
+            );
             return Ok(once_code(&summary));
         }
         if once && started.elapsed() > timeout {
@@ -427,6 +441,18 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
             return Ok(crate::exit::OK);
         }
     }
+}
+
+/// The process's peak resident memory (VmHWM), in KiB; 0 when /proc cannot tell.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// The poll interval ±10%, so many agents polling one remote spread out.

@@ -7,8 +7,10 @@
 
 use crate::plan::{plan, Action, Desired, Generation, Observed, Phase, Plan, Release};
 use crate::provider::{Provider, ProviderError};
+use ledger_format::types::GroupName;
 use ledger_format::types::{EnvName, Environment};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// What the agent remembers between ticks (and restarts) about one environment's gates.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,10 +98,14 @@ pub fn tick<P: Provider + ?Sized>(
             record(provider.launch(env, spec, group, release, now_ms).map(drop))?;
         }
     }
+    let mut leaving: BTreeMap<&GroupName, Vec<String>> = BTreeMap::new();
     for a in current.actions.iter().filter(|_| traffic_moved) {
         if let Action::Terminate { group, id, .. } = a {
-            record(provider.terminate(env, group, id))?;
+            leaving.entry(group).or_default().push(id.clone());
         }
+    }
+    for (group, ids) in leaving {
+        record(provider.terminate_all(env, group, &ids))?;
     }
     Ok(Tick { observed, plan: current, retryable })
 }

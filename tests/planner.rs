@@ -172,7 +172,10 @@ fn check_plan(desired: &Desired, observed: &Observed, now_ms: u64, p: &Plan) {
     }
     if p.phase == Phase::Healthy {
         assert!(p.converged(), "Healthy only when nothing is left to do: {p:#?}");
+        check_really_converged(desired, observed, now_ms, p);
     }
+    let degraded = desired.restoring() || (desired.effective().is_none() && desired.failed.is_some());
+    assert_eq!(p.phase == Phase::Degraded, degraded, "Degraded exactly while a failed gate is in force: {p:#?}");
     // Launching into a group while trimming it as "above capacity" would undo itself.
     for a in &p.actions {
         if let Action::Terminate { group, id, reason } = a {
@@ -275,6 +278,40 @@ fn check_plan(desired: &Desired, observed: &Observed, now_ms: u64, p: &Plan) {
     }
 }
 
+/// A plan that says Healthy must mean it: every group runs exactly its capacity of the effective
+/// release, all healthy (rolling: ready), nothing drifted under `drift: correct`, nothing too old,
+/// and traffic as the strategy sets it at rest.
+fn check_really_converged(desired: &Desired, observed: &Observed, now_ms: u64, p: &Plan) {
+    let spec = desired.spec;
+    let Some(e) = p.effective.as_ref() else {
+        assert!(observed.instances.is_empty(), "Healthy with no target but instances left: {p:#?}");
+        return;
+    };
+    for i in &observed.instances {
+        assert!(spec.groups.iter().any(|g| g.name == i.group), "Healthy with {} in an unknown group", i.id);
+        assert!(runs(i, e), "Healthy with {} not running the effective release: {p:#?}", i.id);
+        assert!(healthy(i), "Healthy with {} {}", i.id, i.health);
+        if spec.drift == ledger_format::types::DriftMode::Correct {
+            assert!(i.drift.is_none(), "Healthy with {} drifted", i.id);
+        }
+        if let Some(age) = spec.max_instance_age_seconds {
+            assert!(now_ms < i.launched_ms + age * 1000, "Healthy with {} too old", i.id);
+        }
+        if let Rollout::Rolling { min_ready_seconds, .. } = spec.strategy {
+            assert!(ready(i, now_ms, min_ready_seconds * 1000), "Healthy with {} not ready yet", i.id);
+        }
+    }
+    for g in &spec.groups {
+        let n = observed.instances.iter().filter(|i| i.group == g.name).count();
+        assert_eq!(n as u64, g.capacity, "Healthy with {n} instances in {} of capacity {}", g.name, g.capacity);
+        let traffic = observed.traffic.get(&g.name).map(|t| &t.traffic);
+        match spec.strategy {
+            Rollout::Rolling { .. } => assert!(matches!(traffic, None | Some(Traffic::Even)), "{traffic:?}"),
+            _ => assert_eq!(traffic, Some(&weighted(&[(e.generation, 100)])), "Healthy with traffic {traffic:?}"),
+        }
+    }
+}
+
 /// What one tick left behind, for tests that look back at a rollout.
 #[derive(Clone, Debug)]
 struct Record {
@@ -337,7 +374,9 @@ impl World {
             // (a) checked on what actually runs as well as on the plan.
             if let Rollout::Rolling { max_surge, .. } = self.spec.strategy {
                 let n = after.iter().filter(|i| i.group == g.name && alive(i)).count();
-                assert!(n as u64 <= g.capacity + max_surge, "{}: {n} alive instances", g.name);
+                // (After a capacity decrease the group may start above the bound; it must not grow.)
+                let was = tick.observed.instances.iter().filter(|i| i.group == g.name && alive(i)).count();
+                assert!(n as u64 <= g.capacity + max_surge || n <= was, "{}: {n} alive instances", g.name);
             }
         }
         let failed_gate = match (&before.failed, &self.memory.failed) {
@@ -1084,6 +1123,11 @@ fn two_groups_roll_out_together_and_are_healthy_only_when_both_are() {
 // ---------------------------------------------------------------------------------------------------
 // Properties: rollouts on the simulated provider
 
+/// Cases per property: `n`, or `PROPTEST_CASES` for a longer search.
+fn cases(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n)
+}
+
 /// A rolling spec the ledger accepts: capacity 1..=8, surge 0..=3, unavailable 0..=capacity, not both 0.
 fn rolling_spec() -> impl Strategy<Value = Environment> {
     (1u64..=8, 0u64..=3, 0u64..=8, 0u64..=3).prop_filter_map(
@@ -1143,7 +1187,7 @@ fn roll_out(spec: Environment, (boot_ms, step_ms, error_rate, seed): (u64, u64, 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     /// (a) capacity + max_surge, (b) capacity - max_unavailable ready and (c) convergence to exactly
     /// `capacity` of the target, with and without launch errors; (a) and (b) are checked every tick.
@@ -1188,6 +1232,37 @@ proptest! {
         let (_, tick) = w.settle(Some(&v3), 3_000);
         prop_assert_eq!(tick.plan.phase, Phase::Healthy);
         prop_assert_eq!(w.generations(), BTreeMap::from([(3, capacity)]));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
+
+    /// The environment spec changes (strategy, capacity) at a random point of a rollout: the rollout
+    /// goes on under the new rules and ends with the new capacity of the target.
+    #[test]
+    fn a_spec_changed_mid_rollout_still_converges(
+        before in prop_oneof![rolling_spec(), weighted_spec()],
+        after in prop_oneof![rolling_spec(), weighted_spec()],
+        params in world_params(),
+        mid in 0usize..40,
+    ) {
+        let (boot_ms, step_ms, error_rate, seed) = params;
+        let config = SimConfig { boot_ms, launch_error_rate: error_rate, seed, ..SimConfig::default() };
+        let mut w = World::new(before, config, step_ms);
+        let (v1, v2) = (release(1, "1.0.0"), release(2, "2.0.0"));
+        w.settle(Some(&v1), 2_000);
+        for _ in 0..mid {
+            w.tick(Some(&v2));
+        }
+        let capacity = after.groups[0].capacity as usize;
+        let weighted_strategy = !matches!(after.strategy, Rollout::Rolling { .. });
+        w.spec = after;
+        let (_, tick) = w.settle(Some(&v2), 3_000);
+        prop_assert_eq!(tick.plan.phase, Phase::Healthy);
+        prop_assert_eq!(w.generations(), BTreeMap::from([(2, capacity)]));
+        let expected = if weighted_strategy { weighted(&[(2, 100)]) } else { Traffic::Even };
+        prop_assert_eq!(w.traffic().unwrap_or(Traffic::Even), expected);
     }
 }
 
@@ -1275,7 +1350,7 @@ fn any_memory() -> impl Strategy<Value = (Option<Generation>, Option<Generation>
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
 
     /// (e) on arbitrary states: `plan` is pure and order-independent, its batches are disjoint, and the
     /// rolling budgets and weighted health rules hold (see `check_plan`).

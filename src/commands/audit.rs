@@ -6,12 +6,14 @@ use crate::cli::AuditArgs;
 use crate::exit::{self, Refused};
 use crate::replay::{replay, CommitReport, Outcome};
 use crate::source::{is_remote, GitSource, LedgerSource};
+use crate::status::{self, Phase};
 use anyhow::Result;
 use ledger_format::document::display_key;
 use ledger_format::history::{Action, Event, TrustAnchor};
 use ledger_format::types::{EnvName, Policy};
 use ledger_format::{KeyId, Timestamp};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
 
@@ -61,7 +63,12 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
         source.repository().workdir().unwrap_or(source.repository().path()).display().to_string()
     };
     let location = shown;
+    let mut observed = BTreeMap::new();
+    for env in verified.state.policy.payload.environments.keys() {
+        observed.insert(env.clone(), observations(source.repository(), env));
+    }
     let view = View {
+        observed: &observed,
         location: &location,
         branch: args.branch.as_deref(),
         head,
@@ -77,6 +84,48 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
         view.print_human();
     }
     Ok(if outcome.refusals.is_empty() { exit::OK } else { exit::VERIFY_FAILED })
+}
+
+/// What the agents reported per target generation, from the status branch (`stele/status`, local or
+/// `origin/`): when it first ran healthy, or that its health gate failed. Empty without a status branch.
+fn observations(repo: &git2::Repository, env: &EnvName) -> BTreeMap<u64, Observation> {
+    let mut out = BTreeMap::new();
+    let history = match status::history(repo, "stele/status", env) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("warning: the status branch cannot be read, so observed generations are not shown: {e}");
+            return out;
+        }
+    };
+    for (when, s) in history.into_iter().rev() {
+        match s.phase {
+            Phase::Healthy => {
+                out.entry(s.observed_generation).or_insert(Observation { converged: Some(when), degraded: None });
+            }
+            Phase::Degraded => {
+                out.entry(s.target_generation).or_insert(Observation { converged: None, degraded: Some(when) });
+            }
+            Phase::Progressing | Phase::Stalled => {}
+        }
+    }
+    out
+}
+
+/// One generation as the agent saw it.
+#[derive(Clone, Copy, Debug)]
+struct Observation {
+    converged: Option<Timestamp>,
+    degraded: Option<Timestamp>,
+}
+
+impl Observation {
+    fn describe(o: Option<&Observation>) -> String {
+        match o {
+            Some(Observation { converged: Some(t), .. }) => format!("ran {t}"),
+            Some(Observation { degraded: Some(t), .. }) => format!("FAILED {t}"),
+            _ => "-".into(),
+        }
+    }
 }
 
 fn short(id: &str) -> &str {
@@ -142,11 +191,12 @@ struct View<'a> {
     outcome: &'a Outcome,
     only: Option<&'a EnvName>,
     at: Option<Timestamp>,
+    observed: &'a BTreeMap<EnvName, BTreeMap<u64, Observation>>,
 }
 
 impl View<'_> {
     fn print_human(&self) {
-        let View { location, head, pinned, policy, outcome, only, at, .. } = *self;
+        let View { location, head, pinned, policy, outcome, only, at, observed, .. } = *self;
         println!(
             "ledger {} — {location}, head {}, {} commits replayed",
             policy.ledger,
@@ -160,8 +210,8 @@ impl View<'_> {
         for env in &envs {
             println!("\n{env}");
             println!(
-                "  {:<4} {:<12} {:<20} {:<9} {:<12} {:<14} DETAIL",
-                "GEN", "COMMIT", "TIME (UTC)", "ACTION", "TARGET", "IMAGE"
+                "  {:<4} {:<12} {:<20} {:<9} {:<12} {:<14} {:<27} DETAIL",
+                "GEN", "COMMIT", "TIME (UTC)", "ACTION", "TARGET", "IMAGE", "OBSERVED (stele/status)"
             );
             for (report, e) in env_events(outcome, env) {
                 let (version, image) = match &e.target {
@@ -169,13 +219,14 @@ impl View<'_> {
                     None => ("-".into(), "-".into()),
                 };
                 println!(
-                    "  {:<4} {:<12} {:<20} {:<9} {:<12} {:<14} {}",
+                    "  {:<4} {:<12} {:<20} {:<9} {:<12} {:<14} {:<27} {}",
                     e.generation,
                     short(&report.commit.id),
                     report.commit.time.map(|t| t.to_string()).unwrap_or_default(),
                     action_word(&e.action),
                     version,
                     image,
+                    Observation::describe(observed.get(*env).and_then(|o| o.get(&e.generation))),
                     detail(policy, report, e)
                 );
             }
@@ -239,10 +290,11 @@ impl View<'_> {
     }
 
     fn print_json(&self) {
-        let View { location, branch, head, pinned, policy, outcome, only, at } = *self;
+        let View { location, branch, head, pinned, policy, outcome, only, at, observed } = *self;
         let key_json =
             |ids: &[KeyId]| ids.iter().map(|id| json!({"keyid": id, "name": policy.key_name(id)})).collect::<Vec<_>>();
         let event_json = |r: &CommitReport, e: &Event| {
+            let seen = e.env.as_ref().and_then(|env| observed.get(env)).and_then(|o| o.get(&e.generation));
             json!({
                 "generation": e.generation,
                 "commit": r.commit.id,
@@ -258,8 +310,9 @@ impl View<'_> {
                     "signed_by": e.revert_signed_by.map(|k| key_json(&[k])),
                 })),
                 "policy_version": e.policy_version,
-                // Filled from the status branch once the agent writes one.
-                "observed": serde_json::Value::Null,
+                // From the status branch: when an agent first reported this generation healthy, or
+                // that its health gate failed.
+                "observed": seen.map(|o| json!({"converged_at": o.converged, "degraded_at": o.degraded})),
             })
         };
         let envs: serde_json::Map<String, serde_json::Value> = policy

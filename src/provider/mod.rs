@@ -52,6 +52,12 @@ pub trait Provider {
     /// Stops one instance (after taking it out of traffic). Idempotent.
     fn terminate(&mut self, env: &EnvName, group: &GroupName, id: &str) -> Result<(), ProviderError>;
 
+    /// Stops several instances of one group; providers that can batch (one traffic change, parallel
+    /// stops) override this.
+    fn terminate_all(&mut self, env: &EnvName, group: &GroupName, ids: &[String]) -> Result<(), ProviderError> {
+        ids.iter().try_for_each(|id| self.terminate(env, group, id))
+    }
+
     /// Changes where a group's traffic goes.
     fn set_traffic(
         &mut self,

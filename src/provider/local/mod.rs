@@ -280,7 +280,7 @@ impl LocalProvider {
         &self,
         env: &EnvName,
         group: &GroupName,
-        exclude: Option<&str>,
+        exclude: &[&str],
         wait: bool,
     ) -> Result<(), ProviderError> {
         let lb = self.balancer(env, group)?;
@@ -291,7 +291,7 @@ impl LocalProvider {
         let records: Vec<InstanceRecord> = self
             .records(env)?
             .into_iter()
-            .filter(|r| &r.group == group && healthy.contains(&r.id) && Some(r.id.as_str()) != exclude)
+            .filter(|r| &r.group == group && healthy.contains(&r.id) && !exclude.contains(&r.id.as_str()))
             .collect();
         let mut per_generation: BTreeMap<u64, usize> = BTreeMap::new();
         for r in &records {
@@ -352,22 +352,20 @@ impl LocalProvider {
         Ok(())
     }
 
-    /// Waits until the balancer has no open connection to `id` (at most `limit`).
-    fn drain(&self, env: &EnvName, group: &GroupName, id: &str, limit: Duration) {
+    /// Waits until the balancer has no open connection to any of `ids` (at most `limit`).
+    fn drain(&self, env: &EnvName, group: &GroupName, ids: &[&str], limit: Duration) {
         let config_path = self.group_dir(env, group).join("lb-config.json");
         let until = Instant::now() + limit;
         while Instant::now() < until {
-            let active = crate::lb::read_report(&config_path)
-                .ok()
-                .flatten()
-                .and_then(|r| r.active.get(id).copied())
-                .unwrap_or(0);
+            let report = crate::lb::read_report(&config_path).ok().flatten();
+            let active: u64 =
+                ids.iter().map(|id| report.as_ref().and_then(|r| r.active.get(*id).copied()).unwrap_or(0)).sum();
             if active == 0 {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        tracing::warn!(%env, %group, id, "connections still open after {limit:?}; stopping anyway");
+        tracing::warn!(%env, %group, ?ids, "connections still open after {limit:?}; stopping anyway");
     }
 
     /// The address clients use for a group (its balancer), if it has one.
@@ -568,7 +566,7 @@ impl Provider for LocalProvider {
             self.healthy.insert((env.clone(), g.name.clone()), healthy_by_group.remove(&g.name).unwrap_or_default());
             // New healthy instances join, failed ones leave, without waiting for the balancer.
             if !self.dry_run {
-                self.sync_balancer(env, &g.name, None, false)?;
+                self.sync_balancer(env, &g.name, &[], false)?;
             }
             traffic.insert(g.name.clone(), self.traffic(env, &g.name)?);
         }
@@ -636,22 +634,50 @@ impl Provider for LocalProvider {
     }
 
     fn terminate(&mut self, env: &EnvName, group: &GroupName, id: &str) -> Result<(), ProviderError> {
-        let dir = self.instance_dir(env, id);
-        let Some(record) = read_json::<InstanceRecord>(&dir.join("instance.json"))? else {
+        self.terminate_all(env, group, &[id.to_owned()])
+    }
+
+    /// Out of the balancer first (one configuration change for the whole batch), then let open
+    /// connections finish, then stop every process group in parallel.
+    fn terminate_all(&mut self, env: &EnvName, group: &GroupName, ids: &[String]) -> Result<(), ProviderError> {
+        let mut records = Vec::new();
+        for id in ids {
+            let dir = self.instance_dir(env, id);
+            if let Some(record) = read_json::<InstanceRecord>(&dir.join("instance.json"))? {
+                records.push((dir, record));
+            }
+        }
+        if records.is_empty() {
             return Ok(());
-        };
-        // Out of the balancer first, then let open connections finish, then stop the process group.
+        }
+        let leaving: Vec<&str> = records.iter().map(|(_, r)| r.id.as_str()).collect();
         if let Some(list) = self.healthy.get_mut(&(env.clone(), group.clone())) {
-            list.retain(|x| x != id);
+            list.retain(|x| !leaving.contains(&x.as_str()));
         }
-        self.sync_balancer(env, group, Some(id), true)?;
-        self.drain(env, group, id, Duration::from_secs(10));
-        if let Some(h) = &record.process {
-            process::stop(h, self.stop_grace()).map_err(io_err("stop", &dir))?;
+        self.sync_balancer(env, group, &leaving, true)?;
+        self.drain(env, group, &leaving, Duration::from_secs(10));
+        let grace = self.stop_grace();
+        let stopped: Vec<Result<(), ProviderError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = records
+                .iter()
+                .map(|(dir, record)| {
+                    scope.spawn(move || match &record.process {
+                        Some(h) => process::stop(h, grace).map_err(io_err("stop", dir)),
+                        None => Ok(()),
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err(ProviderError::Retryable("a stop thread panicked".into()))))
+                .collect()
+        });
+        for ((dir, record), result) in records.iter().zip(stopped) {
+            result?;
+            self.health.remove(&record.id);
+            std::fs::remove_dir_all(dir).map_err(io_err("remove", dir))?;
+            tracing::info!(%env, %group, id = %record.id, "terminated");
         }
-        self.health.remove(id);
-        std::fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
-        tracing::info!(%env, %group, %id, "terminated");
         Ok(())
     }
 
@@ -665,7 +691,7 @@ impl Provider for LocalProvider {
         let dir = self.group_dir(env, group);
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         write_json(&dir.join("traffic.json"), &GroupTraffic { traffic: traffic.clone(), since_ms: now_ms })?;
-        self.sync_balancer(env, group, None, true)?;
+        self.sync_balancer(env, group, &[], true)?;
         tracing::info!(%env, %group, ?traffic, "traffic moved");
         Ok(())
     }
