@@ -436,6 +436,62 @@ fn a_branch_that_keeps_moving_gives_up_as_contended_without_writing() {
     }
 }
 
+/// Installs `hooks/pre-receive` in the bare repository.
+fn pre_receive(remote: &Remote, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let hook = remote.bare.join("hooks/pre-receive");
+    std::fs::write(&hook, format!("#!/bin/sh\n{script}")).expect("write the hook");
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("make the hook executable");
+}
+
+#[test]
+fn a_push_whose_old_value_the_server_no_longer_has_is_a_lost_race() {
+    // The server-side compare-and-swap: the branch moves after the writer's push connection listed it,
+    // so receive-pack itself refuses the update and reports it for the ref. The hook moves the branch
+    // once, outside the push's quarantine, as a concurrent push would.
+    let remote = Remote::new(Transport::GitDaemon);
+    let mut a = remote.writer("a");
+    let (first, _) = committed(a.publish(&status("staging", 1, Phase::Healthy)));
+    let mark = remote.sb.path("move-once");
+    std::fs::write(&mark, "").expect("write the marker");
+    pre_receive(
+        &remote,
+        &format!(
+            "if [ -f '{mark}' ]; then\n  rm -f '{mark}'\n  \
+             env -u GIT_QUARANTINE_PATH -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES sh -c \\\n    \
+             'git update-ref refs/heads/{BRANCH} $(git commit-tree -p refs/heads/{BRANCH} -m moved refs/heads/{BRANCH}^{{tree}})'\n\
+             fi\nexit 0\n",
+            mark = path_str(&mark)
+        ),
+    );
+    let staging = status("staging", 2, Phase::Healthy);
+    let (commit, attempts) = committed(a.publish(&staging));
+    assert!(!mark.exists(), "the hook ran");
+    assert_eq!(attempts, 2, "the server refused the first push and the writer rebuilt");
+    let moved = remote.parents_of(&commit);
+    assert_eq!(moved.len(), 1);
+    assert_eq!(remote.bare_git(&["log", "-1", "--format=%s", &moved[0]]).trim(), "moved");
+    assert_eq!(remote.parents_of(&moved[0]), [first]);
+    assert_eq!(remote.file("status/staging.json"), text(render(&staging)));
+}
+
+#[test]
+fn a_push_the_server_declines_is_a_retryable_network_error_not_a_race() {
+    let remote = Remote::new(Transport::GitDaemon);
+    let mut a = remote.writer("a");
+    committed(a.publish(&status("staging", 1, Phase::Healthy)));
+    let before = remote.tip();
+    pre_receive(&remote, "echo 'status pushes are paused' >&2\nexit 1\n");
+    match a.publish(&status("staging", 2, Phase::Healthy)) {
+        Err(e @ StatusError::Network { .. }) => {
+            assert!(e.is_retryable(), "{e}");
+            assert!(e.to_string().contains("refs/heads/stele/status"), "{e}");
+        }
+        other => panic!("expected a Network error, got {other:?}"),
+    }
+    assert_eq!(remote.tip(), before);
+}
+
 #[test]
 fn a_corrupt_status_file_is_reported_by_name_and_never_overwritten() {
     for transport in TRANSPORTS {
