@@ -5,7 +5,9 @@
 use crate::image::ImageError;
 use crate::keys::KeyError;
 use crate::repo::RepoError;
+use crate::provider::ProviderError;
 use crate::source::SourceError;
+use crate::status::StatusError;
 
 /// Success.
 pub const OK: u8 = 0;
@@ -49,6 +51,18 @@ pub fn for_error(err: &anyhow::Error) -> u8 {
                 SourceError::Network { .. } | SourceError::Git { .. } => IO,
                 SourceError::Rewritten { .. } => VERIFY_FAILED,
                 SourceError::NoBranch { .. } | SourceError::UnknownHostKey { .. } => REFUSED,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<StatusError>() {
+            return match e {
+                StatusError::Refused { .. } | StatusError::Corrupt { .. } => REFUSED,
+                StatusError::Network { .. } | StatusError::Contended { .. } | StatusError::Git { .. } => IO,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<ProviderError>() {
+            return match e {
+                ProviderError::Refused(_) => REFUSED,
+                ProviderError::Retryable(_) => IO,
             };
         }
         if let Some(e) = cause.downcast_ref::<RepoError>() {
