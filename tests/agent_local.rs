@@ -118,7 +118,6 @@ impl World {
         v["environments"].get(0).cloned().unwrap_or(Value::Null)
     }
 
-    #[allow(dead_code)]
     fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let until = Instant::now() + Duration::from_secs(60);
         loop {
@@ -576,4 +575,52 @@ fn canary_whose_health_check_fails_is_halted_the_previous_generation_restored_an
     assert_eq!(versions.last().map(String::as_str), Some("4.0.0"));
     let s = w.status();
     assert_eq!((s["phase"].as_str(), s["observed_generation"].as_u64()), (Some("Healthy"), Some(3)), "{s:#}");
+}
+
+#[test]
+fn plan_shows_the_next_step_and_changes_nothing() {
+    let w = World::new();
+    let v1 = w.image("1.0.0", false);
+    let v2 = w.image("2.0.0", false);
+    w.release("1.0.0", &v1, &[]).expect(OK);
+    w.agent_once().expect(OK);
+    let before = w.live_instances();
+    let verified_before = std::fs::read(w.state.join("verified.json")).expect("verified state");
+    w.release("2.0.0", &v2, &[]).expect(OK);
+    let out = w.ledger.stele(["plan", "--config", &path_str(&w.config)]);
+    out.expect(OK).says(&["staging: Progressing", "launch    web: 2.0.0 (generation 2)"]);
+    let json = w.ledger.stele(["plan", "--config", &path_str(&w.config), "--json"]);
+    let v: Value = serde_json::from_str(&json.expect(OK).stdout).expect("plan JSON");
+    let actions = v["environments"][0]["plan"]["actions"].as_array().expect("actions").clone();
+    assert!(actions.iter().any(|a| a["action"] == "launch"), "{v:#}");
+    assert_eq!(w.live_instances(), before, "plan started or stopped nothing");
+    assert_eq!(
+        std::fs::read(w.state.join("verified.json")).expect("verified state"),
+        verified_before,
+        "plan did not move the high-water mark"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_agent_between_steps_and_instances_keep_serving() {
+    let mut w = World::new();
+    let v1 = w.image("1.0.0", false);
+    w.release("1.0.0", &v1, &[]).expect(OK);
+    w.spawn_agent();
+    w.wait_status("Healthy", |s| s["phase"] == "Healthy");
+    let pid = w.agent.as_ref().expect("agent").id() as i32;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = w.agent.as_mut().expect("agent").try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < until, "the agent did not stop on SIGTERM:\n{}", w.agent_log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", w.agent_log());
+    assert!(w.agent_log().contains("shutdown requested"), "{}", w.agent_log());
+    assert!(w.get("/version").expect("instances and balancer outlive the agent").starts_with("1.0.0 "));
+    assert_eq!(w.live_instances().len(), 2);
 }

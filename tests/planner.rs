@@ -94,6 +94,19 @@ fn weighted(pairs: &[(Generation, u32)]) -> Traffic {
     Traffic::Weighted(pairs.iter().copied().collect())
 }
 
+/// An instance of `r` in group `web`, for observed states built by hand.
+fn instance(id: &str, r: &Release, launched_ms: u64, health: Health, drift: Option<&str>) -> Instance {
+    Instance {
+        id: id.into(),
+        group: web(),
+        generation: r.generation,
+        digest: *r.digest(),
+        launched_ms,
+        health,
+        drift: drift.map(str::to_owned),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Invariants, checked after every tick of every test
 
@@ -360,12 +373,14 @@ impl World {
         );
         let after = self.sim.snapshot(self.now);
         for g in &self.spec.groups {
-            // Traffic never points at a generation that has no instance left (unless nothing is left).
+            // A plan never terminates the last instances of a generation that still has traffic
+            // (unless the environment has no target at all).
             let traffic = self.sim.traffic(&g.name).filter(|_| tick.plan.effective.is_some());
             if let Some(GroupTraffic { traffic: Traffic::Weighted(w), .. }) = traffic {
                 for (generation, _) in w.iter().filter(|(_, w)| **w > 0) {
+                    let had = tick.observed.instances.iter().any(|i| i.group == g.name && i.generation == *generation);
                     assert!(
-                        after.iter().any(|i| i.group == g.name && i.generation == *generation),
+                        !had || after.iter().any(|i| i.group == g.name && i.generation == *generation),
                         "{}: traffic {w:?} points at generation {generation}, which has no instance left",
                         g.name
                     );
@@ -871,18 +886,6 @@ fn an_instance_of_the_target_generation_with_another_image_is_replaced_not_taken
     }
 }
 
-fn instance(id: &str, r: &Release, launched_ms: u64, health: Health, drift: Option<&str>) -> Instance {
-    Instance {
-        id: id.into(),
-        group: web(),
-        generation: r.generation,
-        digest: *r.digest(),
-        launched_ms,
-        health,
-        drift: drift.map(str::to_owned),
-    }
-}
-
 #[test]
 fn drift_is_replaced_under_correct_and_only_reported_under_report() {
     let v2 = release(2, "2.0.0");
@@ -1075,8 +1078,8 @@ fn a_restart_after_a_failed_gate_keeps_the_old_generation() {
     let (v1, v2) = (release(1, "1.0.0"), release(2, "2.0.0"));
     w.deploy(&v1);
     w.settle(Some(&v2), 200);
-    let saved = w.memory.clone();
-    w.memory = saved;
+    // The agent restarts and reads back the memory it saved as JSON.
+    w.memory = serde_json::from_str(&serde_json::to_string(&w.memory).unwrap()).unwrap();
     let launched = w.launches_of(2);
     for _ in 0..100 {
         assert_eq!(w.tick(Some(&v2)).plan.phase, Phase::Degraded);
@@ -1387,6 +1390,183 @@ proptest! {
             prop_assert_eq!(p.phase, Phase::Degraded);
             let relaunches = p.actions.iter().any(|a| matches!(a, Action::Launch { release, .. } if Some(release.generation) == target));
             prop_assert!(!relaunches, "launches the failed generation");
+        }
+    }
+}
+
+/// One change to a converged environment.
+#[derive(Clone, Debug)]
+enum Perturb {
+    Drift(usize),
+    OtherImage(usize),
+    Health(usize, Health),
+    Remove(usize),
+    Old(Generation, Health),
+    Traffic(Option<GroupTraffic>),
+    Launched(usize, u64),
+}
+
+fn any_perturb() -> impl Strategy<Value = Perturb> {
+    prop_oneof![
+        (0usize..16).prop_map(Perturb::Drift),
+        (0usize..16).prop_map(Perturb::OtherImage),
+        (0usize..16, any_health()).prop_map(|(i, h)| Perturb::Health(i, h)),
+        (0usize..16).prop_map(Perturb::Remove),
+        (1u64..=3, any_health()).prop_map(|(g, h)| Perturb::Old(g, h)),
+        any_traffic().prop_map(Perturb::Traffic),
+        (0usize..16, 0u64..400_000).prop_map(|(i, t)| Perturb::Launched(i, t)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
+
+    /// The same checks on states close to converged: the target at capacity, healthy, with its traffic,
+    /// then a few changes (drift, another image, failures, losses, leftovers of another generation,
+    /// traffic moved, age). An unchanged state must plan nothing and be Healthy.
+    #[test]
+    fn plan_is_pure_disjoint_and_within_budgets_near_a_converged_state(
+        spec in any_spec(),
+        target in 1u64..=3,
+        healthy_before in any::<bool>(),
+        perturbs in proptest::collection::vec(any_perturb(), 0..4),
+        now_ms in 400_000u64..500_000,
+    ) {
+        let r = |g: Generation| release(g, &format!("{g}.0.0"));
+        let t = r(target);
+        let mut observed = Observed::default();
+        for g in &spec.groups {
+            for _ in 0..g.capacity {
+                let mut i = instance("", &t, now_ms - 30_000, Health::Healthy { since_ms: now_ms - 25_000 }, None);
+                i.group = g.name.clone();
+                observed.instances.push(i);
+            }
+            if !matches!(spec.strategy, Rollout::Rolling { .. }) {
+                observed.traffic.insert(g.name.clone(), GroupTraffic { traffic: weighted(&[(target, 100)]), since_ms: 0 });
+            }
+        }
+        let unchanged = perturbs.is_empty();
+        for p in perturbs {
+            let n = observed.instances.len().max(1);
+            match p {
+                Perturb::Drift(i) => if let Some(i) = observed.instances.get_mut(i % n) { i.drift = Some("files changed".into()) },
+                Perturb::OtherImage(i) => if let Some(i) = observed.instances.get_mut(i % n) { i.digest = digest_of("other") },
+                Perturb::Health(i, h) => if let Some(i) = observed.instances.get_mut(i % n) { i.health = h },
+                Perturb::Remove(i) => if !observed.instances.is_empty() { observed.instances.remove(i % n); },
+                Perturb::Old(g, h) => observed.instances.push(instance("", &r(g), 1_000, h, None)),
+                Perturb::Traffic(t) => match t {
+                    Some(t) => { observed.traffic.insert(web(), t); }
+                    None => { observed.traffic.remove(&web()); }
+                },
+                Perturb::Launched(i, at) => if let Some(i) = observed.instances.get_mut(i % n) { i.launched_ms = at },
+            }
+        }
+        for (n, i) in observed.instances.iter_mut().enumerate() {
+            i.id = format!("i-{n:02}");
+        }
+        // The target was healthy here before (an established release), or is being rolled out over
+        // the previous generation.
+        let last_good = if healthy_before { Some(t.clone()) } else if target > 1 { Some(r(target - 1)) } else { None };
+        let desired = Desired { spec: &spec, target: Some(t), last_good, failed: None };
+        let p = plan(&desired, &observed, now_ms);
+        check_plan(&desired, &observed, now_ms, &p);
+        if unchanged && spec.max_instance_age_seconds.is_none_or(|age| age > 30) {
+            prop_assert!(p.actions.is_empty(), "{:#?}", p);
+            prop_assert_eq!(p.phase, Phase::Healthy);
+        }
+    }
+}
+
+/// Something that happens to an environment between ticks.
+#[derive(Clone, Debug)]
+enum Event {
+    /// A new target generation; `bad` releases never pass a health check.
+    Promote { bad: bool },
+    /// The environment has no target for a while.
+    Unset,
+    /// Hosts start or stop vanishing.
+    Vanish(bool),
+    /// The environment spec changes.
+    Spec(Environment),
+    /// The agent restarts with the memory it saved some ticks ago, or with none.
+    Restart { forget: bool },
+}
+
+fn any_event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        4 => any::<bool>().prop_map(|bad| Event::Promote { bad }),
+        1 => Just(Event::Unset),
+        1 => any::<bool>().prop_map(Event::Vanish),
+        2 => prop_oneof![rolling_spec(), weighted_spec()].prop_map(Event::Spec),
+        1 => any::<bool>().prop_map(|forget| Event::Restart { forget }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
+
+    /// Liveness from wherever a random history leaves the environment: promotions (good and failing) at
+    /// any point of a rollout, periods without a target, lost hosts, spec changes and agent restarts,
+    /// with every tick checked against the invariants. When the history ends the environment must settle
+    /// within a bound: Healthy on the last target if it is good, else Degraded with only the last good
+    /// release (or nothing), and never launch a failed generation again.
+    #[test]
+    fn any_history_of_promotions_failures_and_restarts_settles(
+        first in prop_oneof![rolling_spec(), weighted_spec()],
+        params in world_params(),
+        history in proptest::collection::vec((1usize..30, any_event()), 1..12),
+    ) {
+        let (boot_ms, step_ms, error_rate, seed) = params;
+        let config = SimConfig { boot_ms, launch_error_rate: error_rate, seed, ..SimConfig::default() };
+        let mut w = World::new(first, config, step_ms);
+        let mut target: Option<Release> = None;
+        let mut generation = 0;
+        let mut saved = w.memory.clone();
+        let mut good: BTreeMap<Generation, bool> = BTreeMap::new();
+        for (ticks, event) in history {
+            match event {
+                Event::Promote { bad } => {
+                    generation += 1;
+                    let version = format!("{generation}.0.0");
+                    if bad {
+                        w.sim.config.unhealthy.insert(version.parse().unwrap());
+                    }
+                    good.insert(generation, !bad);
+                    target = Some(release(generation, &version));
+                }
+                Event::Unset => target = None,
+                Event::Vanish(on) => w.sim.config.vanish_rate = if on { 0.02 } else { 0.0 },
+                Event::Spec(spec) => w.spec = spec,
+                Event::Restart { forget } => {
+                    w.memory = if forget { Memory::default() } else { saved.clone() };
+                }
+            }
+            saved = w.memory.clone();
+            for _ in 0..ticks {
+                w.tick(target.as_ref());
+            }
+        }
+        w.sim.config.vanish_rate = 0.0;
+        let (_, tick) = w.settle(target.as_ref(), 5_000);
+        let capacity = w.spec.groups[0].capacity as usize;
+        match &target {
+            None => prop_assert!(w.instances().is_empty()),
+            Some(t) if good[&t.generation] => {
+                prop_assert_eq!(tick.plan.phase, Phase::Healthy);
+                prop_assert_eq!(w.generations(), BTreeMap::from([(t.generation, capacity)]));
+            }
+            Some(t) => {
+                prop_assert_eq!(tick.plan.phase, Phase::Degraded);
+                let launched = w.launches_of(t.generation);
+                for _ in 0..100 {
+                    w.tick(target.as_ref());
+                }
+                prop_assert_eq!(w.launches_of(t.generation), launched);
+                match &w.memory.last_good {
+                    Some(g) => prop_assert_eq!(w.generations(), BTreeMap::from([(g.generation, capacity)])),
+                    None => prop_assert!(w.instances().is_empty()),
+                }
+            }
         }
     }
 }
