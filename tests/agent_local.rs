@@ -296,6 +296,16 @@ fn rolling_update_and_revert_lose_no_request_through_the_balancer() {
     let live = w.live_instances();
     assert_eq!(live.len(), 2, "exactly capacity instances run: {live:?}");
     assert!(live.iter().all(|(_, v)| v == "1.0.0"), "{live:?}");
+
+    // The auditor sees, beside each target, that the agent ran it (from the status branch).
+    let audit = w.ledger.stele(["audit", "--env", "staging", "--json", "--trust-root", &w.alice.id]);
+    let v: Value = serde_json::from_str(&audit.expect(OK).stdout).expect("audit JSON");
+    let events = v["environments"]["staging"]["events"].as_array().expect("events").clone();
+    let observed: Vec<(u64, bool)> = events
+        .iter()
+        .map(|e| (e["generation"].as_u64().unwrap_or(0), e["observed"]["converged_at"].is_string()))
+        .collect();
+    assert_eq!(observed, [(1, true), (2, true), (3, true)], "{v:#}");
 }
 
 #[test]

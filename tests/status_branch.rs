@@ -11,11 +11,8 @@ mod common;
 
 use common::*;
 use ledger_format::Blake3Digest;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, Once};
-use std::time::{Duration, Instant};
 use stele::status::{
     history, open_repository, read_all, render, EnvStatus, InstanceStatus, Phase, Published, StatusError, StatusWriter,
     TargetStatus, FORMAT,
@@ -49,54 +46,6 @@ enum Transport {
 
 const TRANSPORTS: [Transport; 3] = [Transport::BarePath, Transport::FileUrl, Transport::GitDaemon];
 
-/// `git daemon` serving the sandbox on loopback, pushes included. Killed on drop.
-struct Daemon {
-    child: Child,
-    port: u16,
-}
-
-impl Daemon {
-    fn serve(sb: &Sandbox) -> Self {
-        // Start git-daemon itself rather than `git daemon`, which would leave it running as a child
-        // of the process a kill reaches.
-        let program = Path::new(sb.git(sb.root(), ["--exec-path"]).trim()).join("git-daemon");
-        let log = sb.path("git-daemon.log");
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = scrubbed(&path_str(&program), sb.root(), sb.root())
-                .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1", "--enable=receive-pack"])
-                .arg(format!("--base-path={}", path_str(sb.root())))
-                .arg(format!("--port={port}"))
-                .arg("--informative-errors")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("create the daemon log"))
-                .spawn()
-                .expect("spawn git-daemon (part of the git CLI these tests need)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().expect("check on git-daemon").is_some() {
-                    break; // Most likely the port was taken meanwhile: try another.
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Daemon { child, port };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("git-daemon did not start\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A bare ledger repository (`remote.git`, with a `main` branch) and the location writers reach it
 /// by.
 struct Remote {
@@ -104,7 +53,7 @@ struct Remote {
     bare: PathBuf,
     location: String,
     transport: Transport,
-    _daemon: Option<Daemon>,
+    _daemon: Option<GitDaemon>,
 }
 
 impl Remote {
@@ -123,7 +72,7 @@ impl Remote {
             Transport::BarePath => (path_str(&bare), None),
             Transport::FileUrl => (format!("file://{}", path_str(&bare)), None),
             Transport::GitDaemon => {
-                let daemon = Daemon::serve(&sb);
+                let daemon = GitDaemon::serve(&sb, sb.root());
                 (format!("git://127.0.0.1:{}/remote.git", daemon.port), Some(daemon))
             }
         };

@@ -11,9 +11,11 @@
 
 use std::ffi::OsStr;
 use std::io::Write;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// The binary under test, built by Cargo for this test run.
@@ -415,4 +417,56 @@ fn run(cmd: Command, stdin: Option<&[u8]>) -> Output {
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("a bound address").port()
+}
+
+/// `git daemon` serving every repository under `base` on loopback, pushes included. Killed on drop.
+pub struct GitDaemon {
+    child: Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    pub fn serve(sb: &Sandbox, base: &Path) -> Self {
+        // `git daemon` runs git-daemon as a child of its own and would outlive a kill of the `git`
+        // process: start the daemon program itself, so that the process killed is the one listening.
+        let program = Path::new(sb.git(sb.root(), ["--exec-path"]).trim()).join("git-daemon");
+        let log = sb.path("git-daemon.log");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = scrubbed(&path_str(&program), sb.root(), base)
+                .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1", "--enable=receive-pack"])
+                .arg(format!("--base-path={}", path_str(base)))
+                .arg(format!("--port={port}"))
+                .arg("--informative-errors")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("create the daemon log"))
+                .spawn()
+                .expect("spawn git daemon (part of the git CLI these tests need)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().expect("check on git daemon").is_some() {
+                    break; // most likely the port was taken in the meantime: try another
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return GitDaemon { child, port };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("git daemon did not start\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    pub fn url(&self, repo: &str) -> String {
+        format!("git://127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
