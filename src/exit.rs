@@ -4,8 +4,8 @@
 
 use crate::image::ImageError;
 use crate::keys::KeyError;
-use crate::repo::RepoError;
 use crate::provider::ProviderError;
+use crate::repo::RepoError;
 use crate::source::SourceError;
 use crate::status::StatusError;
 

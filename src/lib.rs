@@ -3,20 +3,20 @@
 //! This crate is the I/O shell around the pure `ledger_format` core: key files, image files, the Git
 //! repository, and the command line. See ARCHITECTURE.md for the map.
 
-pub mod cli;
 pub mod agent;
+pub mod cli;
 pub mod commands;
 pub mod converge;
 pub mod exit;
 pub mod image;
 pub mod keys;
-pub mod replay;
-pub mod repo;
-pub mod source;
-pub mod state;
-pub mod sync;
 pub mod lb;
 pub mod logging;
 pub mod plan;
 pub mod provider;
+pub mod replay;
+pub mod repo;
+pub mod source;
+pub mod state;
 pub mod status;
+pub mod sync;
