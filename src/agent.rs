@@ -77,7 +77,7 @@ pub fn release_of(h: &EnvHistory) -> Option<Release> {
 pub struct Worker {
     cfg: AgentConfig,
     ledger: LedgerSync,
-    provider: Box<dyn Provider + Send>,
+    providers: Providers,
     status: Option<StatusWriter>,
     memory: BTreeMap<EnvName, Memory>,
     /// Last status written per environment (compared without `updated_at`).
@@ -94,7 +94,7 @@ impl Worker {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("{}: cannot create the state directory", cfg.state_dir.display()))?;
         let ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?;
-        let provider = LocalProvider::new(&cfg.state_dir, cfg.local.clone(), cfg.stele_exe.clone())?;
+        let providers = Providers::new(&cfg)?;
         let status = match &cfg.status_branch {
             Some(b) => Some(StatusWriter::open(&cfg.repo, b, &cfg.state_dir.join("status.git"))?),
             None => None,
@@ -103,7 +103,7 @@ impl Worker {
         Ok(Self {
             cfg,
             ledger,
-            provider: Box::new(provider),
+            providers,
             status,
             memory,
             published: BTreeMap::new(),
@@ -184,11 +184,19 @@ impl Worker {
                 (exp.unix().saturating_mul(1000) <= now as i64)
                     .then(|| format!("the target entry {} (seq {}) expired at {exp}; holding", t.version, t.seq))
             });
+            let provider = match self.providers.for_spec(spec) {
+                Ok(p) => p,
+                Err(why) => {
+                    tracing::error!(%env, "STALLED: {why}");
+                    summary.phases.insert(env.clone(), Phase::Stalled);
+                    continue;
+                }
+            };
             let (phase, message, observed, tick_done) = if let Some(why) = expired {
-                let observed = self.provider.observe(env, spec, now).unwrap_or_default();
+                let observed = provider.observe(env, spec, now).unwrap_or_default();
                 (Phase::Stalled, why, observed, true)
             } else {
-                match converge::tick(self.provider.as_mut(), env, spec, target.as_ref(), &mut memory, now) {
+                match converge::tick(provider, env, spec, target.as_ref(), &mut memory, now) {
                     Ok(t) => {
                         if !t.retryable.is_empty() {
                             summary.retryable_failure = true;
@@ -228,7 +236,7 @@ impl Worker {
                     }
                     Err(ProviderError::Refused(why)) => {
                         tracing::error!(%env, "STALLED: {why}");
-                        let observed = self.provider.observe(env, spec, now).unwrap_or_default();
+                        let observed = provider.observe(env, spec, now).unwrap_or_default();
                         (Phase::Stalled, why.clone(), observed, true)
                     }
                     Err(ProviderError::Retryable(why)) => {
@@ -323,6 +331,42 @@ impl Worker {
                 self.published.insert(env, status);
             }
             Err(e) => tracing::warn!(%env, retryable = e.is_retryable(), "status not written: {e}"),
+        }
+    }
+}
+
+/// The providers an agent drives, chosen per environment by its spec's `provider.kind`.
+struct Providers {
+    local: LocalProvider,
+    #[cfg(feature = "aws")]
+    aws: Option<crate::provider::aws::AwsProvider>,
+}
+
+impl Providers {
+    fn new(cfg: &AgentConfig) -> Result<Self> {
+        Ok(Self {
+            local: LocalProvider::new(&cfg.state_dir, cfg.local.clone(), cfg.stele_exe.clone())?,
+            #[cfg(feature = "aws")]
+            aws: None,
+        })
+    }
+
+    fn for_spec(&mut self, spec: &ledger_format::types::Environment) -> Result<&mut dyn Provider, String> {
+        match &spec.provider {
+            ledger_format::types::Provider::Local {} => Ok(&mut self.local),
+            #[cfg(feature = "aws")]
+            ledger_format::types::Provider::Aws { .. } => {
+                if self.aws.is_none() {
+                    self.aws = Some(crate::provider::aws::AwsProvider::new().map_err(|e| e.to_string())?);
+                }
+                Ok(self.aws.as_mut().expect("created above"))
+            }
+            #[cfg(not(feature = "aws"))]
+            ledger_format::types::Provider::Aws { .. } => Err(format!(
+                "environment {} uses provider aws, but this stele was built without the `aws` feature \
+                 (cargo build --features aws)",
+                spec.name
+            )),
         }
     }
 }

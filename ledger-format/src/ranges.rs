@@ -3,7 +3,7 @@
 //!
 //! Owns: the numeric limits. Must not look beyond the one spec it is given.
 
-use crate::types::{Environment, HealthCheck, Strategy};
+use crate::types::{Environment, HealthCheck, Provider, Strategy};
 use std::collections::BTreeSet;
 
 /// Largest capacity of one instance group.
@@ -76,6 +76,20 @@ pub fn check_environment_ranges(spec: &Environment) -> Result<(), String> {
         return Err("health: deadline_seconds must be at least 1".into());
     }
     check_wait("health: deadline_seconds", deadline_seconds)?;
+    if let Provider::Aws { subnets, ami_owners, listener, vpc, port, .. } = &spec.provider {
+        if subnets.is_empty() || ami_owners.is_empty() {
+            return Err("aws: subnets and ami_owners must not be empty".into());
+        }
+        if let Some(p) = port {
+            if !(1..=65_535).contains(p) {
+                return Err(format!("aws: port {p} outside 1..=65535"));
+            }
+        }
+        let weighted = !matches!(spec.strategy, Strategy::Rolling { .. });
+        if weighted && (listener.is_none() || vpc.is_none() || port.is_none()) {
+            return Err("aws: blue_green and canary need listener, vpc and port (traffic moves by listener weights between per-generation target groups)".into());
+        }
+    }
     if let Some(age) = spec.max_instance_age_seconds {
         if age < 60 {
             return Err(format!("max_instance_age_seconds {age} is below the minimum of 60"));

@@ -117,6 +117,41 @@ checked_string!(
     "use an absolute path of at most 256 printable ASCII characters"
 );
 
+checked_string!(
+    /// An AWS region such as `eu-west-1`.
+    AwsRegion, "aws region",
+    |s| (4..=32).contains(&s.len()) && s.as_bytes()[0].is_ascii_lowercase()
+        && s.as_bytes()[s.len() - 1].is_ascii_digit()
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
+    "use a region name such as eu-west-1"
+);
+checked_string!(
+    /// A launch template name.
+    AwsName, "aws name",
+    |s| (3..=128).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'(' | b')' | b'.' | b'/' | b'_' | b'-')),
+    "use 3-128 of A-Z a-z 0-9 ( ) . / _ -"
+);
+checked_string!(
+    /// An AWS resource id such as `subnet-0123abcd` or `vpc-0123abcd`.
+    AwsId, "aws resource id",
+    |s| s.len() <= 64 && s.split_once('-').is_some_and(|(kind, hex)| !kind.is_empty()
+        && kind.bytes().all(|c| c.is_ascii_lowercase()) && !hex.is_empty()
+        && hex.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())),
+    "use an id such as subnet-0123abcd (lowercase kind, '-', lowercase hex)"
+);
+checked_string!(
+    /// A 12-digit AWS account id.
+    AwsAccount, "aws account id",
+    |s| s.len() == 12 && s.bytes().all(|c| c.is_ascii_digit()),
+    "use the 12-digit account id"
+);
+checked_string!(
+    /// An Amazon Resource Name.
+    AwsArn, "aws arn",
+    |s| s.starts_with("arn:") && s.len() <= 2048 && s.bytes().all(|c| c.is_ascii_graphic()),
+    "use an ARN (arn:partition:service:region:account:resource)"
+);
+
 /// A payload kind's `type` member: a unit value that only deserializes from its one spelling.
 macro_rules! type_tag {
     ($name:ident, $value:literal) => {
@@ -216,6 +251,29 @@ pub struct Environment {
 pub enum Provider {
     /// Processes on the agent's host, started from the verified image directory.
     Local {},
+    /// EC2 Auto Scaling groups launched from launch-template versions pinned to the entry's AMI
+    /// (SPEC.md §6.2, revision 2).
+    Aws {
+        region: AwsRegion,
+        /// The operator's launch template (instance type, network, user data); Stele adds one version
+        /// per release with only the image changed.
+        launch_template: AwsName,
+        /// Subnets for groups Stele creates.
+        subnets: Vec<AwsId>,
+        /// Accounts whose AMIs may run here.
+        ami_owners: Vec<AwsAccount>,
+        /// Target groups the rolling group is attached to.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        target_groups: Vec<AwsArn>,
+        /// The ALB listener whose weighted forward action carries blue/green and canary traffic.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listener: Option<AwsArn>,
+        /// The VPC and port of the per-generation target groups (blue/green, canary).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vpc: Option<AwsId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,5 +387,36 @@ mod tests {
         assert!(serde_json::from_value::<Strategy>(extra).is_err());
         let local_extra = serde_json::json!({"kind": "local", "x": 1});
         assert!(serde_json::from_value::<Provider>(local_extra).is_err());
+    }
+}
+
+#[cfg(test)]
+mod aws_tests {
+    use super::*;
+
+    #[test]
+    fn aws_provider_members_are_validated_and_unknown_ones_refused() {
+        let ok = serde_json::json!({
+            "kind": "aws", "region": "eu-west-1", "launch_template": "web-base",
+            "subnets": ["subnet-0a1b2c"], "ami_owners": ["123456789012"],
+            "listener": "arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/x/1/2",
+            "vpc": "vpc-0abc", "port": 8080
+        });
+        let p: Provider = serde_json::from_value(ok.clone()).expect("valid");
+        assert_eq!(serde_json::to_value(&p).expect("renders"), ok);
+        for (member, bad) in [
+            ("region", serde_json::json!("EU-WEST-1")),
+            ("subnets", serde_json::json!(["subnet_0a"])),
+            ("ami_owners", serde_json::json!(["12345"])),
+            ("listener", serde_json::json!("listener/1")),
+            ("vpc", serde_json::json!("vpc-XYZ")),
+        ] {
+            let mut v = ok.clone();
+            v[member] = bad;
+            assert!(serde_json::from_value::<Provider>(v).is_err(), "{member}");
+        }
+        let mut extra = ok;
+        extra["endpoint"] = serde_json::json!("http://localhost");
+        assert!(serde_json::from_value::<Provider>(extra).is_err(), "unknown members are refused");
     }
 }

@@ -5,6 +5,8 @@
 //! Owns: the `Provider` trait and the errors the loop branches on. Implementations: `local` (processes
 //! on this host, the embedded default) and `sim` (deterministic, virtual time, injected failures).
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod local;
 pub mod sim;
 
