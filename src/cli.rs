@@ -388,8 +388,15 @@ pub struct ReleaseArgs {
     #[arg(long, value_name = "V")]
     pub version: String,
     /// Image artifact: a local path, or a file://, http:// or https:// URL. It is hashed as a stream.
-    #[arg(long, value_name = "PATH_OR_URL")]
-    pub image: String,
+    #[arg(long, value_name = "PATH_OR_URL", required_unless_present = "ami")]
+    pub image: Option<String>,
+    /// A machine image instead (an AMI id, for `aws` environments), with --blake3: the digest its bake
+    /// pipeline recorded (and tagged the AMI `stele:blake3` with). The agent checks the tag.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["image", "uri", "expect_blake3", "expect_size"], requires = "blake3")]
+    pub ami: Option<String>,
+    /// With --ami: the image's BLAKE3 digest (hex).
+    #[arg(long, value_name = "HEX", requires = "ami")]
+    pub blake3: Option<String>,
     /// Record this URI in the entry instead of the image's own location (hash a local copy, publish
     /// the URL the agents fetch from).
     #[arg(long, value_name = "URI")]

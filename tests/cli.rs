@@ -225,3 +225,50 @@ fn root_rotation_needs_old_and_new_root_and_retires_the_old_root() {
     ledger.release("qa", "0.1.0", &image, &new).says(&["threshold 1 met"]);
     ledger.expect_valid(&[]).says(&["qa: 0.1.0 (seq 1)"]);
 }
+
+/// An AWS release pins an AMI and the digest its bake pipeline recorded; nothing is fetched. The two
+/// go together, and an artifact's flags do not mix with them.
+#[test]
+fn release_of_a_machine_image_records_the_ami_and_its_recorded_digest() {
+    let sb = Sandbox::new();
+    let alice = sb.key("alice");
+    let ledger = sb.ledger("ledger", "ami", &alice, &["prod"]);
+    let digest = "ab".repeat(32);
+    let out = ledger.stele([
+        "release",
+        "--env",
+        "prod",
+        "--version",
+        "2.0.0",
+        "--ami",
+        "ami-0123456789abcdef0",
+        "--blake3",
+        &digest,
+        "--key",
+        &alice.secret(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out.expect(OK).stdout).expect("JSON");
+    assert_eq!(
+        v["image"],
+        serde_json::json!({"kind": "machine_image", "id": "ami-0123456789abcdef0", "blake3": digest})
+    );
+    ledger.expect_valid(&[]);
+    let message = ledger.git(["log", "-1", "--format=%B"]);
+    assert!(message.contains("machine image: ami-0123456789abcdef0"), "{message}");
+    for bad in [
+        vec!["--ami", "ami-1"],                                          // no digest
+        vec!["--ami", "ami-1", "--blake3", &digest, "--image", "x.tar"], // both kinds
+        vec!["--blake3", &digest],                                       // digest without an AMI
+    ] {
+        let mut args = vec!["release", "--env", "prod", "--version", "3.0.0"];
+        args.extend(bad);
+        let key = alice.secret();
+        args.extend(["--key", &key]);
+        ledger.stele(&args).expect(USAGE);
+    }
+    let mut args = vec!["release", "--env", "prod", "--version", "3.0.0", "--ami", "ami-1", "--blake3", "XYZ"];
+    let key = alice.secret();
+    args.extend(["--key", &key]);
+    ledger.stele(&args).expect(REFUSED);
+}

@@ -79,14 +79,26 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
         return Err(Refused(format!("--expires {t} is not in the future")).into());
     }
 
-    let (source, uri) = locate(&args.image, args.uri.as_deref())?;
-    eprintln!("hashing {} ...", args.image);
-    let digest = match &source {
-        Source::File(path) => image::digest_file(path, Some(args.max_size))?,
-        Source::Url(url) => image::digest_url(url, Some(args.max_size))?,
+    let image = match (&args.image, &args.ami) {
+        (Some(path_or_url), _) => {
+            let (source, uri) = locate(path_or_url, args.uri.as_deref())?;
+            eprintln!("hashing {path_or_url} ...");
+            let digest = match &source {
+                Source::File(path) => image::digest_file(path, Some(args.max_size))?,
+                Source::Url(url) => image::digest_url(url, Some(args.max_size))?,
+            };
+            check_expectations(&args, path_or_url, &digest)?;
+            Image::Artifact { uri, blake3: digest.blake3, size: digest.size }
+        }
+        (None, Some(ami)) => {
+            // A machine image is not fetched here: its digest is what the bake pipeline recorded, and
+            // the agent checks the AMI's `stele:blake3` tag against it before anything changes.
+            let id = ami.parse().map_err(Refused)?;
+            let hex = args.blake3.as_deref().expect("clap requires --blake3 with --ami");
+            Image::MachineImage { id, blake3: hex.parse().map_err(Refused)? }
+        }
+        (None, None) => unreachable!("clap requires --image or --ami"),
     };
-    check_expectations(&args, &args.image, &digest)?;
-
     let (seq, prev) = match state.tip() {
         Some(tip) => (tip.doc.payload.seq + 1, tip.doc.hash()),
         None => (1, Blake3Digest::ZERO),
@@ -98,7 +110,7 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
         seq,
         prev,
         version,
-        image: Image::Artifact { uri, blake3: digest.blake3, size: digest.size },
+        image,
         created_at: now,
         expires_at,
     };
@@ -119,15 +131,13 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
     };
 
     let signer = key_list(policy, &[key.key_id()]);
+    let image_line = match &doc.payload.image {
+        Image::Artifact { uri, blake3, size } => format!("image: blake3:{blake3} size {size}\nuri: {uri}"),
+        Image::MachineImage { id, blake3 } => format!("image: blake3:{blake3}\nmachine image: {id}"),
+    };
     let message = format!(
-        "release {env} {} (seq {seq})\n\nimage: blake3:{} size {}\nuri: {}\nentry: {}\nsigned-by: {signer}\n",
+        "release {env} {} (seq {seq})\n\n{image_line}\nentry: {}\nsigned-by: {signer}\n",
         doc.payload.version,
-        digest.blake3,
-        digest.size,
-        match &doc.payload.image {
-            Image::Artifact { uri, .. } => uri.as_str(),
-            Image::MachineImage { id, .. } => id.as_str(),
-        },
         doc.hash()
     );
     let commit = repo.commit(&[Change::Write { path: file.clone(), bytes }], &message)?;
@@ -142,7 +152,10 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
         );
     } else {
         println!("released {env} {} as {file}", doc.payload.version);
-        println!("  image  blake3:{} ({})", digest.blake3, human_size(digest.size));
+        match &doc.payload.image {
+            Image::Artifact { blake3, size, .. } => println!("  image  blake3:{blake3} ({})", human_size(*size)),
+            Image::MachineImage { id, blake3 } => println!("  image  {id}, blake3:{blake3} (checked by the agent)"),
+        }
         println!("  entry  {}", doc.hash());
         println!("  commit {commit}");
         match pending {
