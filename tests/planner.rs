@@ -1487,7 +1487,7 @@ enum Event {
     /// Hosts start or stop vanishing.
     Vanish(bool),
     /// The environment spec changes.
-    Spec(Environment),
+    Spec(Box<Environment>),
     /// The agent restarts with the memory it saved some ticks ago, or with none.
     Restart { forget: bool },
 }
@@ -1497,7 +1497,7 @@ fn any_event() -> impl Strategy<Value = Event> {
         4 => any::<bool>().prop_map(|bad| Event::Promote { bad }),
         1 => Just(Event::Unset),
         1 => any::<bool>().prop_map(Event::Vanish),
-        2 => prop_oneof![rolling_spec(), weighted_spec()].prop_map(Event::Spec),
+        2 => prop_oneof![rolling_spec(), weighted_spec()].prop_map(|s| Event::Spec(Box::new(s))),
         1 => any::<bool>().prop_map(|forget| Event::Restart { forget }),
     ]
 }
@@ -1536,7 +1536,7 @@ proptest! {
                 }
                 Event::Unset => target = None,
                 Event::Vanish(on) => w.sim.config.vanish_rate = if on { 0.02 } else { 0.0 },
-                Event::Spec(spec) => w.spec = spec,
+                Event::Spec(spec) => w.spec = *spec,
                 Event::Restart { forget } => {
                     w.memory = if forget { Memory::default() } else { saved.clone() };
                 }
