@@ -2,7 +2,7 @@
 # Creates .venv-moto/ at the repository root: a Python virtual environment with moto's server (the AWS API
 # emulator the `aws` provider tests run on loopback) and boto3 (for tests/aws/fixture.py), both pinned.
 # Idempotent: when the environment already holds exactly these pins it only prints the path.
-# Installs Debian's python3-venv when `python3 -m venv` cannot work (same pattern as scripts/test.sh).
+# Installs Debian's python3 / python3-venv when `python3 -m venv` cannot work (same pattern as scripts/test.sh).
 # Prints the path of moto_server on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +20,17 @@ if [ -x "$VENV/bin/moto_server" ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" 
   exit 0
 fi
 
-command -v "$PYTHON" >/dev/null || { echo "moto-venv: $PYTHON not found" >&2; exit 1; }
 # Debian splits venv's pip bootstrap (ensurepip) into python3-venv; without it `-m venv` fails halfway.
-if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
-  echo "installing: python3-venv" >&2
+need=()
+if ! command -v "$PYTHON" >/dev/null; then
+  need+=(python3 python3-venv)
+elif ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+  need+=(python3-venv)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >&2
+  $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
 fi
 
 echo "moto-venv: creating $VENV with ${PINS[*]}" >&2

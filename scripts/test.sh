@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: installs what the tests need (git, ssh-keygen, OpenSSL headers) when it is missing,
-# then lints and tests the whole workspace. CI runs exactly this (see .ci/run).
+# Runs every test: installs what the tests need (git, ssh-keygen, OpenSSL headers; moto, the AWS API
+# emulator, in .venv-moto/) when it is missing, then lints and tests the whole workspace. CI runs
+# exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,9 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
+
+# The AWS tests run moto on loopback from .venv-moto/; they fail loudly without it.
+scripts/moto-venv.sh >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
