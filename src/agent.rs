@@ -184,18 +184,17 @@ impl Worker {
                 (exp.unix().saturating_mul(1000) <= now as i64)
                     .then(|| format!("the target entry {} (seq {}) expired at {exp}; holding", t.version, t.seq))
             });
-            let provider = match self.providers.for_spec(spec) {
-                Ok(p) => p,
-                Err(why) => {
-                    tracing::error!(%env, "STALLED: {why}");
-                    summary.phases.insert(env.clone(), Phase::Stalled);
-                    continue;
-                }
-            };
-            let (phase, message, observed, tick_done) = if let Some(why) = expired {
+            let provider = self.providers.for_spec(spec);
+            let (phase, message, observed, tick_done) = if let Err(why) = &provider {
+                // No provider can run this environment here: say so in the status, like any stall.
+                tracing::error!(%env, "STALLED: {why}");
+                (Phase::Stalled, why.clone(), Observed::default(), true)
+            } else if let Some(why) = expired {
+                let provider = provider.expect("checked above");
                 let observed = provider.observe(env, spec, now).unwrap_or_default();
                 (Phase::Stalled, why, observed, true)
             } else {
+                let provider = provider.expect("checked above");
                 match converge::tick(provider, env, spec, target.as_ref(), &mut memory, now) {
                     Ok(t) => {
                         if !t.retryable.is_empty() {

@@ -634,3 +634,37 @@ fn sigterm_stops_the_agent_between_steps_and_instances_keep_serving() {
     assert!(w.get("/version").expect("instances and balancer outlive the agent").starts_with("1.0.0 "));
     assert_eq!(w.live_instances().len(), 2);
 }
+
+/// An agent built without the `aws` feature meets an AWS environment: it stalls that environment
+/// with the reason, in its exit code and in the status branch, and touches nothing.
+#[cfg(not(feature = "aws"))]
+#[test]
+fn an_aws_environment_stalls_an_agent_built_without_the_aws_feature() {
+    let w = World::new();
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/aws/environment.json");
+    w.ledger
+        .stele(["env", "set", "--env", "staging", "--spec", &path_str(&spec), "--key", &w.alice.secret()])
+        .expect(OK);
+    let digest = "ab".repeat(32);
+    let key = w.alice.secret();
+    w.ledger
+        .stele([
+            "release",
+            "--env",
+            "staging",
+            "--version",
+            "1.0.0",
+            "--ami",
+            "ami-0123",
+            "--blake3",
+            &digest,
+            "--key",
+            &key,
+        ])
+        .expect(OK);
+    w.agent_once().expect(STALLED);
+    let s = w.status();
+    assert_eq!(s["phase"], "Stalled", "{s:#}");
+    assert!(s["message"].as_str().unwrap_or_default().contains("without the `aws` feature"), "{s:#}");
+    assert!(w.live_instances().is_empty());
+}
