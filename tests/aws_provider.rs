@@ -1,12 +1,17 @@
 //! The `aws` provider against moto (tests/common/moto.rs): `converge::tick` drives `AwsProvider` through
-//! rolling rollouts of an Auto Scaling group, and every claim is checked against what the emulated AWS
+//! rolling, blue/green and canary rollouts of Auto Scaling groups, and every claim is checked against what the emulated AWS
 //! holds (groups, launch-template versions, EC2 ImageIds, target health), read with boto3 through
 //! tests/aws/fixture.py, never through the provider under test.
 //!
 //! Covered: a 6-instance rolling v1 → v2 with max_unavailable 1 and max_surge 0 (at most one instance below
 //! capacity at every step), back to v1 as a new generation, AMI refusals (wrong tag, no tag, disabled,
 //! foreign owner) that create nothing, a group name taken by someone else, a restart before every tick,
-//! and a rollout through a fault proxy that throttles or fails a fifth of the calls.
+//! and a rollout through a fault proxy that throttles or fails a fifth of the calls; blue/green with the
+//! listener's weights checked at every tick (never split, switched only once the new group is whole and
+//! healthy), canary steps and pauses, a canary whose instances Auto Scaling reports Unhealthy (gate
+//! failed, traffic restored, canary scaled in, group and target group deleted, Degraded), blue/green
+//! through the fault proxy with a restart before every tick, and weighted specs without a listener or
+//! with two groups refused before anything is created.
 //!
 //! moto gaps met (and how the provider or the tests cope, see src/provider/aws.rs): `SourceVersion` of
 //! CreateLaunchTemplateVersion is ignored (the instance type is copied explicitly), the per-instance
@@ -15,14 +20,16 @@
 //! description, lowest number first), SetDesiredCapacity above MaxSize is accepted (the provider checks
 //! bounds itself), instances start synchronously and InService at once (the provider's "pending" launches
 //! are not exercised here), and instances terminated through the group stay "healthy" targets (real AWS
-//! drains them; `assert_fleet` only requires such targets to be terminated instances).
+//! drains them; `assert_fleet` only requires such targets to be terminated instances). Target groups
+//! report every registered instance healthy at once, so the failing canary is made with
+//! SetInstanceHealth.
 #![cfg(feature = "aws")]
 
 #[path = "common/moto.rs"]
 mod moto;
 
 use ledger_format::ranges::check_environment_ranges;
-use ledger_format::types::{EnvName, Environment, Image};
+use ledger_format::types::{EnvName, Environment, HealthCheck, Image};
 use ledger_format::Blake3Digest;
 use moto::{FaultProxy, Moto};
 use serde_json::{json, Value};
@@ -31,7 +38,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use stele::converge::{self, Memory, Tick};
 use stele::plan::{Health, Phase, Release};
-use stele::provider::aws::{AwsOptions, AwsProvider};
+use stele::provider::aws::{target_group_name, AwsOptions, AwsProvider};
 use stele::provider::{Provider, ProviderError};
 
 const GROUP: &str = "stele-prod-web";
@@ -407,7 +414,12 @@ fn refused_images_touch_nothing() {
             format!("AMI {} is owned by account {}, which is not in ami_owners (111122223333)", w.ami("1"), w.owner()),
         ),
         ("artifact", &spec, artifact, "pins an artifact".to_owned()),
-        ("blue/green", &blue_green, w.release(1, "1"), "blue/green and canary on aws are not built yet".to_owned()),
+        (
+            "blue/green, untagged",
+            &blue_green,
+            machine_release(1, "1.0.0", &w.ami("untagged"), v1),
+            format!("AMI {} has no tag stele:blake3", w.ami("untagged")),
+        ),
     ];
     for (what, spec, release, want) in cases {
         let mut memory = Memory::default();
@@ -417,8 +429,10 @@ fn refused_images_touch_nothing() {
         }
     }
     assert_eq!(w.asgs().len(), 0, "no group was created");
+    assert!(w.stele_target_groups().is_empty(), "no target group was created");
     assert_eq!(w.lt_versions().len(), 1, "no launch template version was created");
     assert_eq!(w.fleet_launches(), 0, "no instance was launched");
+    assert_eq!(w.listener(), vec![(0, 1)], "the listener is untouched");
 }
 
 #[test]
@@ -567,4 +581,266 @@ fn a_group_the_spec_drops_is_emptied_and_deleted() {
     converge(&mut p, None, &web, &v1, &mut memory, |_| {});
     assert_fleet(&w, &w.ami("1"), 1, 2);
     assert_eq!(w.fleet_launches(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Blue/green and canary: one group and one target group per generation, traffic on the listener
+
+impl World {
+    fn blue_green(&self, capacity: u64, grace_seconds: u64) -> Environment {
+        self.spec(capacity, json!({"kind": "blue_green", "grace_seconds": grace_seconds}), &[self.owner()])
+    }
+
+    fn canary(&self, capacity: u64, steps: Value) -> Environment {
+        self.spec(capacity, json!({"kind": "canary", "steps": steps}), &[self.owner()])
+    }
+
+    /// What the listener forwards to, as (generation, weight) by the target groups' names; a target
+    /// group that is no generation's (the fixture's own) shows as generation 0.
+    fn listener(&self) -> Vec<(u64, i64)> {
+        let l = self.setup["listener_arn"].as_str().unwrap();
+        let out = self.moto.fixture(&["listener-weights", "--listener", l]);
+        let mut pairs: Vec<(u64, i64)> = out["target_groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let name = t["name"].as_str().unwrap_or_default();
+                let generation = (1..=9).find(|g| target_group_name(&env(), &"web".parse().unwrap(), *g) == name);
+                (generation.unwrap_or(0), t["weight"].as_i64().unwrap_or(-1))
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    }
+
+    /// Stele's target groups: (name, tags).
+    fn stele_target_groups(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        let out = boto(
+            &self.moto,
+            "import json\n\
+             tgs = [t for t in elb.describe_target_groups()['TargetGroups'] if t['TargetGroupName'].startswith('stele-') and t['TargetGroupName'] != 'stele-base']\n\
+             tags = {d['ResourceArn']: {t['Key']: t['Value'] for t in d['Tags']} for d in (elb.describe_tags(ResourceArns=[t['TargetGroupArn'] for t in tgs])['TagDescriptions'] if tgs else [])}\n\
+             print(json.dumps(sorted([(t['TargetGroupName'], tags.get(t['TargetGroupArn'], {})) for t in tgs])))",
+        );
+        serde_json::from_str(&out).expect("target groups json")
+    }
+
+    fn group(&self, name: &str) -> Option<Value> {
+        self.asgs().into_iter().find(|g| g["name"] == name)
+    }
+}
+
+fn generation_group(generation: u64) -> String {
+    format!("{GROUP}-g{generation}")
+}
+
+/// The environment runs `generation` only: one group `stele-prod-web-gN` of `capacity` running
+/// instances of `ami`, attached to its own target group (tagged), the listener forwarding all traffic
+/// to it, and no other group or target group of Stele's left.
+fn assert_weighted_fleet(w: &World, ami: &str, generation: u64, capacity: usize) {
+    let asgs = w.asgs();
+    assert_eq!(asgs.len(), 1, "one group, earlier generations deleted: {asgs:#?}");
+    let g = &asgs[0];
+    assert_eq!(g["name"], generation_group(generation));
+    let instances = running(g);
+    assert_eq!(instances.len(), capacity, "{g:#}");
+    for i in &instances {
+        assert_eq!(i["image_id"].as_str(), Some(ami), "EC2 ImageId of {}", i["id"]);
+        assert_eq!(i["tags"]["stele:generation"], generation.to_string());
+    }
+    assert_eq!((g["desired"].as_u64(), g["max"].as_u64()), (Some(capacity as u64), Some(capacity as u64)));
+    let tg = target_group_name(&env(), &"web".parse().unwrap(), generation);
+    let tgs = w.stele_target_groups();
+    assert_eq!(tgs.len(), 1, "one target group, earlier generations' deleted: {tgs:#?}");
+    assert_eq!(tgs[0].0, tg);
+    let tags = &tgs[0].1;
+    assert_eq!(tags.get("stele:env").map(String::as_str), Some("prod"));
+    assert_eq!(tags.get("stele:group").map(String::as_str), Some("web"));
+    assert_eq!(tags.get("stele:generation"), Some(&generation.to_string()));
+    assert!(tags.get("stele:traffic-since").is_some_and(|t| t.parse::<u64>().is_ok()), "{tags:?}");
+    let attached = g["target_group_arns"].as_array().unwrap();
+    assert_eq!(attached.len(), 1, "{g:#}");
+    assert!(attached[0].as_str().unwrap().contains(&format!(":targetgroup/{tg}/")), "{g:#}");
+    assert_eq!(w.listener(), vec![(generation, 100)]);
+    let made = stele_version(&w.lt_versions(), generation);
+    assert_eq!(made.len(), 1, "one launch-template version for generation {generation}");
+    assert_eq!(g["launch_template"]["version"], made[0].0.to_string());
+}
+
+#[test]
+fn blue_green_switches_the_listener_once_the_new_group_is_healthy() {
+    let w = World::new();
+    let spec = w.blue_green(3, 1);
+    let mut p = w.provider();
+    let mut memory = Memory::default();
+    assert_eq!(w.listener(), vec![(0, 1)], "the fixture's listener forwards to its own target group");
+
+    converge(&mut p, None, &spec, &w.release(1, "1"), &mut memory, |_| {});
+    assert_weighted_fleet(&w, &w.ami("1"), 1, 3);
+
+    // v2: the listener sends everything to g1 until all of g2 is healthy, then everything to g2 in one
+    // change (never a split); g1 keeps its 3 instances until then and is deleted after the grace period.
+    let mut switched = false;
+    converge(&mut p, None, &spec, &w.release(2, "2"), &mut memory, |tick| {
+        let listener = w.listener();
+        let g1 = w.group(&generation_group(1));
+        match listener.as_slice() {
+            [(1, 100)] => {
+                assert!(!switched, "traffic went back to g1");
+                let g1 = g1.expect("g1 serves, so it exists");
+                assert_eq!(running(&g1).len(), 3, "g1 whole while it serves: {g1:#}");
+            }
+            [(2, 100)] => {
+                if !switched {
+                    let g2 = w.group(&generation_group(2)).expect("g2 exists");
+                    assert_eq!(running(&g2).len(), 3, "all of g2 runs before the switch: {g2:#}");
+                    let healthy = tick
+                        .observed
+                        .instances
+                        .iter()
+                        .filter(|i| i.generation == 2 && matches!(i.health, Health::Healthy { .. }))
+                        .count();
+                    assert_eq!(healthy, 3, "the switch followed an observation of 3 healthy g2 instances");
+                    let g1 = g1.expect("g1 is kept for the grace period");
+                    assert_eq!(running(&g1).len(), 3, "{g1:#}");
+                }
+                switched = true;
+            }
+            other => panic!("blue/green never splits traffic: {other:?}"),
+        }
+    });
+    assert!(switched);
+    assert_weighted_fleet(&w, &w.ami("2"), 2, 3);
+    assert_eq!(w.fleet_launches(), 6, "3 of v1 and 3 of v2, nothing twice");
+    assert_eq!(stele_version(&w.lt_versions(), 1).len(), 1, "g1's launch-template version is kept");
+}
+
+#[test]
+fn canary_steps_then_a_failed_gate_restores_traffic_and_scales_the_canary_in() {
+    let w = World::new();
+    let mut spec = w.canary(4, json!([{"weight": 25, "pause_seconds": 1}, {"weight": 50, "pause_seconds": 600}]));
+    if let HealthCheck::Http { deadline_seconds, .. } = &mut spec.health {
+        *deadline_seconds = 1;
+    }
+    let mut p = w.provider();
+    let mut memory = Memory::default();
+    converge(&mut p, None, &spec, &w.release(1, "1"), &mut memory, |_| {});
+    assert_weighted_fleet(&w, &w.ami("1"), 1, 4);
+
+    // v2 goes 25% (1 instance), then 50% (2 instances), where the 600 s pause holds it. The instances
+    // of the next step are launched during a pause (they get traffic only after it).
+    let v2 = w.release(2, "2");
+    let mut seen = Vec::new();
+    for n in 0.. {
+        assert!(n < 60, "canary did not reach 50%: {seen:?}");
+        let tick = converge::tick(&mut p, &env(), &spec, Some(&v2), &mut memory, now_ms()).expect("tick");
+        assert_eq!(tick.plan.phase, Phase::Progressing, "{:?}", tick.plan);
+        let listener = w.listener();
+        if seen.last() != Some(&listener) {
+            seen.push(listener.clone());
+        }
+        let g2 = w.group(&generation_group(2)).map(|g| running(&g).len()).unwrap_or(0);
+        let g1 = running(&w.group(&generation_group(1)).expect("g1 stays during the canary")).len();
+        assert_eq!(g1, 4, "the stable generation stays whole during the canary");
+        match listener.as_slice() {
+            [(1, 100)] => assert!(g2 <= 1, "25% needs 1 instance, {g2} run"),
+            [(1, 75), (2, 25)] => assert!(g2 <= 2, "{g2} run at 25%, the next step needs 2"),
+            [(1, 50), (2, 50)] => {
+                assert!(g2 <= 4, "{g2} run at 50%");
+                if tick.plan.waiting.iter().any(|w| w.contains("canary at 50%, pausing")) {
+                    break;
+                }
+            }
+            other => panic!("unexpected weights {other:?}"),
+        }
+    }
+    assert_eq!(seen, vec![vec![(1, 100)], vec![(1, 75), (2, 25)], vec![(1, 50), (2, 50)]]);
+
+    // The canary goes bad: Auto Scaling reports its instances Unhealthy.
+    let g2 = w.group(&generation_group(2)).unwrap();
+    let ids: Vec<String> = running(&g2).iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+    let canaries = ids.len();
+    assert!((2..=4).contains(&canaries), "{g2:#}");
+    boto(
+        &w.moto,
+        &format!(
+            "for i in {ids:?}:\n    asg.set_instance_health(InstanceId=i, HealthStatus='Unhealthy', ShouldRespectGracePeriod=False)"
+        ),
+    );
+    let mut failed_tick = None;
+    let mut restored = None;
+    for n in 0..40 {
+        let tick = converge::tick(&mut p, &env(), &spec, Some(&v2), &mut memory, now_ms()).expect("tick");
+        let listener = w.listener();
+        if tick.plan.phase == Phase::Degraded && failed_tick.is_none() {
+            failed_tick = Some(n);
+        }
+        if listener == vec![(1, 100)] && restored.is_none() {
+            restored = Some(n);
+        }
+        if restored.is_none() {
+            assert_eq!(listener, vec![(1, 50), (2, 50)], "traffic stays until the gate fails, then goes back");
+        }
+        if tick.converged() {
+            assert_eq!(tick.plan.phase, Phase::Degraded, "{:?}", tick.plan);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(failed_tick.is_some() && restored.is_some(), "gate failed at {failed_tick:?}, restored at {restored:?}");
+    let failed = memory.failed.as_ref().expect("the failed gate is remembered");
+    assert_eq!(failed.generation, 2);
+    assert!(failed.reason.contains("Unhealthy"), "{}", failed.reason);
+    assert_eq!(memory.last_good.as_ref().map(|r| r.generation), Some(1));
+    // g1 serves alone again; the canary group and its target group are gone.
+    assert_weighted_fleet(&w, &w.ami("1"), 1, 4);
+    assert_eq!(w.fleet_launches(), 4 + canaries, "4 of v1 and the canaries, nothing twice");
+}
+
+#[test]
+fn blue_green_through_faults_with_a_restart_before_every_tick() {
+    let w = World::new();
+    let proxy = FaultProxy::start(&w.moto.endpoint, 0.2, 0xb1e);
+    let spec = w.blue_green(3, 0);
+    let fresh = || provider_at(&proxy.endpoint, 2);
+    let mut p = fresh();
+    let mut memory = Memory::default();
+    converge(&mut p, Some(&fresh), &spec, &w.release(1, "1"), &mut memory, |_| {});
+    converge(&mut p, Some(&fresh), &spec, &w.release(2, "2"), &mut memory, |_| {
+        let asgs = w.asgs();
+        assert!(asgs.len() <= 2, "at most the serving and the new generation: {asgs:#?}");
+        let names: BTreeSet<&str> = asgs.iter().map(|g| g["name"].as_str().unwrap()).collect();
+        assert!(names.is_subset(&BTreeSet::from(["stele-prod-web-g1", "stele-prod-web-g2"])), "{names:?}");
+    });
+    let (faults, total) = (proxy.faults(), proxy.requests().len());
+    eprintln!("{faults} faults in {total} requests");
+    assert!(faults * 10 >= total, "about a fifth of {total} requests faulted, got {faults}");
+    assert_weighted_fleet(&w, &w.ami("2"), 2, 3);
+    assert_eq!(w.fleet_launches(), 6, "3 of v1 and 3 of v2, nothing twice");
+}
+
+#[test]
+fn weighted_strategies_need_a_listener_and_one_group() {
+    let w = World::new();
+    let mut p = w.provider();
+    let mut no_listener = w.blue_green(2, 0);
+    if let ledger_format::types::Provider::Aws { listener, .. } = &mut no_listener.provider {
+        *listener = None;
+    }
+    let two_groups = w.spec_groups(
+        json!([{"name": "web", "capacity": 1}, {"name": "api", "capacity": 1}]),
+        json!({"kind": "canary", "steps": [{"weight": 10, "pause_seconds": 0}]}),
+        &[w.owner()],
+    );
+    for (spec, want) in [(&no_listener, "needs listener, vpc and port"), (&two_groups, "exactly one group")] {
+        let mut memory = Memory::default();
+        match converge::tick(&mut p, &env(), spec, Some(&w.release(1, "1")), &mut memory, now_ms()) {
+            Err(ProviderError::Refused(e)) => assert!(e.contains(want), "{e}"),
+            other => panic!("expected a refusal naming {want:?}, got {other:?}"),
+        }
+    }
+    assert!(w.asgs().is_empty(), "nothing created");
+    assert!(w.stele_target_groups().is_empty(), "nothing created");
+    assert_eq!(w.lt_versions().len(), 1, "no launch-template version made");
 }

@@ -12,9 +12,15 @@
 //! reading instances, images and health back, and the classification of AWS errors into retryable and
 //! refused. Must not decide what to run (that is `plan`), or touch the ledger.
 //!
-//! What AWS holds for an environment `E` (all of it found again from tags and descriptions):
+//! What AWS holds for an environment `E` (all of it found again from tags, names and descriptions):
 //! ```text
-//! Auto Scaling group  stele-E-G            tags stele:env=E, stele:group=G (propagated), stele:managed=true
+//! rolling             Auto Scaling group stele-E-G, attached to the spec's target_groups
+//!                     tags stele:env=E, stele:group=G (propagated), stele:managed=true
+//! blue/green, canary  one Auto Scaling group per generation N: stele-E-G-gN (tags as above plus
+//!                     stele:generation=N), attached to its own target group stele-<26 hex> (VPC and
+//!                     port from the spec; tags stele:env, stele:group, stele:generation,
+//!                     stele:managed, and stele:traffic-since, when its weight last changed); the
+//!                     spec's listener forwards to these target groups with the plan's weights
 //! launch template     <spec.launch_template>, one version per release:
 //!                     description "stele E generation N ami-..."; only ImageId and the instance tags
 //!                     (stele:env, stele:generation, stele:version, stele:blake3) differ from the
@@ -22,9 +28,8 @@
 //! instances           whatever the groups run; which image an instance runs is its EC2 ImageId, its
 //!                     generation the tag stele:generation (or its launch-template version's description)
 //! ```
-//! Rolling only for now: blue/green and canary (one group and one target group per generation, the
-//! listener's weighted forward action) are refused with a clear reason; `group_name`, `rolling_only`,
-//! `listener_weights` and `set_traffic` are where they go.
+//! A generation's group and target group are deleted once the group is empty and the listener no
+//! longer forwards to it; launch-template versions are kept (a restore or an audit may need them).
 //!
 //! Threads: the AWS SDK is async, the `Provider` trait is not. The provider owns a current-thread tokio
 //! runtime and `block_on`s each call: it must be used from a plain thread or a tokio blocking thread
@@ -37,7 +42,7 @@ use aws_sdk_ec2 as ec2;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancingv2 as elbv2;
-use ledger_format::types::{EnvName, Environment, GroupName, Image, Strategy};
+use ledger_format::types::{EnvName, Environment, GroupName, HealthCheck, Image, Strategy};
 use ledger_format::Blake3Digest;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -49,6 +54,9 @@ pub const TAG_MANAGED: &str = "stele:managed";
 pub const TAG_GENERATION: &str = "stele:generation";
 pub const TAG_VERSION: &str = "stele:version";
 pub const TAG_BLAKE3: &str = "stele:blake3";
+/// On a per-generation target group: when (agent clock, milliseconds) the listener's weights last
+/// changed, so pauses and grace periods survive a restart.
+pub const TAG_TRAFFIC_SINCE: &str = "stele:traffic-since";
 
 /// Error codes AWS uses for throttling; these (and 5xx, timeouts, dispatch failures) are retryable.
 const THROTTLING: &[&str] = &[
@@ -156,11 +164,12 @@ impl AwsProvider {
                 digests: HashMap::new(),
                 versions: HashMap::new(),
                 version_info: HashMap::new(),
-                capacity: HashMap::new(),
                 seen: HashSet::new(),
-                regions: HashMap::new(),
                 healthy_since: HashMap::new(),
                 scaled_at: HashMap::new(),
+                specs: HashMap::new(),
+                traffic_seen: HashMap::new(),
+                tg_seen: HashSet::new(),
             },
         })
     }
@@ -200,18 +209,15 @@ impl Provider for AwsProvider {
 
     fn set_traffic(
         &mut self,
-        _env: &EnvName,
-        _group: &GroupName,
+        env: &EnvName,
+        group: &GroupName,
         traffic: &Traffic,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<(), ProviderError> {
         match traffic {
             // A rolling group's target groups send to every registered (healthy) instance.
             Traffic::Even => Ok(()),
-            Traffic::Weighted(weights) => {
-                listener_weights(weights)?;
-                Err(refused("blue/green and canary on aws are not built yet"))
-            }
+            Traffic::Weighted(weights) => self.rt.block_on(self.inner.set_weights(env, group, weights, now_ms)),
         }
     }
 }
@@ -219,10 +225,21 @@ impl Provider for AwsProvider {
 // ---------------------------------------------------------------------------------------------------
 // Names, descriptions and the spec
 
-/// The Auto Scaling group of a rolling group. Blue/green and canary will add one group per generation
-/// (`stele-<env>-<group>-g<N>`), each with its own target group behind the listener.
+/// The Auto Scaling group of a rolling group.
 pub fn group_name(env: &EnvName, group: &GroupName) -> String {
     format!("stele-{env}-{group}")
+}
+
+/// The Auto Scaling group of one generation of a blue/green or canary group.
+pub fn generation_group_name(env: &EnvName, group: &GroupName, generation: Generation) -> String {
+    format!("stele-{env}-{group}-g{generation}")
+}
+
+/// The target group of one generation: ELBv2 allows 32 characters, so the name is a digest of
+/// (environment, group, generation); the tags say what it is.
+pub fn target_group_name(env: &EnvName, group: &GroupName, generation: Generation) -> String {
+    let h = blake3::hash(format!("stele target group\n{env}\n{group}\n{generation}").as_bytes()).to_hex();
+    format!("stele-{}", &h[..26])
 }
 
 /// The description that identifies the launch-template version of (environment, generation, AMI).
@@ -271,32 +288,60 @@ struct AwsSpec<'a> {
     subnets: Vec<&'a str>,
     ami_owners: Vec<&'a str>,
     target_groups: Vec<&'a str>,
+    listener: Option<&'a str>,
+    vpc: Option<&'a str>,
+    port: Option<u64>,
 }
 
 impl<'a> AwsSpec<'a> {
     fn of(spec: &'a Environment) -> Result<Self, ProviderError> {
         match &spec.provider {
             ledger_format::types::Provider::Aws {
-                region, launch_template, subnets, ami_owners, target_groups, ..
+                region, launch_template, subnets, ami_owners, target_groups, listener, vpc, port,
             } => Ok(Self {
                 region: region.as_str(),
                 launch_template: launch_template.as_str(),
                 subnets: subnets.iter().map(|s| s.as_str()).collect(),
                 ami_owners: ami_owners.iter().map(|s| s.as_str()).collect(),
                 target_groups: target_groups.iter().map(|s| s.as_str()).collect(),
+                listener: listener.as_ref().map(|s| s.as_str()),
+                vpc: vpc.as_ref().map(|s| s.as_str()),
+                port: *port,
             }),
             _ => Err(refused(format!("environment {} does not use provider aws", spec.name))),
         }
     }
 }
 
-/// The layout of groups a strategy needs. Only rolling is built: one Auto Scaling group per spec group.
-fn rolling_only(spec: &Environment) -> Result<(), ProviderError> {
-    match &spec.strategy {
-        Strategy::Rolling { .. } => Ok(()),
-        Strategy::BlueGreen { .. } | Strategy::Canary { .. } => {
-            Err(refused("blue/green and canary on aws are not built yet; use strategy rolling"))
+/// How a strategy lays groups out on AWS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout<'a> {
+    /// One Auto Scaling group per spec group, attached to the spec's target groups.
+    Rolling,
+    /// One Auto Scaling group and one target group per generation; the listener's weighted forward
+    /// action moves traffic between generations.
+    Weighted { listener: &'a str, vpc: &'a str, port: i32 },
+}
+
+impl<'a> AwsSpec<'a> {
+    fn layout(&self, spec: &Environment) -> Result<Layout<'a>, ProviderError> {
+        let strategy = match &spec.strategy {
+            Strategy::Rolling { .. } => return Ok(Layout::Rolling),
+            Strategy::BlueGreen { .. } => "blue_green",
+            Strategy::Canary { .. } => "canary",
+        };
+        let (Some(listener), Some(vpc), Some(port)) = (self.listener, self.vpc, self.port) else {
+            return Err(refused(format!("strategy {strategy} on aws needs listener, vpc and port in the provider")));
+        };
+        // One listener carries one group's generations: two groups would fight over its weights.
+        if spec.groups.len() != 1 {
+            return Err(refused(format!(
+                "strategy {strategy} on aws moves one listener's traffic, so the spec must have exactly one \
+                 group; it has {}",
+                spec.groups.len()
+            )));
         }
+        Ok(Layout::Weighted { listener, vpc, port: to_i32(port, "port")? })
     }
 }
 
@@ -373,16 +418,19 @@ struct Inner {
     versions: HashMap<(String, String, String), i64>,
     /// (region, template) → version number → (description, ImageId), for reading generations back.
     version_info: HashMap<(String, String), BTreeMap<i64, (String, String)>>,
-    /// Capacity per group of each environment, from the spec last observed (bounds after terminating).
-    capacity: HashMap<(EnvName, GroupName), u64>,
     /// Environments observed at least once by this process.
     seen: HashSet<EnvName>,
-    /// The region of each environment, from its spec (terminating has no spec at hand).
-    regions: HashMap<EnvName, String>,
     /// Instance id → when this process first saw it healthy.
     healthy_since: HashMap<String, u64>,
     /// Group name → when this process last raised its desired capacity (the age of pending launches).
     scaled_at: HashMap<String, u64>,
+    /// The spec of each environment as last observed (traffic changes and terminations have none).
+    specs: HashMap<EnvName, Environment>,
+    /// (environment, listener weights) → when this process first saw them, for weights whose target
+    /// groups carry no `stele:traffic-since` tag.
+    traffic_seen: HashMap<(EnvName, String), u64>,
+    /// Environments whose per-generation target groups were not all gone at the last look.
+    tg_seen: HashSet<EnvName>,
 }
 
 /// An Auto Scaling group as read from AWS.
@@ -391,6 +439,8 @@ struct GroupView {
     name: String,
     env: Option<String>,
     group: Option<String>,
+    /// Set on the per-generation groups of blue/green and canary.
+    generation: Option<Generation>,
     managed: bool,
     min: i32,
     max: i32,
@@ -423,6 +473,7 @@ impl GroupView {
             name: g.auto_scaling_group_name().unwrap_or_default().to_owned(),
             env: tag(TAG_ENV),
             group: tag(TAG_GROUP),
+            generation: tag(TAG_GENERATION).and_then(|g| g.parse().ok()),
             managed: tag(TAG_MANAGED).as_deref() == Some("true"),
             min: g.min_size().unwrap_or(0),
             max: g.max_size().unwrap_or(0),
@@ -448,21 +499,52 @@ impl GroupView {
         self.instances.iter().filter(|i| !i.leaving())
     }
 
-    /// Refuses a group Stele does not own for this environment and group (a name taken by someone
-    /// else, or by another environment whose name and group spell the same group name).
-    fn check_owned(&self, env: &EnvName, group: &GroupName) -> Result<(), ProviderError> {
-        if self.managed && self.env.as_deref() == Some(env.as_str()) && self.group.as_deref() == Some(group.as_str()) {
+    /// Refuses a group Stele does not own for this environment, group and (for blue/green and canary)
+    /// generation: a name taken by someone else, or by another environment or group whose names spell
+    /// the same group name.
+    fn check_owned(&self, env: &EnvName, group: &GroupName, generation: Option<Generation>) -> Result<(), ProviderError> {
+        if self.managed
+            && self.env.as_deref() == Some(env.as_str())
+            && self.group.as_deref() == Some(group.as_str())
+            && self.generation == generation
+        {
             return Ok(());
         }
         Err(refused(format!(
-            "auto scaling group {} exists but is not Stele's group {group} of environment {env} \
-             (tags {TAG_ENV}={}, {TAG_GROUP}={}, {TAG_MANAGED}={}); rename or remove it",
+            "auto scaling group {} exists but is not Stele's group {group}{} of environment {env} \
+             (tags {TAG_ENV}={}, {TAG_GROUP}={}, {TAG_GENERATION}={}, {TAG_MANAGED}={}); rename or remove it",
             self.name,
+            generation.map(|g| format!(" generation {g}")).unwrap_or_default(),
             self.env.as_deref().unwrap_or("-"),
             self.group.as_deref().unwrap_or("-"),
+            self.generation.map_or("-".to_owned(), |g| g.to_string()),
             self.managed
         )))
     }
+
+    /// An empty group with nothing on its way: safe to delete.
+    fn empty(&self) -> bool {
+        self.desired == 0 && self.instances.is_empty()
+    }
+}
+
+/// A group `launch` creates.
+struct NewGroup<'a> {
+    name: &'a str,
+    group: &'a GroupName,
+    generation: Option<Generation>,
+    version: i64,
+    max: u64,
+    target_groups: Vec<String>,
+}
+
+/// A per-generation target group Stele made, as read from ELBv2.
+#[derive(Clone, Debug)]
+struct TargetGroupView {
+    arn: String,
+    group: String,
+    generation: Generation,
+    traffic_since: Option<u64>,
 }
 
 /// An EC2 instance as read from `DescribeInstances`.
@@ -541,6 +623,37 @@ fn judge_health(
     Some(Health::Healthy { since_ms: 0 })
 }
 
+/// A target group's view from its tags, when it is Stele's for this environment.
+fn target_group_view(env: &EnvName, arn: String, tags: &HashMap<String, String>) -> Option<TargetGroupView> {
+    if tags.get(TAG_MANAGED).map(String::as_str) != Some("true") || tags.get(TAG_ENV)? != env.as_str() {
+        return None;
+    }
+    Some(TargetGroupView {
+        arn,
+        group: tags.get(TAG_GROUP)?.clone(),
+        generation: tags.get(TAG_GENERATION)?.parse().ok()?,
+        traffic_since: tags.get(TAG_TRAFFIC_SINCE).and_then(|t| t.parse().ok()),
+    })
+}
+
+/// Forward weights as shares of 1000 per target group, sorted: two settings that send the same shares
+/// of traffic compare equal whatever their scale.
+fn normalize(tuples: &[(String, i32)]) -> Vec<(String, i64)> {
+    let total: i64 = tuples.iter().map(|(_, w)| i64::from(*w)).sum();
+    let mut out: Vec<(String, i64)> = tuples
+        .iter()
+        .filter(|(_, w)| *w > 0)
+        .map(|(a, w)| (a.clone(), if total > 0 { i64::from(*w) * 1000 / total } else { 0 }))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `listener/app/name/id/id` of a listener ARN, for messages.
+fn short_listener(arn: &str) -> &str {
+    arn.split_once(":listener/").map_or(arn, |(_, rest)| rest)
+}
+
 /// `targetgroup/name/id` of an ARN, for messages.
 fn short_arn(arn: &str) -> &str {
     arn.split_once(":targetgroup/").map_or(arn, |(_, rest)| rest)
@@ -574,7 +687,7 @@ impl Inner {
     /// Checks the release's AMI and makes sure its launch-template version exists; returns its number.
     async fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<i64, ProviderError> {
         let aws = AwsSpec::of(spec)?;
-        rolling_only(spec)?;
+        aws.layout(spec)?;
         let ami = machine_image(release)?;
         let c = self.clients(aws.region);
         self.check_image(&c, &aws, ami, release.digest()).await?;
@@ -772,6 +885,237 @@ impl Inner {
         Ok(n)
     }
 
+    // -----------------------------------------------------------------------------------------------
+    // Target groups and the listener (blue/green, canary)
+
+    /// Tags of target groups, by ARN (DescribeTags takes 20 at a time).
+    async fn target_group_tags(
+        &self,
+        c: &Clients,
+        arns: &[String],
+    ) -> Result<HashMap<String, HashMap<String, String>>, ProviderError> {
+        let mut out = HashMap::new();
+        for chunk in arns.chunks(20) {
+            let tags = c
+                .elb
+                .describe_tags()
+                .set_resource_arns(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeTags", e))?;
+            for d in tags.tag_descriptions() {
+                let Some(arn) = d.resource_arn() else { continue };
+                let map = d
+                    .tags()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+                    .collect();
+                out.insert(arn.to_owned(), map);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The per-generation target groups Stele made for this environment (found by name prefix and tags).
+    async fn env_target_groups(&self, c: &Clients, env: &EnvName) -> Result<Vec<TargetGroupView>, ProviderError> {
+        let all: Vec<elbv2::types::TargetGroup> = c
+            .elb
+            .describe_target_groups()
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .map_err(|e| classify("DescribeTargetGroups", e))?;
+        let arns: Vec<String> = all
+            .iter()
+            .filter(|t| t.target_group_name().is_some_and(|n| n.starts_with("stele-")))
+            .filter_map(|t| t.target_group_arn().map(str::to_owned))
+            .collect();
+        let tags = self.target_group_tags(c, &arns).await?;
+        Ok(arns.into_iter().filter_map(|arn| target_group_view(env, arn.clone(), tags.get(&arn)?)).collect())
+    }
+
+    /// The target group of (env, group, generation), if it exists and is Stele's.
+    async fn find_target_group(
+        &self,
+        c: &Clients,
+        env: &EnvName,
+        group: &GroupName,
+        generation: Generation,
+    ) -> Result<Option<String>, ProviderError> {
+        let name = target_group_name(env, group, generation);
+        let found = match c.elb.describe_target_groups().names(&name).send().await {
+            Ok(out) => out.target_groups().iter().find_map(|t| t.target_group_arn().map(str::to_owned)),
+            Err(e) if error_code(&e).as_deref() == Some("TargetGroupNotFound") => None,
+            Err(e) => return Err(classify("DescribeTargetGroups", e)),
+        };
+        let Some(arn) = found else { return Ok(None) };
+        let tags = self.target_group_tags(c, std::slice::from_ref(&arn)).await?;
+        match tags.get(&arn).and_then(|t| target_group_view(env, arn.clone(), t)) {
+            Some(v) if v.group == group.as_str() && v.generation == generation => Ok(Some(arn)),
+            _ => Err(refused(format!(
+                "target group {name} exists but is not Stele's for group {group} generation {generation} of \
+                 environment {env}; rename or remove it"
+            ))),
+        }
+    }
+
+    /// The target group of a generation, created when missing: the spec's VPC and port, HTTP, health
+    /// checked on the spec's HTTP path (or `/` for a TCP check).
+    #[allow(clippy::too_many_arguments)]
+    async fn ensure_target_group(
+        &self,
+        c: &Clients,
+        spec: &Environment,
+        env: &EnvName,
+        group: &GroupName,
+        generation: Generation,
+        vpc: &str,
+        port: i32,
+    ) -> Result<String, ProviderError> {
+        if let Some(arn) = self.find_target_group(c, env, group, generation).await? {
+            return Ok(arn);
+        }
+        let name = target_group_name(env, group, generation);
+        let tag = |k: &str, v: String| elbv2::types::Tag::builder().key(k).value(v).build();
+        let mut create = c
+            .elb
+            .create_target_group()
+            .name(&name)
+            .protocol(elbv2::types::ProtocolEnum::Http)
+            .port(port)
+            .vpc_id(vpc)
+            .target_type(elbv2::types::TargetTypeEnum::Instance)
+            .tags(tag(TAG_ENV, env.to_string()))
+            .tags(tag(TAG_GROUP, group.to_string()))
+            .tags(tag(TAG_GENERATION, generation.to_string()))
+            .tags(tag(TAG_MANAGED, "true".into()));
+        if let HealthCheck::Http { path, .. } = &spec.health {
+            create = create.health_check_path(path.as_str());
+        }
+        // Same name and settings again (a retry after a lost answer) returns the same target group.
+        match create.send().await {
+            Ok(_) => tracing::info!(target_group = %name, generation, "created target group"),
+            Err(e) if error_code(&e).as_deref() == Some("DuplicateTargetGroupName") => {}
+            Err(e) => return Err(classify("CreateTargetGroup", e)),
+        }
+        self.find_target_group(c, env, group, generation)
+            .await?
+            .ok_or_else(|| retryable(format!("target group {name} is not visible yet")))
+    }
+
+    /// The listener's forward action as (target group ARN, weight) pairs; empty when it does not
+    /// forward (a fixed response, a redirect).
+    async fn listener_forward(&self, c: &Clients, listener: &str) -> Result<Vec<(String, i32)>, ProviderError> {
+        let out = c.elb.describe_listeners().listener_arns(listener).send().await.map_err(|e| {
+            match error_code(&e).as_deref() {
+                Some("ListenerNotFound") => refused(format!("listener {listener} does not exist")),
+                _ => classify("DescribeListeners", e),
+            }
+        })?;
+        let Some(l) = out.listeners().iter().find(|l| l.listener_arn() == Some(listener)) else {
+            return Err(refused(format!("listener {listener} does not exist")));
+        };
+        let forward = l.default_actions().iter().find(|a| a.r#type() == Some(&elbv2::types::ActionTypeEnum::Forward));
+        let Some(action) = forward else { return Ok(vec![]) };
+        let tuples: Vec<(String, i32)> = action
+            .forward_config()
+            .map(|f| {
+                f.target_groups()
+                    .iter()
+                    .filter_map(|t| Some((t.target_group_arn()?.to_owned(), t.weight().unwrap_or(1))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if tuples.is_empty() {
+            return Ok(action.target_group_arn().map(|a| vec![(a.to_owned(), 100)]).unwrap_or_default());
+        }
+        Ok(tuples)
+    }
+
+    /// Points the listener at the generations' target groups with these weights. The target groups
+    /// are tagged with the time first, so a restart between the two calls lengthens a pause, never
+    /// shortens it.
+    async fn set_weights(
+        &mut self,
+        env: &EnvName,
+        group: &GroupName,
+        weights: &BTreeMap<Generation, u32>,
+        now_ms: u64,
+    ) -> Result<(), ProviderError> {
+        let spec = self.spec_of(env)?;
+        let aws = AwsSpec::of(&spec)?;
+        let Layout::Weighted { listener, .. } = aws.layout(&spec)? else {
+            return Err(refused(format!("environment {env} is rolling; its traffic has no weights")));
+        };
+        let c = self.clients(aws.region);
+        let mut tuples = Vec::new();
+        for (generation, weight) in listener_weights(weights)? {
+            if weight == 0 {
+                continue;
+            }
+            // Only generations with healthy instances get weight, so their target groups exist.
+            let arn = self.find_target_group(&c, env, group, generation).await?.ok_or_else(|| {
+                retryable(format!("target group of generation {generation} of {env}/{group} does not exist"))
+            })?;
+            tuples.push((arn, weight));
+        }
+        if tuples.is_empty() {
+            return Err(refused(format!("weights {weights:?} send no traffic anywhere")));
+        }
+        let current = self.listener_forward(&c, listener).await?;
+        if normalize(&current) == normalize(&tuples) {
+            return Ok(());
+        }
+        c.elb
+            .add_tags()
+            .set_resource_arns(Some(tuples.iter().map(|(a, _)| a.clone()).collect()))
+            .tags(elbv2::types::Tag::builder().key(TAG_TRAFFIC_SINCE).value(now_ms.to_string()).build())
+            .send()
+            .await
+            .map_err(|e| classify("AddTags", e))?;
+        let forward = elbv2::types::ForwardActionConfig::builder()
+            .set_target_groups(Some(
+                tuples
+                    .iter()
+                    .map(|(arn, w)| elbv2::types::TargetGroupTuple::builder().target_group_arn(arn).weight(*w).build())
+                    .collect(),
+            ))
+            .build();
+        let action =
+            elbv2::types::Action::builder().r#type(elbv2::types::ActionTypeEnum::Forward).forward_config(forward).build();
+        c.elb
+            .modify_listener()
+            .listener_arn(listener)
+            .default_actions(action)
+            .send()
+            .await
+            .map_err(|e| classify("ModifyListener", e))?;
+        tracing::info!(listener = short_listener(listener), ?weights, "listener weights set");
+        Ok(())
+    }
+
+    /// Deletes the target groups of this environment that no group uses and the listener does not
+    /// forward to; a target group still held by a group being deleted is tried again next time.
+    async fn delete_unused_target_groups(
+        &self,
+        c: &Clients,
+        tgs: &[TargetGroupView],
+        forward: &[(String, i32)],
+        in_use: &HashSet<(String, Generation)>,
+    ) {
+        for tg in tgs {
+            if forward.iter().any(|(a, _)| *a == tg.arn) || in_use.contains(&(tg.group.clone(), tg.generation)) {
+                continue;
+            }
+            match c.elb.delete_target_group().target_group_arn(&tg.arn).send().await {
+                Ok(_) => tracing::info!(target_group = short_arn(&tg.arn), generation = tg.generation, "deleted target group"),
+                Err(e) => tracing::warn!(target_group = short_arn(&tg.arn), "{}", classify("DeleteTargetGroup", e)),
+            }
+        }
+    }
+
     /// Every group tagged with this environment.
     async fn env_groups(&self, c: &Clients, env: &EnvName) -> Result<Vec<GroupView>, ProviderError> {
         let filter = autoscaling::types::Filter::builder().name(format!("tag:{TAG_ENV}")).values(env.as_str()).build();
@@ -915,13 +1259,40 @@ impl Inner {
         let aws = AwsSpec::of(spec)?;
         let c = self.clients(aws.region);
         let region = aws.region.to_owned();
-        self.capacity.retain(|(e, _), _| e != env);
-        for g in &spec.groups {
-            self.capacity.insert((env.clone(), g.name.clone()), g.capacity);
-        }
+        self.specs.insert(env.clone(), spec.clone());
         let first_look = self.seen.insert(env.clone());
-        self.regions.insert(env.clone(), region.clone());
+        let layout = aws.layout(spec)?;
         let groups = self.env_groups(&c, env).await?;
+        // Per-generation target groups and the listener: read for blue/green and canary, and while
+        // anything of such a layout may be left to clean up.
+        let weighted = matches!(layout, Layout::Weighted { .. });
+        let (tgs, forward) = if weighted
+            || first_look
+            || self.tg_seen.contains(env)
+            || groups.iter().any(|g| g.generation.is_some())
+        {
+            let tgs = self.env_target_groups(&c, env).await?;
+            let forward = match aws.listener {
+                Some(l) if weighted || !tgs.is_empty() => self.listener_forward(&c, l).await?,
+                _ => vec![],
+            };
+            (tgs, forward)
+        } else {
+            (vec![], vec![])
+        };
+        if tgs.is_empty() {
+            self.tg_seen.remove(env);
+        } else {
+            self.tg_seen.insert(env.clone());
+        }
+        // (group, generation) of the target groups the listener forwards to, with their weights.
+        let forwarded: BTreeMap<(String, Generation), (i32, Option<u64>)> = forward
+            .iter()
+            .filter_map(|(arn, w)| {
+                let tg = tgs.iter().find(|t| t.arn == *arn)?;
+                Some(((tg.group.clone(), tg.generation), (*w, tg.traffic_since)))
+            })
+            .collect();
         // Versions are read once (and again whenever a group names one not yet known).
         let unknown_version = groups.iter().any(|g| {
             g.template_name.as_deref().is_some_and(|t| {
@@ -948,6 +1319,7 @@ impl Inner {
         let ec2 = self.describe_instances(&c, &ids).await?;
         let mut observed = Observed::default();
         let mut healthy_now = HashSet::new();
+        let mut in_use: HashSet<(String, Generation)> = HashSet::new();
         for view in &groups {
             let Some(group) = view.group.as_deref().and_then(|g| g.parse::<GroupName>().ok()) else {
                 tracing::warn!(group = %view.name, "auto scaling group tagged for {env} has no valid {TAG_GROUP} tag");
@@ -1028,14 +1400,55 @@ impl Inner {
                     });
                 }
             }
-            observed.traffic.insert(group.clone(), GroupTraffic { traffic: Traffic::Even, since_ms: 0 });
-            // A group the spec no longer has, emptied by earlier ticks: removed.
-            if !spec.groups.iter().any(|g| g.name == group) && view.desired == 0 && view.instances.is_empty() {
+            if !weighted {
+                observed.traffic.insert(group.clone(), GroupTraffic { traffic: Traffic::Even, since_ms: 0 });
+            }
+            // An emptied group that is no longer needed: one the spec no longer has, one of the other
+            // layout, or a generation the listener does not forward to. Its target group goes after it.
+            let unneeded = !spec.groups.iter().any(|g| g.name == group)
+                || match view.generation {
+                    None => weighted,
+                    Some(g) => !weighted || !forwarded.contains_key(&(group.to_string(), g)),
+                };
+            if view.empty() && unneeded {
                 match c.autoscaling.delete_auto_scaling_group().auto_scaling_group_name(&view.name).send().await {
-                    Ok(_) => tracing::info!(group = %view.name, "deleted an empty group the spec no longer has"),
+                    Ok(_) => {
+                        tracing::info!(group = %view.name, "deleted an empty group that is no longer needed");
+                        continue;
+                    }
                     Err(e) => tracing::warn!(group = %view.name, "{}", classify("DeleteAutoScalingGroup", e)),
                 }
             }
+            if let Some(g) = view.generation {
+                in_use.insert((group.to_string(), g));
+            }
+        }
+        if !tgs.is_empty() {
+            self.delete_unused_target_groups(&c, &tgs, &forward, &in_use).await;
+        }
+        if weighted {
+            // One group (`layout` checks it): its traffic is the listener's weights by generation.
+            let group = &spec.groups[0].name;
+            let mine: Vec<(Generation, i32, Option<u64>)> = forwarded
+                .iter()
+                .filter(|((g, _), _)| g == group.as_str())
+                .map(|((_, generation), (w, since))| (*generation, *w, *since))
+                .collect();
+            let total: i64 = mine.iter().map(|(_, w, _)| i64::from((*w).max(0))).sum();
+            let weights: BTreeMap<Generation, u32> = mine
+                .iter()
+                .map(|(g, w, _)| {
+                    // Percentages as Stele writes them; any other scale (set by hand) is read as shares.
+                    let pct = if total == 100 || total == 0 { i64::from(*w) } else { i64::from(*w) * 100 / total };
+                    (*g, u32::try_from(pct).unwrap_or(0))
+                })
+                .collect();
+            let key = (env.clone(), format!("{weights:?}"));
+            let since_ms = match mine.iter().filter_map(|(_, _, s)| *s).max() {
+                Some(s) => s,
+                None => *self.traffic_seen.entry(key).or_insert(now_ms),
+            };
+            observed.traffic.insert(group.clone(), GroupTraffic { traffic: Traffic::Weighted(weights), since_ms });
         }
         self.healthy_since.retain(|id, _| healthy_now.contains(id));
         Ok(observed)
@@ -1050,7 +1463,7 @@ impl Inner {
         now_ms: u64,
     ) -> Result<String, ProviderError> {
         let aws = AwsSpec::of(spec)?;
-        rolling_only(spec)?;
+        let layout = aws.layout(spec)?;
         let ami = machine_image(release)?;
         let capacity = spec
             .groups
@@ -1064,19 +1477,31 @@ impl Inner {
             Some(v) => *v,
             None => self.prepare(env, spec, release).await?,
         };
-        let name = group_name(env, group);
+        let (name, generation) = match layout {
+            Layout::Rolling => (group_name(env, group), None),
+            Layout::Weighted { .. } => {
+                (generation_group_name(env, group, release.generation), Some(release.generation))
+            }
+        };
         let view = match self.describe_group(&c, &name).await? {
             Some(view) => view,
             None => {
+                let target_groups = match layout {
+                    Layout::Rolling => aws.target_groups.iter().map(|s| (*s).to_owned()).collect(),
+                    Layout::Weighted { vpc, port, .. } => {
+                        vec![self.ensure_target_group(&c, spec, env, group, release.generation, vpc, port).await?]
+                    }
+                };
                 // MaxSize starts at the capacity; a surge raises it while it lasts (see below) and the
                 // terminations that end the surge lower it again.
-                self.create_group(&c, &aws, env, group, &name, version, capacity).await?;
+                let new = NewGroup { name: &name, group, generation, version, max: capacity, target_groups };
+                self.create_group(&c, &aws, env, new).await?;
                 self.describe_group(&c, &name)
                     .await?
                     .ok_or_else(|| retryable(format!("auto scaling group {name} is not visible yet")))?
             }
         };
-        view.check_owned(env, group)?;
+        view.check_owned(env, group, generation)?;
         let version_s = version.to_string();
         let same_template = view.template_name.as_deref() == Some(aws.launch_template);
         let mut update = c.autoscaling.update_auto_scaling_group().auto_scaling_group_name(&name);
@@ -1117,17 +1542,14 @@ impl Inner {
         Ok(format!("pending:{name}:{desired}"))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn create_group(
         &self,
         c: &Clients,
         aws: &AwsSpec<'_>,
         env: &EnvName,
-        group: &GroupName,
-        name: &str,
-        version: i64,
-        max: u64,
+        new: NewGroup<'_>,
     ) -> Result<(), ProviderError> {
+        let NewGroup { name, group, generation, version, max, target_groups } = new;
         if name.len() > 255 {
             return Err(refused(format!("auto scaling group name {name} is longer than 255")));
         }
@@ -1143,7 +1565,7 @@ impl Inner {
         };
         // Desired 0: the launch that follows raises it, so a create retried after a lost answer (and
         // refused as AlreadyExists) never launches twice.
-        let r = c
+        let mut create = c
             .autoscaling
             .create_auto_scaling_group()
             .auto_scaling_group_name(name)
@@ -1157,12 +1579,15 @@ impl Inner {
             .max_size(max)
             .desired_capacity(0)
             .vpc_zone_identifier(aws.subnets.join(","))
-            .set_target_group_arns(Some(aws.target_groups.iter().map(|s| (*s).to_owned()).collect()))
+            .set_target_group_arns(Some(target_groups))
             .tags(tag(TAG_ENV, env.as_str(), false))
             .tags(tag(TAG_GROUP, group.as_str(), true))
-            .tags(tag(TAG_MANAGED, "true", false))
-            .send()
-            .await;
+            .tags(tag(TAG_MANAGED, "true", false));
+        if let Some(g) = generation {
+            // Instances get their generation from the launch-template version's tags.
+            create = create.tags(tag(TAG_GENERATION, &g.to_string(), false));
+        }
+        let r = create.send().await;
         match r {
             Ok(_) => {
                 tracing::info!(group = name, "created auto scaling group");
@@ -1174,13 +1599,42 @@ impl Inner {
     }
 
     async fn terminate_all(&mut self, env: &EnvName, group: &GroupName, ids: &[String]) -> Result<(), ProviderError> {
-        let region = self.region_of(env)?;
-        let c = self.clients(&region);
-        let name = group_name(env, group);
-        let Some(view) = self.describe_group(&c, &name).await? else {
-            return Ok(()); // no group, nothing of it runs
-        };
-        view.check_owned(env, group)?;
+        let spec = self.spec_of(env)?;
+        let aws = AwsSpec::of(&spec)?;
+        let c = self.clients(aws.region);
+        let capacity = spec.groups.iter().find(|g| &g.name == group).map(|g| g.capacity);
+        // The rolling group and the per-generation groups of (env, group): each id is in one of them
+        // (a pending launch names its group), or in none any more.
+        let views = self.env_groups(&c, env).await?;
+        let mut first_error = None;
+        for view in views.iter().filter(|v| v.group.as_deref() == Some(group.as_str())) {
+            let mine: Vec<&String> = ids
+                .iter()
+                .filter(|id| match id.strip_prefix("pending:") {
+                    Some(rest) => rest.rsplit_once(':').is_some_and(|(n, _)| n == view.name),
+                    None => view.instances.iter().any(|i| &i.id == *id),
+                })
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.terminate_in(&c, view, &mine, capacity).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Terminates instances (or pending launches) of one group, lowering its desired capacity by one
+    /// each, and tidies its bounds once the surge is over.
+    async fn terminate_in(
+        &self,
+        c: &Clients,
+        view: &GroupView,
+        ids: &[&String],
+        capacity: Option<u64>,
+    ) -> Result<(), ProviderError> {
+        let name = &view.name;
         let mut desired = view.desired;
         let mut min = view.min;
         let mut live = i32::try_from(view.live().count()).unwrap_or(i32::MAX);
@@ -1192,10 +1646,10 @@ impl Inner {
                 if desired <= live {
                     continue;
                 }
-                self.lower_min(&c, &name, &mut min, desired - 1).await.and(
+                self.lower_min(c, name, &mut min, desired - 1).await.and(
                     c.autoscaling
                         .set_desired_capacity()
-                        .auto_scaling_group_name(&name)
+                        .auto_scaling_group_name(name)
                         .desired_capacity(desired - 1)
                         .honor_cooldown(false)
                         .send()
@@ -1204,11 +1658,11 @@ impl Inner {
                         .map_err(|e| classify("SetDesiredCapacity", e)),
                 )
             } else {
-                match view.instances.iter().find(|i| &i.id == id) {
+                match view.instances.iter().find(|i| &i.id == *id) {
                     None => continue, // not in the group (any more)
                     Some(i) if i.leaving() => continue,
-                    Some(_) => match self.lower_min(&c, &name, &mut min, desired - 1).await {
-                        Ok(()) => self.terminate_instance(&c, &name, id).await.map(|_| live -= 1),
+                    Some(_) => match self.lower_min(c, name, &mut min, desired - 1).await {
+                        Ok(()) => self.terminate_instance(c, name, id).await.map(|_| live -= 1),
                         Err(e) => Err(e),
                     },
                 }
@@ -1222,12 +1676,12 @@ impl Inner {
             }
         }
         // Bounds tidy again once the rollout no longer needs the surge.
-        if let Some(capacity) = self.capacity.get(&(env.clone(), group.clone())).copied() {
+        if let Some(capacity) = capacity {
             let capacity = to_i32(capacity, "capacity")?;
             if desired <= capacity && view.max > capacity {
                 c.autoscaling
                     .update_auto_scaling_group()
-                    .auto_scaling_group_name(&name)
+                    .auto_scaling_group_name(name)
                     .max_size(capacity.max(min))
                     .send()
                     .await
@@ -1301,12 +1755,12 @@ impl Inner {
         Err(last.unwrap_or_else(|| retryable(format!("terminate {id}: gave up"))))
     }
 
-    /// The region of an environment, from the spec last observed (terminate has no spec).
-    fn region_of(&self, env: &EnvName) -> Result<String, ProviderError> {
-        self.regions
+    /// The spec of an environment as last observed (traffic changes and terminations have none).
+    fn spec_of(&self, env: &EnvName) -> Result<Environment, ProviderError> {
+        self.specs
             .get(env)
             .cloned()
-            .ok_or_else(|| retryable(format!("environment {env} was not observed yet; its region is unknown")))
+            .ok_or_else(|| retryable(format!("environment {env} was not observed yet; its spec is unknown")))
     }
 }
 
@@ -1325,6 +1779,52 @@ mod tests {
         {
             assert_eq!(parse_version_description(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn per_generation_names() {
+        let env: EnvName = "a-very-long-environment-name-for-prod".parse().unwrap();
+        let g: GroupName = "web".parse().unwrap();
+        assert_eq!(generation_group_name(&env, &g, 7), "stele-a-very-long-environment-name-for-prod-web-g7");
+        let (t7, t8) = (target_group_name(&env, &g, 7), target_group_name(&env, &g, 8));
+        // ELBv2: at most 32 characters, alphanumerics and hyphens, not ending in a hyphen.
+        for t in [&t7, &t8] {
+            assert_eq!(t.len(), 32, "{t}");
+            assert!(t.starts_with("stele-") && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'), "{t}");
+        }
+        assert_ne!(t7, t8);
+        assert_eq!(t7, target_group_name(&env, &g, 7), "stable across calls and restarts");
+    }
+
+    #[test]
+    fn target_group_views_need_stele_tags_of_this_environment() {
+        let env: EnvName = "prod".parse().unwrap();
+        let tags = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let full = tags(&[
+            (TAG_MANAGED, "true"),
+            (TAG_ENV, "prod"),
+            (TAG_GROUP, "web"),
+            (TAG_GENERATION, "3"),
+            (TAG_TRAFFIC_SINCE, "1234"),
+        ]);
+        let v = target_group_view(&env, "arn".into(), &full).expect("Stele's");
+        assert_eq!((v.group.as_str(), v.generation, v.traffic_since), ("web", 3, Some(1234)));
+        let other_env = tags(&[(TAG_MANAGED, "true"), (TAG_ENV, "stage"), (TAG_GROUP, "web"), (TAG_GENERATION, "3")]);
+        assert!(target_group_view(&env, "arn".into(), &other_env).is_none());
+        let unmanaged = tags(&[(TAG_ENV, "prod"), (TAG_GROUP, "web"), (TAG_GENERATION, "3")]);
+        assert!(target_group_view(&env, "arn".into(), &unmanaged).is_none());
+        let bad_generation = tags(&[(TAG_MANAGED, "true"), (TAG_ENV, "prod"), (TAG_GROUP, "web"), (TAG_GENERATION, "x")]);
+        assert!(target_group_view(&env, "arn".into(), &bad_generation).is_none());
+    }
+
+    #[test]
+    fn forward_weights_compare_by_share() {
+        let t = |a: &str, w: i32| (a.to_owned(), w);
+        assert_eq!(normalize(&[t("b", 10), t("a", 90)]), normalize(&[t("a", 900), t("b", 100)]));
+        assert_eq!(normalize(&[t("a", 100), t("b", 0)]), normalize(&[t("a", 1)]));
+        assert_ne!(normalize(&[t("a", 50), t("b", 50)]), normalize(&[t("a", 90), t("b", 10)]));
     }
 
     #[test]
@@ -1394,7 +1894,8 @@ mod tests {
                 let w = BTreeMap::from([(1, 50), (2, 50)]);
                 let g: GroupName = "web".parse().unwrap();
                 let e: EnvName = "prod".parse().unwrap();
-                assert!(matches!(p.set_traffic(&e, &g, &Traffic::Weighted(w), 0), Err(ProviderError::Refused(_))));
+                // Weights need the spec of an observed environment.
+                assert!(matches!(p.set_traffic(&e, &g, &Traffic::Weighted(w), 0), Err(ProviderError::Retryable(_))));
                 assert!(p.set_traffic(&e, &g, &Traffic::Even, 0).is_ok());
                 // A real call (nothing listens on port 9): a dispatch failure, retryable.
                 let c = p.inner.clients("eu-west-1");
