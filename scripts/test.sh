@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need (git, ssh-keygen, OpenSSL headers; moto, the AWS API
-# emulator, in .venv-moto/) when it is missing, then lints and tests the whole workspace. CI runs
-# exactly this (see .ci/run).
+# emulator, in .venv-moto/) when it is missing, then lints and tests the whole workspace, without and
+# with the `aws` feature. CI runs exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +22,8 @@ scripts/moto-venv.sh >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --features aws --quiet -- -D warnings
 cargo test --workspace
+# The AWS provider against moto: its unit tests, the provider suite and the agent end to end. (The rest
+# of the suite does not depend on the feature and ran above.)
+cargo test --features aws --lib --test aws_provider --test agent_aws

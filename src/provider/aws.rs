@@ -115,8 +115,26 @@ impl Default for AwsOptions {
 }
 
 pub struct AwsProvider {
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped.
+    rt: Option<tokio::runtime::Runtime>,
     inner: Inner,
+}
+
+impl Drop for AwsProvider {
+    /// The agent drops its providers at the end of its async main: a runtime dropped there would panic
+    /// ("cannot drop a runtime in a context where blocking is not allowed"). Nothing runs on this
+    /// runtime between calls, so there is nothing to wait for.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl AwsProvider {
+    fn block_on<F: std::future::Future>(rt: &Option<tokio::runtime::Runtime>, f: F) -> F::Output {
+        rt.as_ref().expect("the runtime lives as long as the provider").block_on(f)
+    }
 }
 
 impl AwsProvider {
@@ -157,7 +175,7 @@ impl AwsProvider {
         }
         let config = rt.block_on(loader.load());
         Ok(Self {
-            rt,
+            rt: Some(rt),
             inner: Inner {
                 config,
                 clients: HashMap::new(),
@@ -181,11 +199,11 @@ fn aws_credential_types(key: &str, secret: &str) -> ec2::config::Credentials {
 
 impl Provider for AwsProvider {
     fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {
-        self.rt.block_on(self.inner.prepare(env, spec, release)).map(drop)
+        Self::block_on(&self.rt, self.inner.prepare(env, spec, release)).map(drop)
     }
 
     fn observe(&mut self, env: &EnvName, spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError> {
-        self.rt.block_on(self.inner.observe(env, spec, now_ms))
+        Self::block_on(&self.rt, self.inner.observe(env, spec, now_ms))
     }
 
     fn launch(
@@ -196,15 +214,15 @@ impl Provider for AwsProvider {
         release: &Release,
         now_ms: u64,
     ) -> Result<String, ProviderError> {
-        self.rt.block_on(self.inner.launch(env, spec, group, release, now_ms))
+        Self::block_on(&self.rt, self.inner.launch(env, spec, group, release, now_ms))
     }
 
     fn terminate(&mut self, env: &EnvName, group: &GroupName, id: &str) -> Result<(), ProviderError> {
-        self.rt.block_on(self.inner.terminate_all(env, group, &[id.to_owned()]))
+        Self::block_on(&self.rt, self.inner.terminate_all(env, group, &[id.to_owned()]))
     }
 
     fn terminate_all(&mut self, env: &EnvName, group: &GroupName, ids: &[String]) -> Result<(), ProviderError> {
-        self.rt.block_on(self.inner.terminate_all(env, group, ids))
+        Self::block_on(&self.rt, self.inner.terminate_all(env, group, ids))
     }
 
     fn set_traffic(
@@ -217,7 +235,7 @@ impl Provider for AwsProvider {
         match traffic {
             // A rolling group's target groups send to every registered (healthy) instance.
             Traffic::Even => Ok(()),
-            Traffic::Weighted(weights) => self.rt.block_on(self.inner.set_weights(env, group, weights, now_ms)),
+            Traffic::Weighted(weights) => Self::block_on(&self.rt, self.inner.set_weights(env, group, weights, now_ms)),
         }
     }
 }
@@ -297,7 +315,14 @@ impl<'a> AwsSpec<'a> {
     fn of(spec: &'a Environment) -> Result<Self, ProviderError> {
         match &spec.provider {
             ledger_format::types::Provider::Aws {
-                region, launch_template, subnets, ami_owners, target_groups, listener, vpc, port,
+                region,
+                launch_template,
+                subnets,
+                ami_owners,
+                target_groups,
+                listener,
+                vpc,
+                port,
             } => Ok(Self {
                 region: region.as_str(),
                 launch_template: launch_template.as_str(),
@@ -502,7 +527,12 @@ impl GroupView {
     /// Refuses a group Stele does not own for this environment, group and (for blue/green and canary)
     /// generation: a name taken by someone else, or by another environment or group whose names spell
     /// the same group name.
-    fn check_owned(&self, env: &EnvName, group: &GroupName, generation: Option<Generation>) -> Result<(), ProviderError> {
+    fn check_owned(
+        &self,
+        env: &EnvName,
+        group: &GroupName,
+        generation: Option<Generation>,
+    ) -> Result<(), ProviderError> {
         if self.managed
             && self.env.as_deref() == Some(env.as_str())
             && self.group.as_deref() == Some(group.as_str())
@@ -1083,8 +1113,10 @@ impl Inner {
                     .collect(),
             ))
             .build();
-        let action =
-            elbv2::types::Action::builder().r#type(elbv2::types::ActionTypeEnum::Forward).forward_config(forward).build();
+        let action = elbv2::types::Action::builder()
+            .r#type(elbv2::types::ActionTypeEnum::Forward)
+            .forward_config(forward)
+            .build();
         c.elb
             .modify_listener()
             .listener_arn(listener)
@@ -1110,7 +1142,11 @@ impl Inner {
                 continue;
             }
             match c.elb.delete_target_group().target_group_arn(&tg.arn).send().await {
-                Ok(_) => tracing::info!(target_group = short_arn(&tg.arn), generation = tg.generation, "deleted target group"),
+                Ok(_) => tracing::info!(
+                    target_group = short_arn(&tg.arn),
+                    generation = tg.generation,
+                    "deleted target group"
+                ),
                 Err(e) => tracing::warn!(target_group = short_arn(&tg.arn), "{}", classify("DeleteTargetGroup", e)),
             }
         }
@@ -1266,20 +1302,17 @@ impl Inner {
         // Per-generation target groups and the listener: read for blue/green and canary, and while
         // anything of such a layout may be left to clean up.
         let weighted = matches!(layout, Layout::Weighted { .. });
-        let (tgs, forward) = if weighted
-            || first_look
-            || self.tg_seen.contains(env)
-            || groups.iter().any(|g| g.generation.is_some())
-        {
-            let tgs = self.env_target_groups(&c, env).await?;
-            let forward = match aws.listener {
-                Some(l) if weighted || !tgs.is_empty() => self.listener_forward(&c, l).await?,
-                _ => vec![],
+        let (tgs, forward) =
+            if weighted || first_look || self.tg_seen.contains(env) || groups.iter().any(|g| g.generation.is_some()) {
+                let tgs = self.env_target_groups(&c, env).await?;
+                let forward = match aws.listener {
+                    Some(l) if weighted || !tgs.is_empty() => self.listener_forward(&c, l).await?,
+                    _ => vec![],
+                };
+                (tgs, forward)
+            } else {
+                (vec![], vec![])
             };
-            (tgs, forward)
-        } else {
-            (vec![], vec![])
-        };
         if tgs.is_empty() {
             self.tg_seen.remove(env);
         } else {
@@ -1815,7 +1848,8 @@ mod tests {
         assert!(target_group_view(&env, "arn".into(), &other_env).is_none());
         let unmanaged = tags(&[(TAG_ENV, "prod"), (TAG_GROUP, "web"), (TAG_GENERATION, "3")]);
         assert!(target_group_view(&env, "arn".into(), &unmanaged).is_none());
-        let bad_generation = tags(&[(TAG_MANAGED, "true"), (TAG_ENV, "prod"), (TAG_GROUP, "web"), (TAG_GENERATION, "x")]);
+        let bad_generation =
+            tags(&[(TAG_MANAGED, "true"), (TAG_ENV, "prod"), (TAG_GROUP, "web"), (TAG_GENERATION, "x")]);
         assert!(target_group_view(&env, "arn".into(), &bad_generation).is_none());
     }
 
@@ -1879,6 +1913,15 @@ mod tests {
     }
 
     #[test]
+    fn provider_can_be_dropped_inside_async_code() {
+        // The agent drops its providers at the end of its async main (found by tests/agent_aws.rs).
+        let options = AwsOptions { credentials: Some(("k".into(), "s".into())), ..AwsOptions::default() };
+        let p = AwsProvider::with_options(options).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move { drop(p) });
+    }
+
+    #[test]
     fn provider_runs_inside_spawn_blocking() {
         // The agent runs providers on tokio blocking threads; the provider's own runtime must work there.
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -1899,7 +1942,7 @@ mod tests {
                 assert!(p.set_traffic(&e, &g, &Traffic::Even, 0).is_ok());
                 // A real call (nothing listens on port 9): a dispatch failure, retryable.
                 let c = p.inner.clients("eu-west-1");
-                let r = p.rt.block_on(p.inner.describe_group(&c, "stele-prod-web"));
+                let r = AwsProvider::block_on(&p.rt, p.inner.describe_group(&c, "stele-prod-web"));
                 matches!(r, Err(ProviderError::Retryable(_)))
             })
             .await
