@@ -453,3 +453,16 @@ fn a_spec_short_of_its_threshold_is_committed_for_co_signing_and_completed_by_si
     assert_eq!(signatures, 2);
     f.expect_poll_verified();
 }
+
+#[test]
+fn the_aws_example_specs_are_accepted() {
+    let f = fixture();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/aws");
+    for (i, name) in ["environment.json", "environment-canary.json"].into_iter().enumerate() {
+        let out = f.set("prod", &dir.join(name), &[&f.alice]);
+        out.expect(OK).says(&[&format!("prod: spec version {}", i + 2)]);
+        assert_eq!(f.show("prod")["provider"]["kind"], "aws", "{name}");
+        f.ledger.expect_valid(&[]);
+    }
+    assert_eq!(f.show("prod")["strategy"]["kind"], "canary");
+}

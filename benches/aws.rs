@@ -1,0 +1,142 @@
+//! What a rollout costs on the AWS provider, against moto: ticks, wall time, and AWS API calls (per tick
+//! and by action), counted by a pass-through proxy in front of moto (the fault proxy of the tests with
+//! no faults). API calls are what real accounts budget (throttling); wall time here is moto's latency
+//! plus Stele's, not AWS's. For each strategy: 6 instances, v1 converged, then v2 timed. Also: the cost
+//! of one observation of a converged environment (what every tick pays while nothing changes).
+//!
+//! Run: `cargo bench --features aws --bench aws --profile dev` (the figures are call counts and
+//! emulator latency, so the SDK's optimisation level barely matters, and the dev build is already
+//! there after the tests). Needs moto: `scripts/moto-venv.sh`.
+
+#[path = "../tests/common/moto.rs"]
+#[allow(dead_code)]
+mod moto;
+
+use ledger_format::types::{EnvName, Environment, Image};
+use ledger_format::Blake3Digest;
+use moto::{FaultProxy, Moto};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use stele::converge::{self, Memory};
+use stele::plan::Release;
+use stele::provider::aws::{AwsOptions, AwsProvider};
+use stele::provider::Provider;
+
+fn digest(v: &str) -> Blake3Digest {
+    Blake3Digest(*blake3::hash(format!("stele aws bench {v}").as_bytes()).as_bytes())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn spec(setup: &Value, strategy: Value) -> Environment {
+    serde_json::from_value(json!({
+        "type": "stele.environment/v1", "ledger": "bench", "name": "prod", "version": 1,
+        "provider": {
+            "kind": "aws", "region": setup["region"], "launch_template": setup["launch_template"],
+            "subnets": setup["subnets"], "ami_owners": [setup["owner"]],
+            "target_groups": setup["target_group_arns"], "listener": setup["listener_arn"],
+            "vpc": setup["vpc"], "port": 8080,
+        },
+        "groups": [{"name": "web", "capacity": 6}],
+        "strategy": strategy,
+        "health": {"kind": "http", "path": "/healthz", "interval_ms": 1000, "timeout_ms": 500,
+                   "healthy_threshold": 1, "deadline_seconds": 120},
+        "drift": "correct", "revert": "allow",
+    }))
+    .expect("spec")
+}
+
+fn release(setup: &Value, generation: u64, key: &str) -> Release {
+    Release {
+        generation,
+        version: format!("{key}.0.0").parse().unwrap(),
+        seq: generation,
+        image: Image::MachineImage {
+            id: setup["amis"][key].as_str().unwrap().parse().unwrap(),
+            blake3: digest(&format!("v{key}")),
+        },
+    }
+}
+
+/// Ticks to convergence; returns (ticks, wall time).
+fn converge(p: &mut AwsProvider, spec: &Environment, target: &Release, memory: &mut Memory) -> (usize, Duration) {
+    let env: EnvName = "prod".parse().unwrap();
+    let start = Instant::now();
+    for n in 1..=200 {
+        let tick = converge::tick(p, &env, spec, Some(target), memory, now_ms()).expect("tick");
+        assert!(tick.retryable.is_empty(), "{:?}", tick.retryable);
+        if tick.converged() {
+            return (n, start.elapsed());
+        }
+    }
+    panic!("no convergence in 200 ticks");
+}
+
+fn by_action(proxy: &FaultProxy, from: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in &proxy.requests()[from..] {
+        *out.entry(if r.action.is_empty() { r.service.clone() } else { r.action.clone() }).or_default() += 1;
+    }
+    out
+}
+
+fn main() {
+    println!("AWS provider against moto, 6 instances, v1 converged then v2 timed");
+    println!(
+        "| strategy | ticks | wall time | API calls | calls per tick | observe of a converged environment: calls, median time | top calls |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let strategies = [
+        (
+            "rolling (surge 1, unavailable 1)",
+            json!({"kind": "rolling", "max_surge": 1, "max_unavailable": 1, "min_ready_seconds": 0}),
+        ),
+        ("blue/green (grace 0)", json!({"kind": "blue_green", "grace_seconds": 0})),
+        (
+            "canary (25%, 50%, no pauses)",
+            json!({"kind": "canary", "steps": [{"weight": 25, "pause_seconds": 0}, {"weight": 50, "pause_seconds": 0}]}),
+        ),
+    ];
+    for (name, strategy) in strategies {
+        let moto = Moto::start();
+        let setup = moto.setup(&[&digest("v1").to_hex(), &digest("v2").to_hex()]);
+        let proxy = FaultProxy::start(&moto.endpoint, 0.0, 1);
+        let mut p = AwsProvider::with_options(AwsOptions {
+            endpoint_url: Some(proxy.endpoint.clone()),
+            credentials: Some((moto::ACCESS_KEY_ID.into(), moto::SECRET_ACCESS_KEY.into())),
+            ..AwsOptions::default()
+        })
+        .expect("provider");
+        let spec = spec(&setup, strategy);
+        let mut memory = Memory::default();
+        converge(&mut p, &spec, &release(&setup, 1, "1"), &mut memory);
+        let before = proxy.requests().len();
+        let (ticks, wall) = converge(&mut p, &spec, &release(&setup, 2, "2"), &mut memory);
+        let calls = proxy.requests().len() - before;
+        let actions = by_action(&proxy, before);
+        let mut top: Vec<(&String, &usize)> = actions.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let top: Vec<String> = top.iter().take(4).map(|(a, n)| format!("{a} {n}")).collect();
+        // Observations of the converged environment.
+        let env: EnvName = "prod".parse().unwrap();
+        let mut times = Vec::new();
+        let start = proxy.requests().len();
+        for _ in 0..20 {
+            let t = Instant::now();
+            p.observe(&env, &spec, now_ms()).expect("observe");
+            times.push(t.elapsed());
+        }
+        let per_observe = (proxy.requests().len() - start) as f64 / 20.0;
+        times.sort();
+        println!(
+            "| {name} | {ticks} | {:.2} s | {calls} | {:.1} | {per_observe:.0} calls, {:.1} ms | {} |",
+            wall.as_secs_f64(),
+            calls as f64 / ticks as f64,
+            times[10].as_secs_f64() * 1000.0,
+            top.join(", ")
+        );
+    }
+}
