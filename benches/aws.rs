@@ -9,7 +9,6 @@
 //! there after the tests). Needs moto: `scripts/moto-venv.sh`.
 
 #[path = "../tests/common/moto.rs"]
-#[allow(dead_code)]
 mod moto;
 
 use ledger_format::types::{EnvName, Environment, Image};

@@ -39,6 +39,7 @@ pub struct AgentConfig {
     pub status_branch: Option<String>,
     pub agent_id: String,
     pub local: LocalSettings,
+    pub aws: crate::provider::AwsSettings,
     /// The binary that runs `stele lb`.
     pub stele_exe: PathBuf,
 }
@@ -339,6 +340,8 @@ struct Providers {
     local: LocalProvider,
     #[cfg(feature = "aws")]
     aws: Option<crate::provider::aws::AwsProvider>,
+    #[cfg(feature = "aws")]
+    aws_settings: crate::provider::AwsSettings,
 }
 
 impl Providers {
@@ -347,6 +350,8 @@ impl Providers {
             local: LocalProvider::new(&cfg.state_dir, cfg.local.clone(), cfg.stele_exe.clone())?,
             #[cfg(feature = "aws")]
             aws: None,
+            #[cfg(feature = "aws")]
+            aws_settings: cfg.aws.clone(),
         })
     }
 
@@ -356,7 +361,12 @@ impl Providers {
             #[cfg(feature = "aws")]
             ledger_format::types::Provider::Aws { .. } => {
                 if self.aws.is_none() {
-                    self.aws = Some(crate::provider::aws::AwsProvider::new().map_err(|e| e.to_string())?);
+                    let options = crate::provider::aws::AwsOptions {
+                        probe_instances: self.aws_settings.probe_instances,
+                        ..Default::default()
+                    };
+                    let provider = crate::provider::aws::AwsProvider::with_options(options);
+                    self.aws = Some(provider.map_err(|e| e.to_string())?);
                 }
                 Ok(self.aws.as_mut().expect("created above"))
             }

@@ -69,6 +69,9 @@ pub fn tick<P: Provider + ?Sized>(
         memory.last_good = current.effective.clone();
     }
     let mut retryable = Vec::new();
+    if let Some(release) = &current.effective {
+        provider.pin(env, spec, release)?;
+    }
     if let (Some(release), false) = (&current.effective, current.actions.is_empty()) {
         if current.actions.iter().any(|a| matches!(a, Action::Launch { .. })) {
             provider.prepare(env, spec, release)?;

@@ -51,14 +51,21 @@ fn digest(version: &str) -> Blake3Digest {
 struct World {
     moto: Moto,
     setup: Value,
+    /// The spec's `port` (the agent's own health checks go there).
+    port: u16,
 }
 
 impl World {
     fn new() -> World {
+        Self::in_net("10.42", 8080)
+    }
+
+    /// A world whose VPC is `net`.0.0/16 ("127.77": instances' private IPs are on loopback).
+    fn in_net(net: &str, port: u16) -> World {
         let moto = Moto::start();
         let (d1, d2, d3) = (digest("v1").to_hex(), digest("v2").to_hex(), digest("v3").to_hex());
-        let setup = moto.setup(&[&d1, &d2, &d3]);
-        World { moto, setup }
+        let setup = moto.setup_in(net, &[&d1, &d2, &d3]);
+        World { moto, setup, port }
     }
 
     fn ami(&self, key: &str) -> String {
@@ -90,7 +97,7 @@ impl World {
                 "target_groups": s["target_group_arns"],
                 "listener": s["listener_arn"],
                 "vpc": s["vpc"],
-                "port": 8080,
+                "port": self.port,
             },
             "groups": groups,
             "strategy": strategy,
@@ -156,14 +163,18 @@ fn machine_release(generation: u64, version: &str, ami: &str, blake3: Blake3Dige
 }
 
 fn provider_at(endpoint: &str, max_attempts: u32) -> AwsProvider {
-    AwsProvider::with_options(AwsOptions {
+    AwsProvider::with_options(options_at(endpoint, max_attempts)).expect("provider")
+}
+
+fn options_at(endpoint: &str, max_attempts: u32) -> AwsOptions {
+    AwsOptions {
         endpoint_url: Some(endpoint.to_owned()),
         credentials: Some((moto::ACCESS_KEY_ID.into(), moto::SECRET_ACCESS_KEY.into())),
         max_attempts,
         initial_backoff: Duration::from_millis(20),
         attempt_timeout: Duration::from_secs(30),
-    })
-    .expect("provider")
+        probe_instances: false,
+    }
 }
 
 /// Runs a boto3 snippet (with `ec2`, `asg` and `elb` clients bound) against moto; returns its stdout.
@@ -843,4 +854,88 @@ fn weighted_strategies_need_a_listener_and_one_group() {
     assert!(w.asgs().is_empty(), "nothing created");
     assert!(w.stele_target_groups().is_empty(), "nothing created");
     assert_eq!(w.lt_versions().len(), 1, "no launch-template version made");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The agent's own health check (AwsSettings::probe_instances)
+
+/// Answers the environment's health check for every instance: the VPC is 127.77.0.0/16, so each
+/// instance's private IP is a loopback address and this one listener on 0.0.0.0 gets every probe;
+/// which address was probed is the connection's local address. Addresses outside `good` (once it is
+/// set) answer 503.
+struct HealthServer {
+    port: u16,
+    probed: std::sync::Arc<std::sync::Mutex<BTreeSet<std::net::IpAddr>>>,
+    good: std::sync::Arc<std::sync::Mutex<Option<BTreeSet<std::net::IpAddr>>>>,
+}
+
+impl HealthServer {
+    fn start() -> HealthServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind the health server");
+        let port = listener.local_addr().unwrap().port();
+        let probed = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+        let good = std::sync::Arc::new(std::sync::Mutex::new(None::<BTreeSet<std::net::IpAddr>>));
+        let (p, g) = (probed.clone(), good.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let ip = stream.local_addr().unwrap().ip();
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+                p.lock().unwrap().insert(ip);
+                let ok = g.lock().unwrap().as_ref().is_none_or(|good| good.contains(&ip));
+                let status = if ok { "200 OK" } else { "503 Service Unavailable" };
+                let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        HealthServer { port, probed, good }
+    }
+}
+
+#[test]
+fn the_agents_own_health_check_gates_a_rolling_release_and_the_group_is_pinned_back() {
+    let server = HealthServer::start();
+    let w = World::in_net("127.77", server.port);
+    let mut spec = w.rolling(3, 1, 0);
+    if let HealthCheck::Http { deadline_seconds, .. } = &mut spec.health {
+        *deadline_seconds = 1;
+    }
+    let mut p = AwsProvider::with_options(AwsOptions { probe_instances: true, ..options_at(&w.moto.endpoint, 8) })
+        .expect("provider");
+    let mut memory = Memory::default();
+    converge(&mut p, None, &spec, &w.release(1, "1"), &mut memory, |_| {});
+    assert_fleet(&w, &w.ami("1"), 1, 3);
+    let v1_ips = server.probed.lock().unwrap().clone();
+    assert_eq!(v1_ips.len(), 3, "each v1 instance was probed at its own address: {v1_ips:?}");
+    assert!(v1_ips.iter().all(|ip| ip.to_string().starts_with("127.77.")), "{v1_ips:?}");
+
+    // v2's instances answer 503: EC2, Auto Scaling and the target group all call them fine (moto), only
+    // the environment's own check sees it. The gate fails and v1 is restored.
+    *server.good.lock().unwrap() = Some(v1_ips);
+    let v2 = w.release(2, "2");
+    let mut degraded = None;
+    for _ in 0..40 {
+        let tick = converge::tick(&mut p, &env(), &spec, Some(&v2), &mut memory, now_ms()).expect("tick");
+        let healthy_v1 = tick
+            .observed
+            .instances
+            .iter()
+            .filter(|i| i.generation == 1 && matches!(i.health, Health::Healthy { .. }))
+            .count();
+        assert_eq!(healthy_v1, 3, "max_unavailable 0: v1 stays whole");
+        if tick.converged() {
+            degraded = Some(tick.plan.phase);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(degraded, Some(Phase::Degraded));
+    let failed = memory.failed.as_ref().expect("gate failed");
+    assert_eq!(failed.generation, 2);
+    assert!(failed.reason.contains("status 503"), "{}", failed.reason);
+    // v1 runs, and the group launches from v1's version again: an instance Auto Scaling replaces on
+    // its own gets the good image, not the failed one.
+    assert_fleet(&w, &w.ami("1"), 1, 3);
+    assert_eq!(stele_version(&w.lt_versions(), 2).len(), 1, "the failed version is kept, not used");
 }

@@ -33,6 +33,8 @@ struct AgentFile {
     agent_id: Option<String>,
     #[serde(default)]
     local: LocalSettings,
+    #[serde(default)]
+    aws: crate::provider::AwsSettings,
 }
 
 pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result<AgentConfig> {
@@ -89,6 +91,7 @@ pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result
         status_branch: write_status.then_some(status_branch),
         agent_id: file.agent_id.unwrap_or_else(|| default_agent_id(&state_dir)),
         local: file.local,
+        aws: file.aws,
         stele_exe: std::env::current_exe().context("cannot find the stele binary for `stele lb`")?,
         repo,
         state_dir,
@@ -98,4 +101,24 @@ pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result
 pub fn run(repo: Option<&Path>, args: AgentArgs) -> Result<u8> {
     let cfg = load_config(repo, &args.settings)?;
     agent::run(cfg, args.once, Duration::from_secs(args.timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AgentFile;
+
+    #[test]
+    fn the_example_configurations_parse() {
+        for (name, text) in [
+            ("examples/agent.toml", include_str!("../../examples/agent.toml")),
+            ("examples/aws/agent.toml", include_str!("../../examples/aws/agent.toml")),
+        ] {
+            let file: AgentFile = toml::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(file.repo.is_some() && !file.trust_root.is_empty(), "{name}");
+            assert!(!file.aws.probe_instances, "{name}: probing is opt-in");
+        }
+        let on: AgentFile = toml::from_str("[aws]\nprobe_instances = true\n").unwrap();
+        assert!(on.aws.probe_instances);
+        assert!(toml::from_str::<AgentFile>("[aws]\nprobe = true\n").is_err(), "unknown keys are refused");
+    }
 }

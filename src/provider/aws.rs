@@ -100,6 +100,9 @@ pub struct AwsOptions {
     pub initial_backoff: Duration,
     /// The limit of one attempt of one call.
     pub attempt_timeout: Duration,
+    /// Also probe each running instance at its private IP with the environment's health check (see
+    /// `AwsSettings::probe_instances`).
+    pub probe_instances: bool,
 }
 
 impl Default for AwsOptions {
@@ -110,6 +113,7 @@ impl Default for AwsOptions {
             max_attempts: 8,
             initial_backoff: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(30),
+            probe_instances: false,
         }
     }
 }
@@ -178,6 +182,7 @@ impl AwsProvider {
             rt: Some(rt),
             inner: Inner {
                 config,
+                probe_instances: options.probe_instances,
                 clients: HashMap::new(),
                 digests: HashMap::new(),
                 versions: HashMap::new(),
@@ -188,6 +193,7 @@ impl AwsProvider {
                 specs: HashMap::new(),
                 traffic_seen: HashMap::new(),
                 tg_seen: HashSet::new(),
+                rolling_versions: HashMap::new(),
             },
         })
     }
@@ -200,6 +206,10 @@ fn aws_credential_types(key: &str, secret: &str) -> ec2::config::Credentials {
 impl Provider for AwsProvider {
     fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {
         Self::block_on(&self.rt, self.inner.prepare(env, spec, release)).map(drop)
+    }
+
+    fn pin(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {
+        Self::block_on(&self.rt, self.inner.pin(env, spec, release))
     }
 
     fn observe(&mut self, env: &EnvName, spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError> {
@@ -436,6 +446,7 @@ struct Clients {
 
 struct Inner {
     config: aws_config::SdkConfig,
+    probe_instances: bool,
     clients: HashMap<String, Clients>,
     /// (region, AMI) → its `stele:blake3` digest, for observing; prepare always asks AWS afresh.
     digests: HashMap<(String, String), Blake3Digest>,
@@ -454,6 +465,8 @@ struct Inner {
     /// (environment, listener weights) → when this process first saw them, for weights whose target
     /// groups carry no `stele:traffic-since` tag.
     traffic_seen: HashMap<(EnvName, String), u64>,
+    /// Rolling groups of each environment at the last observation: (group name, launch-template version).
+    rolling_versions: HashMap<EnvName, Vec<(String, Option<String>)>>,
     /// Environments whose per-generation target groups were not all gone at the last look.
     tg_seen: HashSet<EnvName>,
 }
@@ -581,6 +594,7 @@ struct TargetGroupView {
 #[derive(Clone, Debug)]
 struct Ec2Instance {
     image_id: String,
+    private_ip: Option<String>,
     state: String,
     launched_ms: u64,
     tags: HashMap<String, String>,
@@ -651,6 +665,41 @@ fn judge_health(
         return Some(Health::Starting);
     }
     Some(Health::Healthy { since_ms: 0 })
+}
+
+/// The environment's own health check against every running instance's private IP and `port`, all at
+/// once (each bounded by the check's timeout): instance id → verdict, the error naming the address.
+fn probe_instances(
+    instances: &HashMap<String, Ec2Instance>,
+    check: &HealthCheck,
+    port: u64,
+) -> HashMap<String, Result<(), String>> {
+    use crate::provider::local::process::{probe_http, probe_tcp};
+    let Ok(port) = u16::try_from(port) else { return HashMap::new() };
+    let targets: Vec<(String, std::net::SocketAddr)> = instances
+        .iter()
+        .filter(|(_, i)| i.state == "running")
+        .filter_map(|(id, i)| {
+            Some((id.clone(), std::net::SocketAddr::new(i.private_ip.as_deref()?.parse().ok()?, port)))
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let running: Vec<_> = targets
+            .iter()
+            .map(|(id, addr)| {
+                scope.spawn(move || {
+                    let verdict = match check {
+                        HealthCheck::Http { path, timeout_ms, .. } => {
+                            probe_http(*addr, path.as_str(), Duration::from_millis(*timeout_ms))
+                        }
+                        HealthCheck::Tcp { timeout_ms, .. } => probe_tcp(*addr, Duration::from_millis(*timeout_ms)),
+                    };
+                    (id.clone(), verdict.map_err(|e| format!("health check of {addr}: {e}")))
+                })
+            })
+            .collect();
+        running.into_iter().filter_map(|h| h.join().ok()).collect()
+    })
 }
 
 /// A target group's view from its tags, when it is Stele's for this environment.
@@ -1210,6 +1259,7 @@ impl Inner {
                     id.to_owned(),
                     Ec2Instance {
                         image_id: i.image_id().unwrap_or_default().to_owned(),
+                        private_ip: i.private_ip_address().map(str::to_owned),
                         state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
                         launched_ms,
                         tags: tags_ec2(i.tags()),
@@ -1350,9 +1400,19 @@ impl Inner {
         }
         let ids: Vec<String> = groups.iter().flat_map(|g| g.live().map(|i| i.id.clone())).collect();
         let ec2 = self.describe_instances(&c, &ids).await?;
+        let probes = match (self.probe_instances, aws.port) {
+            (true, Some(port)) => probe_instances(&ec2, &spec.health, port),
+            _ => HashMap::new(),
+        };
         let mut observed = Observed::default();
         let mut healthy_now = HashSet::new();
         let mut in_use: HashSet<(String, Generation)> = HashSet::new();
+        let rolling_versions = groups
+            .iter()
+            .filter(|g| g.generation.is_none() && g.template_name.as_deref() == Some(aws.launch_template))
+            .map(|g| (g.name.clone(), g.template_version.clone()))
+            .collect();
+        self.rolling_versions.insert(env.clone(), rolling_versions);
         for view in &groups {
             let Some(group) = view.group.as_deref().and_then(|g| g.parse::<GroupName>().ok()) else {
                 tracing::warn!(group = %view.name, "auto scaling group tagged for {env} has no valid {TAG_GROUP} tag");
@@ -1371,6 +1431,9 @@ impl Inner {
                 let inst = ec2.get(&member.id);
                 let verdicts = targets.get(&member.id).map(Vec::as_slice).unwrap_or(&[]);
                 let Some(mut health) = judge_health(member, inst, verdicts, now_ms) else { continue };
+                if let (Health::Healthy { .. }, Some(Err(reason))) = (&health, probes.get(&member.id)) {
+                    health = Health::Unhealthy { since_ms: now_ms, reason: reason.clone() };
+                }
                 counted += 1;
                 let launched_ms = inst.map_or(now_ms, |i| i.launched_ms);
                 if let Health::Healthy { since_ms } = &mut health {
@@ -1485,6 +1548,46 @@ impl Inner {
         }
         self.healthy_since.retain(|id, _| healthy_now.contains(id));
         Ok(observed)
+    }
+
+    /// Points every rolling group (as last observed) at the launch-template version of `release`: after
+    /// a failed gate that is the last good release again, so Auto Scaling's own replacements never
+    /// launch the failed image. Per-generation groups launch only their own generation.
+    async fn pin(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {
+        let aws = AwsSpec::of(spec)?;
+        if aws.layout(spec)? != Layout::Rolling {
+            return Ok(());
+        }
+        let ami = machine_image(release)?;
+        let key =
+            (aws.region.to_owned(), aws.launch_template.to_owned(), version_description(env, release.generation, ami));
+        let groups = self.rolling_versions.get(env).cloned().unwrap_or_default();
+        let known = self.versions.get(&key).map(|v| v.to_string());
+        if groups.is_empty() || groups.iter().all(|(_, v)| v.is_some() && *v == known) {
+            return Ok(());
+        }
+        let version = self.prepare(env, spec, release).await?.to_string();
+        let c = self.clients(aws.region);
+        for (name, current) in groups {
+            if current.as_deref() == Some(version.as_str()) {
+                continue;
+            }
+            c.autoscaling
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(&name)
+                .launch_template(
+                    autoscaling::types::LaunchTemplateSpecification::builder()
+                        .launch_template_name(aws.launch_template)
+                        .version(&version)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| classify("UpdateAutoScalingGroup", e))?;
+            tracing::info!(group = %name, version, generation = release.generation, "group pointed at launch template version");
+        }
+        self.rolling_versions.remove(env);
+        Ok(())
     }
 
     async fn launch(
@@ -1873,7 +1976,13 @@ mod tests {
     }
 
     fn ec2(state: &str) -> Ec2Instance {
-        Ec2Instance { image_id: "ami-1".into(), state: state.into(), launched_ms: 5, tags: HashMap::new() }
+        Ec2Instance {
+            image_id: "ami-1".into(),
+            private_ip: None,
+            state: state.into(),
+            launched_ms: 5,
+            tags: HashMap::new(),
+        }
     }
 
     fn verdict(state: &str, reason: &str) -> TargetVerdict {

@@ -12,6 +12,19 @@ pub mod sim;
 
 use crate::plan::{Observed, Release, Traffic};
 use ledger_format::types::{EnvName, Environment, GroupName};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the AWS provider (the `[aws]` table of the agent's configuration). Parsed in every build,
+/// so a configuration stays valid for an agent built without the feature.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    /// Also run the environment's HTTP/TCP health check against each instance's private IP and the
+    /// spec's `port`. Only where the agent runs inside the VPC and reaches the instances directly: a
+    /// proxy or middlebox that answers in their place would make every probe fail. Default false.
+    #[serde(default)]
+    pub probe_instances: bool,
+}
 
 /// How the agent must react to a provider failure (STYLE.md 4).
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +50,15 @@ pub trait Provider {
     /// Makes a release's image ready to launch (fetch and verify it for `local`). Refuses an image
     /// whose digest or size differs from the signed entry before anything runs.
     fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError>;
+
+    /// Called on every tick that has a release to converge to (the target, or while degraded the last
+    /// good release), after the image checks of `prepare` would pass: a provider that launches from a
+    /// stored template outside the agent's own launches (an Auto Scaling group replacing an instance)
+    /// points that template at this release, so a failed rollout never keeps launching its broken
+    /// image. Must cost nothing when already pointed there. Default: nothing to do.
+    fn pin(&mut self, _env: &EnvName, _spec: &Environment, _release: &Release) -> Result<(), ProviderError> {
+        Ok(())
+    }
 
     /// What runs now, with fresh health results.
     fn observe(&mut self, env: &EnvName, spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError>;

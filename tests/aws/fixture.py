@@ -94,9 +94,10 @@ def base_image(ec2):
 def cmd_setup(c, args):
     digests = parse_digests(args.digest)
     ec2, elb = c["ec2"], c["elbv2"]
-    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    net = args.net  # the first two octets of the VPC's /16
+    vpc = ec2.create_vpc(CidrBlock=f"{net}.0.0/16")["Vpc"]["VpcId"]
     subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.42.{i}.0/24", AvailabilityZone=f"{REGION}{az}")["Subnet"][
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"{net}.{i}.0/24", AvailabilityZone=f"{REGION}{az}")["Subnet"][
             "SubnetId"
         ]
         for i, az in ((1, "a"), (2, "b"))
@@ -349,6 +350,9 @@ def main():
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("setup")
     s.add_argument("--digest", action="append", default=[], metavar="KEY=HEX")
+    # moto gives instances private IPs from the subnets: "127.77" puts them on loopback, where a test
+    # can answer the agent's own health checks.
+    s.add_argument("--net", default="10.42", help="first two octets of the VPC /16 (default 10.42)")
     s = sub.add_parser("describe-asgs")
     s.add_argument("--name", action="append", default=[])
     s = sub.add_parser("listener-weights")

@@ -233,8 +233,13 @@ impl Moto {
     /// `fixture.py setup` with `digests[i]` as the digest of AMI `app-{i+1}`; see tests/aws/fixture.py for the
     /// keys of the result.
     pub fn setup(&self, digests: &[&str]) -> Value {
+        self.setup_in("10.42", digests)
+    }
+
+    /// `setup` with the VPC at `net`.0.0/16 (`127.77` puts instances' private IPs on loopback).
+    pub fn setup_in(&self, net: &str, digests: &[&str]) -> Value {
         let pairs: Vec<String> = digests.iter().enumerate().map(|(i, d)| format!("{}={d}", i + 1)).collect();
-        let mut args = vec!["setup"];
+        let mut args = vec!["setup", "--net", net];
         for pair in &pairs {
             args.extend(["--digest", pair.as_str()]);
         }
