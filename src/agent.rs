@@ -336,12 +336,14 @@ impl Worker {
 }
 
 /// The providers an agent drives, chosen per environment by its spec's `provider.kind`.
-struct Providers {
+/// The providers of one agent (or of `stele plan`, observing only), each made when first needed.
+pub(crate) struct Providers {
     local: LocalProvider,
     #[cfg(feature = "aws")]
     aws: Option<crate::provider::aws::AwsProvider>,
     #[cfg(feature = "aws")]
     aws_settings: crate::provider::AwsSettings,
+    observe_only: bool,
 }
 
 impl Providers {
@@ -352,10 +354,23 @@ impl Providers {
             aws: None,
             #[cfg(feature = "aws")]
             aws_settings: cfg.aws.clone(),
+            observe_only: false,
         })
     }
 
-    fn for_spec(&mut self, spec: &ledger_format::types::Environment) -> Result<&mut dyn Provider, String> {
+    /// Providers that only observe and refuse every action: for `stele plan`.
+    pub(crate) fn observe_only(cfg: &AgentConfig) -> Result<Self> {
+        Ok(Self {
+            local: LocalProvider::new(&cfg.state_dir, cfg.local.clone(), cfg.stele_exe.clone())?.dry_run(),
+            #[cfg(feature = "aws")]
+            aws: None,
+            #[cfg(feature = "aws")]
+            aws_settings: cfg.aws.clone(),
+            observe_only: true,
+        })
+    }
+
+    pub(crate) fn for_spec(&mut self, spec: &ledger_format::types::Environment) -> Result<&mut dyn Provider, String> {
         match &spec.provider {
             ledger_format::types::Provider::Local {} => Ok(&mut self.local),
             #[cfg(feature = "aws")]
@@ -363,6 +378,7 @@ impl Providers {
                 if self.aws.is_none() {
                     let options = crate::provider::aws::AwsOptions {
                         probe_instances: self.aws_settings.probe_instances,
+                        observe_only: self.observe_only,
                         ..Default::default()
                     };
                     let provider = crate::provider::aws::AwsProvider::with_options(options);

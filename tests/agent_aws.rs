@@ -1,6 +1,7 @@
 //! The agent end to end on the AWS provider: a real Git ledger made with the `stele` CLI, releases that
 //! pin AMIs, the real `stele agent` binary converging Auto Scaling groups in moto (tests/common/moto.rs),
-//! status read back from the status branch. Covers promotion, rollback by `git revert` (a new generation
+//! status read back from the status branch. Covers promotion, `stele plan` (observes, changes nothing),
+//! rollback by `git revert` (a new generation
 //! that runs the old AMI again), and an agent killed with SIGKILL in the middle of a blue/green rollout
 //! and started again (no duplicate groups, target groups or instances).
 #![cfg(feature = "aws")]
@@ -113,6 +114,16 @@ impl World {
         cmd
     }
 
+    /// `stele plan --json` with the agent's configuration: (exit code, JSON).
+    fn plan(&self) -> (i32, Value) {
+        let mut cmd = scrubbed(STELE, self.sb.root(), &self.ledger.dir);
+        moto::configure_aws(&mut cmd, &self.moto.endpoint);
+        let out = cmd.args(["plan", "--config", &path_str(&self.config), "--json"]).output().expect("run stele plan");
+        let json = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("plan JSON: {e}\n{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap_or(-1), json)
+    }
+
     fn agent_once(&self) -> (i32, String) {
         let out = self.agent_cmd(true).stdin(Stdio::null()).output().expect("run the agent");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -202,6 +213,20 @@ fn release_then_git_revert_rolls_the_group_back_to_the_old_ami() {
     assert_eq!((s["phase"].as_str(), s["observed_generation"].as_u64()), (Some("Healthy"), Some(1)), "{s:#}");
 
     w.release("2");
+    // `stele plan` shows what the agent would do, from what AWS reports, and changes nothing.
+    let versions_before = w.moto.fixture(&["lt-versions", "--name", "web-base"]);
+    let (code, plan) = w.plan();
+    assert_eq!(code, OK, "{plan:#}");
+    let env = &plan["environments"][0];
+    assert_eq!(env["target_generation"], 2, "{plan:#}");
+    assert_eq!(env["observed"]["instances"].as_array().map(Vec::len), Some(2), "{plan:#}");
+    let launches: Vec<&Value> =
+        env["plan"]["actions"].as_array().unwrap().iter().filter(|a| a["action"] == "launch").collect();
+    assert_eq!(launches.len(), 1, "max_surge 1: {plan:#}");
+    assert_eq!(launches[0]["release"]["generation"], 2, "{plan:#}");
+    assert_eq!(w.running(), three("stele-prod-web", &w.ami("1"), "1", 2), "plan touched nothing");
+    assert_eq!(w.moto.fixture(&["lt-versions", "--name", "web-base"]), versions_before, "no version made");
+
     let (code, log) = w.agent_once();
     assert_eq!(code, OK, "{log}");
     assert_eq!(w.running(), three("stele-prod-web", &w.ami("2"), "2", 2));

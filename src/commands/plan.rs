@@ -1,15 +1,13 @@
 //! `stele plan`: what the agent would do now. Verifies the ledger (without moving the high-water
-//! mark), observes the local provider (probing health, touching nothing) and prints each environment's
-//! plan.
+//! mark), observes each environment's provider (probing health, touching nothing: providers made
+//! observe-only refuse every action) and prints each environment's plan.
 
 use super::agent::load_config;
 use super::now;
-use crate::agent::{load_memory, now_ms, release_of};
+use crate::agent::{load_memory, now_ms, release_of, Providers};
 use crate::cli::PlanArgs;
 use crate::exit;
 use crate::plan::{plan, Action, Desired};
-use crate::provider::local::LocalProvider;
-use crate::provider::Provider;
 use crate::sync::{LedgerSync, SyncStatus};
 use anyhow::Result;
 use serde_json::json;
@@ -23,9 +21,12 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
         println!("no verified ledger yet at {}", cfg.repo);
         return Ok(exit::VERIFY_FAILED);
     };
-    let mut provider = LocalProvider::new(&cfg.state_dir, cfg.local.clone(), cfg.stele_exe.clone())?.dry_run();
+    let mut providers = Providers::observe_only(&cfg)?;
     let memory = load_memory(&cfg.state_dir)?;
     let mut out = Vec::new();
+    // An environment that could not be observed (no provider here, an unreachable API) is reported
+    // and the others are still planned; the exit code says so (I/O).
+    let mut unobserved = false;
     for (env, h) in &verified.state.envs {
         if !cfg.envs.is_empty() && !cfg.envs.contains(env) {
             continue;
@@ -33,7 +34,18 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
         let spec = &h.spec.payload;
         let m = memory.get(env).cloned().unwrap_or_default();
         let now = now_ms();
-        let observed = provider.observe(env, spec, now)?;
+        let observed = match providers.for_spec(spec).and_then(|p| p.observe(env, spec, now).map_err(|e| e.to_string()))
+        {
+            Ok(observed) => observed,
+            Err(reason) => {
+                unobserved = true;
+                if !args.json {
+                    println!("{env}: cannot observe: {reason}");
+                }
+                out.push(json!({"env": env, "target_generation": h.generation, "error": reason}));
+                continue;
+            }
+        };
         let desired = Desired {
             spec,
             target: release_of(h),
@@ -85,5 +97,5 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
     if args.json {
         println!("{}", json!({"stalled": null, "commit": verified.commit.to_string(), "environments": out}));
     }
-    Ok(exit::OK)
+    Ok(if unobserved { exit::IO } else { exit::OK })
 }

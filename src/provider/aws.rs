@@ -103,6 +103,9 @@ pub struct AwsOptions {
     /// Also probe each running instance at its private IP with the environment's health check (see
     /// `AwsSettings::probe_instances`).
     pub probe_instances: bool,
+    /// Observe only (`stele plan`): the clean-up an observation does otherwise (deleting emptied
+    /// groups and unused target groups) is skipped, and every action is refused.
+    pub observe_only: bool,
 }
 
 impl Default for AwsOptions {
@@ -114,6 +117,7 @@ impl Default for AwsOptions {
             initial_backoff: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(30),
             probe_instances: false,
+            observe_only: false,
         }
     }
 }
@@ -183,6 +187,7 @@ impl AwsProvider {
             inner: Inner {
                 config,
                 probe_instances: options.probe_instances,
+                observe_only: options.observe_only,
                 clients: HashMap::new(),
                 digests: HashMap::new(),
                 versions: HashMap::new(),
@@ -205,10 +210,12 @@ fn aws_credential_types(key: &str, secret: &str) -> ec2::config::Credentials {
 
 impl Provider for AwsProvider {
     fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {
+        self.inner.acting()?;
         Self::block_on(&self.rt, self.inner.prepare(env, spec, release)).map(drop)
     }
 
     fn pin(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {
+        self.inner.acting()?;
         Self::block_on(&self.rt, self.inner.pin(env, spec, release))
     }
 
@@ -224,14 +231,17 @@ impl Provider for AwsProvider {
         release: &Release,
         now_ms: u64,
     ) -> Result<String, ProviderError> {
+        self.inner.acting()?;
         Self::block_on(&self.rt, self.inner.launch(env, spec, group, release, now_ms))
     }
 
     fn terminate(&mut self, env: &EnvName, group: &GroupName, id: &str) -> Result<(), ProviderError> {
+        self.inner.acting()?;
         Self::block_on(&self.rt, self.inner.terminate_all(env, group, &[id.to_owned()]))
     }
 
     fn terminate_all(&mut self, env: &EnvName, group: &GroupName, ids: &[String]) -> Result<(), ProviderError> {
+        self.inner.acting()?;
         Self::block_on(&self.rt, self.inner.terminate_all(env, group, ids))
     }
 
@@ -245,7 +255,10 @@ impl Provider for AwsProvider {
         match traffic {
             // A rolling group's target groups send to every registered (healthy) instance.
             Traffic::Even => Ok(()),
-            Traffic::Weighted(weights) => Self::block_on(&self.rt, self.inner.set_weights(env, group, weights, now_ms)),
+            Traffic::Weighted(weights) => {
+                self.inner.acting()?;
+                Self::block_on(&self.rt, self.inner.set_weights(env, group, weights, now_ms))
+            }
         }
     }
 }
@@ -447,6 +460,7 @@ struct Clients {
 struct Inner {
     config: aws_config::SdkConfig,
     probe_instances: bool,
+    observe_only: bool,
     clients: HashMap<String, Clients>,
     /// (region, AMI) → its `stele:blake3` digest, for observing; prepare always asks AWS afresh.
     digests: HashMap<(String, String), Blake3Digest>,
@@ -746,6 +760,14 @@ fn tags_ec2(tags: &[ec2::types::Tag]) -> HashMap<String, String> {
 // The work
 
 impl Inner {
+    /// Refuses every change in observe-only mode.
+    fn acting(&self) -> Result<(), ProviderError> {
+        if self.observe_only {
+            return Err(refused("this aws provider only observes (stele plan)"));
+        }
+        Ok(())
+    }
+
     fn clients(&mut self, region: &str) -> Clients {
         let config = &self.config;
         self.clients
@@ -1506,7 +1528,7 @@ impl Inner {
                     None => weighted,
                     Some(g) => !weighted || !forwarded.contains_key(&(group.to_string(), g)),
                 };
-            if view.empty() && unneeded {
+            if view.empty() && unneeded && !self.observe_only {
                 match c.autoscaling.delete_auto_scaling_group().auto_scaling_group_name(&view.name).send().await {
                     Ok(_) => {
                         tracing::info!(group = %view.name, "deleted an empty group that is no longer needed");
@@ -1519,7 +1541,7 @@ impl Inner {
                 in_use.insert((group.to_string(), g));
             }
         }
-        if !tgs.is_empty() {
+        if !tgs.is_empty() && !self.observe_only {
             self.delete_unused_target_groups(&c, &tgs, &forward, &in_use).await;
         }
         if weighted {
