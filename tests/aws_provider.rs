@@ -173,7 +173,7 @@ fn options_at(endpoint: &str, max_attempts: u32) -> AwsOptions {
         max_attempts,
         initial_backoff: Duration::from_millis(20),
         attempt_timeout: Duration::from_secs(30),
-        probe_instances: false,
+        ..AwsOptions::default()
     }
 }
 
