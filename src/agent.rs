@@ -343,6 +343,7 @@ pub(crate) struct Providers {
     aws: Option<crate::provider::aws::AwsProvider>,
     #[cfg(feature = "aws")]
     aws_settings: crate::provider::AwsSettings,
+    #[cfg(feature = "aws")]
     observe_only: bool,
 }
 
@@ -354,6 +355,7 @@ impl Providers {
             aws: None,
             #[cfg(feature = "aws")]
             aws_settings: cfg.aws.clone(),
+            #[cfg(feature = "aws")]
             observe_only: false,
         })
     }
@@ -366,6 +368,7 @@ impl Providers {
             aws: None,
             #[cfg(feature = "aws")]
             aws_settings: cfg.aws.clone(),
+            #[cfg(feature = "aws")]
             observe_only: true,
         })
     }
