@@ -8,9 +8,11 @@
 //!
 //! Owns: the AMI checks (exists, `available`, owned by an account in `ami_owners`, tag `stele:blake3`
 //! equal to the entry's digest), the launch-template versions Stele adds (one per environment,
-//! generation and AMI, found again by their description), the groups Stele creates and their bounds,
-//! reading instances, images and health back, and the classification of AWS errors into retryable and
-//! refused. Must not decide what to run (that is `plan`), or touch the ledger.
+//! generation and AMI, found again by their description), the groups and per-generation target groups
+//! Stele creates and their bounds, the listener's forward weights, reading instances, images and health
+//! back (and, opt-in, probing instances with the environment's own check), and the classification of
+//! AWS errors into retryable and refused. Must not decide what to run or when traffic moves (that is
+//! `plan`), or touch the ledger.
 //!
 //! What AWS holds for an environment `E` (all of it found again from tags, names and descriptions):
 //! ```text
