@@ -10,8 +10,11 @@
 //! listener's weights checked at every tick (never split, switched only once the new group is whole and
 //! healthy), canary steps and pauses, a canary whose instances Auto Scaling reports Unhealthy (gate
 //! failed, traffic restored, canary scaled in, group and target group deleted, Degraded), blue/green
-//! through the fault proxy with a restart before every tick, and weighted specs without a listener or
-//! with two groups refused before anything is created.
+//! through the fault proxy with a restart before every tick, weighted specs without a listener or
+//! with two groups refused before anything is created, the agent's own HTTP check (instances on
+//! loopback IPs) failing a rolling gate with the group pinned back to v1, a rolling environment
+//! switched to canary (adopted) and back (refused), and every call seen by a proxy allowed by
+//! examples/aws/iam-policy.json.
 //!
 //! moto gaps met (and how the provider or the tests cope, see src/provider/aws.rs): `SourceVersion` of
 //! CreateLaunchTemplateVersion is ignored (the instance type is copied explicitly), the per-instance
@@ -525,6 +528,7 @@ fn rollout_through_throttling_and_internal_errors() {
     assert_fleet(&w, &w.ami("2"), 2, 4);
     assert_eq!(w.fleet_launches(), 8, "4 of v1 and 4 replacements, nothing twice");
     assert_eq!(w.lt_versions().len(), 3, "base + one per generation");
+    assert_iam_policy_covers(&proxy);
 }
 
 #[test]
@@ -640,6 +644,32 @@ impl World {
     fn group(&self, name: &str) -> Option<Value> {
         self.asgs().into_iter().find(|g| g["name"] == name)
     }
+}
+
+/// Every AWS action the provider called through `proxy` is allowed by examples/aws/iam-policy.json
+/// (the least-privilege policy the README documents).
+fn assert_iam_policy_covers(proxy: &FaultProxy) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/aws/iam-policy.json");
+    let policy: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("policy JSON");
+    let mut allowed = BTreeSet::new();
+    for statement in policy["Statement"].as_array().unwrap() {
+        match &statement["Action"] {
+            Value::String(a) => {
+                allowed.insert(a.clone());
+            }
+            Value::Array(list) => allowed.extend(list.iter().map(|a| a.as_str().unwrap().to_owned())),
+            other => panic!("unexpected Action {other}"),
+        }
+    }
+    let called: BTreeSet<String> = proxy
+        .requests()
+        .iter()
+        .filter(|r| !r.action.is_empty() && r.service != "sts")
+        .map(|r| format!("{}:{}", r.service, r.action))
+        .collect();
+    assert!(called.len() >= 8, "the proxy saw the provider's calls: {called:?}");
+    let missing: Vec<&String> = called.iter().filter(|a| !allowed.contains(*a)).collect();
+    assert!(missing.is_empty(), "called but not in {}: {missing:?}", path.display());
 }
 
 fn generation_group(generation: u64) -> String {
@@ -829,6 +859,7 @@ fn blue_green_through_faults_with_a_restart_before_every_tick() {
     assert!(faults * 10 >= total, "about a fifth of {total} requests faulted, got {faults}");
     assert_weighted_fleet(&w, &w.ami("2"), 2, 3);
     assert_eq!(w.fleet_launches(), 6, "3 of v1 and 3 of v2, nothing twice");
+    assert_iam_policy_covers(&proxy);
 }
 
 #[test]
@@ -938,4 +969,41 @@ fn the_agents_own_health_check_gates_a_rolling_release_and_the_group_is_pinned_b
     // its own gets the good image, not the failed one.
     assert_fleet(&w, &w.ami("1"), 1, 3);
     assert_eq!(stele_version(&w.lt_versions(), 2).len(), 1, "the failed version is kept, not used");
+}
+
+#[test]
+fn a_rolling_environment_switched_to_canary_is_adopted_and_switching_back_is_refused() {
+    let w = World::new();
+    // A proxy without faults: it records the calls, to check them against the IAM policy.
+    let proxy = FaultProxy::start(&w.moto.endpoint, 0.0, 7);
+    let mut p = provider_at(&proxy.endpoint, 8);
+    let mut memory = Memory::default();
+    converge(&mut p, None, &w.rolling(2, 1, 0), &w.release(1, "1"), &mut memory, |_| {});
+    assert_fleet(&w, &w.ami("1"), 1, 2);
+
+    // The spec becomes a canary; v2 arrives. The rolling group's generation gets its own target group,
+    // so the listener can split traffic between it and g2; then the rolling group is emptied and
+    // deleted with that target group.
+    let canary = w.canary(2, json!([{"weight": 50, "pause_seconds": 0}]));
+    let mut seen = Vec::new();
+    converge(&mut p, None, &canary, &w.release(2, "2"), &mut memory, |_| {
+        let l = w.listener();
+        if seen.last() != Some(&l) {
+            seen.push(l);
+        }
+    });
+    assert_eq!(seen.first(), Some(&vec![(0, 1)]), "the fixture's own target group first: {seen:?}");
+    assert!(seen.contains(&vec![(1, 50), (2, 50)]), "a 50/50 step between the adopted group and g2: {seen:?}");
+    assert_eq!(seen.last(), Some(&vec![(2, 100)]), "{seen:?}");
+    assert_weighted_fleet(&w, &w.ami("2"), 2, 2);
+    assert_eq!(w.fleet_launches(), 4, "2 of v1 and 2 of v2, nothing twice");
+
+    // Back to rolling would leave the listener on a group being emptied: refused, nothing touched.
+    let before = (w.asgs(), w.listener());
+    match converge::tick(&mut p, &env(), &w.rolling(2, 1, 0), Some(&w.release(3, "1")), &mut memory, now_ms()) {
+        Err(ProviderError::Refused(e)) => assert!(e.contains("switching it to rolling on aws is not supported"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!((w.asgs(), w.listener()), before, "nothing changed");
+    assert_iam_policy_covers(&proxy);
 }

@@ -1201,17 +1201,17 @@ impl Inner {
         Ok(())
     }
 
-    /// Deletes the target groups of this environment that no group uses and the listener does not
-    /// forward to; a target group still held by a group being deleted is tried again next time.
+    /// Deletes the target groups of this environment that no group is attached to and the listener does
+    /// not forward to; a target group still held by a group being deleted is tried again next time.
     async fn delete_unused_target_groups(
         &self,
         c: &Clients,
         tgs: &[TargetGroupView],
         forward: &[(String, i32)],
-        in_use: &HashSet<(String, Generation)>,
+        attached: &HashSet<String>,
     ) {
         for tg in tgs {
-            if forward.iter().any(|(a, _)| *a == tg.arn) || in_use.contains(&(tg.group.clone(), tg.generation)) {
+            if forward.iter().any(|(a, _)| *a == tg.arn) || attached.contains(&tg.arn) {
                 continue;
             }
             match c.elb.delete_target_group().target_group_arn(&tg.arn).send().await {
@@ -1223,6 +1223,42 @@ impl Inner {
                 Err(e) => tracing::warn!(target_group = short_arn(&tg.arn), "{}", classify("DeleteTargetGroup", e)),
             }
         }
+    }
+
+    /// The strategy changed from rolling to blue/green or canary: a rolling group that still runs
+    /// instances of one generation gets that generation's target group attached, so the listener can
+    /// weight it like any generation while the planner replaces it. (A rolling group caught mid-rollout,
+    /// with two generations, is left alone: one target group would carry both.)
+    #[allow(clippy::too_many_arguments)]
+    async fn adopt_rolling_groups(
+        &self,
+        c: &Clients,
+        spec: &Environment,
+        env: &EnvName,
+        groups: &[GroupView],
+        ec2: &HashMap<String, Ec2Instance>,
+        vpc: &str,
+        port: i32,
+    ) -> Result<(), ProviderError> {
+        for view in groups.iter().filter(|g| g.generation.is_none()) {
+            let Some(group) = view.group.as_deref().and_then(|g| g.parse::<GroupName>().ok()) else { continue };
+            let generations: BTreeSet<Generation> =
+                view.live().filter_map(|m| ec2.get(&m.id)?.tags.get(TAG_GENERATION)?.parse().ok()).collect();
+            let [generation] = generations.into_iter().collect::<Vec<_>>()[..] else { continue };
+            let arn = self.ensure_target_group(c, spec, env, &group, generation, vpc, port).await?;
+            if view.target_groups.contains(&arn) {
+                continue;
+            }
+            c.autoscaling
+                .attach_load_balancer_target_groups()
+                .auto_scaling_group_name(&view.name)
+                .target_group_arns(&arn)
+                .send()
+                .await
+                .map_err(|e| classify("AttachLoadBalancerTargetGroups", e))?;
+            tracing::info!(group = %view.name, generation, target_group = short_arn(&arn), "rolling group adopted: its generation's target group attached");
+        }
+        Ok(())
     }
 
     /// Every group tagged with this environment.
@@ -1400,6 +1436,17 @@ impl Inner {
                 Some(((tg.group.clone(), tg.generation), (*w, tg.traffic_since)))
             })
             .collect();
+        if !weighted {
+            if let Some(((_, generation), _)) = forwarded.iter().next() {
+                return Err(refused(format!(
+                    "the listener {} forwards to the target group of generation {generation}: this environment \
+                     ran blue_green or canary, and switching it to rolling on aws is not supported (the \
+                     listener would be left on a group being emptied); nothing was changed. Keep a weighted \
+                     strategy, or move the listener by hand first",
+                    short_listener(aws.listener.unwrap_or_default())
+                )));
+            }
+        }
         // Versions are read once (and again whenever a group names one not yet known).
         let unknown_version = groups.iter().any(|g| {
             g.template_name.as_deref().is_some_and(|t| {
@@ -1424,13 +1471,17 @@ impl Inner {
         }
         let ids: Vec<String> = groups.iter().flat_map(|g| g.live().map(|i| i.id.clone())).collect();
         let ec2 = self.describe_instances(&c, &ids).await?;
+        if let (Layout::Weighted { vpc, port, .. }, false) = (layout, self.observe_only) {
+            self.adopt_rolling_groups(&c, spec, env, &groups, &ec2, vpc, port).await?;
+        }
         let probes = match (self.probe_instances, aws.port) {
             (true, Some(port)) => probe_instances(&ec2, &spec.health, port),
             _ => HashMap::new(),
         };
         let mut observed = Observed::default();
         let mut healthy_now = HashSet::new();
-        let mut in_use: HashSet<(String, Generation)> = HashSet::new();
+        // Target groups attached to a group that stays: not to be deleted.
+        let mut attached: HashSet<String> = HashSet::new();
         let rolling_versions = groups
             .iter()
             .filter(|g| g.generation.is_none() && g.template_name.as_deref() == Some(aws.launch_template))
@@ -1539,12 +1590,10 @@ impl Inner {
                     Err(e) => tracing::warn!(group = %view.name, "{}", classify("DeleteAutoScalingGroup", e)),
                 }
             }
-            if let Some(g) = view.generation {
-                in_use.insert((group.to_string(), g));
-            }
+            attached.extend(view.target_groups.iter().cloned());
         }
         if !tgs.is_empty() && !self.observe_only {
-            self.delete_unused_target_groups(&c, &tgs, &forward, &in_use).await;
+            self.delete_unused_target_groups(&c, &tgs, &forward, &attached).await;
         }
         if weighted {
             // One group (`layout` checks it): its traffic is the listener's weights by generation.
