@@ -1007,3 +1007,32 @@ fn a_rolling_environment_switched_to_canary_is_adopted_and_switching_back_is_ref
     assert_eq!((w.asgs(), w.listener()), before, "nothing changed");
     assert_iam_policy_covers(&proxy);
 }
+
+#[test]
+fn switching_to_canary_in_the_middle_of_a_rolling_rollout_is_refused() {
+    let w = World::new();
+    let mut p = w.provider();
+    let mut memory = Memory::default();
+    let rolling = w.rolling(2, 0, 1);
+    converge(&mut p, None, &rolling, &w.release(1, "1"), &mut memory, |_| {});
+    // v2 until the group runs both generations (one replaced, one not yet).
+    let v2 = w.release(2, "2");
+    for n in 0.. {
+        assert!(n < 20, "never ran both generations");
+        converge::tick(&mut p, &env(), &rolling, Some(&v2), &mut memory, now_ms()).expect("tick");
+        let generations: BTreeSet<String> =
+            running(&w.asgs()[0]).iter().map(|i| i["tags"]["stele:generation"].to_string()).collect();
+        if generations.len() == 2 {
+            break;
+        }
+    }
+    let canary = w.canary(2, json!([{"weight": 50, "pause_seconds": 0}]));
+    let before = (w.asgs(), w.listener(), w.stele_target_groups());
+    match converge::tick(&mut p, &env(), &canary, Some(&v2), &mut memory, now_ms()) {
+        Err(ProviderError::Refused(e)) => {
+            assert!(e.contains("runs generations [1, 2]") && e.contains("finish it with strategy rolling"), "{e}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!((w.asgs(), w.listener(), w.stele_target_groups()), before, "nothing changed");
+}

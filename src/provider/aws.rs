@@ -1227,8 +1227,8 @@ impl Inner {
 
     /// The strategy changed from rolling to blue/green or canary: a rolling group that still runs
     /// instances of one generation gets that generation's target group attached, so the listener can
-    /// weight it like any generation while the planner replaces it. (A rolling group caught mid-rollout,
-    /// with two generations, is left alone: one target group would carry both.)
+    /// weight it like any generation while the planner replaces it. A rolling group caught mid-rollout,
+    /// with two generations, is refused: one target group attached to it would carry both.
     #[allow(clippy::too_many_arguments)]
     async fn adopt_rolling_groups(
         &self,
@@ -1244,7 +1244,19 @@ impl Inner {
             let Some(group) = view.group.as_deref().and_then(|g| g.parse::<GroupName>().ok()) else { continue };
             let generations: BTreeSet<Generation> =
                 view.live().filter_map(|m| ec2.get(&m.id)?.tags.get(TAG_GENERATION)?.parse().ok()).collect();
-            let [generation] = generations.into_iter().collect::<Vec<_>>()[..] else { continue };
+            let generation = match generations.into_iter().collect::<Vec<_>>()[..] {
+                [] => continue,
+                [g] => g,
+                ref several => {
+                    // One target group attached to the group would carry every generation in it.
+                    return Err(refused(format!(
+                        "the rolling group {} runs generations {several:?}: a rolling rollout is under way; \
+                         finish it with strategy rolling before switching to {}",
+                        view.name,
+                        if matches!(spec.strategy, Strategy::Canary { .. }) { "canary" } else { "blue_green" }
+                    )));
+                }
+            };
             let arn = self.ensure_target_group(c, spec, env, &group, generation, vpc, port).await?;
             if view.target_groups.contains(&arn) {
                 continue;
