@@ -690,7 +690,6 @@ fn probe_instances(
     check: &HealthCheck,
     port: u64,
 ) -> HashMap<String, Result<(), String>> {
-    use crate::provider::local::process::{probe_http, probe_tcp};
     let Ok(port) = u16::try_from(port) else { return HashMap::new() };
     let targets: Vec<(String, std::net::SocketAddr)> = instances
         .iter()
@@ -704,12 +703,7 @@ fn probe_instances(
             .iter()
             .map(|(id, addr)| {
                 scope.spawn(move || {
-                    let verdict = match check {
-                        HealthCheck::Http { path, timeout_ms, .. } => {
-                            probe_http(*addr, path.as_str(), Duration::from_millis(*timeout_ms))
-                        }
-                        HealthCheck::Tcp { timeout_ms, .. } => probe_tcp(*addr, Duration::from_millis(*timeout_ms)),
-                    };
+                    let verdict = crate::provider::local::process::probe(check, *addr);
                     (id.clone(), verdict.map_err(|e| format!("health check of {addr}: {e}")))
                 })
             })
@@ -1236,6 +1230,7 @@ impl Inner {
         spec: &Environment,
         env: &EnvName,
         groups: &[GroupView],
+        tgs: &[TargetGroupView],
         ec2: &HashMap<String, Ec2Instance>,
         vpc: &str,
         port: i32,
@@ -1257,6 +1252,13 @@ impl Inner {
                     )));
                 }
             };
+            // Adopted on an earlier tick: its target group (read this tick) is attached already.
+            if tgs
+                .iter()
+                .any(|t| t.group == group.as_str() && t.generation == generation && view.target_groups.contains(&t.arn))
+            {
+                continue;
+            }
             let arn = self.ensure_target_group(c, spec, env, &group, generation, vpc, port).await?;
             if view.target_groups.contains(&arn) {
                 continue;
@@ -1484,7 +1486,7 @@ impl Inner {
         let ids: Vec<String> = groups.iter().flat_map(|g| g.live().map(|i| i.id.clone())).collect();
         let ec2 = self.describe_instances(&c, &ids).await?;
         if let (Layout::Weighted { vpc, port, .. }, false) = (layout, self.observe_only) {
-            self.adopt_rolling_groups(&c, spec, env, &groups, &ec2, vpc, port).await?;
+            self.adopt_rolling_groups(&c, spec, env, &groups, &tgs, &ec2, vpc, port).await?;
         }
         let probes = match (self.probe_instances, aws.port) {
             (true, Some(port)) => probe_instances(&ec2, &spec.health, port),

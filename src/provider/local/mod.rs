@@ -197,13 +197,7 @@ impl LocalProvider {
     }
 
     fn probe(check: &HealthCheck, port: u16) -> Result<(), String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        match check {
-            HealthCheck::Http { path, timeout_ms, .. } => {
-                process::probe_http(addr, path.as_str(), Duration::from_millis(*timeout_ms))
-            }
-            HealthCheck::Tcp { timeout_ms, .. } => process::probe_tcp(addr, Duration::from_millis(*timeout_ms)),
-        }
+        process::probe(check, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     /// Re-hashes an image directory when its last check is older than the drift interval.

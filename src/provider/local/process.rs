@@ -323,6 +323,18 @@ pub fn probe_http(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(),
     }
 }
 
+/// Runs an environment's health check against `addr`: GET its path for `http`, a connection for `tcp`,
+/// each within the check's timeout.
+pub fn probe(check: &ledger_format::types::HealthCheck, addr: SocketAddr) -> Result<(), String> {
+    use ledger_format::types::HealthCheck;
+    match check {
+        HealthCheck::Http { path, timeout_ms, .. } => {
+            probe_http(addr, path.as_str(), Duration::from_millis(*timeout_ms))
+        }
+        HealthCheck::Tcp { timeout_ms, .. } => probe_tcp(addr, Duration::from_millis(*timeout_ms)),
+    }
+}
+
 /// Succeeds if a TCP connection to `addr` is accepted within `timeout`.
 pub fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     connect(addr, timeout).map(drop)
