@@ -672,6 +672,15 @@ fn assert_iam_policy_covers(proxy: &FaultProxy) {
     assert!(missing.is_empty(), "called but not in {}: {missing:?}", path.display());
 }
 
+/// Instances of `generation` the tick observed healthy.
+fn healthy_of(tick: &Tick, generation: u64) -> usize {
+    tick.observed
+        .instances
+        .iter()
+        .filter(|i| i.generation == generation && matches!(i.health, Health::Healthy { .. }))
+        .count()
+}
+
 fn generation_group(generation: u64) -> String {
     format!("{GROUP}-g{generation}")
 }
@@ -736,13 +745,7 @@ fn blue_green_switches_the_listener_once_the_new_group_is_healthy() {
                 if !switched {
                     let g2 = w.group(&generation_group(2)).expect("g2 exists");
                     assert_eq!(running(&g2).len(), 3, "all of g2 runs before the switch: {g2:#}");
-                    let healthy = tick
-                        .observed
-                        .instances
-                        .iter()
-                        .filter(|i| i.generation == 2 && matches!(i.health, Health::Healthy { .. }))
-                        .count();
-                    assert_eq!(healthy, 3, "the switch followed an observation of 3 healthy g2 instances");
+                    assert_eq!(healthy_of(tick, 2), 3, "the switch followed an observation of 3 healthy g2 instances");
                     let g1 = g1.expect("g1 is kept for the grace period");
                     assert_eq!(running(&g1).len(), 3, "{g1:#}");
                 }
@@ -948,13 +951,7 @@ fn the_agents_own_health_check_gates_a_rolling_release_and_the_group_is_pinned_b
     let mut degraded = None;
     for _ in 0..40 {
         let tick = converge::tick(&mut p, &env(), &spec, Some(&v2), &mut memory, now_ms()).expect("tick");
-        let healthy_v1 = tick
-            .observed
-            .instances
-            .iter()
-            .filter(|i| i.generation == 1 && matches!(i.health, Health::Healthy { .. }))
-            .count();
-        assert_eq!(healthy_v1, 3, "max_unavailable 0: v1 stays whole");
+        assert_eq!(healthy_of(&tick, 1), 3, "max_unavailable 0: v1 stays whole");
         if tick.converged() {
             degraded = Some(tick.plan.phase);
             break;
