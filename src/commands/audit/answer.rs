@@ -88,7 +88,10 @@ pub fn print(audit: &Audit, at: Timestamp, asked: Option<&str>) {
         match observed_at(audit, env, at) {
             Some((recorded, s)) => {
                 let running = s.running.as_ref().map_or("nothing".into(), |r| format!("{} (seq {})", r.version, r.seq));
-                println!("  observed     (claim read from the status branch {}, not signature-verified)", super::STATUS_BRANCH);
+                println!(
+                    "  observed     (claim read from the status branch {}, not signature-verified)",
+                    super::STATUS_BRANCH
+                );
                 println!(
                     "               {}: running {running}, generation {} of target generation {}; recorded {recorded} by {}",
                     s.phase, s.observed_generation, s.target_generation, s.agent

@@ -67,10 +67,7 @@ impl Facts {
                 let second = merged_from?;
                 proposal_refs.iter().find(|r| r.commit == second).map(|r| r.name.clone())
             });
-            commits.insert(
-                info.id.clone(),
-                CommitFacts { merged_from: merged_from.map(|o| o.to_string()), proposal },
-            );
+            commits.insert(info.id.clone(), CommitFacts { merged_from: merged_from.map(|o| o.to_string()), proposal });
             if events.iter().any(|e| matches!(e.action, Action::Genesis | Action::PolicyChange)) {
                 let bytes = blob_at(repo, id, POLICY_PATH)?
                     .with_context(|| format!("commit {id} changed {POLICY_PATH} but holds none"))?;

@@ -75,9 +75,8 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
             Some(p) => Some(repo.find_commit(p).and_then(|c| c.tree()).with_context(|| format!("read {p}"))?),
             None => None,
         };
-        let diff = repo
-            .diff_tree_to_tree(base.as_ref(), Some(&tree), None)
-            .with_context(|| format!("diff {}", r.refname))?;
+        let diff =
+            repo.diff_tree_to_tree(base.as_ref(), Some(&tree), None).with_context(|| format!("diff {}", r.refname))?;
         let blob_in = |t: &git2::Tree, path: &str| t.get_path(std::path::Path::new(path)).ok().map(|e| e.id());
         let mut documents = Vec::new();
         let mut stale = Vec::new();
@@ -96,7 +95,9 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
                 }
             }
             let bytes = match proposed {
-                Some(id) => Some(repo.find_blob(id).with_context(|| format!("read {path} in {}", r.refname))?.content().to_vec()),
+                Some(id) => Some(
+                    repo.find_blob(id).with_context(|| format!("read {path} in {}", r.refname))?.content().to_vec(),
+                ),
                 None => None,
             };
             documents.push(judge(audit.policy, &path, kind, bytes.as_deref()));
@@ -152,7 +153,10 @@ fn judge(policy: &Policy, path: &str, kind: LayoutPath, bytes: Option<&[u8]>) ->
                         None => p.note = Some(format!("{env} is not declared by the ledger's policy")),
                     }
                     if doc.payload.expires_at.is_some_and(|t| t < super::super::now()) {
-                        p.note = Some(format!("expired at {}", doc.payload.expires_at.map(|t| t.to_string()).unwrap_or_default()));
+                        p.note = Some(format!(
+                            "expired at {}",
+                            doc.payload.expires_at.map(|t| t.to_string()).unwrap_or_default()
+                        ));
                     }
                 }
                 Err(e) => p.note = Some(format!("does not parse: {e}")),

@@ -32,13 +32,16 @@ enum Kind<'a> {
     },
     Refused(&'a [Problem]),
     /// This commit verified as one step from the last good commit, past the refused one.
-    Recovered { refused: &'a str },
+    Recovered {
+        refused: &'a str,
+    },
 }
 
 /// The rows of the whole history, in first-parent order.
 fn rows<'a>(audit: &Audit<'a>) -> Vec<Row<'a>> {
     let outcome = audit.outcome;
-    let recovered: BTreeMap<&str, &str> = outcome.recovered.iter().map(|(bad, good)| (good.as_str(), bad.as_str())).collect();
+    let recovered: BTreeMap<&str, &str> =
+        outcome.recovered.iter().map(|(bad, good)| (good.as_str(), bad.as_str())).collect();
     let position = |c: &CommitInfo| audit.git.position.get(&c.id).copied().unwrap_or(usize::MAX);
     let mut rows: Vec<(usize, Row)> = Vec::new();
     // Signers each entry had before this step, to say what a co-signature added.
@@ -92,19 +95,16 @@ fn signers_of(audit: &Audit, report: &CommitReport, event: &Event) -> (Vec<KeyId
                 Some(doc) => {
                     let signed = valid_signers(doc, in_force, |_| true);
                     let s = &doc.payload;
-                    let detail = format!(
-                        "spec v{}: revert {}, drift {}",
-                        s.version,
-                        word(&s.revert),
-                        word(&s.drift)
-                    );
+                    let detail = format!("spec v{} (revert {}, drift {})", s.version, word(&s.revert), word(&s.drift));
                     (signed, Some(detail))
                 }
                 None => (Vec::new(), Some("spec (not readable at this commit)".into())),
             }
         }
         Action::Genesis | Action::PolicyChange => {
-            let Some(doc) = audit.git.policy_docs.get(id) else { return (Vec::new(), Some("policy (not readable at this commit)".into())) };
+            let Some(doc) = audit.git.policy_docs.get(id) else {
+                return (Vec::new(), Some("policy (not readable at this commit)".into()));
+            };
             // A new policy is authorised by the root of the one before it; genesis by its own root.
             let authority: &Policy = match event.action {
                 Action::Genesis => &doc.payload,
@@ -115,7 +115,7 @@ fn signers_of(audit: &Audit, report: &CommitReport, event: &Event) -> (Vec<KeyId
             let roles: Vec<String> =
                 p.environments.iter().map(|(env, r)| format!("{env} {} of {}", r.threshold, r.keys.len())).collect();
             let detail = format!(
-                "policy v{}: root {} of {}; {}",
+                "policy v{} (root {} of {}; {})",
                 p.version,
                 p.root.threshold,
                 p.root.keys.len(),
@@ -163,7 +163,7 @@ fn describe(audit: &Audit, row: &Row) -> (String, String, String, Vec<String>) {
     };
     match &row.kind {
         Kind::Refused(problems) => {
-            lines.push(format!("REFUSED \"{}\" by {}", row.commit.summary, row.commit.author));
+            lines.push(format!("\"{}\" by {}", row.commit.summary, row.commit.author));
             lines.extend(problems.iter().map(|p| format!("  {p}")));
             ("-".into(), "-".into(), "REFUSED".into(), lines)
         }
@@ -181,7 +181,8 @@ fn describe(audit: &Audit, row: &Row) -> (String, String, String, Vec<String>) {
             match event.action {
                 Action::Rollback | Action::Withdraw => {
                     let removed = event.entry.as_ref().map(target_words).unwrap_or_default();
-                    let now = event.target.as_ref().map_or("no target".into(), |t| format!("target {}", target_words(t)));
+                    let now =
+                        event.target.as_ref().map_or("no target".into(), |t| format!("target {}", target_words(t)));
                     lines.push(format!("reverted {removed}; {now}"));
                     let ssh = match (&event.revert_signed_by, &row.commit.ssh_signature) {
                         (Some(k), _) => format!("revert SSH-signed by {}", audit.key_display(v, k)),
@@ -200,7 +201,7 @@ fn describe(audit: &Audit, row: &Row) -> (String, String, String, Vec<String>) {
                 }
                 Action::SpecChange | Action::PolicyChange | Action::Genesis => {
                     lines.push(format!(
-                        "{} signed by {}",
+                        "{}, signed by {}",
                         detail.clone().unwrap_or_default(),
                         audit.keys_display(v, signed_by)
                     ));
@@ -220,8 +221,13 @@ fn describe(audit: &Audit, row: &Row) -> (String, String, String, Vec<String>) {
                 if matches!(event.action, Action::Promote | Action::Rollback | Action::Restore | Action::CoSign) {
                     if let Some(o) = observed_generation(audit.observed.get(env), event.generation) {
                         let said = match (o["converged_at"].as_str(), o["degraded_at"].as_str()) {
-                            (Some(t), _) => format!("status branch (agent's claim): generation {} ran {t}", event.generation),
-                            (None, Some(t)) => format!("status branch (agent's claim): generation {} FAILED its health gate {t}", event.generation),
+                            (Some(t), _) => {
+                                format!("status branch (agent's claim): generation {} ran {t}", event.generation)
+                            }
+                            (None, Some(t)) => format!(
+                                "status branch (agent's claim): generation {} FAILED its health gate {t}",
+                                event.generation
+                            ),
                             _ => String::new(),
                         };
                         lines.push(said);
@@ -283,7 +289,8 @@ fn row_json(audit: &Audit, row: &Row) -> Value {
         Kind::Recovered { refused } => json!({"action": "recovered", "refused": refused}),
         Kind::Event { event, signed_by, added, detail } => {
             let v = event.policy_version;
-            let observed = event.env.as_ref().and_then(|env| observed_generation(audit.observed.get(env), event.generation));
+            let observed =
+                event.env.as_ref().and_then(|env| observed_generation(audit.observed.get(env), event.generation));
             json!({
                 "action": action_word(&event.action),
                 "env": event.env,
