@@ -21,7 +21,7 @@ macro_rules! checks {
 
             /// Whether the check judges a transition between trees (SPEC.md §8) rather than one tree.
             pub fn is_history(self) -> bool {
-                matches!(self, Check::P5 | Check::P6 | Check::P7 | Check::N5 | Check::H1 | Check::H2 | Check::H3)
+                matches!(self, Check::P5 | Check::P6 | Check::P7 | Check::N5 | Check::N6 | Check::H1 | Check::H2 | Check::H3)
             }
 
             /// What the check requires, as SPEC.md states it.
@@ -57,6 +57,7 @@ checks! {
     N3 => "the environment spec's values are within their ranges",
     N4 => "the environment spec is signed by the environment's role",
     N5 => "a changed environment spec has version = previous version + 1",
+    N6 => "a spec change that weakens a safety setting is also signed by the root role",
     E1 => "entries live under an environment that the policy declares",
     E2 => "the entry's env and seq match its path",
     E3 => "an environment's entries are numbered 1..n without gaps",
