@@ -396,7 +396,10 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
             return Err(vec![problem(
                 POLICY_PATH,
                 Check::H2,
-                format!("environment {} was removed from the policy; v1 ledgers keep their environments", dropped.join(", ")),
+                format!(
+                    "environment {} was removed from the policy; v1 ledgers keep their environments",
+                    dropped.join(", ")
+                ),
             )]);
         }
         events.push(Event {
@@ -1035,8 +1038,7 @@ mod tests {
         let refused = short.map(|_| ()).unwrap_err();
         assert_eq!((refused[0].check, refused[0].cause), (Check::E5, Some(Check::S3)));
         let full = entry(1, Blake3Digest::ZERO, &[alice(), bob()]);
-        let (s1, ev) =
-            apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(full.to_file_bytes()))])).unwrap();
+        let (s1, ev) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(full.to_file_bytes()))])).unwrap();
         assert_eq!((ev[0].action.clone(), prod(&s1).generation), (Action::Promote, 1));
         // Dropping bob's signature from the complete tip is refused; so is dropping it to one.
         let mut alone = full.clone();
@@ -1072,7 +1074,8 @@ mod tests {
         )
         .unwrap();
         s0 = s1;
-        let weaker = step(vec![change("environments/prod.json", None, Some(spec_signed(RevertPolicy::Allow, 2, &[bob()])))]);
+        let weaker =
+            step(vec![change("environments/prod.json", None, Some(spec_signed(RevertPolicy::Allow, 2, &[bob()])))]);
         let refused = apply(&s0, &weaker).map(|_| ()).unwrap_err();
         assert_eq!((refused[0].check, refused[0].cause), (Check::N6, Some(Check::S3)));
         let approved = step(vec![change(
@@ -1083,7 +1086,8 @@ mod tests {
         let (s2, _) = apply(&s0, &approved).unwrap();
         assert_eq!(prod(&s2).spec.payload.revert, RevertPolicy::Allow);
         // Strengthening needs only the environment's role.
-        let stronger = step(vec![change("environments/prod.json", None, Some(spec_signed(RevertPolicy::Deny, 3, &[bob()])))]);
+        let stronger =
+            step(vec![change("environments/prod.json", None, Some(spec_signed(RevertPolicy::Deny, 3, &[bob()])))]);
         assert!(apply(&s2, &stronger).is_ok());
         // A key outside both roles is still refused on a spec.
         let foreign = step(vec![change(
