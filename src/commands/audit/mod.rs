@@ -259,8 +259,6 @@ pub(crate) fn action_word(a: &Action) -> &'static str {
     match a {
         Action::Genesis => "genesis",
         Action::Promote => "promote",
-        // Revision 2 only: an entry committed short of its threshold (rev-3 ledgers never have one).
-        Action::Propose => "propose",
         Action::CoSign => "co-sign",
         Action::Rollback => "rollback",
         Action::Withdraw => "withdraw",
@@ -278,7 +276,6 @@ pub(crate) fn how_word(a: &Action) -> &'static str {
         Action::Rollback => "rollback",
         Action::Restore => "restore",
         Action::Withdraw => "withdrawal",
-        Action::Propose => "proposal",
         Action::PolicyChange => "policy change",
         Action::SpecChange => "spec change",
     }

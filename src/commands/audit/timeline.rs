@@ -206,12 +206,9 @@ fn describe(audit: &Audit, row: &Row) -> (String, String, String, Vec<String>) {
                         audit.keys_display(v, signed_by)
                     ));
                 }
-                Action::Promote | Action::Restore | Action::Propose => {
+                Action::Promote | Action::Restore => {
                     let entry = event.entry.as_ref().map(target_words).unwrap_or_default();
                     lines.push(format!("{entry} signed by {}", audit.keys_display(v, signed_by)));
-                    if event.action == Action::Propose {
-                        lines.push("short of its threshold: not a target (revision 2 pending entry)".into());
-                    }
                 }
             }
             if let Some(landed) = landed {
