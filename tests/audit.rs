@@ -607,6 +607,14 @@ fn merged_proposals_are_named_and_open_ones_listed_with_signatures_so_far() {
     assert_eq!(signer_names(&short["missing"]), ["bob"]);
     assert_eq!(open[1]["documents"][0]["complete"], true);
     assert_eq!(open[1]["stale"], json!([]));
+    // ledger_format's verdict on landing each one on the head now.
+    assert_eq!(open[0]["verifies"], false);
+    let problems = open[0]["problems"].as_array().expect("problems");
+    assert_eq!(
+        (problems[0]["path"].as_str(), problems[0]["check"].as_str()),
+        (Some("ledger/staging/3.json"), Some("E5"))
+    );
+    assert_eq!((open[1]["verifies"].as_bool(), &open[1]["problems"]), (Some(true), &Value::Null));
 
     f.audit_text(&[], OK).says(&[
         &format!("merged from {} (proposal stele/proposals/y)", &y[..12]),
@@ -616,6 +624,9 @@ fn merged_proposals_are_named_and_open_ones_listed_with_signatures_so_far() {
         "may still sign: bob (",
         "staging: release 3.1.0 (seq 3): 2 of 2 signatures",
         "complete: ready to promote",
+        "landed on the head now, it would be refused:",
+        "ledger/staging/3.json: E5: ",
+        "landed on the head now, it verifies as the next step (promote)",
         "OK: every step verified",
     ]);
 
@@ -625,4 +636,5 @@ fn merged_proposals_are_named_and_open_ones_listed_with_signatures_so_far() {
     let open = a["proposals"].as_array().expect("a proposal list");
     assert_eq!(open.len(), 1, "{a:#}");
     assert_eq!(open[0]["stale"], json!(["ledger/staging/3.json"]));
+    assert_eq!(open[0]["verifies"], false, "seq 3 is taken: {a:#}");
 }

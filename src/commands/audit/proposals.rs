@@ -7,12 +7,14 @@
 //! or every file it changes already has the same content at the head (promoted or squashed).
 
 use super::{valid_signers, Audit};
+use crate::repo::{node_of, tree_snapshot};
 use anyhow::{Context, Result};
 use git2::{Delta, Oid, Repository};
 use ledger_format::document::Document;
-use ledger_format::tree::{classify, LayoutPath};
+use ledger_format::history::{check_step, CommitInfo};
+use ledger_format::tree::{classify, LayoutPath, Problem, OWNED_DIRS};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, Role};
-use ledger_format::KeyId;
+use ledger_format::{KeyId, Timestamp};
 use serde_json::{json, Value};
 
 /// One open proposal.
@@ -27,6 +29,9 @@ pub struct Proposal {
     /// Paths it changes that the ledger branch changed since its parent: `stele promote` refuses it.
     pub stale: Vec<String>,
     pub documents: Vec<Proposed>,
+    /// `ledger_format`'s verdict on landing it now: its documents applied to the ledger head, judged
+    /// as one first-parent step (`Ok`: what it would do), or every reason it would be refused.
+    pub verdict: Result<Vec<String>, Vec<Problem>>,
 }
 
 /// One document a proposal adds, changes or removes.
@@ -70,6 +75,8 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
             Some(_) => None,
         };
         let head_tree = repo.find_commit(audit.head).and_then(|c| c.tree()).context("read the ledger head")?;
+        let before = tree_snapshot(repo, &head_tree).context("read the ledger head")?;
+        let mut after = before.clone();
         let tree = commit.tree().with_context(|| format!("read {}", r.refname))?;
         let base = match parent {
             Some(p) => Some(repo.find_commit(p).and_then(|c| c.tree()).with_context(|| format!("read {p}"))?),
@@ -84,8 +91,25 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
         for delta in diff.deltas() {
             let file = if delta.status() == Delta::Deleted { delta.old_file() } else { delta.new_file() };
             let Some(path) = file.path().and_then(|p| p.to_str()).map(str::to_owned) else { continue };
-            let Some(kind) = classify(&path) else { continue };
+            if !OWNED_DIRS.iter().any(|d| path.starts_with(&format!("{d}/"))) {
+                continue;
+            }
             let proposed = (delta.status() != Delta::Deleted).then(|| delta.new_file().id());
+            // What landing it on the head would write: the proposal's version of each path it changes.
+            match proposed {
+                Some(id) => match node_of(repo, u32::from(delta.new_file().mode()), id)
+                    .with_context(|| format!("read {path} in {}", r.refname))?
+                {
+                    Some(node) => {
+                        after.nodes.insert(path.clone().into_bytes(), node);
+                    }
+                    None => continue,
+                },
+                None => {
+                    after.nodes.remove(path.as_bytes());
+                }
+            }
+            let Some(kind) = classify(&path) else { continue };
             if blob_in(&head_tree, &path) != proposed {
                 landed = false;
             }
@@ -105,6 +129,15 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
         if landed && !documents.is_empty() {
             continue;
         }
+        let info = CommitInfo {
+            id: r.commit.to_string(),
+            time: Timestamp::from_unix(commit.time().seconds()),
+            author: commit.author().to_string(),
+            summary: commit.summary().unwrap_or("").to_owned(),
+            ssh_signature: None,
+        };
+        let verdict = check_step(&before, &after, info)
+            .map(|events| events.iter().map(|e| super::action_word(&e.action).to_owned()).collect());
         out.push(Proposal {
             refname: r.refname.clone(),
             name: r.name.clone(),
@@ -114,6 +147,7 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
             shape,
             stale,
             documents,
+            verdict,
         });
     }
     Ok(out)
@@ -221,6 +255,17 @@ pub fn print(audit: &Audit, open: &[Proposal]) {
         if !prop.stale.is_empty() {
             println!("    stale: the ledger branch changed {} since its parent", prop.stale.join(", "));
         }
+        match &prop.verdict {
+            Ok(actions) => {
+                println!("    landed on the head now, it verifies as the next step ({})", actions.join(", "))
+            }
+            Err(problems) => {
+                println!("    landed on the head now, it would be refused:");
+                for p in problems {
+                    println!("      {p}");
+                }
+            }
+        }
     }
 }
 
@@ -234,6 +279,9 @@ pub fn json(audit: &Audit, prop: &Proposal) -> Value {
         "summary": prop.summary,
         "shape_problem": prop.shape,
         "stale": prop.stale,
+        // ledger_format's verdict on landing it on the head now, as one step.
+        "verifies": prop.verdict.is_ok(),
+        "problems": prop.verdict.as_ref().err(),
         "documents": prop.documents.iter().map(|d| json!({
             "path": d.path,
             "what": d.what,
