@@ -577,6 +577,13 @@ fn merged_proposals_are_named_and_open_ones_listed_with_signatures_so_far() {
     let cosign = row(&a, &raised, "co-sign");
     assert_eq!(signer_names(&cosign["co_signed_by"]), ["bob"]);
     assert_eq!(signer_names(&cosign["signed_by"]).len(), 2);
+    let spec = row(&a, &raised, "spec");
+    assert_eq!(signer_names(&spec["signed_by"]), ["alice", "bob"]);
+    assert!(spec["detail"].as_str().is_some_and(|d| d.contains("spec v1") && d.contains("co-signed")), "{spec:#}");
+    assert!(
+        row(&a, &raised, "policy")["detail"].as_str().is_some_and(|d| d.contains("staging 2 of 2")),
+        "the policy row says the new threshold: {a:#}"
+    );
 
     let y = f.commit_on("stele/proposals/y", "main", &[f.next_entry(1, "2.0.0", &[&f.alice, &bob])], "propose 2.0.0");
     f.git_at("2030-01-04T00:00:00Z", &["merge", "-q", "--no-ff", "-m", "Merge pull request #1", "stele/proposals/y"]);
@@ -623,10 +630,10 @@ fn merged_proposals_are_named_and_open_ones_listed_with_signatures_so_far() {
         "staging: release 3.0.0 (seq 3): 1 of 2 signatures (alice (",
         "may still sign: bob (",
         "staging: release 3.1.0 (seq 3): 2 of 2 signatures",
-        "complete: ready to promote",
+        "threshold met",
         "landed on the head now, it would be refused:",
         "ledger/staging/3.json: E5: ",
-        "landed on the head now, it verifies as the next step (promote)",
+        "ready to promote: landed on the head now, it verifies as the next step (promote)",
         "OK: every step verified",
     ]);
 

@@ -76,7 +76,16 @@ impl Facts {
                 policies.insert(doc.payload.version, doc.payload.clone());
                 policy_docs.insert(info.id.clone(), doc);
             }
-            for env in events.iter().filter(|e| e.action == Action::SpecChange).filter_map(|e| e.env.as_ref()) {
+            // The specs a step changed; at genesis, every spec (what later spec rows compare with).
+            let changed: Vec<EnvName> = if events.iter().any(|e| e.action == Action::Genesis) {
+                policy_docs
+                    .get(&info.id)
+                    .map(|d: &Document<Policy>| d.payload.environments.keys().cloned().collect())
+                    .unwrap_or_default()
+            } else {
+                events.iter().filter(|e| e.action == Action::SpecChange).filter_map(|e| e.env.clone()).collect()
+            };
+            for env in &changed {
                 let path = environment_path(env);
                 let bytes =
                     blob_at(repo, id, &path)?.with_context(|| format!("commit {id} changed {path} but holds none"))?;

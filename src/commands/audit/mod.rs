@@ -234,7 +234,7 @@ impl Audit<'_> {
     }
 }
 
-/// The keys of `policy` (those `among` accepts) whose signatures on `doc` verify, in signature order.
+/// The keys of `policy` (those `among` accepts) whose signatures on `doc` verify, sorted.
 pub(crate) fn valid_signers<T: Payload>(
     doc: &Document<T>,
     policy: &Policy,
@@ -247,6 +247,7 @@ pub(crate) fn valid_signers<T: Payload>(
             out.push(s.keyid);
         }
     }
+    out.sort();
     out
 }
 

@@ -242,7 +242,7 @@ pub fn print(audit: &Audit, open: &[Proposal]) {
                     audit.keys_display(v, &d.signed_by)
                 );
                 if d.complete() == Some(true) {
-                    line += ", complete: ready to promote";
+                    line += ", threshold met";
                 } else {
                     line += &format!("; may still sign: {}", audit.keys_display(v, &d.missing));
                 }
@@ -257,7 +257,10 @@ pub fn print(audit: &Audit, open: &[Proposal]) {
         }
         match &prop.verdict {
             Ok(actions) => {
-                println!("    landed on the head now, it verifies as the next step ({})", actions.join(", "))
+                println!(
+                    "    ready to promote: landed on the head now, it verifies as the next step ({})",
+                    actions.join(", ")
+                )
             }
             Err(problems) => {
                 println!("    landed on the head now, it would be refused:");

@@ -46,6 +46,13 @@ fn rows<'a>(audit: &Audit<'a>) -> Vec<Row<'a>> {
     let mut rows: Vec<(usize, Row)> = Vec::new();
     // Signers each entry had before this step, to say what a co-signature added.
     let mut entry_signers: BTreeMap<(EnvName, u64), Vec<KeyId>> = BTreeMap::new();
+    // Each environment's spec version so far, to tell a co-signature (same version) from a change.
+    let mut spec_versions: BTreeMap<&EnvName, u64> = BTreeMap::new();
+    for ((_, env), doc) in
+        audit.git.specs.iter().filter(|((id, _), _)| Some(id) == outcome.reports.first().map(|r| &r.commit.id))
+    {
+        spec_versions.insert(env, doc.payload.version);
+    }
     for report in &outcome.reports {
         let at = position(&report.commit);
         if let Some(refused) = recovered.get(report.commit.id.as_str()) {
@@ -55,7 +62,15 @@ fn rows<'a>(audit: &Audit<'a>) -> Vec<Row<'a>> {
             if !shown(audit, event) {
                 continue;
             }
-            let (signed_by, detail) = signers_of(audit, report, event);
+            let (signed_by, mut detail) = signers_of(audit, report, event);
+            if let (Action::SpecChange, Some(env)) = (&event.action, &event.env) {
+                if let Some(doc) = audit.git.specs.get(&(report.commit.id.clone(), env.clone())) {
+                    let before = spec_versions.insert(env, doc.payload.version);
+                    if before == Some(doc.payload.version) {
+                        detail = detail.map(|d| format!("{d} co-signed, same payload"));
+                    }
+                }
+            }
             let mut added = Vec::new();
             if let (Some(env), Some(entry)) = (&event.env, &event.entry) {
                 let before = entry_signers.insert((env.clone(), entry.seq), entry.signed_by.clone());
