@@ -716,7 +716,9 @@ fn audit_at_a_time_answers_the_target_in_force_then() {
             }
         }
     }
-    l.stele(["audit", "--at", "2030-01-03T12:00:00Z"]).expect(OK).says(&["at 2030-01-03T12:00:00Z: staging ran 2.0.0"]);
+    l.stele(["audit", "--at", "2030-01-03T12:00:00Z"])
+        .expect(OK)
+        .says(&["at 2030-01-03T12:00:00Z (UTC)", "target       2.0.0 (seq 2), generation 2"]);
     l.stele(["audit", "--at", "yesterday"]).expect(REFUSED);
 }
 
