@@ -207,6 +207,16 @@ pub fn spec(env: &str, revert: RevertPolicy) -> Environment {
     Environment { revert, ..env_spec(env) }
 }
 
+/// The unsigned payload of entry `seq` of `env` (release `1.<seq>.0`) with this `prev`.
+pub fn entry_payload(env: &str, seq: u64, prev: Blake3Digest) -> Entry {
+    entry(env, seq, prev)
+}
+
+/// `payload` signed by each of `signers`.
+pub fn signed_by<T: Payload>(payload: T, signers: &[&TestKey]) -> Document<T> {
+    signed(payload, signers)
+}
+
 /// Entry `seq` of `env` after `prev`, signed by `signers`.
 pub fn release(env: &str, seq: u64, prev: Option<&Document<Entry>>, signers: &[&TestKey]) -> Document<Entry> {
     signed(entry(env, seq, prev.map_or(Blake3Digest::ZERO, |d| d.hash())), signers)
@@ -666,17 +676,20 @@ fn spec_cases(k: &Keys, cases: &mut Vec<HistoryCase>) {
         .put(&entry_path("prod", 1), &e1)
         .genesis();
     let n6 = refused(&[("environments/prod.json", "N6", Some("S3"))]);
-    let weakenings: [(&str, &dyn Fn(&mut Environment)); 4] = [
-        ("revert: allow", &|s| s.revert = RevertPolicy::Allow),
-        ("drift: report", &|s| s.drift = ledger_format::types::DriftMode::Report),
-        ("healthy_threshold 1", &|s| {
-            s.health =
-                HealthCheck::Tcp { interval_ms: 1000, timeout_ms: 500, healthy_threshold: 1, deadline_seconds: 120 }
-        }),
-        ("no maximum instance age", &|s| s.max_instance_age_seconds = None),
+    let weakenings = [
+        ("revert: allow", v2(&|s| s.revert = RevertPolicy::Allow)),
+        ("drift: report", v2(&|s| s.drift = ledger_format::types::DriftMode::Report)),
+        (
+            "healthy_threshold 1",
+            v2(&|s| {
+                s.health =
+                    HealthCheck::Tcp { interval_ms: 1000, timeout_ms: 500, healthy_threshold: 1, deadline_seconds: 120 }
+            }),
+        ),
+        ("no maximum instance age", v2(&|s| s.max_instance_age_seconds = None)),
     ];
-    for (what, edit) in weakenings {
-        h.put(&spec_path("prod"), &signed(v2(edit), &[a])).commit(&format!("env set prod {what}"), None, n6.clone());
+    for (what, weaker) in weakenings {
+        h.put(&spec_path("prod"), &signed(weaker, &[a])).commit(&format!("env set prod {what}"), None, n6.clone());
     }
     h.put(&spec_path("prod"), &signed(v2(&|s| s.revert = RevertPolicy::Allow), &[a, &k.root])).commit(
         "env set prod revert: allow (root co-signed)",
