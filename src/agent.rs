@@ -179,11 +179,17 @@ impl Worker {
             let now = now_ms();
             let mut last_error = self.ledger_error.clone();
             let stall = self.ledger_stall.clone();
-            // An expired target is not acted on (DESIGN.md "Signed documents"): observe only, and hold.
-            let expired = h.target.as_ref().and_then(|t| {
-                let exp = t.expires_at?;
-                (exp.unix().saturating_mul(1000) <= now as i64)
-                    .then(|| format!("the target entry {} (seq {}) expired at {exp}; holding", t.version, t.seq))
+            // Nothing expired is acted on (SPEC.md §8.7): neither an expired target nor anything under an
+            // expired policy. Observe only, and hold what runs.
+            let past = |exp: ledger_format::Timestamp| exp.unix().saturating_mul(1000) <= now as i64;
+            let policy_expired = verified.state.policy.payload.expires_at.filter(|e| past(*e)).map(|exp| {
+                format!("P3: the policy (version {}) expired at {exp}; holding", verified.state.policy.payload.version)
+            });
+            let expired = policy_expired.or_else(|| {
+                h.target.as_ref().and_then(|t| {
+                    let exp = t.expires_at.filter(|e| past(*e))?;
+                    Some(format!("E6: the target entry {} (seq {}) expired at {exp}; holding", t.version, t.seq))
+                })
             });
             let provider = self.providers.for_spec(spec);
             let (phase, message, observed, tick_done) = if let Err(why) = &provider {

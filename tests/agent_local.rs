@@ -668,3 +668,24 @@ fn an_aws_environment_stalls_an_agent_built_without_the_aws_feature() {
     assert!(s["message"].as_str().unwrap_or_default().contains("without the `aws` feature"), "{s:#}");
     assert!(w.live_instances().is_empty());
 }
+
+#[test]
+fn an_expired_target_is_not_acted_on_and_the_last_good_release_keeps_running() {
+    let w = World::new();
+    let v1 = w.image("1.0.0", false);
+    let v2 = w.image("2.0.0", false);
+    w.release("1.0.0", &v1, &[]).expect(OK);
+    w.agent_once().expect(OK);
+    // 2.0.0 expires two seconds after it is written; by the time the agent polls it has (SPEC.md §8.7).
+    w.release("2.0.0", &v2, &["--expires", "2s"]).expect(OK);
+    std::thread::sleep(Duration::from_secs(3));
+    w.agent_once().expect(STALLED);
+    let s = w.status();
+    assert_eq!(s["phase"], "Stalled", "{s:#}");
+    let message = s["message"].as_str().unwrap_or_default();
+    assert!(message.contains("E6") && message.contains("2.0.0"), "the status says why: {message}");
+    let live = w.live_instances();
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert!(live.iter().all(|(_, v)| v == "1.0.0"), "nothing was replaced: {live:?}");
+    assert!(w.get("/version").expect("still serving").starts_with("1.0.0 "));
+}
