@@ -500,8 +500,7 @@ fn dropping_an_environment_while_deleting_its_entry_does_not_panic() {
     run(&[commit]).unwrap();
 }
 
-/// The driver is able to see a breach: a short entry accepted on the branch would be reported. Under
-/// revision 3 it is refused, so the run passes; this test pins that the generated ops do what they say.
+/// The ops build the trees they describe (the property test is only as good as the steps it makes).
 #[test]
 fn ops_build_the_trees_they_describe() {
     let k = Keys::new();

@@ -88,7 +88,7 @@ fn history_vectors_cover_every_history_check_and_every_event() {
         steps().flat_map(|s| s.expected.events.iter().flatten()).map(|e| e.action.as_str()).collect();
     // H1 (a new head that does not descend from the last verified commit) and P7 (genesis against the
     // anchor) are not transitions between two trees; the history unit tests and the git suites cover them.
-    let want_checks = ["P5", "P6", "N4", "N5", "N6", "E5", "H2", "H3"];
+    let want_checks = ["T2", "D2", "P5", "P6", "N4", "N5", "N6", "E1", "E3", "E5", "H2", "H3"];
     let missing: Vec<&&str> = want_checks.iter().filter(|c| !checks.contains(**c)).collect();
     assert!(missing.is_empty(), "no history vector expects {missing:?}");
     let want_actions = ["policy_change", "spec_change", "promote", "co_sign", "rollback", "restore"];

@@ -278,6 +278,7 @@ pub fn build_cases() -> Vec<HistoryCase> {
     policy_cases(&k, &mut cases);
     spec_cases(&k, &mut cases);
     recovery_cases(&k, &mut cases);
+    transition_cases(&k, &mut cases);
     cases
 }
 
@@ -757,6 +758,116 @@ fn spec_cases(k: &Keys, cases: &mut Vec<HistoryCase>) {
         None,
         accepted(vec![spec_change("prod")]),
     );
+    h.finish(cases);
+}
+
+/// Entry transitions beyond promotion and rollback: each kind of malformed step, and the revert stack.
+fn transition_cases(k: &Keys, cases: &mut Vec<HistoryCase>) {
+    let (a, b) = (&k.alice, &k.bob);
+    let only_alice: &[&TestKey] = &[a];
+    let allow =
+        |entries| Prod { role: only_alice, threshold: 1, revert: RevertPolicy::Allow, signers: only_alice, entries };
+
+    let (mut h, _) = prod_history(
+        k,
+        "entry-for-an-undeclared-environment",
+        "An entry under ledger/qa/, an environment the policy does not declare, is E1 at its path.",
+        allow(1),
+    );
+    h.put(&entry_path("qa", 1), &release("qa", 1, None, &[a])).commit(
+        "release to qa",
+        None,
+        refused(&[("ledger/qa/1.json", "E1", None)]),
+    );
+    h.finish(cases);
+
+    let (mut h, chain) = prod_history(
+        k,
+        "two-kinds-of-entry-change-in-one-step",
+        "One commit removes entry 2 and adds entry 3: a revert and an append of the same environment in one \
+         step is H2, reported at the lowest changed entry path.",
+        allow(2),
+    );
+    h.rm(&entry_path("prod", 2)).put(&entry_path("prod", 3), &release("prod", 3, Some(&chain[1]), &[a])).commit(
+        "replace 1.2.0 by 1.3.0",
+        None,
+        refused(&[("ledger/prod/2.json", "H2", None)]),
+    );
+    h.finish(cases);
+
+    let (mut h, chain) =
+        prod_history(k, "append-with-a-gap", "Entry 3 appended on top of entry 1 (entry 2 missing) is E3.", allow(1));
+    h.put(&entry_path("prod", 3), &release("prod", 3, Some(&chain[0]), &[a])).commit(
+        "release 1.3.0",
+        None,
+        refused(&[("ledger/prod/3.json", "E3", None)]),
+    );
+    h.finish(cases);
+
+    let (mut h, chain) = prod_history(
+        k,
+        "co-sign-by-a-foreign-key",
+        "mallory's signature added to the tip: a signature by a key outside prod's role is E5, cause S2.",
+        allow(1),
+    );
+    h.put(&entry_path("prod", 1), &resigned(&chain[0], &[a, &k.mallory])).commit(
+        "co-sign 1.1.0 (mallory)",
+        None,
+        refused(&[("ledger/prod/1.json", "E5", Some("S2"))]),
+    );
+    h.finish(cases);
+
+    let (mut h, chain) = prod_history(
+        k,
+        "a-new-entry-drops-the-revert-stack",
+        "Entry 2 is rolled back, and a different entry 2 (release 1.2.1) is appended: a promotion, which drops \
+         the old entry 2 from the revert stack. After that one is rolled back too, putting the old entry 2 \
+         back byte for byte is a promotion again, not a restore. Generations 2 to 5.",
+        allow(2),
+    );
+    let p2 = entry_path("prod", 2);
+    let mut other = entry("prod", 2, chain[0].hash());
+    other.version = "1.2.1".parse().expect("a valid version");
+    let other = signed(other, &[a]);
+    h.rm(&p2).commit("Revert \"release 1.2.0\"", None, accepted(vec![rollback("prod", 2, 1, None)]));
+    h.put(&p2, &other).commit("release 1.2.1", None, accepted(vec![promote("prod", 3, 2)]));
+    h.rm(&p2).commit("Revert \"release 1.2.1\"", None, accepted(vec![rollback("prod", 4, 1, None)]));
+    h.put(&p2, &chain[1]).commit("release 1.2.0 again", None, accepted(vec![promote("prod", 5, 2)]));
+    h.finish(cases);
+
+    let (mut h, _) = prod_history(
+        k,
+        "spec-co-signature",
+        "prod needs 1 of {alice, bob}; its spec is signed by alice. bob adds his signature to the unchanged \
+         payload: no new version is needed (no N5), and the generation is unchanged.",
+        Prod { role: &[a, b], threshold: 1, revert: RevertPolicy::Signed, signers: &[a], entries: 1 },
+    );
+    h.put(&spec_path("prod"), &signed(spec("prod", RevertPolicy::Signed), &[a, b])).commit(
+        "co-sign prod's spec",
+        None,
+        accepted(vec![spec_change("prod")]),
+    );
+    h.finish(cases);
+
+    let mut h = History::new(
+        k,
+        "releases-to-two-environments-in-one-step",
+        "One commit appends entry 2 of prod and entry 1 of staging: each environment's generation goes up \
+         by one.",
+    );
+    let p1 = release("prod", 1, None, &[a]);
+    h.put(POLICY_PATH, &root_signed(policy_v(k, 1, &[a], &[("prod", &[a], 1), ("staging", &[a], 1)]), k))
+        .put(&spec_path("prod"), &signed(spec("prod", RevertPolicy::Signed), &[a]))
+        .put(&spec_path("staging"), &signed(spec("staging", RevertPolicy::Signed), &[a]))
+        .put(&entry_path("prod", 1), &p1)
+        .genesis();
+    h.put(&entry_path("prod", 2), &release("prod", 2, Some(&p1), &[a]))
+        .put(&entry_path("staging", 1), &release("staging", 1, None, &[a]))
+        .commit(
+            "release 1.2.0 to prod and 1.1.0 to staging",
+            None,
+            accepted(vec![promote("prod", 2, 2), promote("staging", 1, 1)]),
+        );
     h.finish(cases);
 }
 

@@ -364,8 +364,9 @@ it on the ledger branch's first-parent chain, each with the verdict a history ve
   which continues from the refused commit's tree, is again judged from the last verified tree. So a
   refused commit followed by its revert is accepted with no events, and a commit that only adds a
   signature to a refused commit is judged as if the two were one.
-- `expected.accepted`: whether the step is an allowed transition (every commit of the ledger branch must
-  also verify as a tree, §7.2, expiry not judged; in these vectors every accepted commit does).
+- `expected.accepted`: whether the step is an allowed transition (§8.3). The transition rules imply
+  that the commit's tree verifies (§8.0); every accepted commit's tree in these vectors does (§7.2,
+  expiry not judged).
 - `expected.events` (accepted steps): what the step did, compared as a multiset. `action` is
   `policy_change`, `spec_change` (also for a new signature on an unchanged spec), `promote` (an entry
   that meets its threshold appended), `co_sign` (signatures of the tip changed, payload unchanged),
@@ -377,7 +378,9 @@ it on the ledger branch's first-parent chain, each with the verdict a history ve
   `revert_signed_by`, the key id of the commit's valid SSH signature, when it has one.
 - `expected.problems` (refused steps): the transition's problems (§8.3), as (path, check, cause)
   triples compared as a multiset, in the tree vectors' form. `cause` (S1, S2 or S3) is present for
-  E5, N4, P4, P6 and N6. Problems of the commit's tree as a whole (§7.2) are not listed.
+  E5, N4, P4, P6 and N6. These are the problems §8.3 finds; the commit's tree is not separately
+  judged by §7.2 (where the two would both report, as for an entry short of its threshold, the
+  problem is the same (path, check, cause)).
 
 ### History cases
 
