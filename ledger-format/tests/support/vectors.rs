@@ -1529,8 +1529,9 @@ exactly the problems in `expected.problems` (or, for a valid tree, none, and the
 ## Vector files
 
 Tree vectors (this section) are `valid/*.json` and `invalid/*.json`, one case each; history vectors
-(SPEC.md §8) are `history/*.json`, described in "History vectors" below. Invalid
-cases are named after the check they expect, e.g. `invalid/e5-threshold-not-met.json`. Vector files are ordinary JSON (not ledger documents):
+(SPEC.md §8) are `history/*.json`, described in "History vectors" below. Invalid cases are named after
+the check they expect, e.g. `invalid/e5-threshold-not-met.json`. Vector files are ordinary JSON (not
+ledger documents):
 
 ```
 {
