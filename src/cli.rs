@@ -229,10 +229,13 @@ pub struct AuditArgs {
     /// Branch to replay; default: HEAD of a local repository, main for a URL.
     #[arg(long, value_name = "NAME")]
     pub branch: Option<String>,
-    /// Only this environment's timeline.
+    /// Only this environment (its rows, and the policy's, in the timeline; its answer with --at).
     #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
-    /// Answer "what was the target at TIME" (YYYY-MM-DDTHH:MM:SSZ; commit times as Git records them).
+    /// Print the answer instead of the timeline: each environment's target at TIME (by commit time)
+    /// and how it took effect, beside what the status branch says was observed running then. TIME is
+    /// RFC 3339 with an offset (2026-03-03T14:00:00Z, 2026-03-03T14:00:00+01:00; fractional seconds
+    /// are truncated toward the past) or a plain date (2026-03-03, meaning 00:00:00Z that day).
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     #[command(flatten)]
@@ -240,6 +243,7 @@ pub struct AuditArgs {
     /// Where to fetch a remote ledger (default: a temporary directory).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Print the same timeline or answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
