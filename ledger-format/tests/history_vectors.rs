@@ -24,6 +24,9 @@ fn load() -> BTreeMap<String, (Vec<u8>, HistoryVector)> {
     for entry in entries {
         let path = entry.expect("directory entries are readable").path();
         let name = path.file_name().expect("files have names").to_string_lossy().into_owned();
+        if !name.ends_with(".json") {
+            continue;
+        }
         let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         let vector = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("history/{name}: {e}"));
         out.insert(name, (bytes, vector));

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 // ---------------------------------------------------------------------------------------------------
-// The file format (documented in the generated test-vectors/README.md, section "History vectors").
+// The file format (documented in the generated test-vectors/history/README.md).
 
 /// One history vector: a trust anchor, the genesis tree, and the commits after it in first-parent order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -307,17 +307,20 @@ pub fn render(cases: &[HistoryCase]) -> BTreeMap<String, Vec<u8>> {
     cases.iter().map(|c| (format!("{}.json", c.name), super::pretty(&c.vector))).collect()
 }
 
-/// The README section on history vectors, with the list of cases.
+/// `history/README.md`: the file format and the list of cases.
 pub fn readme(cases: &[HistoryCase]) -> String {
     let mut text = String::from(README_HISTORY);
     for case in cases {
-        text.push_str(&format!("- `{}.json`: {}\n", case.name, case.vector.description));
+        let file = case.name.trim_start_matches("history/");
+        text.push_str(&format!("- `{file}.json`: {}\n", case.vector.description));
     }
     text
 }
 
-const README_HISTORY: &str = r#"
-## History vectors
+const README_HISTORY: &str = r#"# Stele ledger format v1: history vectors
+
+Generated with the tree vectors (see `../README.md`, which also describes file nodes and keys) from
+`ledger-format/tests/support/history_cases.rs`. Do not edit them by hand.
 
 `history/*.json` check history verification (SPEC.md §8): each is a genesis tree and the commits after
 it on the ledger branch's first-parent chain, each with the verdict a history verifier must reach.
@@ -382,6 +385,6 @@ it on the ledger branch's first-parent chain, each with the verdict a history ve
   judged by §7.2 (where the two would both report, as for an entry short of its threshold, the
   problem is the same (path, check, cause)).
 
-### History cases
+## Cases
 
 "#;

@@ -1501,7 +1501,8 @@ pub fn render(cases: &[Case]) -> BTreeMap<String, Vec<u8>> {
     out.insert("keys.json".to_owned(), pretty(&keys));
     let history = history::build_cases();
     out.extend(history::render(&history));
-    out.insert("README.md".to_owned(), format!("{}{}", readme(cases), history::readme(&history)).into_bytes());
+    out.insert("history/README.md".to_owned(), history::readme(&history).into_bytes());
+    out.insert("README.md".to_owned(), readme(cases).into_bytes());
     out
 }
 
@@ -1529,7 +1530,7 @@ exactly the problems in `expected.problems` (or, for a valid tree, none, and the
 ## Vector files
 
 Tree vectors (this section) are `valid/*.json` and `invalid/*.json`, one case each; history vectors
-(SPEC.md §8) are `history/*.json`, described in "History vectors" below. Invalid cases are named after
+(SPEC.md §8) are `history/*.json`, described in `history/README.md`. Invalid cases are named after
 the check they expect, e.g. `invalid/e5-threshold-not-met.json`. Vector files are ordinary JSON (not
 ledger documents):
 
