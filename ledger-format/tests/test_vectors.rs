@@ -53,15 +53,16 @@ fn committed_vectors_match_the_generator() {
         })
         .collect();
     assert!(differing.is_empty(), "test-vectors/ is out of date ({}); {REGENERATE}", differing.join(", "));
-    let total: usize = committed.values().map(Vec::len).sum();
-    assert!(total < 400 << 10, "test-vectors/ holds {total} bytes; keep the vectors small");
+    // History vectors (tests/history_vectors.rs) have their own budget.
+    let total: usize = committed.iter().filter(|(name, _)| !name.starts_with("history/")).map(|(_, b)| b.len()).sum();
+    assert!(total < 400 << 10, "the tree vectors hold {total} bytes; keep the vectors small");
 }
 
 /// The vector files as they are on disk, by name (`valid/basic.json`).
 fn load_vectors() -> BTreeMap<String, Vector> {
     let vectors: BTreeMap<String, Vector> = read_tree(&vectors_dir())
         .into_iter()
-        .filter(|(name, _)| name.ends_with(".json") && name.contains('/'))
+        .filter(|(name, _)| name.ends_with(".json") && name.contains('/') && !name.starts_with("history/"))
         .map(|(name, bytes)| {
             let vector = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
             (name, vector)
