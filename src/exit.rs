@@ -70,9 +70,7 @@ pub fn for_error(err: &anyhow::Error) -> u8 {
                 RepoError::Dirty { .. }
                 | RepoError::NotARepository { .. }
                 | RepoError::UnknownRevision { .. }
-                | RepoError::Proposal { .. } => {
-                    REFUSED
-                }
+                | RepoError::Proposal { .. } => REFUSED,
                 RepoError::Io { .. } | RepoError::Git { .. } => IO,
             };
         }

@@ -447,8 +447,7 @@ impl LedgerRepo {
                 parent.id()
             )));
         }
-        let (old_tree, new_tree) =
-            (parent.tree().map_err(git("read tree"))?, head.tree().map_err(git("read tree"))?);
+        let (old_tree, new_tree) = (parent.tree().map_err(git("read tree"))?, head.tree().map_err(git("read tree"))?);
         for entry in old_tree.iter().chain(new_tree.iter()) {
             let name = entry.name().unwrap_or("");
             if OWNED_DIRS.contains(&name) {

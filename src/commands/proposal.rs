@@ -168,10 +168,10 @@ pub fn print_proposed(name: &str, commit: git2::Oid, needs: &[Problem]) {
     println!("  the ledger branch is unchanged; agents keep what they run. Still needed:");
     println!("{}", problem_lines(needs).replace("\n  ", "\n    ").replacen("  ", "    ", 1));
     println!("  next:");
-    println!("    git push origin {branch}                                   # share it");
-    println!("    stele sign --proposal {name} --key <co-signer's key>      # each co-signer, then:");
+    println!("    git push origin {branch}");
+    println!("    stele sign --proposal {name} --key <co-signer's key>   (each co-signer, then)");
     println!("    git push --force-with-lease origin {branch}");
-    println!("    stele promote {name}                                       # lands it as one commit");
+    println!("    stele promote {name}   (lands it on the ledger branch as one commit)");
 }
 
 /// Adds `key`'s signature to the document at `path` (its kind from the layout).
@@ -262,8 +262,20 @@ pub fn weakens(old: &Environment, new: &Environment) -> Vec<String> {
     }
     let health_ok = match (&old.health, &new.health) {
         (
-            HealthCheck::Http { path: p0, interval_ms: i0, timeout_ms: t0, healthy_threshold: h0, deadline_seconds: d0 },
-            HealthCheck::Http { path: p1, interval_ms: i1, timeout_ms: t1, healthy_threshold: h1, deadline_seconds: d1 },
+            HealthCheck::Http {
+                path: p0,
+                interval_ms: i0,
+                timeout_ms: t0,
+                healthy_threshold: h0,
+                deadline_seconds: d0,
+            },
+            HealthCheck::Http {
+                path: p1,
+                interval_ms: i1,
+                timeout_ms: t1,
+                healthy_threshold: h1,
+                deadline_seconds: d1,
+            },
         ) => p0 == p1 && h1 >= h0 && d1 <= d0 && i1 <= i0 && t1 <= t0,
         (
             HealthCheck::Tcp { interval_ms: i0, timeout_ms: t0, healthy_threshold: h0, deadline_seconds: d0 },
@@ -294,22 +306,42 @@ pub fn sign(repo_path: &Path, name: &str, key_file: &Path) -> Result<u8> {
     apply_to(&mut after, &proposal.changes);
     let policy = written_policy(&after)?;
 
+    // The proposal's documents: what it writes, and documents it leaves as they are but that the
+    // change makes short of signatures (a spec or tip a new policy needs re-signed, R5).
+    let mut changes: Vec<Change> = proposal
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Write { path, bytes } => Change::Write { path: path.clone(), bytes: bytes.clone() },
+            Change::Remove { path } => Change::Remove { path: path.clone() },
+        })
+        .collect();
+    let paths: Vec<&str> = proposal.paths();
+    let mut also: Vec<String> = Vec::new();
+    if let Verdict::Short(needs) | Verdict::Refused(needs) = judge(&before, &after, &paths, "") {
+        for p in needs {
+            if !paths.contains(&p.path.as_str()) && !also.contains(&p.path) {
+                also.push(p.path);
+            }
+        }
+    }
+    for path in also {
+        if let Some(Node::File(bytes)) = after.nodes.get(path.as_bytes()) {
+            changes.push(Change::Write { path, bytes: bytes.clone() });
+        }
+    }
     let mut signed = Vec::new();
     let mut already = Vec::new();
-    let mut changes = Vec::new();
-    for change in &proposal.changes {
-        match change {
-            Change::Write { path, bytes } if may_sign(path, &before, &after, &id)? => {
-                if signers_of(path, bytes).contains(&id) {
-                    already.push(path.clone());
-                    changes.push(Change::Write { path: path.clone(), bytes: bytes.clone() });
-                } else {
-                    signed.push(path.clone());
-                    changes.push(Change::Write { path: path.clone(), bytes: add_signature(path, bytes, &key)? });
-                }
-            }
-            Change::Write { path, bytes } => changes.push(Change::Write { path: path.clone(), bytes: bytes.clone() }),
-            Change::Remove { path } => changes.push(Change::Remove { path: path.clone() }),
+    for change in &mut changes {
+        let Change::Write { path, bytes } = change else { continue };
+        if !may_sign(path, &before, &after, &id)? {
+            continue;
+        }
+        if signers_of(path, bytes).contains(&id) {
+            already.push(path.clone());
+        } else {
+            *bytes = add_signature(path, bytes, &key)?;
+            signed.push(path.clone());
         }
     }
     let who = key_list(&policy, &[id]);
