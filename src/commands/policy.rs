@@ -206,7 +206,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
         }
         let spec_ok = state.spec.check_role(new, role, ForeignSignatures::Refuse).is_ok();
         if !spec_ok {
-            let allowed = |id: &KeyId| role.keys.contains(id) || new.root.keys.contains(id);
+            let allowed = |id: &KeyId| role.keys.contains(id);
             let bytes = resigned(&state.spec, &allowed, role, &signers);
             carried.push(Change::Write { path: environment_path(env), bytes });
         }
