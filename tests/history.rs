@@ -262,6 +262,8 @@ fn served(f: &Fixture) -> (GitDaemon, PathBuf) {
 #[test]
 fn git_revert_and_revert_of_revert_roll_back_and_restore_with_one_generation_each() {
     let f = fixture("revert-chain", &["staging"]);
+    // Unsigned reverts, as under `revert: allow` (a weakening of the default, signed by alice as root).
+    f.set_revert_policy("staging", RevertPolicy::Allow, &f.alice);
     let l = &f.ledger;
     let agent = f.agent("a");
     let genesis = f.head();
@@ -296,7 +298,7 @@ fn git_revert_and_revert_of_revert_roll_back_and_restore_with_one_generation_eac
 
     let a = audit(l, &[], OK);
     assert_eq!(a["ok"], true);
-    assert_eq!(a["commits"], 7, "genesis, three promotions, revert, revert of revert, v4");
+    assert_eq!(a["commits"], 8, "genesis, revert: allow, three promotions, revert, revert of revert, v4");
     assert_eq!(timeline(&a, "staging"), expected);
     let rolled = event(&a, "staging", &rollback, "rollback");
     assert_eq!(rolled["entry"]["version"], "3.0.0", "the rollback names the entry it removed");
@@ -312,6 +314,7 @@ fn git_revert_and_revert_of_revert_roll_back_and_restore_with_one_generation_eac
 #[test]
 fn stele_rollback_commits_what_git_revert_of_the_tip_would() {
     let f = fixture("rollback-like-git", &["staging"]);
+    f.set_revert_policy("staging", RevertPolicy::Allow, &f.alice);
     f.promote("staging", "1.0.0", &f.alice);
     let v2 = f.promote("staging", "2.0.0", &f.alice);
     let twin = f.sb.path("twin");
@@ -674,6 +677,7 @@ type InForce<'a> = Option<(u64, &'a str, &'a str)>;
 #[test]
 fn audit_at_a_time_answers_the_target_in_force_then() {
     let f = fixture("audit-at", &["staging"]);
+    f.set_revert_policy("staging", RevertPolicy::Allow, &f.alice); // the revert below is unsigned
     let l = &f.ledger;
     // Each commit gets a fixed date: stele commits with the current time, so its commits are re-dated
     // by an amend before anything polls them.

@@ -189,6 +189,15 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     }
     let root_signer = |id: KeyId| old.root.keys.contains(&id) || new.root.keys.contains(&id);
     let root_signers: Vec<&LoadedSecret> = signers.iter().filter(|s| root_signer(s.key_id())).collect();
+    if root_signers.is_empty() {
+        let given: Vec<KeyId> = signers.iter().map(|s| s.key_id()).collect();
+        return Err(Refused(format!(
+            "{} is not a root key; the policy is signed by root keys ({}); nothing was written",
+            key_list(&old, &given),
+            key_list(&old, &old.root.keys)
+        ))
+        .into());
+    }
     let mut doc = Document::new(new);
     for s in root_signers {
         doc.sign(&s.key);
