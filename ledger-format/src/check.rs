@@ -21,7 +21,7 @@ macro_rules! checks {
 
             /// Whether the check judges a transition between trees (SPEC.md §8) rather than one tree.
             pub fn is_history(self) -> bool {
-                matches!(self, Check::P5 | Check::P6 | Check::P7 | Check::N5 | Check::H1 | Check::H2 | Check::H3)
+                matches!(self, Check::P5 | Check::P6 | Check::P7 | Check::N5 | Check::N6 | Check::H1 | Check::H2 | Check::H3)
             }
 
             /// What the check requires, as SPEC.md states it.
@@ -49,20 +49,21 @@ checks! {
     P2 => "every role lists known keys once, with 1 <= threshold <= number of keys",
     P3 => "the policy has not expired",
     P4 => "the policy is signed by its root role",
-    P5 => "a new policy has version = previous version + 1",
-    P6 => "a new policy is also signed by the previous root role",
-    P7 => "the genesis policy matches the pinned trust root",
     N1 => "the environment spec is named after its environment, which the policy declares",
     N2 => "every environment the policy declares has a spec",
     N3 => "the environment spec's values are within their ranges",
     N4 => "the environment spec is signed by the environment's role",
-    N5 => "a changed environment spec has version = previous version + 1",
     E1 => "entries live under an environment that the policy declares",
     E2 => "the entry's env and seq match its path",
     E3 => "an environment's entries are numbered 1..n without gaps",
     E4 => "prev is the hash of the entry before (zero for seq 1)",
     E5 => "the tip entry is signed by the environment's role; signatures on earlier entries by listed keys verify",
     E6 => "the environment's tip entry has not expired",
+    P5 => "a new policy has version = previous version + 1",
+    P6 => "a new policy is also signed by the previous root role",
+    P7 => "the genesis policy matches the pinned trust root",
+    N5 => "a changed environment spec has version = previous version + 1",
+    N6 => "a spec change that weakens a safety setting is also signed by the root role",
     H1 => "a new head descends, by first parents, from the last verified commit",
     H2 => "each first-parent step is an allowed transition",
     H3 => "a revert of a target is allowed by the environment's revert policy",

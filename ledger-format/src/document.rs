@@ -221,7 +221,12 @@ impl<T> Document<T> {
     /// `foreign` says what to do with signatures by keys outside the role: [`ForeignSignatures::Refuse`]
     /// for entries and environment specs; [`ForeignSignatures::Skip`] only for a policy, whose
     /// signatures by the previous root are checked against the previous policy (SPEC.md §6.1).
-    pub fn check_role(&self, policy: &Policy, role: &Role, foreign: ForeignSignatures) -> Result<SignedBy, DocError> {
+    pub fn check_role(
+        &self,
+        policy: &Policy,
+        role: &Role,
+        foreign: ForeignSignatures<'_>,
+    ) -> Result<SignedBy, DocError> {
         self.check_role_with(policy, role, foreign, &Direct)
     }
 
@@ -231,7 +236,7 @@ impl<T> Document<T> {
         &self,
         policy: &Policy,
         role: &Role,
-        foreign: ForeignSignatures,
+        foreign: ForeignSignatures<'_>,
         sigs: &impl SignatureCheck,
     ) -> Result<SignedBy, DocError> {
         let members: BTreeSet<&KeyId> = role.keys.iter().collect();
@@ -239,18 +244,19 @@ impl<T> Document<T> {
         let mut repeats = Vec::new();
         for s in &self.signatures {
             let key = members.contains(&s.keyid).then(|| policy.keys.get(&s.keyid)).flatten();
-            let Some(info) = key else {
-                match foreign {
-                    ForeignSignatures::Skip => continue,
-                    ForeignSignatures::Refuse => {
-                        return Err(DocError::new(
-                            Check::S2,
-                            format!("signature by key {} which this role does not authorise", s.keyid),
-                        ))
+            let (info, counts) = match (key, foreign) {
+                (Some(info), _) => (info, true),
+                (None, ForeignSignatures::Skip) => continue,
+                (None, ForeignSignatures::VerifyOnly(also)) if also.contains(&s.keyid) => {
+                    match policy.keys.get(&s.keyid) {
+                        Some(info) => (info, false),
+                        None => return Err(foreign_signature(&s.keyid)),
                     }
                 }
+                (None, _) => return Err(foreign_signature(&s.keyid)),
             };
             match sigs.verify(&self.hash, &info.public_key, &self.pae, &s.sig.0) {
+                Ok(()) if !counts => {}
                 Ok(()) => {
                     if verified.insert(info.public_key.to_bytes(), s.keyid).is_some() {
                         repeats.push(s.keyid);
@@ -306,11 +312,20 @@ pub fn display_key(policy: &Policy, id: &KeyId) -> String {
     }
 }
 
+fn foreign_signature(keyid: &KeyId) -> DocError {
+    DocError::new(Check::S2, format!("signature by key {keyid} which this role does not authorise"))
+}
+
 /// How [`Document::check_role`] treats signatures by keys outside the role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForeignSignatures {
+pub enum ForeignSignatures<'a> {
+    /// Any signature by a key outside the role fails S2 (entries).
     Refuse,
+    /// Signatures by keys outside the role are ignored (a policy: the previous root's signatures).
     Skip,
+    /// Signatures by these keys (the root role, on an environment spec: SPEC.md §5.3) are verified
+    /// (S1) but do not count toward the role's threshold; any other key outside the role fails S2.
+    VerifyOnly(&'a [KeyId]),
 }
 
 /// The distinct keys whose signatures verified and counted toward the threshold, sorted.

@@ -116,12 +116,11 @@ impl<'de, T: Payload> Deserialize<'de> for Document<T> {
 pub enum Action {
     Genesis,
     Promote,
-    /// An entry added short of its threshold: not a target until co-signed.
-    Propose,
     CoSign,
     /// A revert removed the target: the entry before it is the target again.
     Rollback,
-    /// A revert removed an entry that never became a target.
+    /// A revert removed an entry that never became a target: only a tip left pending in the persisted
+    /// state of a revision-2 verifier (revision 3 never puts one on the ledger branch).
     Withdraw,
     /// A revert of a revert put a byte-identical, earlier-valid entry back.
     Restore,
@@ -295,6 +294,40 @@ pub fn apply_step(
     Ok(events)
 }
 
+/// The step from the tree `before` to the tree `after` (their owned directories), as an edge that reads
+/// Git would hand it over: every changed path, and the entry below each removed entry, read from `after`.
+pub fn step_between(before: &Snapshot, after: &Snapshot, commit: CommitInfo) -> Step {
+    let mut changes = Vec::new();
+    let paths: std::collections::BTreeSet<&Vec<u8>> = before.nodes.keys().chain(after.nodes.keys()).collect();
+    for path in paths {
+        let (b, a) = (before.nodes.get(path), after.nodes.get(path));
+        if b != a {
+            changes.push(PathChange { path: path.clone(), before: b.cloned(), after: a.cloned() });
+        }
+    }
+    let mut context = BTreeMap::new();
+    for change in changes.iter().filter(|c| c.after.is_none()) {
+        let Some(LayoutPath::Entry(env, seq)) = std::str::from_utf8(&change.path).ok().and_then(classify) else {
+            continue;
+        };
+        let below = entry_path(&env, seq.saturating_sub(1));
+        if let Some(node) = after.nodes.get(below.as_bytes()) {
+            context.insert(below.into_bytes(), node.clone());
+        }
+    }
+    Step { commit, changes, context }
+}
+
+/// Judges `before -> after` as one first-parent step, with the state taken from `before` as found
+/// (its tree must verify, expiry not judged). For writers: a command commits only what every verifier
+/// of the ledger branch would accept (SPEC.md §8, invariant R1). A re-added reverted entry is judged
+/// as an append here, since `before` alone does not hold the revert stack.
+pub fn check_step(before: &Snapshot, after: &Snapshot, commit: CommitInfo) -> Result<Vec<Event>, Vec<Problem>> {
+    let (mut state, _) = genesis(before, &TrustAnchor::UnpinnedTrustGenesisAsFound, &CommitInfo::default())?;
+    let step = step_between(before, after, commit);
+    apply_step(&mut state, &step, &crate::document::Direct)
+}
+
 /// The copies a step would change, or its problems.
 type Judged = (Option<Document<Policy>>, BTreeMap<EnvName, EnvHistory>, Vec<Event>);
 
@@ -348,30 +381,37 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
 
     // 1. The policy, judged against the parent's policy; the rest of the step against the new one.
     if let Some(node) = policy_change {
-        match next_policy(&state.policy, node, sigs) {
-            Ok(policy) => {
-                for env in state.policy.payload.environments.keys() {
-                    if !policy.payload.environments.contains_key(env) {
-                        problems.push(problem(
-                            POLICY_PATH,
-                            Check::H2,
-                            format!("environment {env} was removed; v1 ledgers keep their environments"),
-                        ));
-                    }
-                }
-                events.push(Event {
-                    action: Action::PolicyChange,
-                    env: None,
-                    generation: 0,
-                    target: None,
-                    entry: None,
-                    policy_version: policy.payload.version,
-                    revert_signed_by: None,
-                });
-                new_policy = Some(policy);
-            }
-            Err(p) => return Err(vec![p]),
+        let policy = next_policy(&state.policy, node, sigs).map_err(|p| vec![p])?;
+        // Dropping an environment would orphan its chain and its running instances: refused, and
+        // nothing else in the step is judged against a policy that no longer has the role.
+        let dropped: Vec<String> = state
+            .policy
+            .payload
+            .environments
+            .keys()
+            .filter(|env| !policy.payload.environments.contains_key(*env))
+            .map(|env| env.to_string())
+            .collect();
+        if !dropped.is_empty() {
+            return Err(vec![problem(
+                POLICY_PATH,
+                Check::H2,
+                format!(
+                    "environment {} was removed from the policy; v1 ledgers keep their environments",
+                    dropped.join(", ")
+                ),
+            )]);
         }
+        events.push(Event {
+            action: Action::PolicyChange,
+            env: None,
+            generation: 0,
+            target: None,
+            entry: None,
+            policy_version: policy.payload.version,
+            revert_signed_by: None,
+        });
+        new_policy = Some(policy);
     }
     let policy = new_policy.as_ref().unwrap_or(&state.policy).payload.clone();
     let policy_version = policy.version;
@@ -395,14 +435,36 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
         };
         let version = doc.payload.version;
         match env_copy(state, &mut touched, env) {
-            // Same payload, more signatures: a co-signature, which needs no new version.
+            // Same payload, other signatures: a co-signature (or a re-signature after a policy change),
+            // which needs no new version.
             Some(h) if doc.hash() == h.spec.hash() => h.spec = doc,
             Some(h) if version != h.spec.payload.version + 1 => problems.push(problem(
                 path,
                 Check::N5,
                 format!("spec version {version} does not follow {} (versions go up by one)", h.spec.payload.version),
             )),
-            Some(h) => h.spec = doc,
+            Some(h) => {
+                let weakened = crate::safety::weakenings(&h.spec.payload, &doc.payload);
+                if !weakened.is_empty() {
+                    if let Err(e) = doc.check_role_with(&policy, &policy.root, ForeignSignatures::Skip, sigs) {
+                        let e = e.caused(Check::N6);
+                        problems.push(
+                            problem(
+                                path,
+                                Check::N6,
+                                format!(
+                                    "the change weakens {} of {env}, so the root role must sign it too: {}",
+                                    weakened.join(", "),
+                                    e.reason
+                                ),
+                            )
+                            .with_cause(e.cause),
+                        );
+                        continue;
+                    }
+                }
+                h.spec = doc;
+            }
             None => {
                 touched.insert(
                     env.clone(),
@@ -431,16 +493,22 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
         }
     }
 
-    // 3. Chains.
+    // 3. Chains. The revert rule is the one in force before the step (SPEC.md §8.4): a step cannot
+    // relax it and use the relaxed rule at once.
     for (env, changes) in &entry_changes {
-        let Some(history) = env_copy(state, &mut touched, env) else {
-            for (path, _) in changes.added.values() {
+        let (Some(role), Some(before)) = (policy.env_role(env), state.envs.get(env)) else {
+            for (path, _) in changes.added.values().chain(changes.modified.values()) {
+                problems.push(problem(path, Check::E1, format!("environment {env} is not declared in {POLICY_PATH}")));
+            }
+            for path in changes.removed.values() {
                 problems.push(problem(path, Check::E1, format!("environment {env} is not declared in {POLICY_PATH}")));
             }
             continue;
         };
-        let role = policy.env_role(env).expect("every environment with history is declared").clone();
-        match apply_entry_changes(env, history, changes, &policy, &role, step, sigs) {
+        let revert_rule = before.spec.payload.revert;
+        let role = role.clone();
+        let Some(history) = env_copy(state, &mut touched, env) else { continue };
+        match apply_entry_changes(env, history, changes, &policy, &role, revert_rule, step, sigs) {
             Ok(mut e) => {
                 for ev in &mut e {
                     ev.policy_version = policy_version;
@@ -451,12 +519,74 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
         }
     }
 
+    // 4. Revocation (SPEC.md §8.3.1): after a policy change every spec and tip must meet the new
+    // policy in this same commit, so what only a removed key signed loses force at once.
+    if new_policy.is_some() {
+        for (env, before) in &state.envs {
+            let h = touched.get(env).unwrap_or(before);
+            let Some(role) = policy.env_role(env) else { continue };
+            if !spec_changes.contains_key(env) {
+                let path = crate::tree::environment_path(env);
+                if let Err(e) = check_environment(&policy, env, &h.spec) {
+                    let reason = format!(
+                        "{}; a policy change must carry the specs it affects, re-signed, in the same commit",
+                        e.reason
+                    );
+                    problems.push(problem(&path, e.check, reason).with_cause(e.cause));
+                }
+            }
+            if entry_changes.contains_key(env) {
+                continue;
+            }
+            if let Some(tip) = h.tip.as_ref().filter(|t| t.complete) {
+                if let Err(p) = tip_meets(env, tip, &policy, role) {
+                    problems.push(p);
+                }
+            }
+        }
+    }
+
     if problems.is_empty() {
         Ok((new_policy, touched, events))
     } else {
         problems.sort_by(|a, b| (a.path.as_str(), a.check).cmp(&(b.path.as_str(), b.check)));
+        problems.dedup_by(|a, b| a.path == b.path && a.check == b.check);
         Err(problems)
     }
+}
+
+/// E5 for a tip that a policy change leaves in place: every key that signed it must still be in the
+/// role (S2) and enough of them (S3). The tip's signatures all verified when it was added and key ids
+/// bind public keys, so its signers are exactly the keys that counted then.
+fn tip_meets(env: &EnvName, tip: &Link, policy: &Policy, role: &crate::types::Role) -> Result<(), Problem> {
+    let path = entry_path(env, tip.seq);
+    let listed = |k: &KeyId| role.keys.contains(k) && policy.keys.contains_key(k);
+    if let Some(k) = tip.signed_by.iter().find(|k| !listed(k)) {
+        return Err(problem(
+            &path,
+            Check::E5,
+            format!(
+                "the tip of {env} is signed by {}, whom the new policy removed from {env}; re-sign the tip without \
+                 that signature in the same commit",
+                display_key(policy, k)
+            ),
+        )
+        .with_cause(Some(Check::S2)));
+    }
+    let count = tip.signed_by.len() as u64;
+    if count < role.threshold {
+        return Err(problem(
+            &path,
+            Check::E5,
+            format!(
+                "threshold not met: {count} of {} required signatures under the new policy; add co-signatures to \
+                 the tip in the same commit",
+                role.threshold
+            ),
+        )
+        .with_cause(Some(Check::S3)));
+    }
+    Ok(())
 }
 
 /// The step's own copy of `env`'s history, made on first use.
@@ -492,12 +622,14 @@ fn next_policy(old: &Document<Policy>, node: &Node, sigs: &impl SignatureCheck) 
 
 /// The entry transitions of one environment (SPEC.md §8.3.3): append, co-sign, revert of the tip,
 /// and re-adding what a revert removed. Anything else is refused.
+#[allow(clippy::too_many_arguments)]
 fn apply_entry_changes(
     env: &EnvName,
     history: &mut EnvHistory,
     changes: &EnvChanges,
     policy: &Policy,
     role: &crate::types::Role,
+    revert_rule: RevertPolicy,
     step: &Step,
     sigs: &impl SignatureCheck,
 ) -> Result<Vec<Event>, Vec<Problem>> {
@@ -505,9 +637,15 @@ fn apply_entry_changes(
     let target_before = history.target.as_ref().map(|t| t.hash);
     let kinds = [!changes.added.is_empty(), !changes.removed.is_empty(), !changes.modified.is_empty()];
     if kinds.iter().filter(|k| **k).count() > 1 {
-        let path = entry_path(env, tip_seq.max(1));
+        // Reported at the lowest changed path of the environment (SPEC.md §8.3.3).
+        let first = [changes.added.keys().next(), changes.removed.keys().next(), changes.modified.keys().next()]
+            .into_iter()
+            .flatten()
+            .min()
+            .copied()
+            .unwrap_or(tip_seq.max(1));
         return Err(vec![problem(
-            &path,
+            &entry_path(env, first),
             Check::H2,
             format!("one step both adds, removes or rewrites entries of {env}; make each its own commit"),
         )]);
@@ -525,9 +663,10 @@ fn apply_entry_changes(
         })
     };
 
-    // Co-signature: the tip's file changes, its payload does not, and no signature is dropped.
-    for (seq, (path, node)) in &changes.modified {
-        let Some(tip) = history.tip.clone().filter(|t| t.seq == *seq) else {
+    // Co-signature: the tip's file changes, its payload does not, and no signature by a key still in
+    // the role is dropped (a policy change may require dropping the others).
+    if let Some((seq, (path, node))) = changes.modified.iter().next() {
+        let Some(tip) = history.tip.clone().filter(|t| t.seq == *seq && changes.modified.len() == 1) else {
             return Err(vec![problem(path, Check::H2, format!("entry {seq} of {env} was rewritten; signed entries are never edited (only the tip may gain co-signatures)"))]);
         };
         let doc = parse_doc::<Entry>(path, node, &policy.ledger, |e| &e.ledger).map_err(|p| vec![p])?;
@@ -538,18 +677,19 @@ fn apply_entry_changes(
                 format!("the payload of entry {seq} of {env} changed; signed entries are never edited"),
             )]);
         }
-        let (complete, signed_by) = judge_entry(path, &doc, policy, role, sigs).map_err(|p| vec![p])?;
-        if !tip.signed_by.iter().all(|k| signed_by.contains(k)) {
+        let signed_by = require_complete(path, &doc, policy, role, sigs, "the tip must stay complete")?;
+        if let Some(k) = tip.signed_by.iter().find(|k| role.keys.contains(k) && !signed_by.contains(k)) {
             return Err(vec![problem(
                 path,
                 Check::H2,
-                format!("a co-signature was removed from entry {seq} of {env}"),
+                format!("the co-signature of {} was removed from entry {seq} of {env}", display_key(policy, k)),
             )]);
         }
-        let new_link = link(&doc, file_digest(node), complete, signed_by);
-        let became_target = complete && !tip.complete;
+        let new_link = link(&doc, file_digest(node), true, signed_by);
+        let became_target = !tip.complete;
         history.tip = Some(new_link.clone());
         if became_target {
+            // Only a tip left pending by a revision-2 verifier's state can be completed here.
             history.target = Some(new_link.clone());
             history.generation += 1;
             event(Action::Promote, history, Some(new_link), None);
@@ -559,20 +699,32 @@ fn apply_entry_changes(
     }
 
     // Revert: exactly the tip is removed.
-    if !changes.removed.is_empty() {
-        let (seq, path) = changes.removed.iter().next_back().expect("not empty");
+    if let Some((seq, path)) = changes.removed.iter().next_back() {
         if changes.removed.len() > 1 || *seq != tip_seq {
             let which = changes.removed.keys().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+            let path = changes.removed.values().next().unwrap_or(path);
             return Err(vec![problem(
                 path,
                 Check::H2,
                 format!("entries {which} of {env} were removed; only the tip ({tip_seq}) can be reverted"),
             )]);
         }
-        let tip = history.tip.clone().expect("tip_seq > 0 means a tip");
+        let Some(tip) = history.tip.clone() else {
+            return Err(vec![problem(path, Check::H2, format!("{env} has no tip to revert"))]);
+        };
+        if tip.complete && *seq == 1 {
+            return Err(vec![problem(
+                path,
+                Check::H2,
+                format!(
+                    "removing entry 1 would leave {env} with no target; an environment that had a target keeps one \
+                     (release an entry that re-targets an earlier image instead)"
+                ),
+            )]);
+        }
         let mut revert_signed_by = None;
         if tip.complete {
-            revert_signed_by = check_revert(env, path, history.spec.payload.revert, policy, role, &step.commit)?;
+            revert_signed_by = check_revert(env, path, revert_rule, policy, role, &step.commit)?;
         }
         let below = if *seq > 1 {
             let below_path = entry_path(env, seq - 1);
@@ -599,7 +751,8 @@ fn apply_entry_changes(
         }
     }
 
-    // Append (or restore), in seq order, each on a complete tip.
+    // Append (or restore), in seq order, each complete: what is short of signatures is a proposal and
+    // lives on a proposal branch until it is complete (SPEC.md §8.3.3).
     for (expected_seq, (seq, (path, node))) in (tip_seq + 1..).zip(&changes.added) {
         if *seq != expected_seq {
             let why = if *seq <= tip_seq {
@@ -633,29 +786,20 @@ fn apply_entry_changes(
         }
         let digest = file_digest(node);
         let restored = history.reverted.iter().rposition(|r| r.seq == *seq && r.file_digest == digest && r.complete);
+        let why = match restored {
+            Some(_) => "a revert of its revert would make it the target again",
+            None => "entries short of signatures are proposals: collect them on a proposal branch, then land it",
+        };
+        let signed_by = require_complete(path, &doc, policy, role, sigs, why)?;
         let (new_link, action) = match restored {
-            Some(i) => {
-                require_complete(
-                    path,
-                    &doc,
-                    policy,
-                    role,
-                    sigs,
-                    "a revert of its revert would make it the target again",
-                )?;
-                let link = history.reverted.remove(i);
-                (link, Action::Restore)
-            }
+            Some(i) => (history.reverted.remove(i), Action::Restore),
             None => {
-                let (complete, signed_by) = judge_entry(path, &doc, policy, role, sigs).map_err(|p| vec![p])?;
                 history.reverted.retain(|r| r.seq < *seq);
-                (link(&doc, digest, complete, signed_by), if complete { Action::Promote } else { Action::Propose })
+                (link(&doc, digest, true, signed_by), Action::Promote)
             }
         };
         history.tip = Some(new_link.clone());
-        if new_link.complete {
-            history.target = Some(new_link.clone());
-        }
+        history.target = Some(new_link.clone());
         event(action, history, Some(new_link), None);
     }
     // Several entries appended in one step (a merge, a push of several commits squashed) change the
@@ -690,28 +834,6 @@ fn file_digest(node: &Node) -> Blake3Digest {
     match node {
         Node::File(bytes) => Blake3Digest(*blake3::hash(bytes).as_bytes()),
         _ => Blake3Digest::ZERO,
-    }
-}
-
-/// S1-S3 for an entry added or co-signed in a step: every signature must be valid and authorised;
-/// a threshold not yet met makes the entry pending instead of refusing it.
-fn judge_entry(
-    path: &str,
-    doc: &Document<Entry>,
-    policy: &Policy,
-    role: &crate::types::Role,
-    sigs: &impl SignatureCheck,
-) -> Result<(bool, Vec<KeyId>), Problem> {
-    match doc.check_role_with(policy, role, ForeignSignatures::Refuse, sigs) {
-        Ok(signed) => Ok((true, signed.0)),
-        Err(e) if e.check == Check::S3 => {
-            let partial = crate::types::Role { keys: role.keys.clone(), threshold: 0 };
-            let signed = doc
-                .check_role_with(policy, &partial, ForeignSignatures::Refuse, sigs)
-                .map_err(|e| doc_problem(path, e))?;
-            Ok((false, signed.0))
-        }
-        Err(e) => Err(e.caused(Check::E5).at(path)),
     }
 }
 
@@ -804,6 +926,10 @@ mod tests {
     }
 
     fn spec(revert: RevertPolicy, version: u64) -> Vec<u8> {
+        spec_signed(revert, version, &[alice(), bob()])
+    }
+
+    fn spec_signed(revert: RevertPolicy, version: u64, signers: &[SecretKey]) -> Vec<u8> {
         let mut doc = Document::new(Environment {
             payload_type: EnvironmentType,
             ledger: "hist".parse().unwrap(),
@@ -817,8 +943,9 @@ mod tests {
             revert,
             max_instance_age_seconds: None,
         });
-        doc.sign(&alice());
-        doc.sign(&bob());
+        for k in signers {
+            doc.sign(k);
+        }
         doc.to_file_bytes()
     }
 
@@ -904,22 +1031,124 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_short_of_signatures_is_proposed_and_promoted_by_its_co_signature() {
+    fn an_entry_short_of_signatures_is_refused_on_the_branch_and_co_signatures_stay() {
         let s0 = start(2, RevertPolicy::Allow);
-        let mut e1 = entry(1, Blake3Digest::ZERO, &[alice()]);
-        let (s1, ev) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
+        let e1 = entry(1, Blake3Digest::ZERO, &[alice()]);
+        let short = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))]));
+        let refused = short.map(|_| ()).unwrap_err();
+        assert_eq!((refused[0].check, refused[0].cause), (Check::E5, Some(Check::S3)));
+        let full = entry(1, Blake3Digest::ZERO, &[alice(), bob()]);
+        let (s1, ev) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(full.to_file_bytes()))])).unwrap();
+        assert_eq!((ev[0].action.clone(), prod(&s1).generation), (Action::Promote, 1));
+        // Dropping bob's signature from the complete tip is refused; so is dropping it to one.
+        let mut alone = full.clone();
+        alone.signatures.truncate(1);
+        let drop = step(vec![change("ledger/prod/1.json", Some(full.to_file_bytes()), Some(alone.to_file_bytes()))]);
+        assert_eq!(checks(apply(&s1, &drop)), [Check::E5]);
+    }
+
+    #[test]
+    fn the_last_entry_cannot_be_reverted() {
+        let s0 = start(1, RevertPolicy::Allow);
+        let e1 = entry(1, Blake3Digest::ZERO, &[alice()]);
+        let (s1, _) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
         assert_eq!(
-            (ev[0].action.clone(), prod(&s1).generation, prod(&s1).target.is_none()),
-            (Action::Propose, 0, true)
+            checks(apply(&s1, &step(vec![change("ledger/prod/1.json", Some(e1.to_file_bytes()), None)]))),
+            [Check::H2]
         );
-        let e2 = entry(2, e1.hash(), &[alice(), bob()]);
-        let on_pending = apply(&s1, &step(vec![change("ledger/prod/2.json", None, Some(e2.to_file_bytes()))]));
-        assert_eq!(checks(on_pending), [Check::H2]);
-        let before = e1.to_file_bytes();
-        e1.sign(&bob());
-        let (s2, ev) =
-            apply(&s1, &step(vec![change("ledger/prod/1.json", Some(before), Some(e1.to_file_bytes()))])).unwrap();
-        assert_eq!((ev[0].action.clone(), prod(&s2).generation), (Action::Promote, 1));
+    }
+
+    #[test]
+    fn weakening_a_safety_setting_needs_the_root() {
+        let mut s0 = start(1, RevertPolicy::Signed);
+        // Root is alice only; make bob the only signer of prod so root is not in the role.
+        let mut p = policy(2, 1);
+        p.environments.values_mut().for_each(|r| r.keys = vec![bob().public_key().key_id()]);
+        let spec_v1 = |signers: &[SecretKey]| spec_signed(RevertPolicy::Signed, 1, signers);
+        let (s1, _) = apply(
+            &s0,
+            &step(vec![
+                change(POLICY_PATH, None, Some(signed_policy(p, &[alice()]))),
+                change("environments/prod.json", None, Some(spec_v1(&[bob()]))),
+            ]),
+        )
+        .unwrap();
+        s0 = s1;
+        let weaker =
+            step(vec![change("environments/prod.json", None, Some(spec_signed(RevertPolicy::Allow, 2, &[bob()])))]);
+        let refused = apply(&s0, &weaker).map(|_| ()).unwrap_err();
+        assert_eq!((refused[0].check, refused[0].cause), (Check::N6, Some(Check::S3)));
+        let approved = step(vec![change(
+            "environments/prod.json",
+            None,
+            Some(spec_signed(RevertPolicy::Allow, 2, &[alice(), bob()])),
+        )]);
+        let (s2, _) = apply(&s0, &approved).unwrap();
+        assert_eq!(prod(&s2).spec.payload.revert, RevertPolicy::Allow);
+        // Strengthening needs only the environment's role.
+        let stronger =
+            step(vec![change("environments/prod.json", None, Some(spec_signed(RevertPolicy::Deny, 3, &[bob()])))]);
+        assert!(apply(&s2, &stronger).is_ok());
+        // A key outside both roles is still refused on a spec.
+        let foreign = step(vec![change(
+            "environments/prod.json",
+            None,
+            Some(spec_signed(RevertPolicy::Deny, 3, &[bob(), SecretKey::from_seed(&[9; 32])])),
+        )]);
+        assert_eq!(checks(apply(&s2, &foreign)), [Check::N4]);
+    }
+
+    #[test]
+    fn a_policy_that_drops_an_environment_and_deletes_its_entry_is_refused_without_panic() {
+        let s0 = start(1, RevertPolicy::Allow);
+        let e1 = entry(1, Blake3Digest::ZERO, &[alice()]);
+        let e2 = entry(2, e1.hash(), &[alice()]);
+        let (s1, _) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
+        let (s2, _) = apply(&s1, &step(vec![change("ledger/prod/2.json", None, Some(e2.to_file_bytes()))])).unwrap();
+        let mut p = policy(2, 1);
+        p.environments.clear();
+        let mut s = step(vec![
+            change(POLICY_PATH, None, Some(signed_policy(p, &[alice()]))),
+            change("ledger/prod/2.json", Some(e2.to_file_bytes()), None),
+        ]);
+        s.context.insert(b"ledger/prod/1.json".to_vec(), Node::File(e1.to_file_bytes()));
+        let refused = apply(&s2, &s).map(|_| ()).unwrap_err();
+        assert_eq!((refused[0].path.as_str(), refused[0].check), (POLICY_PATH, Check::H2));
+    }
+
+    #[test]
+    fn a_policy_change_must_carry_re_signed_specs_and_tips() {
+        let s0 = start(1, RevertPolicy::Allow);
+        let e1 = entry(1, Blake3Digest::ZERO, &[bob()]);
+        let (s1, _) = apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
+        let mut v2 = policy(2, 1);
+        v2.environments.values_mut().for_each(|r| r.keys = vec![alice().public_key().key_id()]);
+        let v2 = signed_policy(v2, &[alice()]);
+        // Alone, the new policy leaves bob's signatures on the spec (N4/S2) and the tip (E5/S2).
+        let alone = apply(&s1, &step(vec![change(POLICY_PATH, None, Some(v2.clone()))])).map(|_| ()).unwrap_err();
+        let found: Vec<(&str, Check, Option<Check>)> =
+            alone.iter().map(|p| (p.path.as_str(), p.check, p.cause)).collect();
+        assert_eq!(
+            found,
+            [
+                ("environments/prod.json", Check::N4, Some(Check::S2)),
+                ("ledger/prod/1.json", Check::E5, Some(Check::S2))
+            ]
+        );
+        // With the spec and the tip re-signed by alice alone in the same commit, it verifies.
+        let mut tip = e1.clone();
+        tip.signatures.clear();
+        tip.sign(&alice());
+        let (s2, _) = apply(
+            &s1,
+            &step(vec![
+                change(POLICY_PATH, None, Some(v2)),
+                change("environments/prod.json", None, Some(spec_signed(RevertPolicy::Allow, 1, &[alice()]))),
+                change("ledger/prod/1.json", Some(e1.to_file_bytes()), Some(tip.to_file_bytes())),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(prod(&s2).tip.as_ref().map(|t| t.signed_by.clone()), Some(vec![alice().public_key().key_id()]));
     }
 
     #[test]
@@ -972,7 +1201,12 @@ mod tests {
         let mut v2 = policy(2, 1);
         v2.environments.values_mut().for_each(|r| r.keys.retain(|k| *k != bob().public_key().key_id()));
         let v2 = signed_policy(v2, &[alice()]);
-        let (s3, _) = apply(&s2, &step(vec![change(POLICY_PATH, None, Some(v2))])).unwrap();
+        let respec = spec_signed(RevertPolicy::Allow, 1, &[alice()]);
+        let (s3, _) = apply(
+            &s2,
+            &step(vec![change(POLICY_PATH, None, Some(v2)), change("environments/prod.json", None, Some(respec))]),
+        )
+        .unwrap();
         let mut revert = step(vec![change("ledger/prod/2.json", Some(e2.to_file_bytes()), None)]);
         revert.context.insert(b"ledger/prod/1.json".to_vec(), Node::File(e1.to_file_bytes()));
         assert_eq!(checks(apply(&s3, &revert)), [Check::E5]);
@@ -992,10 +1226,14 @@ mod tests {
         for rule in [RevertPolicy::Allow, RevertPolicy::Signed, RevertPolicy::Deny] {
             let s0 = start(1, rule);
             let e1 = entry(1, Blake3Digest::ZERO, &[alice()]);
+            let e2 = entry(2, e1.hash(), &[alice()]);
             let (s1, _) =
                 apply(&s0, &step(vec![change("ledger/prod/1.json", None, Some(e1.to_file_bytes()))])).unwrap();
+            let (s1, _) =
+                apply(&s1, &step(vec![change("ledger/prod/2.json", None, Some(e2.to_file_bytes()))])).unwrap();
             let revert = |signer: Option<&SecretKey>| {
-                let mut s = step(vec![change("ledger/prod/1.json", Some(e1.to_file_bytes()), None)]);
+                let mut s = step(vec![change("ledger/prod/2.json", Some(e2.to_file_bytes()), None)]);
+                s.context.insert(b"ledger/prod/1.json".to_vec(), Node::File(e1.to_file_bytes()));
                 let payload = b"tree 0000\nauthor x\n\nRevert".to_vec();
                 s.commit.ssh_signature =
                     signer.map(|k| SshSigned { armored: ssh_sign(k, &payload), signed_payload: payload.clone() });
@@ -1006,8 +1244,8 @@ mod tests {
                 RevertPolicy::Allow => {
                     let (s2, ev) = revert(None).unwrap();
                     assert_eq!(
-                        (prod(&s2).generation, prod(&s2).target.is_none(), ev[0].action.clone()),
-                        (2, true, Action::Rollback)
+                        (prod(&s2).generation, prod(&s2).target.as_ref().map(|t| t.seq), ev[0].action.clone()),
+                        (3, Some(1), Action::Rollback)
                     );
                 }
                 RevertPolicy::Signed => {

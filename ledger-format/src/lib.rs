@@ -13,6 +13,7 @@ pub mod document;
 pub mod history;
 pub mod json;
 pub mod ranges;
+pub mod safety;
 pub mod time;
 pub mod tree;
 pub mod types;

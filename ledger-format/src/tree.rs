@@ -165,7 +165,7 @@ fn parse_in_ledger<T: Payload>(
                 format!("{size} bytes, more than the {} bytes allowed", T::KIND.max_size()),
             ))
         }
-        Node::Symlink | Node::Other(_) => unreachable!("classify_nodes passes regular files only"),
+        Node::Symlink | Node::Other(_) => return Err(DocError::new(Check::T1, "not a regular file")),
     };
     let doc = Document::<T>::parse(bytes)?;
     if let Some(expected) = ledger {
@@ -411,7 +411,9 @@ pub fn check_environment(policy: &Policy, env: &EnvName, doc: &Document<Environm
         return Err(DocError::new(Check::N1, format!("environment {env} is not declared in {POLICY_PATH}")));
     };
     crate::ranges::check_environment_ranges(spec).map_err(|reason| DocError::new(Check::N3, reason))?;
-    doc.check_role(policy, role, ForeignSignatures::Refuse).map_err(|e| e.caused(Check::N4))
+    // The root role may sign a spec too (SPEC.md §5.3): its signatures are how a change that weakens
+    // a safety setting is approved (N6, §8.3.2). They are verified but count only for the root.
+    doc.check_role(policy, role, ForeignSignatures::VerifyOnly(&policy.root.keys)).map_err(|e| e.caused(Check::N4))
 }
 
 /// What the `prev` of the next entry must be.

@@ -143,7 +143,6 @@ fn action_word(a: &Action) -> &'static str {
     match a {
         Action::Genesis => "genesis",
         Action::Promote => "promote",
-        Action::Propose => "propose",
         Action::CoSign => "co-sign",
         Action::Rollback => "rollback",
         Action::Withdraw => "withdraw",

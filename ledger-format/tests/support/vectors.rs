@@ -1122,10 +1122,31 @@ fn environment_cases(k: &Keys, cases: &mut Cases) {
     let (mut tree, _) = standard(k);
     tree.put(&spec_path("prod"), &signed(env_spec("prod"), &[&k.root]));
     cases.add(
+        "invalid/n4-spec-signed-by-root-only",
+        "prod's spec is signed by the root key only. Since revision 3 the root role may sign a spec (its \
+         signature is verified and approves weakening a safety setting, N6), but it does not count toward \
+         prod's threshold (N4, S3).",
+        tree,
+        invalid_signed("environments/prod.json", Check::N4, Check::S3),
+    );
+
+    let (mut tree, _) = standard(k);
+    tree.put(&spec_path("prod"), &signed(env_spec("prod"), &[&k.alice, &k.mallory]));
+    cases.add(
         "invalid/n4-spec-signed-by-another-role",
-        "prod's spec is signed by the root key, which is in the policy but not in prod's role (N4, S2).",
+        "prod's spec is signed by alice (prod's signer) and by mallory, who is in no role (N4, S2).",
         tree,
         invalid_signed("environments/prod.json", Check::N4, Check::S2),
+    );
+
+    let (mut tree, _) = standard(k);
+    tree.put(&spec_path("prod"), &signed(env_spec("prod"), &[&k.alice, &k.root]));
+    cases.add(
+        "valid/spec-co-signed-by-root",
+        "prod's spec is signed by alice (prod's signer) and by the root key, which revision 3 allows on a \
+         spec (the signature verifies; it counts only for the root role).",
+        tree.clone(),
+        valid(&tree),
     );
 }
 
