@@ -677,7 +677,6 @@ type InForce<'a> = Option<(u64, &'a str, &'a str)>;
 #[test]
 fn audit_at_a_time_answers_the_target_in_force_then() {
     let f = fixture("audit-at", &["staging"]);
-    f.set_revert_policy("staging", RevertPolicy::Allow, &f.alice); // the revert below is unsigned
     let l = &f.ledger;
     // Each commit gets a fixed date: stele commits with the current time, so its commits are re-dated
     // by an amend before anything polls them.
@@ -692,7 +691,9 @@ fn audit_at_a_time_answers_the_target_in_force_then() {
     f.promote("staging", "2.0.0", &f.alice);
     let v2 = redate("2030-01-03T00:00:00Z");
     let dates = [("GIT_AUTHOR_DATE", "2030-01-04T00:00:00Z"), ("GIT_COMMITTER_DATE", "2030-01-04T00:00:00Z")];
-    f.git_env(&["revert", "--no-edit", "HEAD"], &dates);
+    // `revert: signed` (the default): SSH-signed by staging's signer.
+    let signing = format!("user.signingkey={}", f.alice.secret());
+    f.git_env(&["-c", "gpg.format=ssh", "-c", &signing, "revert", "-S", "--no-edit", "HEAD"], &dates);
     let rollback = f.head();
     let times = l.git(["log", "--format=%cI"]);
     assert_eq!(times.lines().collect::<Vec<_>>()[..2], ["2030-01-04T00:00:00Z", "2030-01-03T00:00:00Z"]);

@@ -11,10 +11,10 @@ use crate::exit::{self, Refused};
 use crate::keys::{self, LoadedSecret};
 use crate::repo::{apply_to, Change, LedgerRepo, Proposal, PROPOSAL_PREFIX};
 use anyhow::Result;
-use ledger_format::document::{ForeignSignatures, Payload};
+use ledger_format::document::Payload;
 use ledger_format::history::CommitInfo;
 use ledger_format::tree::{classify, verify_snapshot_with, Expiry, LayoutPath, Node, Problem, Snapshot, POLICY_PATH};
-use ledger_format::types::{DriftMode, Entry, EnvName, Environment, HealthCheck, Policy, RevertPolicy};
+use ledger_format::types::{Entry, EnvName, Environment, Policy};
 use ledger_format::{Check, Document, KeyId};
 use std::path::Path;
 
@@ -34,7 +34,8 @@ fn only_signatures(p: &Problem, paths: &[&str]) -> bool {
     let missing = match p.check {
         Check::N4 | Check::E5 | Check::P4 => p.cause == Some(Check::S3),
         Check::P6 => !matches!(p.cause, Some(Check::S1) | Some(Check::S2)),
-        other => other.id() == "N6" && p.cause == Some(Check::S3),
+        Check::N6 => p.cause == Some(Check::S3),
+        _ => false,
     };
     missing && paths.contains(&p.path.as_str())
 }
@@ -46,7 +47,7 @@ pub fn judge(before: &Snapshot, after: &Snapshot, paths: &[&str], summary: &str)
         Err(problems) => problems,
         Ok(_) => {
             let commit = CommitInfo { summary: summary.to_owned(), ..CommitInfo::default() };
-            match check_step(before, after, commit) {
+            match ledger_format::history::check_step(before, after, commit) {
                 Ok(_) => return Verdict::Complete,
                 Err(problems) => problems,
             }
@@ -56,26 +57,6 @@ pub fn judge(before: &Snapshot, after: &Snapshot, paths: &[&str], summary: &str)
         Verdict::Short(problems)
     } else {
         Verdict::Refused(problems)
-    }
-}
-
-/// Stand-in for `ledger_format::history::check_step` until the rev-3 core lands: P6 only.
-fn check_step(before: &Snapshot, after: &Snapshot, _commit: CommitInfo) -> Result<(), Vec<Problem>> {
-    let (Ok(old), Some(Node::File(bytes))) = (written_policy(before), after.nodes.get(POLICY_PATH.as_bytes())) else {
-        return Ok(());
-    };
-    if before.nodes.get(POLICY_PATH.as_bytes()) == after.nodes.get(POLICY_PATH.as_bytes()) {
-        return Ok(());
-    }
-    let doc = Document::<Policy>::parse(bytes).map_err(|e| vec![e.at(POLICY_PATH)])?;
-    match doc.check_role(&old, &old.root, ForeignSignatures::Skip) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(vec![Problem {
-            path: POLICY_PATH.into(),
-            check: Check::P6,
-            reason: format!("not signed by the previous root: {}", e.reason),
-            cause: Some(e.check),
-        }]),
     }
 }
 
@@ -241,57 +222,9 @@ pub fn may_sign(path: &str, before: &Snapshot, after: &Snapshot, key: &KeyId) ->
     })
 }
 
-/// The safety settings `new` weakens relative to `old` (R4), described; empty when none.
+/// The safety settings `new` weakens relative to `old` (R4, check N6), described; empty when none.
 pub fn weakens(old: &Environment, new: &Environment) -> Vec<String> {
-    let mut out = Vec::new();
-    let rank = |r: RevertPolicy| match r {
-        RevertPolicy::Deny => 2,
-        RevertPolicy::Signed => 1,
-        RevertPolicy::Allow => 0,
-    };
-    let name = |r: RevertPolicy| match r {
-        RevertPolicy::Deny => "deny",
-        RevertPolicy::Signed => "signed",
-        RevertPolicy::Allow => "allow",
-    };
-    if rank(new.revert) < rank(old.revert) {
-        out.push(format!("revert {} -> {}", name(old.revert), name(new.revert)));
-    }
-    if old.drift == DriftMode::Correct && new.drift == DriftMode::Report {
-        out.push("drift correct -> report".into());
-    }
-    let health_ok = match (&old.health, &new.health) {
-        (
-            HealthCheck::Http {
-                path: p0,
-                interval_ms: i0,
-                timeout_ms: t0,
-                healthy_threshold: h0,
-                deadline_seconds: d0,
-            },
-            HealthCheck::Http {
-                path: p1,
-                interval_ms: i1,
-                timeout_ms: t1,
-                healthy_threshold: h1,
-                deadline_seconds: d1,
-            },
-        ) => p0 == p1 && h1 >= h0 && d1 <= d0 && i1 <= i0 && t1 <= t0,
-        (
-            HealthCheck::Tcp { interval_ms: i0, timeout_ms: t0, healthy_threshold: h0, deadline_seconds: d0 },
-            HealthCheck::Tcp { interval_ms: i1, timeout_ms: t1, healthy_threshold: h1, deadline_seconds: d1 },
-        ) => h1 >= h0 && d1 <= d0 && i1 <= i0 && t1 <= t0,
-        _ => false,
-    };
-    if !health_ok {
-        out.push("health check".into());
-    }
-    match (old.max_instance_age_seconds, new.max_instance_age_seconds) {
-        (Some(_), None) => out.push("max_instance_age_seconds removed".into()),
-        (Some(a), Some(b)) if b > a => out.push(format!("max_instance_age_seconds {a} -> {b}")),
-        _ => {}
-    }
-    out
+    ledger_format::safety::weakenings(old, new)
 }
 
 /// `stele sign --proposal NAME --key K`: adds K's signature to every document of the proposal that K
