@@ -43,8 +43,12 @@ pub enum Command {
     /// Change how an environment runs: sign a new environment spec (strategy, groups, health) and commit it.
     #[command(subcommand)]
     Env(EnvCommand),
-    /// Co-sign a document (by default an environment's tip entry) and commit the signature.
+    /// Co-sign a proposal (--proposal NAME: every document of it the key may sign), or a document on
+    /// the ledger branch (--env: the tip entry; --file: a document) and commit the signature.
     Sign(SignArgs),
+    /// Land a proposal (branch stele/proposals/NAME) on the current branch as one commit, once every
+    /// threshold is met; refuses a stale proposal. Deletes the local proposal branch.
+    Promote(PromoteArgs),
     /// Verify the ledger tree: policy, environment specs and every chain. Exits 0 only if all verify.
     Verify(VerifyArgs),
     /// Roll an environment back: commit exactly what `git revert` of its tip promotion would, SSH-signed
@@ -164,9 +168,13 @@ pub struct EnvSetArgs {
     /// The spec payload (JSON).
     #[arg(long, value_name = "FILE")]
     pub spec: PathBuf,
-    /// Signing key(s) of the environment's role (repeat for a threshold above 1).
+    /// Signing key(s) of the environment's role (repeat for a threshold above 1); a change that weakens a
+    /// safety setting needs root keys too.
     #[arg(long, value_name = "SECRET", required = true)]
     pub key: Vec<PathBuf>,
+    /// Name of the proposal written when signatures are missing (default: ENV-spec-vVERSION).
+    #[arg(long, value_name = "NAME")]
+    pub proposal: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -205,7 +213,8 @@ pub struct TrustArgs {
 pub struct RollbackArgs {
     #[arg(long, value_name = "NAME")]
     pub env: String,
-    /// SSH-sign the revert commit with this key (git's gpg.format=ssh signature, namespace "git").
+    /// SSH-sign the revert commit with this key (git's gpg.format=ssh signature, namespace "git"): one key
+    /// of the environment's role, required under `revert: signed` (the default).
     #[arg(long, value_name = "SECRET")]
     pub key: Option<PathBuf>,
 }
@@ -361,6 +370,9 @@ pub struct RootKeys {
     /// Expiry of the new policy, e.g. 365d or 2027-12-31T00:00:00Z; default: none.
     #[arg(long, value_name = "WHEN")]
     pub expires: Option<String>,
+    /// Name of the proposal written when signatures are missing (default: policy-vVERSION).
+    #[arg(long, value_name = "NAME")]
+    pub proposal: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -420,20 +432,36 @@ pub struct ReleaseArgs {
     /// Secret key that signs the entry.
     #[arg(long, value_name = "SECRET")]
     pub key: PathBuf,
+    /// Name of the proposal written when the threshold is not met (default: ENV-VERSION).
+    #[arg(long, value_name = "NAME")]
+    pub proposal: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["env", "file", "proposal"])))]
 pub struct SignArgs {
+    /// Co-sign proposal NAME (branch stele/proposals/NAME): every document of it this key may sign.
+    #[arg(long, value_name = "NAME")]
+    pub proposal: Option<String>,
     /// Co-sign this environment's tip entry.
-    #[arg(long, value_name = "NAME", conflicts_with = "file", required_unless_present = "file")]
+    #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
     /// Co-sign this document instead (trust/policy.json, environments/<env>.json, or a tip entry).
     #[arg(long, value_name = "PATH")]
     pub file: Option<String>,
     #[arg(long, value_name = "SECRET")]
     pub key: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PromoteArgs {
+    /// The proposal's name (branch stele/proposals/NAME).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

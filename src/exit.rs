@@ -67,9 +67,10 @@ pub fn for_error(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<RepoError>() {
             return match e {
-                RepoError::Dirty { .. } | RepoError::NotARepository { .. } | RepoError::UnknownRevision { .. } => {
-                    REFUSED
-                }
+                RepoError::Dirty { .. }
+                | RepoError::NotARepository { .. }
+                | RepoError::UnknownRevision { .. }
+                | RepoError::Proposal { .. } => REFUSED,
                 RepoError::Io { .. } | RepoError::Git { .. } => IO,
             };
         }

@@ -23,6 +23,8 @@ pub enum RepoError {
     UnknownRevision { rev: String, source: git2::Error },
     #[error("uncommitted changes in the ledger: {paths}; commit or discard them first, so that what is signed is what is committed")]
     Dirty { paths: String },
+    #[error("proposal {branch}: {reason}")]
+    Proposal { branch: String, reason: String },
 }
 
 fn git(context: impl Into<String>) -> impl FnOnce(git2::Error) -> RepoError {
@@ -158,20 +160,7 @@ impl LedgerRepo {
             Err(e) => return Err(git("read HEAD")(e)),
         };
         let parent = head.as_ref().map(|h| h.peel_to_commit()).transpose().map_err(git("read HEAD"))?;
-        let mut index = Index::new().map_err(git("index"))?;
-        if let Some(parent) = &parent {
-            index.read_tree(&parent.tree().map_err(git("read tree"))?).map_err(git("read tree"))?;
-        }
-        for change in changes {
-            match change {
-                Change::Write { path, bytes } => {
-                    let id = self.git.blob(bytes).map_err(git("write blob"))?;
-                    index.add(&index_entry(path, id, bytes.len())).map_err(git(format!("stage {path}")))?;
-                }
-                Change::Remove { path } => index.remove_path(Path::new(path)).map_err(git(format!("remove {path}")))?,
-            }
-        }
-        let tree_id = index.write_tree_to(&self.git).map_err(git("write tree"))?;
+        let tree_id = self.tree_with(parent.as_ref(), changes)?;
         let tree = self.git.find_tree(tree_id).map_err(git("read tree"))?;
         let sig = identity(&self.git)?;
         let parents: Vec<&git2::Commit> = parent.iter().collect();
@@ -338,4 +327,172 @@ fn walk_git(
         }
     }
     Ok(())
+}
+
+/// Where proposals live: one branch per proposal, `stele/proposals/<name>` (rev-3 R2).
+pub const PROPOSAL_PREFIX: &str = "stele/proposals/";
+
+/// A proposal as found on its branch: exactly one commit on top of a commit of the ledger branch.
+pub struct Proposal {
+    pub name: String,
+    pub head: Oid,
+    /// The proposal's first parent: the ledger commit it was written against.
+    pub parent: Oid,
+    pub message: String,
+    /// What the proposal changes under the owned directories (parent -> head), in path order.
+    pub changes: Vec<Change>,
+}
+
+impl Proposal {
+    pub fn branch(&self) -> String {
+        format!("{PROPOSAL_PREFIX}{}", self.name)
+    }
+
+    pub fn paths(&self) -> Vec<&str> {
+        self.changes.iter().map(Change::path).collect()
+    }
+}
+
+impl Change {
+    pub fn path(&self) -> &str {
+        match self {
+            Change::Write { path, .. } | Change::Remove { path } => path,
+        }
+    }
+}
+
+impl LedgerRepo {
+    /// The commit HEAD points at; `None` before the first commit.
+    pub fn head_commit(&self) -> Result<Option<git2::Commit<'_>>, RepoError> {
+        match self.git.head() {
+            Ok(head) => head.peel_to_commit().map(Some).map_err(git("read HEAD")),
+            Err(e) if e.code() == ErrorCode::UnbornBranch || e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(git("read HEAD")(e)),
+        }
+    }
+
+    /// The tree of `base` (empty when `None`) with `changes` applied, written to the object database.
+    fn tree_with(&self, base: Option<&git2::Commit>, changes: &[Change]) -> Result<Oid, RepoError> {
+        let mut index = Index::new().map_err(git("index"))?;
+        if let Some(base) = base {
+            index.read_tree(&base.tree().map_err(git("read tree"))?).map_err(git("read tree"))?;
+        }
+        for change in changes {
+            match change {
+                Change::Write { path, bytes } => {
+                    let id = self.git.blob(bytes).map_err(git("write blob"))?;
+                    index.add(&index_entry(path, id, bytes.len())).map_err(git(format!("stage {path}")))?;
+                }
+                Change::Remove { path } => index.remove_path(Path::new(path)).map_err(git(format!("remove {path}")))?,
+            }
+        }
+        index.write_tree_to(&self.git).map_err(git("write tree"))
+    }
+
+    /// Writes a commit of `parent`'s tree plus `changes` and points `refs/heads/<branch>` at it, without
+    /// touching HEAD, the index or the work tree. With `replace`, an existing branch is moved (a
+    /// proposal rewritten by a co-signer); without it, an existing branch is an error.
+    pub fn commit_on_branch(
+        &self,
+        branch: &str,
+        parent: Oid,
+        changes: &[Change],
+        message: &str,
+        replace: bool,
+    ) -> Result<Oid, RepoError> {
+        let parent = self.git.find_commit(parent).map_err(git("read parent commit"))?;
+        let tree_id = self.tree_with(Some(&parent), changes)?;
+        let tree = self.git.find_tree(tree_id).map_err(git("read tree"))?;
+        let sig = identity(&self.git)?;
+        let id = self.git.commit(None, &sig, &sig, message, &tree, &[&parent]).map_err(git("commit"))?;
+        self.git
+            .reference(&format!("refs/heads/{branch}"), id, replace, "stele: proposal")
+            .map_err(git(format!("write branch {branch}")))?;
+        Ok(id)
+    }
+
+    /// Whether `refs/heads/<branch>` exists.
+    pub fn has_branch(&self, branch: &str) -> bool {
+        self.git.find_branch(branch, git2::BranchType::Local).is_ok()
+    }
+
+    /// Reads proposal `name` (branch `stele/proposals/<name>`), refusing anything that is not one
+    /// commit whose first parent is on the first-parent history of HEAD, or that changes files outside
+    /// the owned directories or anything but regular files inside them.
+    pub fn read_proposal(&self, name: &str) -> Result<Proposal, RepoError> {
+        let branch = format!("{PROPOSAL_PREFIX}{name}");
+        let refused = |reason: String| RepoError::Proposal { branch: branch.clone(), reason };
+        let head = self
+            .git
+            .find_branch(&branch, git2::BranchType::Local)
+            .map_err(|_| refused("no such branch here (fetch it first: git fetch origin BRANCH:BRANCH)".into()))?
+            .get()
+            .peel_to_commit()
+            .map_err(git(format!("read {branch}")))?;
+        let parent = head.parent(0).map_err(|_| refused("its commit has no parent".into()))?;
+        let ledger_head = self.head_commit()?.ok_or_else(|| refused("this repository has no commits".into()))?;
+        let mut on_branch = false;
+        let mut at = Some(ledger_head);
+        while let Some(c) = at {
+            if c.id() == parent.id() {
+                on_branch = true;
+                break;
+            }
+            at = c.parent(0).ok();
+        }
+        if !on_branch {
+            return Err(refused(format!(
+                "it must be exactly one commit on top of a commit of the ledger branch, but its parent {} is not \
+                 on the first-parent history of HEAD",
+                parent.id()
+            )));
+        }
+        let (old_tree, new_tree) = (parent.tree().map_err(git("read tree"))?, head.tree().map_err(git("read tree"))?);
+        for entry in old_tree.iter().chain(new_tree.iter()) {
+            let name = entry.name().unwrap_or("");
+            if OWNED_DIRS.contains(&name) {
+                continue;
+            }
+            let before = old_tree.get_name(name).map(|e| e.id());
+            let after = new_tree.get_name(name).map(|e| e.id());
+            if before != after {
+                return Err(refused(format!("it changes {name}, outside the ledger directories")));
+            }
+        }
+        let before = tree_snapshot(&self.git, &old_tree).map_err(git("read tree"))?;
+        let after = tree_snapshot(&self.git, &new_tree).map_err(git("read tree"))?;
+        let mut changes = Vec::new();
+        let paths: std::collections::BTreeSet<&Vec<u8>> = before.nodes.keys().chain(after.nodes.keys()).collect();
+        for path in paths {
+            let (b, a) = (before.nodes.get(path), after.nodes.get(path));
+            if b == a {
+                continue;
+            }
+            let text = String::from_utf8_lossy(path).into_owned();
+            match a {
+                None => changes.push(Change::Remove { path: text }),
+                Some(Node::File(bytes)) => changes.push(Change::Write { path: text, bytes: bytes.clone() }),
+                Some(_) => return Err(refused(format!("{text} is not a regular file"))),
+            }
+        }
+        let message = head.message().unwrap_or("").to_owned();
+        Ok(Proposal { name: name.to_owned(), head: head.id(), parent: parent.id(), message, changes })
+    }
+
+    /// The node at `path` in commit `rev`'s tree (`None` when absent).
+    pub fn node_at(&self, commit: Oid, path: &str) -> Result<Option<Node>, RepoError> {
+        let commit = self.git.find_commit(commit).map_err(git("read commit"))?;
+        let tree = commit.tree().map_err(git("read tree"))?;
+        match tree.get_path(Path::new(path)) {
+            Ok(entry) => node_of(&self.git, entry.filemode() as u32, entry.id()).map_err(git("read blob")),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(git("read tree")(e)),
+        }
+    }
+
+    /// Deletes local branch `branch`.
+    pub fn delete_branch(&self, branch: &str) -> Result<(), RepoError> {
+        let mut b = self.git.find_branch(branch, git2::BranchType::Local).map_err(git(format!("find {branch}")))?;
+        b.delete().map_err(git(format!("delete {branch}")))
+    }
 }

@@ -282,7 +282,9 @@ fn rolling_update_and_revert_lose_no_request_through_the_balancer() {
     assert!(instances.iter().all(|(_, g, h)| *g == 2 && h == "healthy"), "{s:#}");
 
     let promotion = w.ledger.git(["log", "--format=%H", "-1", "--", "ledger/staging/2.json"]);
-    w.ledger.git(["revert", "--no-edit", promotion.trim()]);
+    // `revert: signed` (the default): SSH-signed by staging's signer.
+    let signing = format!("user.signingkey={}", w.alice.secret());
+    w.ledger.git(["-c", "gpg.format=ssh", "-c", &signing, "revert", "-S", "--no-edit", promotion.trim()]);
     w.agent_once().expect(OK);
     let (requests, failures, versions) = client.finish();
     let s = w.status();
@@ -534,7 +536,9 @@ fn blue_green_switches_all_traffic_at_once_and_back_on_revert() {
     assert!(live.iter().all(|(_, v)| v == "2.0.0"), "{live:?}");
 
     let promotion = w.ledger.git(["log", "--format=%H", "-1", "--", "ledger/staging/2.json"]);
-    w.ledger.git(["revert", "--no-edit", promotion.trim()]);
+    // `revert: signed` (the default): SSH-signed by staging's signer.
+    let signing = format!("user.signingkey={}", w.alice.secret());
+    w.ledger.git(["-c", "gpg.format=ssh", "-c", &signing, "revert", "-S", "--no-edit", promotion.trim()]);
     w.agent_once().expect(OK);
     let (requests, failures, versions) = client.finish();
     assert!(failures.is_empty(), "{} of {requests} requests failed: {failures:?}", failures.len());

@@ -22,12 +22,18 @@ fn new_user_story_from_keys_to_a_two_of_two_release_and_a_caught_tamper() {
     ledger
         .stele(["policy", "add-signer", "--env", "prod", "--pubkey", &bob.public(), "--key", &alice.secret()])
         .expect(OK);
-    // Under a 2-of-2 policy the prod spec needs bob's signature too, so he co-signs it first.
-    ledger.stele(["sign", "--file", "environments/prod.json", "--key", &bob.secret()]).expect(OK);
+    // Under a 2-of-2 policy the prod spec needs bob's signature too: signed by alice alone, the change
+    // is a proposal; bob signs it and it is promoted as one commit carrying the re-signed spec.
+    let commits = ledger.commit_count();
     ledger
         .stele(["policy", "set-threshold", "--env", "prod", "--threshold", "2", "--key", &alice.secret()])
         .expect(OK)
-        .says(&["set prod threshold to 2"]);
+        .says(&["set prod threshold to 2", "stele/proposals/policy-v3", "environments/prod.json: N4"]);
+    assert_eq!(ledger.commit_count(), commits, "a proposal is not on the ledger branch");
+    ledger.expect_valid(&[]);
+    ledger.stele(["sign", "--proposal", "policy-v3", "--key", &bob.secret()]).expect(OK);
+    ledger.stele(["promote", "policy-v3"]).expect(OK);
+    assert_eq!(ledger.commit_count(), commits + 1);
     let policy = ledger.stele(["policy", "show"]);
     policy.expect(OK).says(&["prod: 2 of", "staging: 1 of", "alice", "bob"]);
 
@@ -40,12 +46,17 @@ fn new_user_story_from_keys_to_a_two_of_two_release_and_a_caught_tamper() {
 
     let commits = ledger.commit_count();
     ledger.release("prod", "1.4.2", &tar, &alice).says(&["ledger/prod/1.json", "threshold not met: 1 of 2"]);
-    assert_eq!(ledger.commit_count(), commits + 1, "a pending release is committed for co-signers");
-    let entry = ledger.json("ledger/prod/1.json");
+    assert_eq!(ledger.commit_count(), commits, "a release short of signatures is a proposal, off the branch");
+    ledger.expect_valid(&[]).says(&["prod: no releases yet"]);
+    let entry = ledger.git(["show", "stele/proposals/prod-1.4.2:ledger/prod/1.json"]);
+    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
     assert_eq!(entry["payload"]["image"]["blake3"], digest.as_str(), "the entry pins the packed image");
-    ledger.expect_problems(&[], &[("ledger/prod/1.json", "E5", &["threshold not met: 1 of 2", "(S3)"])]);
 
-    ledger.stele(["sign", "--env", "prod", "--key", &bob.secret()]).expect(OK).says(&["the ledger verifies"]);
+    ledger
+        .stele(["sign", "--proposal", "prod-1.4.2", "--key", &bob.secret()])
+        .expect(OK)
+        .says(&["every threshold is met"]);
+    ledger.stele(["promote", "prod-1.4.2"]).expect(OK);
     ledger.expect_valid(&[]).says(&["prod: 1.4.2 (seq 1)", &digest, "alice", "bob"]);
 
     // One byte of the signed payload, changed by hand: the version text 1.4.2 becomes 1.4.3.
@@ -194,9 +205,11 @@ fn root_rotation_needs_old_and_new_root_and_retires_the_old_root() {
     let commits = ledger.commit_count();
     ledger
         .stele(["policy", "rotate-root", "--new-root", &new.public(), "--key", &new.secret()])
-        .expect(REFUSED)
-        .says(&["must be signed by 1 of the current root keys"]);
-    assert_eq!(ledger.commit_count(), commits, "a refused rotation commits nothing");
+        .expect(OK)
+        .says(&["stele/proposals/policy-v2", "P6"]);
+    assert_eq!(ledger.commit_count(), commits, "a rotation short of the current root is only a proposal");
+    ledger.stele(["promote", "policy-v2"]).expect(REFUSED).says(&["P6"]);
+    ledger.git(["branch", "-D", "stele/proposals/policy-v2"]);
 
     ledger
         .stele(["policy", "rotate-root", "--new-root", &new.public(), "--key", &old.secret(), "--key", &new.secret()])

@@ -142,7 +142,7 @@ fn every_example_spec_is_accepted_and_the_history_verifier_accepts_each_change()
         let version = i as u64 + 2;
         let before = f.ledger.commit_count();
         let out = f.set("staging", &example(name), &[&f.alice]);
-        out.expect(OK).says(&[&format!("staging: spec version {version}"), "threshold 1 met"]);
+        out.expect(OK).says(&[&format!("staging: spec version {version}"), "every threshold met"]);
         assert_eq!(f.ledger.commit_count(), before + 1, "one commit per `env set`");
         let head = f.head();
         out.says(&[&format!("commit {head}")]);
@@ -407,47 +407,55 @@ fn show_output_round_trips_through_set_and_the_version_goes_up() {
 }
 
 #[test]
-fn a_spec_short_of_its_threshold_is_committed_for_co_signing_and_completed_by_sign() {
+fn a_spec_short_of_its_threshold_is_a_proposal_completed_by_sign_and_promote() {
     let f = fixture();
     let bob = f.sb.key("bob");
     let alice = f.alice.secret();
     f.ledger.stele(["policy", "add-signer", "--env", "staging", "--pubkey", &bob.public(), "--key", &alice]).expect(OK);
-    f.ledger.stele(["sign", "--file", "environments/staging.json", "--key", &bob.secret()]).expect(OK);
-    f.ledger.stele(["policy", "set-threshold", "--env", "staging", "--threshold", "2", "--key", &alice]).expect(OK);
+    f.ledger
+        .stele([
+            "policy",
+            "set-threshold",
+            "--env",
+            "staging",
+            "--threshold",
+            "2",
+            "--key",
+            &alice,
+            "--key",
+            &bob.secret(),
+        ])
+        .expect(OK);
     f.expect_poll_verified();
 
     let before = f.ledger.commit_count();
+    let head = f.head();
     let out = f.set("staging", &example("blue-green.json"), &[&f.alice]);
     out.expect(OK).says(&[
         "spec version 2 (blue_green)",
         "threshold not met: 1 of 2",
-        "stele sign --file environments/staging.json",
+        "stele/proposals/staging-spec-v2",
+        "stele sign --proposal staging-spec-v2",
     ]);
-    assert_eq!(f.ledger.commit_count(), before + 1, "the pending spec is committed for co-signers");
-    let pending = f.head();
-    f.ledger.expect_problems(&[], &[("environments/staging.json", "N4", &["threshold not met: 1 of 2"])]);
+    assert_eq!(f.ledger.commit_count(), before, "a spec short of signatures is a proposal, off the branch");
+    assert_eq!(f.head(), head);
+    f.ledger.expect_valid(&[]);
+    f.expect_poll_verified();
 
     f.ledger
-        .stele(["sign", "--file", "environments/staging.json", "--key", &bob.secret()])
+        .stele(["sign", "--proposal", "staging-spec-v2", "--key", &bob.secret()])
         .expect(OK)
-        .says(&["the ledger verifies"]);
+        .says(&["every threshold is met"]);
+    f.ledger.stele(["promote", "staging-spec-v2"]).expect(OK);
+    assert_eq!(f.ledger.commit_count(), before + 1, "promoted as one commit");
     f.ledger.expect_valid(&[]);
     assert_eq!(f.payload("staging")["version"], 2);
-    let signed = f.head();
-    // The history verifier has no "proposed spec": it refuses the commit short of signatures and
-    // recovers at the co-signature, acting on the previous spec in between.
-    let poll = f.poll();
-    assert_eq!(
-        (poll["status"].as_str(), poll["commit"].as_str()),
-        (Some("verified"), Some(signed.as_str())),
-        "{poll:#}"
-    );
-    assert_eq!(poll["recovered"], json!([{"refused": pending, "recovered_at": signed}]), "{poll:#}");
-    assert_eq!(poll["refusals"][0]["problems"][0]["check"], "N4", "{poll:#}");
+    let poll = f.expect_poll_verified();
+    assert_eq!(poll["refusals"], json!([]), "{poll:#}");
 
     // Both keys at once meet the threshold in one commit.
     let out = f.set("staging", &example("canary.json"), &[&f.alice, &bob]);
-    out.expect(OK).says(&["spec version 3 (canary)", "threshold 2 met"]);
+    out.expect(OK).says(&["spec version 3 (canary)", "every threshold met"]);
     f.ledger.expect_valid(&[]);
     let signatures = f.ledger.json("environments/staging.json")["signatures"].as_array().unwrap().len();
     assert_eq!(signatures, 2);

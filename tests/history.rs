@@ -262,6 +262,8 @@ fn served(f: &Fixture) -> (GitDaemon, PathBuf) {
 #[test]
 fn git_revert_and_revert_of_revert_roll_back_and_restore_with_one_generation_each() {
     let f = fixture("revert-chain", &["staging"]);
+    // Unsigned reverts, as under `revert: allow` (a weakening of the default, signed by alice as root).
+    f.set_revert_policy("staging", RevertPolicy::Allow, &f.alice);
     let l = &f.ledger;
     let agent = f.agent("a");
     let genesis = f.head();
@@ -296,7 +298,7 @@ fn git_revert_and_revert_of_revert_roll_back_and_restore_with_one_generation_eac
 
     let a = audit(l, &[], OK);
     assert_eq!(a["ok"], true);
-    assert_eq!(a["commits"], 7, "genesis, three promotions, revert, revert of revert, v4");
+    assert_eq!(a["commits"], 8, "genesis, revert: allow, three promotions, revert, revert of revert, v4");
     assert_eq!(timeline(&a, "staging"), expected);
     let rolled = event(&a, "staging", &rollback, "rollback");
     assert_eq!(rolled["entry"]["version"], "3.0.0", "the rollback names the entry it removed");
@@ -312,6 +314,7 @@ fn git_revert_and_revert_of_revert_roll_back_and_restore_with_one_generation_eac
 #[test]
 fn stele_rollback_commits_what_git_revert_of_the_tip_would() {
     let f = fixture("rollback-like-git", &["staging"]);
+    f.set_revert_policy("staging", RevertPolicy::Allow, &f.alice);
     f.promote("staging", "1.0.0", &f.alice);
     let v2 = f.promote("staging", "2.0.0", &f.alice);
     let twin = f.sb.path("twin");
@@ -688,7 +691,9 @@ fn audit_at_a_time_answers_the_target_in_force_then() {
     f.promote("staging", "2.0.0", &f.alice);
     let v2 = redate("2030-01-03T00:00:00Z");
     let dates = [("GIT_AUTHOR_DATE", "2030-01-04T00:00:00Z"), ("GIT_COMMITTER_DATE", "2030-01-04T00:00:00Z")];
-    f.git_env(&["revert", "--no-edit", "HEAD"], &dates);
+    // `revert: signed` (the default): SSH-signed by staging's signer.
+    let signing = format!("user.signingkey={}", f.alice.secret());
+    f.git_env(&["-c", "gpg.format=ssh", "-c", &signing, "revert", "-S", "--no-edit", "HEAD"], &dates);
     let rollback = f.head();
     let times = l.git(["log", "--format=%cI"]);
     assert_eq!(times.lines().collect::<Vec<_>>()[..2], ["2030-01-04T00:00:00Z", "2030-01-03T00:00:00Z"]);

@@ -6,16 +6,16 @@
 //! named, and judges the ledger as it will be before committing, exactly like the other writing
 //! commands. The one problem accepted is a spec still short of co-signatures.
 
-use super::{key_list, load_verified, problem_lines};
+use super::proposal::{self, slug, Outcome, Submission};
+use super::{key_list, load_verified};
 use crate::cli::{EnvCommand, EnvSetArgs};
 use crate::exit::{self, Refused};
 use crate::keys::{self, LoadedSecret};
 use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
-use ledger_format::document::ForeignSignatures;
 use ledger_format::json::{parse_strict, to_file_form};
 use ledger_format::ranges::check_environment_ranges;
-use ledger_format::tree::{environment_path, verify_snapshot_with, Expiry, VerifiedTree};
+use ledger_format::tree::{environment_path, VerifiedTree};
 use ledger_format::types::{EnvName, Environment, EnvironmentType, LedgerId, Strategy};
 use ledger_format::{Check, Document};
 use serde_json::{json, Map, Value};
@@ -51,7 +51,7 @@ fn set(repo_path: &Path, args: EnvSetArgs) -> Result<u8> {
     let env: EnvName = args.env.parse().map_err(Refused)?;
     let file = args.spec.display().to_string();
     let repo = LedgerRepo::open(repo_path)?;
-    let (mut snapshot, tree) = load_verified(&repo)?;
+    let (snapshot, tree) = load_verified(&repo)?;
     let policy = &tree.policy.payload;
     let current = current_spec(&tree, &env)?;
     let role = policy.env_role(&env).expect("verified environments are declared");
@@ -68,10 +68,13 @@ fn set(repo_path: &Path, args: EnvSetArgs) -> Result<u8> {
         Refused(format!("{file}: {} (the spec's values are out of range): {reason}; nothing was signed", Check::N3))
     })?;
 
+    // R4: weakening a safety setting needs the root role too, so root keys may sign such a spec.
+    let weakened = proposal::weakens(&current.payload, &payload);
     let signers: Vec<LoadedSecret> = args.key.iter().map(|k| keys::load_secret(k)).collect::<Result<_, _>>()?;
     for (path, signer) in args.key.iter().zip(&signers) {
         let id = signer.key_id();
-        if !role.keys.contains(&id) {
+        let as_root = !weakened.is_empty() && policy.root.keys.contains(&id);
+        if !role.keys.contains(&id) && !as_root {
             return Err(Refused(format!(
                 "{}: key {} is not a signer of {env} (signers: {}); see `stele policy add-signer`",
                 path.display(),
@@ -92,44 +95,40 @@ fn set(repo_path: &Path, args: EnvSetArgs) -> Result<u8> {
     let path = environment_path(&env);
     let new_bytes = doc.to_file_bytes();
 
-    // Judge the ledger as it will be after this commit; a spec short of its threshold is expected
-    // (co-signers follow with `stele sign`), anything else is refused.
-    snapshot.insert_file(&path, new_bytes.clone());
-    let pending = match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
-        Ok(_) => None,
-        Err(problems) => match doc.check_role(policy, role, ForeignSignatures::Refuse) {
-            Err(e) if e.check == Check::S3 && problems.iter().all(|p| p.path == path && p.check == Check::N4) => {
-                Some(e.reason)
-            }
-            _ => {
-                return Err(Refused(format!(
-                    "{file}: after this change the ledger would not verify, so nothing was changed:\n{}",
-                    problem_lines(&problems)
-                ))
-                .into())
-            }
-        },
-    };
-
     let mut signer_ids: Vec<_> = signers.iter().map(|s| s.key_id()).collect();
     signer_ids.sort();
     signer_ids.dedup();
-    let signed_by = key_list(policy, &signer_ids);
+    let signed_by: Vec<String> = signer_ids.iter().map(|id| key_list(policy, &[*id])).collect();
     let what = if changed.is_empty() { "nothing but the version".to_owned() } else { changed.join(", ") };
-    let message = format!(
-        "env({env}): set spec version {version} ({strategy})\n\nchanged: {what}\nspec: {}\nsigned-by: {signed_by}\n",
-        doc.hash()
-    );
-    let commit = repo.commit(&[Change::Write { path: path.clone(), bytes: new_bytes }], &message)?;
-    println!("{env}: spec version {version} ({strategy}) written to {path}; changed: {what}");
-    println!("  commit {commit}");
-    match pending {
-        None => println!("  signed by {signed_by}: threshold {} met", role.threshold),
-        Some(reason) => {
-            println!(
-                "  signed by {signed_by}; {reason}\n  co-signers run: stele sign --file {path} --key <their key> \
-                 (agents keep the previous spec until then)"
-            )
+    let mut body = format!("changed: {what}\nspec: {}\n", doc.hash());
+    if !weakened.is_empty() {
+        body.push_str(&format!("weakens: {} (root must co-sign)\n", weakened.join(", ")));
+    }
+    let submission = Submission {
+        changes: vec![Change::Write { path: path.clone(), bytes: new_bytes }],
+        subject: format!("env({env}): set spec version {version} ({strategy})"),
+        body,
+        signed_by: signed_by.clone(),
+        slug: slug(&[env.as_str(), "spec", &format!("v{version}")]),
+        name: args.proposal.clone(),
+    };
+    println!("{env}: spec version {version} ({strategy}) for {path}; changed: {what}");
+    if !weakened.is_empty() {
+        println!(
+            "  this weakens {} of {env}: a threshold of the root role ({} of {}) must sign it too (SPEC.md, N6)",
+            weakened.join(", "),
+            policy.root.threshold,
+            key_list(policy, &policy.root.keys)
+        );
+    }
+    match proposal::submit(&repo, &snapshot, &submission)? {
+        Outcome::Committed { commit } => {
+            println!("  commit {commit}");
+            println!("  signed by {}: every threshold met", signed_by.join(", "));
+        }
+        Outcome::Proposed { name, commit, needs } => {
+            println!("  signed by {}", signed_by.join(", "));
+            proposal::print_proposed(&name, commit, &needs);
         }
     }
     Ok(exit::OK)

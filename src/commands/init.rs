@@ -13,7 +13,8 @@ use rand_core::{OsRng, RngCore};
 use std::collections::BTreeMap;
 
 /// The spec a new environment starts with: two local instances, rolling one at a time with no loss of
-/// capacity, HTTP health on /healthz, drift corrected, reverts allowed.
+/// capacity, HTTP health on /healthz, drift corrected, reverts only when SSH-signed by one of the
+/// environment's signers (`revert: signed`, SPEC.md revision 3).
 pub(crate) fn default_environment(ledger: &LedgerId, env: &EnvName) -> Environment {
     Environment {
         payload_type: EnvironmentType,
@@ -31,7 +32,7 @@ pub(crate) fn default_environment(ledger: &LedgerId, env: &EnvName) -> Environme
             deadline_seconds: 60,
         },
         drift: DriftMode::Correct,
-        revert: RevertPolicy::Allow,
+        revert: RevertPolicy::Signed,
         max_instance_age_seconds: None,
     }
 }

@@ -13,6 +13,7 @@ mod key;
 mod plan;
 mod policy;
 mod poll;
+mod proposal;
 mod quickstart;
 mod release;
 mod rollback;
@@ -42,7 +43,11 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Image(cmd) => image_cmd::run(cmd),
         Command::Release(args) => release::run(here, args),
         Command::Env(cmd) => env::run(here, cmd),
-        Command::Sign(args) => sign::run(here, args),
+        Command::Sign(args) => match &args.proposal {
+            Some(name) => proposal::sign(here, name, &args.key),
+            None => sign::run(here, args),
+        },
+        Command::Promote(args) => proposal::promote(here, &args.name, args.json),
         Command::Verify(args) => verify::run(here, args),
         Command::Rollback(args) => rollback::run(here, args),
         Command::Poll(args) => poll::run(here, args),

@@ -4,16 +4,17 @@
 //! verify, except for root signatures still to come from co-signers.
 
 use super::init::default_environment;
-use super::{key_list, load_verified, now, parse_when, problem_lines};
+use super::proposal::{self, Outcome, Submission};
+use super::{key_list, load_verified, now, parse_when};
 use crate::cli::{PolicyCommand, RootKeys};
 use crate::exit::{self, Refused};
 use crate::keys::{self, LoadedSecret};
-use crate::repo::{apply_to, Change, LedgerRepo};
+use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::document::ForeignSignatures;
-use ledger_format::tree::{environment_path, verify_snapshot_with, Expiry, POLICY_PATH};
+use ledger_format::tree::{entry_path, environment_path, POLICY_PATH};
 use ledger_format::types::{EnvName, KeyInfo, KeyName, Policy, Role};
-use ledger_format::{Check, Document, KeyId};
+use ledger_format::{Document, KeyId};
 use std::path::Path;
 
 pub fn run(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
@@ -77,7 +78,7 @@ fn drop_unused_keys(policy: &mut Policy) {
 fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     let now = now();
     let repo = LedgerRepo::open(repo_path)?;
-    let (mut snapshot, tree) = load_verified(&repo)?;
+    let (snapshot, tree) = load_verified(&repo)?;
     let old = tree.policy.payload.clone();
     let mut new = old.clone();
     new.version += 1;
@@ -175,73 +176,109 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     }
 
     let signers: Vec<LoadedSecret> = root.keys.iter().map(|k| keys::load_secret(k)).collect::<Result<_, _>>()?;
+    let env_signer = |id: &KeyId| new.environments.values().any(|r| r.keys.contains(id));
     for s in &signers {
         let id = s.key_id();
-        if !old.root.keys.contains(&id) && !new.root.keys.contains(&id) {
+        if !old.root.keys.contains(&id) && !new.root.keys.contains(&id) && !env_signer(&id) {
             return Err(Refused(format!(
-                "key {id} is not a root key; the policy is signed by root keys ({})",
+                "key {id} is neither a root key ({}) nor a signer of any environment; it may sign nothing here",
                 key_list(&old, &old.root.keys)
             ))
             .into());
         }
     }
-    let mut doc = Document::new(new);
-    for s in &signers {
-        doc.sign(&s.key);
-    }
-    // A new policy must be signed by a threshold of the current root too (SPEC.md §6.1); when the root
-    // keys change, that has to happen now, since only the new root keys can co-sign later.
-    let old_root_ok = doc.check_role(&old, &old.root, ForeignSignatures::Skip).is_ok();
-    if old.root.keys != doc.payload.root.keys && !old_root_ok {
+    let root_signer = |id: KeyId| old.root.keys.contains(&id) || new.root.keys.contains(&id);
+    let root_signers: Vec<&LoadedSecret> = signers.iter().filter(|s| root_signer(s.key_id())).collect();
+    if root_signers.is_empty() {
+        let given: Vec<KeyId> = signers.iter().map(|s| s.key_id()).collect();
         return Err(Refused(format!(
-            "a root rotation must be signed by {} of the current root keys ({}); pass them with --key",
-            old.root.threshold,
+            "{} is not a root key; the policy is signed by root keys ({}); nothing was written",
+            key_list(&old, &given),
             key_list(&old, &old.root.keys)
         ))
         .into());
     }
+    let mut doc = Document::new(new);
+    for s in root_signers {
+        doc.sign(&s.key);
+    }
+    let new = &doc.payload;
 
-    let bytes = doc.to_file_bytes();
-    snapshot.insert_file(POLICY_PATH, bytes.clone());
-    apply_to(&mut snapshot, &extra);
-    let pending = match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
-        Ok(_) => None,
-        Err(problems) => {
-            let only_root_signatures = problems.iter().all(|p| p.path == POLICY_PATH && p.check == Check::P4)
-                && matches!(doc.check_role(&doc.payload, &doc.payload.root, ForeignSignatures::Skip), Err(e) if e.check == Check::S3);
-            if !only_root_signatures {
-                let unsigned: Vec<&str> = problems
-                    .iter()
-                    .filter(|p| matches!(p.check, Check::N4 | Check::E5) && p.cause == Some(Check::S3))
-                    .map(|p| p.path.as_str())
-                    .collect();
-                let hint = if unsigned.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "\nthese documents would no longer have enough signatures under the new policy; have their \
-                         signers co-sign them first (stele sign --file PATH --key KEY), then retry: {}",
-                        unsigned.join(", ")
-                    )
-                };
-                return Err(Refused(format!(
-                    "after this change the ledger would not verify, so nothing was changed:\n{}{hint}",
-                    problem_lines(&problems)
-                ))
-                .into());
-            }
-            Some(problem_lines(&problems))
+    // R5: every spec and tip must meet the new policy in this same commit. Documents that would not
+    // (signatures by keys leaving the role, or too few signatures) are carried re-signed: signatures by
+    // keys no longer allowed are dropped, and the given keys sign where they may.
+    let mut carried: Vec<Change> = Vec::new();
+    for (env, state) in &tree.environments {
+        let Some(role) = new.env_role(env) else { continue };
+        if extra.iter().any(|c| c.path() == environment_path(env)) {
+            continue;
         }
-    };
+        let spec_ok = state.spec.check_role(new, role, ForeignSignatures::Refuse).is_ok();
+        if !spec_ok {
+            let allowed = |id: &KeyId| role.keys.contains(id);
+            let bytes = resigned(&state.spec, &allowed, role, &signers);
+            carried.push(Change::Write { path: environment_path(env), bytes });
+        }
+        if let Some(tip) = state.tip() {
+            if tip.doc.check_role(new, role, ForeignSignatures::Refuse).is_err() {
+                let allowed = |id: &KeyId| role.keys.contains(id);
+                let bytes = resigned(&tip.doc, &allowed, role, &signers);
+                carried.push(Change::Write { path: entry_path(env, tip.doc.payload.seq), bytes });
+            }
+        }
+    }
+
     let version = doc.payload.version;
-    let mut changes = vec![Change::Write { path: POLICY_PATH.into(), bytes }];
+    let mut changes = vec![Change::Write { path: POLICY_PATH.into(), bytes: doc.to_file_bytes() }];
     changes.extend(extra);
-    let signed_by = key_list(&doc.payload, &signers.iter().map(|s| s.key_id()).collect::<Vec<_>>());
-    let commit = repo.commit(&changes, &format!("policy v{version}: {description}\n\nsigned-by: {signed_by}\n"))?;
+    let carried_paths: Vec<String> = carried.iter().map(|c| c.path().to_owned()).collect();
+    changes.extend(carried);
+    let mut ids: Vec<KeyId> = signers.iter().map(|s| s.key_id()).collect();
+    ids.sort();
+    ids.dedup();
+    let signed_by: Vec<String> = ids.iter().map(|id| key_list(&doc.payload, &[*id])).collect();
+    let body = if carried_paths.is_empty() {
+        String::new()
+    } else {
+        format!("re-signed under the new policy: {}\n", carried_paths.join(", "))
+    };
+    let submission = Submission {
+        changes,
+        subject: format!("policy v{version}: {description}"),
+        body,
+        signed_by: signed_by.clone(),
+        slug: format!("policy-v{version}"),
+        name: root.proposal.clone(),
+    };
     println!("policy version {version}: {description}");
-    println!("  commit {commit}");
-    if let Some(lines) = pending {
-        println!("  waiting for root co-signatures (stele sign --file {POLICY_PATH} --key <root key>):\n{lines}");
+    if !carried_paths.is_empty() {
+        println!("  carries, re-signed under the new policy (R5): {}", carried_paths.join(", "));
+    }
+    match proposal::submit(&repo, &snapshot, &submission)? {
+        Outcome::Committed { commit } => {
+            println!("  commit {commit}");
+            println!("  signed by {}: every threshold met", signed_by.join(", "));
+        }
+        Outcome::Proposed { name, commit, needs } => {
+            println!("  signed by {}", signed_by.join(", "));
+            proposal::print_proposed(&name, commit, &needs);
+        }
     }
     Ok(exit::OK)
+}
+
+/// `doc` with signatures by keys `allowed` rejects dropped and, when the role's threshold is not met
+/// by what is left, the given signers of `role` added.
+fn resigned<T: ledger_format::document::Payload + Clone>(
+    doc: &Document<T>,
+    allowed: &dyn Fn(&KeyId) -> bool,
+    role: &Role,
+    signers: &[LoadedSecret],
+) -> Vec<u8> {
+    let mut doc = doc.clone();
+    doc.signatures.retain(|s| allowed(&s.keyid));
+    for s in signers.iter().filter(|s| role.keys.contains(&s.key_id())) {
+        doc.sign(&s.key);
+    }
+    doc.to_file_bytes()
 }

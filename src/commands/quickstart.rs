@@ -235,7 +235,14 @@ fn story(demo: &Demo, webapp: &Path) -> Result<ClientStats> {
     demo.stele(&ledger, &["status", "--env", "staging"])?;
 
     let v2 = demo.output(&ledger, "git", &["log", "--format=%H", "-1", "--", "ledger/staging/2.json"])?;
-    demo.run(&ledger, Path::new("git"), &["revert", "--no-edit", &v2], &[0])?;
+    // `revert: signed` (the default): the revert commit is SSH-signed by a signer of staging, as
+    // `git revert -S` makes it with git's ssh signing format.
+    demo.run(
+        &ledger,
+        Path::new("git"),
+        &["-c", "gpg.format=ssh", "-c", "user.signingkey=../alice.key", "revert", "-S", "--no-edit", &v2],
+        &[0],
+    )?;
     demo.stele(&ledger, &agent)?;
     stop.store(true, Ordering::SeqCst);
     client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?;

@@ -1,13 +1,14 @@
 //! `stele release`: hash the image, append the next signed entry to an environment's chain, commit.
 
+use super::proposal::{self, slug, Outcome, Submission};
 use super::{human_size, key_list, load_verified, now, parse_when};
 use crate::cli::ReleaseArgs;
 use crate::exit::{self, Refused};
 use crate::image::{self, ImageDigest};
 use crate::keys;
-use crate::repo::{Change, LedgerRepo};
+use crate::repo::{Change, LedgerRepo, PROPOSAL_PREFIX};
 use anyhow::{Context, Result};
-use ledger_format::tree::{entry_path, verify_snapshot_with, Expiry};
+use ledger_format::tree::entry_path;
 use ledger_format::types::{ArtifactUri, EntryType, Image};
 use ledger_format::{Blake3Digest, Document};
 use std::path::{Path, PathBuf};
@@ -58,7 +59,7 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
     let now = now();
     let key = keys::load_secret(&args.key)?;
     let repo = LedgerRepo::open(repo_path)?;
-    let (mut snapshot, tree) = load_verified(&repo)?;
+    let (snapshot, tree) = load_verified(&repo)?;
     let env = args.env.parse().map_err(Refused)?;
     let policy = &tree.policy.payload;
     let Some(state) = tree.environments.get(&env) else {
@@ -119,49 +120,52 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
     let file = entry_path(&env, seq);
     let bytes = doc.to_file_bytes();
 
-    // Judge the ledger as it will be after this commit; a lone signature short of the threshold is
-    // expected (co-signers follow with `stele sign`), anything else is refused.
-    snapshot.insert_file(&file, bytes.clone());
-    let pending = match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
-        Ok(_) => None,
-        Err(problems) => match doc.check_role(policy, role, ledger_format::document::ForeignSignatures::Refuse) {
-            Err(e) if e.check == ledger_format::Check::S3 && problems.iter().all(|p| p.path == file) => Some(e.reason),
-            _ => anyhow::bail!("internal error: the new entry does not verify:\n{}", super::problem_lines(&problems)),
-        },
-    };
-
     let signer = key_list(policy, &[key.key_id()]);
     let image_line = match &doc.payload.image {
         Image::Artifact { uri, blake3, size } => format!("image: blake3:{blake3} size {size}\nuri: {uri}"),
         Image::MachineImage { id, blake3 } => format!("image: blake3:{blake3}\nmachine image: {id}"),
     };
-    let message = format!(
-        "release {env} {} (seq {seq})\n\n{image_line}\nentry: {}\nsigned-by: {signer}\n",
-        doc.payload.version,
-        doc.hash()
-    );
-    let commit = repo.commit(&[Change::Write { path: file.clone(), bytes }], &message)?;
+    let submission = Submission {
+        changes: vec![Change::Write { path: file.clone(), bytes }],
+        subject: format!("release {env} {} (seq {seq})", doc.payload.version),
+        body: format!("{image_line}\nentry: {}\n", doc.hash()),
+        signed_by: vec![signer.clone()],
+        slug: slug(&[env.as_str(), &doc.payload.version.to_string()]),
+        name: args.proposal.clone(),
+    };
+    let outcome = proposal::submit(&repo, &snapshot, &submission)?;
+    let (commit, proposal) = match &outcome {
+        Outcome::Committed { commit } => (*commit, None),
+        Outcome::Proposed { name, commit, .. } => (*commit, Some(name.clone())),
+    };
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "env": env, "seq": seq, "version": doc.payload.version, "file": file, "entry_hash": doc.hash(),
                 "image": doc.payload.image, "commit": commit.to_string(), "signed_by": [key.key_id()],
-                "threshold": role.threshold, "complete": pending.is_none(),
+                "threshold": role.threshold, "complete": proposal.is_none(), "proposal": proposal,
+                "branch": proposal.as_ref().map(|n| format!("{PROPOSAL_PREFIX}{n}")),
             })
         );
     } else {
-        println!("released {env} {} as {file}", doc.payload.version);
+        match &proposal {
+            None => println!("released {env} {} as {file}", doc.payload.version),
+            Some(_) => println!("proposed {env} {} as {file}", doc.payload.version),
+        }
         match &doc.payload.image {
             Image::Artifact { blake3, size, .. } => println!("  image  blake3:{blake3} ({})", human_size(*size)),
             Image::MachineImage { id, blake3 } => println!("  image  {id}, blake3:{blake3} (checked by the agent)"),
         }
         println!("  entry  {}", doc.hash());
-        println!("  commit {commit}");
-        match pending {
-            None => println!("  signed by {signer}: threshold {} met", role.threshold),
-            Some(reason) => {
-                println!("  signed by {signer}; {reason}\n  co-signers run: stele sign --env {env} --key <their key>")
+        match &outcome {
+            Outcome::Committed { commit } => {
+                println!("  commit {commit}");
+                println!("  signed by {signer}: threshold {} met", role.threshold);
+            }
+            Outcome::Proposed { name, commit, needs } => {
+                println!("  signed by {signer}");
+                proposal::print_proposed(name, *commit, needs);
             }
         }
     }

@@ -19,6 +19,13 @@ pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
     let tip = state.tip().ok_or_else(|| Refused(format!("{env} has no release to roll back")))?;
     let seq = tip.doc.payload.seq;
     let file = entry_path(&env, seq);
+    if seq == 1 {
+        return Err(Refused(format!(
+            "{file} is {env}'s only entry: an environment that had a target keeps one (SPEC.md §8, H2); release the \
+             image to run instead"
+        ))
+        .into());
+    }
     // Refuse here what every agent would refuse (SPEC.md §8.4), rather than commit a stall.
     let role = tree.policy.payload.env_role(&env).expect("verified environments are declared");
     let key = args.key.as_deref().map(keys::load_secret).transpose()?;
@@ -52,8 +59,14 @@ pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
         ))
         .into());
     }
-    let (promotion, summary) = promotion_commit(&repo, &file)?;
-    let message = format!("Revert \"{summary}\"\n\nThis reverts commit {promotion}.\n");
+    let (promotion, summary, merged_onto) = promotion_commit(&repo, &file)?;
+    // Exactly git's own message: `git revert` (`git revert -m 1` for a merge commit).
+    let message = match merged_onto {
+        None => format!("Revert \"{summary}\"\n\nThis reverts commit {promotion}.\n"),
+        Some(parent) => {
+            format!("Revert \"{summary}\"\n\nThis reverts commit {promotion}, reversing\nchanges made to {parent}.\n")
+        }
+    };
     let sign = key.as_ref().map(|k| move |bytes: &[u8]| keys::ssh_sign(&k.key, "git", bytes));
     let commit = repo.commit_signed(&[change], &message, sign.as_ref().map(|f| f as crate::repo::CommitSigner))?;
     let back_to =
@@ -68,15 +81,17 @@ pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// The first-parent commit that added `file`, and its subject line.
-fn promotion_commit(repo: &LedgerRepo, file: &str) -> Result<(git2::Oid, String)> {
+/// The first-parent commit that added `file`, its subject line, and its first parent when it is a
+/// merge (a proposal merged on a Git host), which `git revert -m 1` names.
+fn promotion_commit(repo: &LedgerRepo, file: &str) -> Result<(git2::Oid, String, Option<git2::Oid>)> {
     let git = repo.git();
     let mut at = git.head()?.peel_to_commit()?;
     loop {
         let has = |c: &git2::Commit| c.tree().map(|t| t.get_path(Path::new(file)).is_ok()).unwrap_or(false);
         let parent = at.parent(0).ok();
         if has(&at) && !parent.as_ref().is_some_and(has) {
-            return Ok((at.id(), at.summary().unwrap_or("").to_owned()));
+            let merged_onto = (at.parent_count() > 1).then(|| at.parent_id(0)).transpose()?;
+            return Ok((at.id(), at.summary().unwrap_or("").to_owned(), merged_onto));
         }
         at = parent.ok_or_else(|| Refused(format!("no commit on the first-parent history adds {file}")))?;
     }

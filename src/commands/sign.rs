@@ -37,7 +37,7 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
             entry_path(&env, tip)
         }
         (None, Some(file)) => file.trim_start_matches("./").to_owned(),
-        (None, None) => unreachable!("clap requires --env or --file"),
+        (None, None) => unreachable!("clap requires --env, --file or --proposal"),
     };
     let bytes = match snapshot.nodes.get(file.as_bytes()) {
         Some(Node::File(bytes)) => bytes.clone(),
