@@ -6,7 +6,7 @@
 //! named, and judges the ledger as it will be before committing, exactly like the other writing
 //! commands. The one problem accepted is a spec still short of co-signatures.
 
-use super::proposal::{self, slug, Outcome, Submission};
+use super::proposal::{self, slug, Submission};
 use super::{key_list, load_verified};
 use crate::cli::{EnvCommand, EnvSetArgs};
 use crate::exit::{self, Refused};
@@ -121,16 +121,8 @@ fn set(repo_path: &Path, args: EnvSetArgs) -> Result<u8> {
             key_list(policy, &policy.root.keys)
         );
     }
-    match proposal::submit(&repo, &snapshot, &submission)? {
-        Outcome::Committed { commit } => {
-            println!("  commit {commit}");
-            println!("  signed by {}: every threshold met", signed_by.join(", "));
-        }
-        Outcome::Proposed { name, commit, needs } => {
-            println!("  signed by {}", signed_by.join(", "));
-            proposal::print_proposed(&name, commit, &needs);
-        }
-    }
+    let outcome = proposal::submit(&repo, &snapshot, &submission)?;
+    proposal::print_outcome(&outcome, &signed_by);
     Ok(exit::OK)
 }
 

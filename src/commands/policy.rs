@@ -4,7 +4,7 @@
 //! verify, except for root signatures still to come from co-signers.
 
 use super::init::default_environment;
-use super::proposal::{self, Outcome, Submission};
+use super::proposal::{self, Submission};
 use super::{key_list, load_verified, now, parse_when};
 use crate::cli::{PolicyCommand, RootKeys};
 use crate::exit::{self, Refused};
@@ -254,16 +254,8 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     if !carried_paths.is_empty() {
         println!("  carries, re-signed under the new policy (R5): {}", carried_paths.join(", "));
     }
-    match proposal::submit(&repo, &snapshot, &submission)? {
-        Outcome::Committed { commit } => {
-            println!("  commit {commit}");
-            println!("  signed by {}: every threshold met", signed_by.join(", "));
-        }
-        Outcome::Proposed { name, commit, needs } => {
-            println!("  signed by {}", signed_by.join(", "));
-            proposal::print_proposed(&name, commit, &needs);
-        }
-    }
+    let outcome = proposal::submit(&repo, &snapshot, &submission)?;
+    proposal::print_outcome(&outcome, &signed_by);
     Ok(exit::OK)
 }
 

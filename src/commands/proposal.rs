@@ -143,6 +143,20 @@ pub fn slug(parts: &[&str]) -> String {
 }
 
 /// Prints what a proposal still needs and the exact commands that finish it.
+/// What a spec or policy change did, for people: the commit, or the proposal and what it still needs.
+pub fn print_outcome(outcome: &Outcome, signed_by: &[String]) {
+    match outcome {
+        Outcome::Committed { commit } => {
+            println!("  commit {commit}");
+            println!("  signed by {}: every threshold met", signed_by.join(", "));
+        }
+        Outcome::Proposed { name, commit, needs } => {
+            println!("  signed by {}", signed_by.join(", "));
+            print_proposed(name, *commit, needs);
+        }
+    }
+}
+
 pub fn print_proposed(name: &str, commit: git2::Oid, needs: &[Problem]) {
     let branch = format!("{PROPOSAL_PREFIX}{name}");
     println!("  not enough signatures yet, so this is a proposal: branch {branch} (commit {commit})");

@@ -35,7 +35,7 @@ pub fn parse_at(flag: &str, text: &str) -> Result<Timestamp, String> {
     if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
         return Err(err("no such day"));
     }
-    let days = days_from_civil(year, month, day);
+    let days = ledger_format::time::days_from_civil(year, month, day);
     if b.len() == 10 {
         return from_unix(days * 86_400).ok_or_else(|| err("outside the years 1970 to 9999 (UTC)"));
     }
@@ -96,16 +96,6 @@ fn days_in_month(y: i64, m: i64) -> i64 {
         2 => 28,
         _ => 31,
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
