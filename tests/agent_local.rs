@@ -693,3 +693,62 @@ fn an_expired_target_is_not_acted_on_and_the_last_good_release_keeps_running() {
     assert!(live.iter().all(|(_, v)| v == "1.0.0"), "nothing was replaced: {live:?}");
     assert!(w.get("/version").expect("still serving").starts_with("1.0.0 "));
 }
+
+/// Issue 10's walkthrough at 2 of 2, driven through the agent: each release is a proposal that bob
+/// co-signs and `stele promote` lands; an unsigned `git rm` of the tip stalls the agent without touching
+/// what runs; a signed `git revert` of the commit that promoted 2.0.0 converges back to 1.0.0.
+#[test]
+fn two_of_two_promotions_converge_an_unsigned_rm_changes_nothing_and_a_signed_revert_rolls_back() {
+    let w = World::new();
+    let bob = w.sb.key("bob");
+    let alice = w.alice.secret();
+    w.ledger.stele(["policy", "add-signer", "--env", "staging", "--pubkey", &bob.public(), "--key", &alice]).expect(OK);
+    w.ledger
+        .stele([
+            "policy",
+            "set-threshold",
+            "--env",
+            "staging",
+            "--threshold",
+            "2",
+            "--key",
+            &alice,
+            "--key",
+            &bob.secret(),
+        ])
+        .expect(OK);
+    for version in ["1.0.0", "2.0.0"] {
+        let before = w.ledger.git(["rev-parse", "HEAD"]);
+        w.release(version, &w.image(version, false), &[]).expect(OK);
+        assert_eq!(w.ledger.git(["rev-parse", "HEAD"]), before, "a release short of bob's signature is a proposal");
+        let name = format!("staging-{version}");
+        w.ledger.stele(["sign", "--proposal", &name, "--key", &bob.secret()]).expect(OK);
+        w.ledger.stele(["promote", &name]).expect(OK);
+        w.agent_once().expect(OK);
+        let s = w.status();
+        assert_eq!((s["phase"].as_str(), s["target"]["version"].as_str()), (Some("Healthy"), Some(version)), "{s:#}");
+    }
+
+    // Push access alone: remove the tip without a signature. Refused (H3); nothing is replaced.
+    w.ledger.git(["rm", "-q", "ledger/staging/2.json"]);
+    w.ledger.git(["commit", "-q", "-m", "roll back without a key"]);
+    w.agent_once().expect(STALLED);
+    let s = w.status();
+    assert!(s["message"].as_str().unwrap_or_default().contains("H3"), "{s:#}");
+    assert_eq!(s["target_generation"].as_u64(), Some(2), "{s:#}");
+    let live = w.live_instances();
+    assert!(live.len() == 2 && live.iter().all(|(_, v)| v == "2.0.0"), "{live:?}");
+    w.ledger.git(["revert", "--no-edit", "HEAD"]); // put the entry back: the agent recovers, nothing changes
+
+    let promoted = w.ledger.git(["log", "--first-parent", "--format=%H", "-1", "--", "ledger/staging/2.json"]);
+    let signing = format!("user.signingkey={}", bob.secret());
+    w.ledger.git(["-c", "gpg.format=ssh", "-c", &signing, "revert", "-S", "--no-edit", promoted.trim()]);
+    w.agent_once().expect(OK);
+    let s = w.status();
+    assert_eq!(s["target"]["version"], "1.0.0", "{s:#}");
+    assert_eq!((s["target_generation"].as_u64(), s["observed_generation"].as_u64()), (Some(3), Some(3)), "{s:#}");
+    let live = w.live_instances();
+    assert!(live.len() == 2 && live.iter().all(|(_, v)| v == "1.0.0"), "{live:?}");
+    let audit = w.ledger.stele(["audit", "--env", "staging", "--trust-root", &w.alice.id]);
+    audit.expect(STALLED).says(&["REFUSED", "H3", "recover"]);
+}
