@@ -22,6 +22,16 @@ impl BenchLedger {
         Self { key: SecretKey::from_seed(&[5; 32]), ledger: "bench".parse().unwrap(), prev: BTreeMap::new(), made: 0 }
     }
 
+    /// Writes the generator's signing key (root and every environment's signer) as an OpenSSH key file,
+    /// so the `stele` binary can sign with it.
+    #[allow(dead_code)] // used by some harnesses only
+    pub fn write_key(&self, path: &std::path::Path) {
+        use ssh_key::private::{Ed25519Keypair, KeypairData};
+        let key = ssh_key::PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&self.key.seed())), "bench")
+            .expect("an Ed25519 key");
+        key.write_openssh_file(path, ssh_key::LineEnding::LF).expect("write the key file");
+    }
+
     /// The key id to pin as trust root.
     pub fn root(&self) -> KeyId {
         self.key.public_key().key_id()

@@ -10,7 +10,7 @@ use crate::crypto::{verify_sshsig, Blake3Digest, KeyId};
 use crate::document::{display_key, DocError, Document, ForeignSignatures, Payload, SignatureCheck};
 use crate::tree::{
     check_environment, check_policy, classify, entry_path, verify_snapshot_with, Expiry, LayoutPath, Node, Problem,
-    Snapshot, POLICY_PATH,
+    Snapshot, VerifiedTree, POLICY_PATH,
 };
 use crate::types::{Entry, EnvName, Environment, Image, Policy, ReleaseVersion, RevertPolicy};
 use crate::Timestamp;
@@ -191,7 +191,8 @@ pub fn genesis(
         }
         _ => {}
     }
-    let policy_version = policy.payload.version;
+    let state = state_of(VerifiedTree { policy, environments: tree.environments });
+    let policy_version = state.policy.payload.version;
     let mut events = vec![Event {
         action: Action::Genesis,
         env: None,
@@ -201,27 +202,36 @@ pub fn genesis(
         policy_version,
         revert_signed_by: None,
     }];
+    for (env, h) in &state.envs {
+        if let Some(tip) = &h.tip {
+            events.push(Event {
+                action: Action::Promote,
+                env: Some(env.clone()),
+                generation: h.generation,
+                target: Some(tip.clone()),
+                entry: Some(tip.clone()),
+                policy_version,
+                revert_signed_by: None,
+            });
+        }
+    }
+    Ok((state, events))
+}
+
+/// The state a verified tree stands for (SPEC.md §8.2): its policy and specs, and per environment its
+/// last entry as tip and target, at generation 1 (0 without entries). Nothing is verified again: the
+/// tree's verification already judged every signature.
+pub fn state_of(tree: VerifiedTree) -> LedgerState {
     let envs = tree
         .environments
         .into_iter()
         .map(|(env, state)| {
             let tip = state.entries.last().map(|e| link(&e.doc, file_digest_of(&e.doc), true, e.signed_by.0.clone()));
             let generation = u64::from(tip.is_some());
-            if let Some(tip) = &tip {
-                events.push(Event {
-                    action: Action::Promote,
-                    env: Some(env.clone()),
-                    generation,
-                    target: Some(tip.clone()),
-                    entry: Some(tip.clone()),
-                    policy_version,
-                    revert_signed_by: None,
-                });
-            }
             (env, EnvHistory { spec: state.spec, target: tip.clone(), tip, generation, reverted: Vec::new() })
         })
         .collect();
-    Ok((LedgerState { policy, envs }, events))
+    LedgerState { policy: tree.policy, envs }
 }
 
 fn file_digest_of<T: Payload>(doc: &Document<T>) -> Blake3Digest {
@@ -320,12 +330,23 @@ pub fn step_between(before: &Snapshot, after: &Snapshot, commit: CommitInfo) -> 
 
 /// Judges `before -> after` as one first-parent step, with the state taken from `before` as found
 /// (its tree must verify, expiry not judged). For writers: a command commits only what every verifier
-/// of the ledger branch would accept (SPEC.md §8, invariant R1). A re-added reverted entry is judged
-/// as an append here, since `before` alone does not hold the revert stack.
+/// of the ledger branch would accept (SPEC.md §8.0). A re-added reverted entry is judged as an append
+/// here, since `before` alone does not hold the revert stack.
 pub fn check_step(before: &Snapshot, after: &Snapshot, commit: CommitInfo) -> Result<Vec<Event>, Vec<Problem>> {
-    let (mut state, _) = genesis(before, &TrustAnchor::UnpinnedTrustGenesisAsFound, &CommitInfo::default())?;
+    let tree = verify_snapshot_with(before, Expiry::NotJudged)?;
+    check_step_from(&state_of(tree), before, after, commit)
+}
+
+/// [`check_step`] from the state of `before` the caller already has ([`state_of`] its verified tree),
+/// so a writer verifies its starting tree once.
+pub fn check_step_from(
+    state: &LedgerState,
+    before: &Snapshot,
+    after: &Snapshot,
+    commit: CommitInfo,
+) -> Result<Vec<Event>, Vec<Problem>> {
     let step = step_between(before, after, commit);
-    apply_step(&mut state, &step, &crate::document::Direct)
+    judge_step(state, &step, &crate::document::Direct).map(|(_, _, events)| events)
 }
 
 /// The copies a step would change, or its problems.

@@ -121,7 +121,7 @@ fn set(repo_path: &Path, args: EnvSetArgs) -> Result<u8> {
             key_list(policy, &policy.root.keys)
         );
     }
-    let outcome = proposal::submit(&repo, &snapshot, &submission)?;
+    let outcome = proposal::submit(&repo, &snapshot, &ledger_format::history::state_of(tree.clone()), &submission)?;
     proposal::print_outcome(&outcome, &signed_by);
     Ok(exit::OK)
 }

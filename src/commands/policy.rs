@@ -254,7 +254,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     if !carried_paths.is_empty() {
         println!("  carries, re-signed under the new policy (R5): {}", carried_paths.join(", "));
     }
-    let outcome = proposal::submit(&repo, &snapshot, &submission)?;
+    let outcome = proposal::submit(&repo, &snapshot, &ledger_format::history::state_of(tree.clone()), &submission)?;
     proposal::print_outcome(&outcome, &signed_by);
     Ok(exit::OK)
 }

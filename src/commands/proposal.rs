@@ -12,7 +12,7 @@ use crate::keys::{self, LoadedSecret};
 use crate::repo::{apply_to, Change, LedgerRepo, Proposal, PROPOSAL_PREFIX};
 use anyhow::Result;
 use ledger_format::document::Payload;
-use ledger_format::history::CommitInfo;
+use ledger_format::history::{CommitInfo, LedgerState};
 use ledger_format::tree::{classify, verify_snapshot_with, Expiry, LayoutPath, Node, Problem, Snapshot, POLICY_PATH};
 use ledger_format::types::{Entry, EnvName, Environment, Policy};
 use ledger_format::{Check, Document, KeyId};
@@ -40,14 +40,28 @@ fn only_signatures(p: &Problem, paths: &[&str]) -> bool {
     missing && paths.contains(&p.path.as_str())
 }
 
-/// Judges `before -> after` (changing `paths`): as a tree with expiry not judged, then as one
-/// first-parent step (SPEC.md §8) by `ledger_format::history::check_step`.
-pub fn judge(before: &Snapshot, after: &Snapshot, paths: &[&str], summary: &str) -> Verdict {
+/// The verified state of `before`, from which [`judge`] judges steps: refuses a starting tree that
+/// does not verify (expiry not judged).
+pub fn state_before(before: &Snapshot) -> Result<LedgerState> {
+    match verify_snapshot_with(before, Expiry::NotJudged) {
+        Ok(tree) => Ok(ledger_format::history::state_of(tree)),
+        Err(problems) => Err(Refused(format!(
+            "the ledger a proposal starts from does not verify, so nothing was changed:\n{}",
+            problem_lines(&problems)
+        ))
+        .into()),
+    }
+}
+
+/// Judges `before -> after` (changing `paths`), where `state` is the verified state of `before`: as a
+/// tree with expiry not judged, then as one first-parent step (SPEC.md §8) by
+/// `ledger_format::history::check_step_from`.
+pub fn judge(state: &LedgerState, before: &Snapshot, after: &Snapshot, paths: &[&str], summary: &str) -> Verdict {
     let problems = match verify_snapshot_with(after, Expiry::NotJudged) {
         Err(problems) => problems,
         Ok(_) => {
             let commit = CommitInfo { summary: summary.to_owned(), ..CommitInfo::default() };
-            match ledger_format::history::check_step(before, after, commit) {
+            match ledger_format::history::check_step_from(state, before, after, commit) {
                 Ok(_) => return Verdict::Complete,
                 Err(problems) => problems,
             }
@@ -89,11 +103,12 @@ pub enum Outcome {
 
 /// Commits `s` on the ledger branch when complete, writes it as a proposal when short only of
 /// signatures, and refuses anything else (nothing written).
-pub fn submit(repo: &LedgerRepo, before: &Snapshot, s: &Submission) -> Result<Outcome> {
+/// `state` is the verified state of `before` (`history::state_of` the tree `load_verified` returned).
+pub fn submit(repo: &LedgerRepo, before: &Snapshot, state: &LedgerState, s: &Submission) -> Result<Outcome> {
     let mut after = before.clone();
     apply_to(&mut after, &s.changes);
     let paths: Vec<&str> = s.changes.iter().map(Change::path).collect();
-    match judge(before, &after, &paths, &s.subject) {
+    match judge(state, before, &after, &paths, &s.subject) {
         Verdict::Complete => Ok(Outcome::Committed { commit: repo.commit(&s.changes, &s.message())? }),
         Verdict::Refused(problems) => Err(Refused(format!(
             "after this change the ledger would not verify, so nothing was written:\n{}",
@@ -249,6 +264,7 @@ pub fn sign(repo_path: &Path, name: &str, key_file: &Path) -> Result<u8> {
     let repo = LedgerRepo::open(repo_path)?;
     let proposal = repo.read_proposal(name)?;
     let before = repo.rev_snapshot(&proposal.parent.to_string())?;
+    let state = state_before(&before)?;
     let mut after = before.clone();
     apply_to(&mut after, &proposal.changes);
     let policy = written_policy(&after)?;
@@ -265,7 +281,7 @@ pub fn sign(repo_path: &Path, name: &str, key_file: &Path) -> Result<u8> {
         .collect();
     let paths: Vec<&str> = proposal.paths();
     let mut also: Vec<String> = Vec::new();
-    if let Verdict::Short(needs) | Verdict::Refused(needs) = judge(&before, &after, &paths, "") {
+    if let Verdict::Short(needs) | Verdict::Refused(needs) = judge(&state, &before, &after, &paths, "") {
         for p in needs {
             if !paths.contains(&p.path.as_str()) && !also.contains(&p.path) {
                 also.push(p.path);
@@ -307,7 +323,7 @@ pub fn sign(repo_path: &Path, name: &str, key_file: &Path) -> Result<u8> {
     let paths: Vec<&str> = changes.iter().map(Change::path).collect();
     println!("signed {} as {who}", signed.join(", "));
     println!("  proposal {name}: branch {} is now commit {commit}", proposal.branch());
-    match judge(&before, &now, &paths, subject(&proposal.message)) {
+    match judge(&state, &before, &now, &paths, subject(&proposal.message)) {
         Verdict::Complete => {
             println!("  every threshold is met; next:");
             println!("    git push --force-with-lease origin {}", proposal.branch());
@@ -361,11 +377,12 @@ pub fn promote(repo_path: &Path, name: &str, json: bool) -> Result<u8> {
         }
     }
     let before = repo.rev_snapshot(&head.to_string())?;
+    let state = state_before(&before)?;
     let mut after = before.clone();
     apply_to(&mut after, &proposal.changes);
     let what = subject(&proposal.message).to_owned();
     let paths = proposal.paths();
-    match judge(&before, &after, &paths, &what) {
+    match judge(&state, &before, &after, &paths, &what) {
         Verdict::Complete => {}
         Verdict::Short(needs) => {
             return Err(Refused(format!(

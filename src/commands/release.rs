@@ -133,7 +133,7 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
         slug: slug(&[env.as_str(), &doc.payload.version.to_string()]),
         name: args.proposal.clone(),
     };
-    let outcome = proposal::submit(&repo, &snapshot, &submission)?;
+    let outcome = proposal::submit(&repo, &snapshot, &ledger_format::history::state_of(tree.clone()), &submission)?;
     let (commit, proposal) = match &outcome {
         Outcome::Committed { commit } => (*commit, None),
         Outcome::Proposed { name, commit, .. } => (*commit, Some(name.clone())),
