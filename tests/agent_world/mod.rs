@@ -81,7 +81,7 @@ impl World {
     /// The pid of instance `id`'s process, if it runs.
     pub fn pid_of(&self, id: &str) -> Option<i32> {
         let want = format!("STELE_INSTANCE_ID={id}");
-        live_instances_with(&self.state, |vars| vars.iter().any(|v| *v == want)).first().map(|(p, _)| *p)
+        live_instances_with(&self.state, |vars| vars.contains(&want)).first().map(|(p, _)| *p)
     }
 
     /// The pid of the balancer of `env/web`, from the local provider's record.
