@@ -3,7 +3,8 @@
 //! environment settles.
 //!
 //! Owns: the loop and its timing (poll interval with jitter, fast ticks while something converges,
-//! backoff after retryable failures), the classification of every failure as stalled, waiting or
+//! a watch tick at the health interval once converged, balancer repairs between ticks, backoff after
+//! retryable failures), the classification of every failure as stalled, waiting or
 //! retryable, shutdown on SIGTERM/SIGINT between steps, and the gate memory on disk
 //! (`<state-dir>/agent/<env>.json`). Must not verify (that is `sync`), plan (`plan`) or touch instances
 //! directly (`provider`).
@@ -53,6 +54,10 @@ pub struct PassSummary {
     pub settled: bool,
     /// The shortest useful delay before the next tick while something converges.
     pub tick: Option<Duration>,
+    /// How often converged environments are still watched (observed and planned, without a ledger
+    /// fetch): the shortest health interval among them, so a dead instance is replaced per the plan
+    /// between polls.
+    pub watch: Option<Duration>,
     pub retryable_failure: bool,
 }
 
@@ -83,7 +88,8 @@ pub struct Worker {
     memory: BTreeMap<EnvName, Memory>,
     /// Last status written per environment (compared without `updated_at`).
     published: BTreeMap<EnvName, EnvStatus>,
-    last_sync: Option<Instant>,
+    /// When the ledger is next fetched: the poll interval with jitter after the last fetch.
+    next_sync: Option<Instant>,
     /// Why the ledger is stalled (a refused commit or a rewrite), while it is.
     ledger_stall: Option<String>,
     ledger_error: Option<String>,
@@ -108,7 +114,7 @@ impl Worker {
             status,
             memory,
             published: BTreeMap::new(),
-            last_sync: None,
+            next_sync: None,
             ledger_stall: None,
             ledger_error: None,
             head_commit: None,
@@ -124,10 +130,10 @@ impl Worker {
 
     /// Fetches and verifies the ledger when the poll interval has passed (or `force`).
     fn maybe_sync(&mut self, force: bool) {
-        if !force && self.last_sync.is_some_and(|t| t.elapsed() < self.cfg.interval) {
+        if !force && self.next_sync.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        self.last_sync = Some(Instant::now());
+        self.next_sync = Some(Instant::now() + jitter(self.cfg.interval));
         match self.ledger.sync(crate::commands::now(), true) {
             Ok(s) => {
                 self.ledger_error = None;
@@ -155,6 +161,28 @@ impl Worker {
                 self.ledger_error = Some(format!("ledger fetch failed: {e}"));
                 if !retry {
                     self.ledger_stall = Some(format!("ledger unreadable: {e}"));
+                }
+            }
+        }
+    }
+
+    /// How long until the ledger is due to be fetched again.
+    pub fn until_sync(&self) -> Duration {
+        self.next_sync.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// Between ticks: lets every managed environment's provider repair what needs no plan (a dead
+    /// balancer is started again). Cheap; never fetches or plans.
+    pub fn heal(&mut self) {
+        let Some(verified) = self.ledger.last() else { return };
+        for (env, h) in &verified.state.envs {
+            if !self.cfg.envs.is_empty() && !self.cfg.envs.contains(env) {
+                continue;
+            }
+            let spec = &h.spec.payload;
+            if let Ok(provider) = self.providers.for_spec(spec) {
+                if let Err(e) = provider.heal(env, spec) {
+                    tracing::warn!(%env, "repair between ticks failed: {e}");
                 }
             }
         }
@@ -226,6 +254,9 @@ impl Worker {
                         if !t.plan.drift.is_empty() {
                             message = format!("{message}; drift reported: {}", t.plan.drift.join("; "));
                         }
+                        if let Some(note) = memory.relaunch_note(target.as_ref().map(|r| r.generation)) {
+                            message = format!("{message}; {note}");
+                        }
                         for a in &t.plan.actions {
                             tracing::debug!(%env, action = ?a, "planned");
                         }
@@ -259,13 +290,14 @@ impl Worker {
                 }
                 self.memory.insert(env.clone(), memory.clone());
             }
+            let health_interval = match &spec.health {
+                ledger_format::types::HealthCheck::Http { interval_ms, .. }
+                | ledger_format::types::HealthCheck::Tcp { interval_ms, .. } => *interval_ms,
+            };
+            let d = Duration::from_millis(health_interval.clamp(100, 5_000));
+            summary.watch = Some(summary.watch.map_or(d, |t| t.min(d)));
             if !tick_done {
                 summary.settled = false;
-                let health_interval = match &spec.health {
-                    ledger_format::types::HealthCheck::Http { interval_ms, .. }
-                    | ledger_format::types::HealthCheck::Tcp { interval_ms, .. } => *interval_ms,
-                };
-                let d = Duration::from_millis(health_interval.clamp(100, 5_000));
                 summary.tick = Some(summary.tick.map_or(d, |t| t.min(d)));
             }
             summary.phases.insert(env.clone(), phase);
@@ -500,26 +532,44 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
             tracing::error!(phases = ?summary.phases, "--once timed out before every environment settled");
             return Ok(crate::exit::TIMED_OUT);
         }
+        // Converging: the next tick at the health interval. Converged: a watch tick at the health
+        // interval, or the poll when it comes first. Between ticks, balancers are repaired every
+        // HEAL_EVERY, so a dead one is back within about that long whatever the intervals.
         let delay = if summary.retryable_failure {
             backoff = (backoff * 2).min(Duration::from_secs(30));
             backoff
         } else {
             backoff = Duration::from_millis(500);
-            match summary.tick {
-                Some(t) => t,
-                None => jitter(interval),
+            match summary.tick.or(summary.watch) {
+                Some(t) => t.min(worker.until_sync()),
+                None => worker.until_sync(),
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = notify.notified() => {}
-        }
-        if stop.load(Ordering::SeqCst) {
-            tracing::info!("stopped between steps; instances keep running and are adopted on restart");
-            return Ok(crate::exit::OK);
+        let wake = Instant::now() + delay;
+        loop {
+            let left = wake.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(left.min(HEAL_EVERY)) => {}
+                _ = notify.notified() => {}
+            }
+            if stop.load(Ordering::SeqCst) {
+                tracing::info!("stopped between steps; instances keep running and are adopted on restart");
+                return Ok(crate::exit::OK);
+            }
+            worker = tokio::task::spawn_blocking(move || {
+                worker.heal();
+                worker
+            })
+            .await?;
         }
     }
 }
+
+/// How often, between ticks, dead balancers are looked for and restarted.
+const HEAL_EVERY: Duration = Duration::from_millis(200);
 
 /// The process's peak resident memory (VmHWM), in KiB; 0 when /proc cannot tell.
 pub fn peak_rss_kib() -> u64 {

@@ -5,7 +5,7 @@
 //! terminate) and the environment's gate memory (last good release, failed generation). Must not
 //! decide what to do (that is `plan`) or talk to Git (that is `agent` and `status`).
 
-use crate::plan::{plan, Action, Desired, Generation, Observed, Phase, Plan, Release};
+use crate::plan::{plan, Action, Desired, Generation, Lost, Observed, Phase, Plan, Release};
 use crate::provider::{Provider, ProviderError};
 use ledger_format::types::GroupName;
 use ledger_format::types::{EnvName, Environment};
@@ -19,6 +19,56 @@ pub struct Memory {
     pub last_good: Option<Release>,
     /// The generation whose health gate failed, and why; cleared when a newer generation arrives.
     pub failed: Option<FailedGate>,
+    /// New instances of the target's generation lost during its rollout and relaunched within
+    /// `plan::RELAUNCH_BUDGET`; cleared when a newer generation arrives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relaunched: Vec<Relaunched>,
+}
+
+/// One lost and relaunched instance of a generation being rolled out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relaunched {
+    pub generation: Generation,
+    pub id: String,
+    pub reason: String,
+}
+
+impl Memory {
+    /// What the planner is asked to converge to, given the ledger's target and this memory.
+    pub fn desired<'a>(&self, spec: &'a Environment, target: Option<&Release>) -> Desired<'a> {
+        let generation = target.map(|t| t.generation);
+        Desired {
+            spec,
+            target: target.cloned(),
+            last_good: self.last_good.clone(),
+            failed: self.failed.as_ref().map(|f| f.generation),
+            relaunched: self
+                .relaunched
+                .iter()
+                .filter(|r| Some(r.generation) == generation)
+                .map(|r| r.id.clone())
+                .collect(),
+        }
+    }
+
+    /// A line for the status message about instances lost and relaunched during the rollout of
+    /// `generation`, if any.
+    pub fn relaunch_note(&self, generation: Option<Generation>) -> Option<String> {
+        let lost: Vec<String> = self
+            .relaunched
+            .iter()
+            .filter(|r| Some(r.generation) == generation)
+            .map(|r| format!("{} ({})", r.id, r.reason))
+            .collect();
+        (!lost.is_empty()).then(|| {
+            format!(
+                "relaunched {} of {} lost instance(s) allowed during this rollout: {}",
+                lost.len(),
+                crate::plan::RELAUNCH_BUDGET,
+                lost.join(", ")
+            )
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,15 +105,24 @@ pub fn tick<P: Provider + ?Sized>(
     memory: &mut Memory,
     now_ms: u64,
 ) -> Result<Tick, ProviderError> {
-    if memory.failed.as_ref().is_some_and(|f| target.map(|t| t.generation) != Some(f.generation)) {
+    let generation = target.map(|t| t.generation);
+    if memory.failed.as_ref().is_some_and(|f| generation != Some(f.generation)) {
         memory.failed = None;
     }
+    memory.relaunched.retain(|r| Some(r.generation) == generation);
     let observed = provider.observe(env, spec, now_ms)?;
     let mut current = decide(spec, target, memory, &observed, now_ms);
     if let [Action::FailGate { generation, reason }] = current.actions.as_slice() {
         tracing::warn!(%env, generation, %reason, "health gate failed; restoring the last good release");
         memory.failed = Some(FailedGate { generation: *generation, reason: reason.clone() });
         current = decide(spec, target, memory, &observed, now_ms);
+    }
+    // Lost new instances within the relaunch budget: remembered before the replacement launches, so the
+    // next loss is judged against what is left of the budget.
+    for Lost { id, reason } in &current.relaunch {
+        let generation = current.effective.as_ref().map_or(0, |r| r.generation);
+        tracing::warn!(%env, %id, %reason, generation, "a new instance was lost during the rollout; relaunching it");
+        memory.relaunched.push(Relaunched { generation, id: id.clone(), reason: reason.clone() });
     }
     if current.phase == Phase::Healthy {
         memory.last_good = current.effective.clone();
@@ -114,11 +173,5 @@ pub fn tick<P: Provider + ?Sized>(
 }
 
 fn decide(spec: &Environment, target: Option<&Release>, memory: &Memory, observed: &Observed, now_ms: u64) -> Plan {
-    let desired = Desired {
-        spec,
-        target: target.cloned(),
-        last_good: memory.last_good.clone(),
-        failed: memory.failed.as_ref().map(|f| f.generation),
-    };
-    plan(&desired, observed, now_ms)
+    plan(&memory.desired(spec, target), observed, now_ms)
 }

@@ -18,11 +18,20 @@
 //!   traffic, keep the old group for `grace_seconds`, then terminate it.
 //! - *Canary*: for each step, launch enough new instances for the step's weight, move that weight when
 //!   they are healthy, pause; after the last step move all traffic and terminate the old group.
-//! - *Health gate*: while a generation has never been healthy here, a new instance that exits, or is not
-//!   healthy within the health check's `deadline_seconds`, fails the gate. The agent records the failure
-//!   and plans again: the effective target becomes the last generation that was healthy, the rollout is
-//!   undone with the same rules, and the phase stays `Degraded` until a newer generation arrives. An
-//!   instance of an already-healthy generation that fails is simply replaced.
+//! - *Health gate*: while a generation has never been healthy here, a new instance that is not healthy
+//!   within the health check's deadline fails the gate, and so does a second new instance that exits:
+//!   the first one lost is relaunched ([`RELAUNCH_BUDGET`], so an OOM kill or an operator's kill of one
+//!   instance does not revert a healthy release). The agent records the failure and plans again: the
+//!   effective target becomes the last generation that was healthy, the rollout is undone with the same
+//!   rules, and the phase stays `Degraded` until a newer generation arrives. An instance of an
+//!   already-healthy generation that fails is simply replaced.
+//! - *Deadlines count probes, not only time*: a health deadline has passed when `deadline_seconds` have
+//!   passed since launch **and** the provider has probed the instance at least
+//!   `deadline / interval` times (at least `healthy_threshold`), when the provider counts its probes.
+//!   An agent that was paused, busy or restarted therefore never fails an instance it did not watch.
+//! - *Stopping* instances (drained and stopped in the background) are neither fresh nor stale: nothing
+//!   is planned for them, they still count against `capacity + max_surge` (their process may run), and
+//!   the environment is not converged until they are gone.
 //! - Traffic is never given to a generation without healthy instances (blue/green: without all of them).
 
 use ledger_format::types::{DriftMode, Environment, GroupName, HealthCheck, Image, ReleaseVersion, Strategy};
@@ -59,7 +68,16 @@ pub struct Desired<'a> {
     pub last_good: Option<Release>,
     /// A generation whose health gate failed; only counts while it is still the target's generation.
     pub failed: Option<Generation>,
+    /// Instances of the target's generation that were lost during its rollout and relaunched (ids), at
+    /// most [`RELAUNCH_BUDGET`]; the gate fails on the next one lost.
+    pub relaunched: Vec<String>,
 }
+
+/// How many new instances of a generation may be lost (exit, be killed) during its rollout and be
+/// relaunched before a further loss fails the health gate. One: a single OOM kill or operator's kill
+/// does not revert a healthy release, while a release that crashes keeps failing its gate on the next
+/// loss, one launch later.
+pub const RELAUNCH_BUDGET: usize = 1;
 
 impl Desired<'_> {
     /// True while the target's generation is the one that failed: the environment is degraded.
@@ -94,6 +112,10 @@ pub enum Health {
     Gone {
         reason: String,
     },
+    /// Out of traffic and being drained and stopped (in the background); nothing is planned for it.
+    Stopping {
+        since_ms: u64,
+    },
 }
 
 impl fmt::Display for Health {
@@ -103,6 +125,7 @@ impl fmt::Display for Health {
             Health::Healthy { .. } => f.write_str("healthy"),
             Health::Unhealthy { reason, .. } => write!(f, "unhealthy: {reason}"),
             Health::Gone { reason } => write!(f, "gone: {reason}"),
+            Health::Stopping { .. } => f.write_str("stopping"),
         }
     }
 }
@@ -123,6 +146,10 @@ pub struct Instance {
 impl Instance {
     fn alive(&self) -> bool {
         !matches!(self.health, Health::Gone { .. })
+    }
+
+    fn stopping(&self) -> bool {
+        matches!(self.health, Health::Stopping { .. })
     }
 
     fn healthy(&self) -> bool {
@@ -171,6 +198,12 @@ pub struct GroupTraffic {
 pub struct Observed {
     pub instances: Vec<Instance>,
     pub traffic: BTreeMap<GroupName, GroupTraffic>,
+    /// How many health probes the provider made of each instance (by id) since it launched or since the
+    /// agent started, when the provider probes itself (`local`); `None` when health comes from elsewhere
+    /// (a cloud's own checks, which keep running while the agent is paused): deadlines then count in
+    /// time only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<BTreeMap<String, u64>>,
 }
 
 /// One thing to do. A plan's actions are independent of each other's order except that the agent
@@ -226,6 +259,17 @@ pub struct Plan {
     pub drift: Vec<String>,
     /// The release being converged to (the target, or the last good release while degraded).
     pub effective: Option<Release>,
+    /// New instances of the target lost during its rollout that this plan relaunches within
+    /// [`RELAUNCH_BUDGET`]: the caller records them (with `Desired::relaunched`) before the next plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relaunch: Vec<Lost>,
+}
+
+/// A new instance lost during its generation's rollout and relaunched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    pub id: String,
+    pub reason: String,
 }
 
 impl Plan {
@@ -248,6 +292,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: u64) -> Plan {
         waiting: vec![],
         drift: vec![],
         effective: effective.clone(),
+        relaunch: vec![],
     };
     for group in &spec.groups {
         let mut members: Vec<&Instance> = observed.instances.iter().filter(|i| i.group == group.name).collect();
@@ -262,6 +307,8 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: u64) -> Plan {
             gated,
             restoring: desired.restoring(),
             now_ms,
+            probes: observed.probes.as_ref(),
+            relaunched: &desired.relaunched,
         };
         if let Err(failure) = ctx.plan(&members, &traffic, &mut out) {
             return Plan {
@@ -270,6 +317,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: u64) -> Plan {
                 waiting: vec![],
                 drift: vec![],
                 effective: out.effective,
+                relaunch: vec![],
             };
         }
     }
@@ -277,7 +325,11 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: u64) -> Plan {
     let mut strays: Vec<&Instance> =
         observed.instances.iter().filter(|i| !spec.groups.iter().any(|g| g.name == i.group)).collect();
     strays.sort_by(|a, b| (&a.group, a.launched_ms, &a.id).cmp(&(&b.group, b.launched_ms, &b.id)));
-    for i in strays {
+    let stopping = strays.iter().filter(|i| i.stopping()).count();
+    if stopping > 0 {
+        out.waiting.push(format!("{stopping} instance(s) of groups no longer in the spec stopping"));
+    }
+    for i in strays.into_iter().filter(|i| !i.stopping()) {
         out.actions.push(Action::Terminate {
             group: i.group.clone(),
             id: i.id.clone(),
@@ -294,6 +346,15 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: u64) -> Plan {
     out
 }
 
+/// The rolling strategy's bounds for one group, and how many of its instances are stopping.
+#[derive(Clone, Copy)]
+struct Limits {
+    surge: usize,
+    unavailable: usize,
+    min_ready_ms: u64,
+    stopping: usize,
+}
+
 struct GroupCtx<'a> {
     spec: &'a Environment,
     group: &'a GroupName,
@@ -302,6 +363,8 @@ struct GroupCtx<'a> {
     gated: bool,
     restoring: bool,
     now_ms: u64,
+    probes: Option<&'a BTreeMap<String, u64>>,
+    relaunched: &'a [String],
 }
 
 /// Seconds to milliseconds, saturating.
@@ -313,6 +376,17 @@ fn deadline_ms(health: &HealthCheck) -> u64 {
     match health {
         HealthCheck::Http { deadline_seconds, .. } | HealthCheck::Tcp { deadline_seconds, .. } => ms(*deadline_seconds),
     }
+}
+
+/// The probes an instance must have had before its health deadline can pass: as many as fit in the
+/// deadline at the check's interval (clamped like the agent's ticks, 100 ms to 5 s), and at least
+/// `healthy_threshold`, the fewest that can make an instance healthy.
+pub fn probes_before_deadline(health: &HealthCheck) -> u64 {
+    let (interval_ms, threshold) = match health {
+        HealthCheck::Http { interval_ms, healthy_threshold, .. }
+        | HealthCheck::Tcp { interval_ms, healthy_threshold, .. } => (*interval_ms, *healthy_threshold),
+    };
+    (deadline_ms(health) / interval_ms.clamp(100, 5_000)).max(threshold).max(1)
 }
 
 impl GroupCtx<'_> {
@@ -343,23 +417,50 @@ impl GroupCtx<'_> {
                 return Some(format!("older than max_instance_age_seconds {age}"));
             }
         }
-        if !self.gated && !i.healthy() && self.now_ms >= i.launched_ms.saturating_add(deadline_ms(&self.spec.health)) {
+        if !self.gated && !i.healthy() && self.deadline_passed(i) {
             return Some(format!("{} past the health deadline", i.health));
         }
         None
     }
 
+    /// Whether `i`'s health deadline has passed: the time since launch, and (when the provider counts
+    /// them) enough probes that a healthy instance would have been seen healthy.
+    fn deadline_passed(&self, i: &Instance) -> bool {
+        let health = &self.spec.health;
+        if self.now_ms < i.launched_ms.saturating_add(deadline_ms(health)) {
+            return false;
+        }
+        match self.probes {
+            None => true,
+            Some(counts) => counts.get(&i.id).copied().unwrap_or(0) >= probes_before_deadline(health),
+        }
+    }
+
     /// The health gate for a generation that has not been healthy here yet.
-    fn gate(&self, fresh: &[&Instance], target: &Release) -> Result<(), Box<Action>> {
+    fn gate(&self, fresh: &[&Instance], target: &Release, out: &mut Plan) -> Result<(), Box<Action>> {
         if !self.gated {
             return Ok(());
         }
         let deadline = deadline_ms(&self.spec.health);
         for i in fresh {
             let why = match &i.health {
-                Health::Gone { reason } => Some(format!("instance {} is gone: {reason}", i.id)),
-                Health::Healthy { .. } => None,
-                other if self.now_ms >= i.launched_ms.saturating_add(deadline) => {
+                Health::Gone { .. } if self.relaunched.contains(&i.id) => None,
+                Health::Gone { reason } if self.relaunched.len() + out.relaunch.len() < RELAUNCH_BUDGET => {
+                    out.relaunch.push(Lost { id: i.id.clone(), reason: reason.clone() });
+                    None
+                }
+                Health::Gone { reason } => Some(format!(
+                    "instance {} is gone: {reason} (relaunch budget of {RELAUNCH_BUDGET} used by {})",
+                    i.id,
+                    self.relaunched
+                        .iter()
+                        .chain(out.relaunch.iter().map(|l| &l.id))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Health::Healthy { .. } | Health::Stopping { .. } => None,
+                other if self.deadline_passed(i) => {
                     Some(format!("instance {} is not healthy {}s after launch ({other})", i.id, deadline / 1000))
                 }
                 _ => None,
@@ -386,11 +487,17 @@ impl GroupCtx<'_> {
         };
         // Exited instances of the target count against the gate before their records are cleaned up.
         let of_target: Vec<&Instance> = members.iter().copied().filter(|i| i.runs(target)).collect();
-        self.gate(&of_target, target)?;
+        self.gate(&of_target, target, out)?;
         let mut fresh = Vec::new();
         let mut stale = Vec::new();
+        let stopping = members.iter().filter(|i| i.stopping()).count();
+        if stopping > 0 {
+            out.waiting.push(format!("{}: {stopping} instance(s) stopping", self.group));
+        }
         for i in members {
-            if !i.alive() {
+            if i.stopping() {
+                continue;
+            } else if !i.alive() {
                 self.terminate(out, i, format!("{}", i.health));
             } else if !i.runs(target) {
                 stale.push((*i, format!("runs generation {}, target is {}", i.generation, target.generation)));
@@ -407,7 +514,8 @@ impl GroupCtx<'_> {
                 if surge == 0 && unavailable == 0 {
                     unavailable = 1;
                 }
-                self.rolling(target, &fresh, &stale, surge, unavailable, ms(*min_ready_seconds), traffic, out);
+                let limits = Limits { surge, unavailable, min_ready_ms: ms(*min_ready_seconds), stopping };
+                self.rolling(target, &fresh, &stale, limits, traffic, out);
             }
             Strategy::BlueGreen { grace_seconds } => {
                 self.weighted(target, &fresh, &stale, traffic, &[(100, *grace_seconds)], out);
@@ -424,23 +532,22 @@ impl GroupCtx<'_> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn rolling(
         &self,
         target: &Release,
         fresh: &[&Instance],
         stale: &[(&Instance, String)],
-        surge: usize,
-        unavailable: usize,
-        min_ready_ms: u64,
+        limits: Limits,
         traffic: &GroupTraffic,
         out: &mut Plan,
     ) {
+        let Limits { surge, unavailable, min_ready_ms, stopping } = limits;
         let c = self.capacity;
         if traffic.traffic != Traffic::Even {
             self.set_traffic(out, Traffic::Even);
         }
-        let alive = fresh.len() + stale.len();
+        // A stopping instance's process may still run, so it takes a place within `capacity + max_surge`.
+        let alive = fresh.len() + stale.len() + stopping;
         let ready =
             fresh.iter().chain(stale.iter().map(|(i, _)| i)).filter(|i| i.ready(self.now_ms, min_ready_ms)).count();
         let min_ready = c.saturating_sub(unavailable);

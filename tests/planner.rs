@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use stele::converge::{self, Memory, Tick};
 use stele::plan::{
-    plan, Action, Desired, Generation, GroupTraffic, Health, Instance, Observed, Phase, Plan, Release, Traffic,
+    plan, Action, Desired, Generation, GroupTraffic, Health, Instance, Lost, Observed, Phase, Plan, Release, Traffic,
 };
 use stele::provider::sim::{Sim, SimConfig, SimEvent};
 
@@ -365,6 +365,7 @@ impl World {
             target: target.cloned(),
             last_good: before.last_good.clone(),
             failed: self.memory.failed.as_ref().map(|f| f.generation),
+            relaunched: before.desired(&self.spec, target).relaunched,
         };
         check_plan(&desired, &tick.observed, self.now, &tick.plan);
         assert!(
@@ -792,7 +793,13 @@ fn an_instance_of_an_already_healthy_generation_that_fails_its_checks_is_replace
         health,
         drift: None,
     };
-    let desired = Desired { spec: &spec, target: Some(v2.clone()), last_good: Some(v2.clone()), failed: None };
+    let desired = Desired {
+        spec: &spec,
+        target: Some(v2.clone()),
+        last_good: Some(v2.clone()),
+        failed: None,
+        relaunched: vec![],
+    };
     for broken in [
         Health::Unhealthy { since_ms: 40_000, reason: "503".into() },
         Health::Gone { reason: "exited".into() },
@@ -801,17 +808,105 @@ fn an_instance_of_an_already_healthy_generation_that_fails_its_checks_is_replace
         let observed = Observed {
             instances: vec![inst("a", Health::Healthy { since_ms: 1_000 }), inst("b", broken.clone())],
             traffic: BTreeMap::new(),
+            probes: None,
         };
         let p = plan(&desired, &observed, 100_000);
         check_plan(&desired, &observed, 100_000, &p);
         assert_eq!(p.phase, Phase::Progressing, "{broken:?}: {p:#?}");
         assert!(p.actions.iter().any(|a| matches!(a, Action::Terminate { id, .. } if id == "b")), "{broken:?}: {p:#?}");
         assert!(p.actions.iter().any(|a| matches!(a, Action::Launch { .. })), "{broken:?}: {p:#?}");
-        // The same instance in a generation that was never healthy fails the gate.
+        // The same instance in a generation that was never healthy fails the gate; a lost one only once
+        // the relaunch budget is used up.
         let gated = Desired { last_good: None, ..desired.clone() };
         let p = plan(&gated, &observed, 100_000);
-        assert!(matches!(p.actions.as_slice(), [Action::FailGate { generation: 2, .. }]), "{broken:?}: {p:#?}");
+        if matches!(broken, Health::Gone { .. }) {
+            assert_eq!(p.relaunch, [Lost { id: "b".into(), reason: "exited".into() }], "{p:#?}");
+            assert!(p.actions.iter().any(|a| matches!(a, Action::Launch { .. })), "relaunched: {p:#?}");
+            let spent = Desired { relaunched: vec!["earlier".into()], ..gated.clone() };
+            let p = plan(&spent, &observed, 100_000);
+            assert!(matches!(p.actions.as_slice(), [Action::FailGate { generation: 2, .. }]), "{p:#?}");
+        } else {
+            assert!(matches!(p.actions.as_slice(), [Action::FailGate { generation: 2, .. }]), "{broken:?}: {p:#?}");
+        }
     }
+}
+
+#[test]
+fn a_deadline_passes_only_after_enough_probes_were_made() {
+    // Deadline 30 s at a 1 s interval: 30 probes. A paused or busy agent probed less often.
+    let spec = rolling(2, 1, 0, 0);
+    let (v1, v2) = (release(1, "1.0.0"), release(2, "2.0.0"));
+    let desired = Desired {
+        spec: &spec,
+        target: Some(v2.clone()),
+        last_good: Some(v1.clone()),
+        failed: None,
+        relaunched: vec![],
+    };
+    let old = |id: &str| instance(id, &v1, 0, Health::Healthy { since_ms: 1 }, None);
+    let observed = |probes: Option<u64>| Observed {
+        instances: vec![old("a"), old("b"), instance("n", &v2, 10_000, Health::Starting, None)],
+        traffic: BTreeMap::new(),
+        probes: probes.map(|n| BTreeMap::from([("n".to_owned(), n)])),
+    };
+    let fails = |p: &Plan| matches!(p.actions.as_slice(), [Action::FailGate { .. }]);
+    // (now, probes made, gate fails)
+    let table = [
+        (39_999, None, false),
+        (40_000, None, true),
+        (40_000, Some(29), false),
+        (900_000, Some(1), false),
+        (40_000, Some(30), true),
+        (39_000, Some(100), false),
+    ];
+    for (now, probes, fail) in table {
+        let o = observed(probes);
+        let p = plan(&desired, &o, now);
+        assert_eq!(fails(&p), fail, "now {now}, probes {probes:?}: {p:#?}");
+        // Steady state (the generation was healthy here): replaced past the deadline, by the same rule.
+        let steady = Desired { last_good: Some(v2.clone()), ..desired.clone() };
+        let p = plan(&steady, &o, now);
+        let replaced = p.actions.iter().any(|a| matches!(a, Action::Terminate { id, .. } if id == "n"));
+        assert_eq!(replaced, fail, "steady, now {now}, probes {probes:?}: {p:#?}");
+    }
+}
+
+#[test]
+fn a_stopping_instance_gets_no_action_holds_its_place_within_surge_and_keeps_the_plan_waiting() {
+    let spec = rolling(2, 1, 0, 0);
+    let (v1, v2) = (release(1, "1.0.0"), release(2, "2.0.0"));
+    let desired = Desired {
+        spec: &spec,
+        target: Some(v2.clone()),
+        last_good: Some(v1.clone()),
+        failed: None,
+        relaunched: vec![],
+    };
+    let observed = Observed {
+        instances: vec![
+            instance("a", &v1, 0, Health::Healthy { since_ms: 1 }, None),
+            instance("b", &v1, 0, Health::Stopping { since_ms: 5_000 }, None),
+            instance("n", &v2, 6_000, Health::Healthy { since_ms: 7_000 }, None),
+        ],
+        traffic: BTreeMap::new(),
+        probes: None,
+    };
+    let p = plan(&desired, &observed, 8_000);
+    check_plan(&desired, &observed, 8_000, &p);
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Terminate { id, .. } if id == "b")), "{p:#?}");
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Launch { .. })), "b still holds the surge place: {p:#?}");
+    assert!(p.waiting.iter().any(|w| w.contains("1 instance(s) stopping")), "{p:#?}");
+    // Converged but for the stopping one: not converged until it is gone.
+    let done = Observed {
+        instances: vec![
+            instance("m", &v2, 6_000, Health::Healthy { since_ms: 7_000 }, None),
+            instance("b", &v1, 0, Health::Stopping { since_ms: 5_000 }, None),
+            instance("n", &v2, 6_000, Health::Healthy { since_ms: 7_000 }, None),
+        ],
+        ..observed
+    };
+    let p = plan(&desired, &done, 8_000);
+    assert!(p.actions.is_empty() && !p.converged() && p.phase == Phase::Progressing, "{p:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -853,8 +948,9 @@ fn a_canary_preempted_past_half_gives_the_rest_of_the_traffic_to_the_generation_
     let observed = Observed {
         instances,
         traffic: BTreeMap::from([(web(), GroupTraffic { traffic: weighted(&[(1, 40), (2, 60)]), since_ms: 1_500 })]),
+        probes: None,
     };
-    let desired = Desired { spec: &spec, target: Some(v3), last_good: Some(v1), failed: None };
+    let desired = Desired { spec: &spec, target: Some(v3), last_good: Some(v1), failed: None, relaunched: vec![] };
     let p = plan(&desired, &observed, 20_000);
     check_plan(&desired, &observed, 20_000, &p);
     assert_eq!(p.actions, [Action::SetTraffic { group: web(), traffic: weighted(&[(3, 10), (1, 90)]) }], "{p:#?}");
@@ -876,8 +972,9 @@ fn an_instance_of_the_target_generation_with_another_image_is_replaced_not_taken
             odd("b2"),
         ],
         traffic: BTreeMap::from([(web(), GroupTraffic { traffic: weighted(&[(1, 100)]), since_ms: 0 })]),
+        probes: None,
     };
-    let desired = Desired { spec: &spec, target: Some(v2), last_good: Some(v1), failed: None };
+    let desired = Desired { spec: &spec, target: Some(v2), last_good: Some(v1), failed: None, relaunched: vec![] };
     let p = plan(&desired, &observed, 20_000);
     check_plan(&desired, &observed, 20_000, &p);
     assert!(p.actions.contains(&Action::SetTraffic { group: web(), traffic: weighted(&[(2, 1), (1, 99)]) }), "{p:#?}");
@@ -896,6 +993,7 @@ fn drift_is_replaced_under_correct_and_only_reported_under_report() {
             instance("b", &v2, 1_000, up(), Some("bin/app no longer hashes to the digest")),
         ],
         traffic: BTreeMap::new(),
+        probes: None,
     };
     let now = 10_000;
     for strategy in [
@@ -911,7 +1009,13 @@ fn drift_is_replaced_under_correct_and_only_reported_under_report() {
         let mut correct = spec_json(strategy.clone(), 2);
         correct["drift"] = json!("correct");
         let correct = build(correct);
-        let desired = Desired { spec: &correct, target: Some(v2.clone()), last_good: Some(v2.clone()), failed: None };
+        let desired = Desired {
+            spec: &correct,
+            target: Some(v2.clone()),
+            last_good: Some(v2.clone()),
+            failed: None,
+            relaunched: vec![],
+        };
         let p = plan(&desired, &observed, now);
         check_plan(&desired, &observed, now, &p);
         assert_eq!(p.phase, Phase::Progressing, "{strategy}: {p:#?}");
@@ -947,8 +1051,14 @@ fn an_instance_of_an_old_generation_or_another_image_is_replaced() {
     let mut other_image = instance("a", &v2, 1_000, up.clone(), None);
     other_image.digest = digest_of("tampered");
     for odd in [other_image, instance("a", &release(1, "1.0.0"), 1_000, up, None)] {
-        let observed = Observed { instances: vec![odd], traffic: BTreeMap::new() };
-        let desired = Desired { spec: &spec, target: Some(v2.clone()), last_good: Some(v2.clone()), failed: None };
+        let observed = Observed { instances: vec![odd], traffic: BTreeMap::new(), probes: None };
+        let desired = Desired {
+            spec: &spec,
+            target: Some(v2.clone()),
+            last_good: Some(v2.clone()),
+            failed: None,
+            relaunched: vec![],
+        };
         let p = plan(&desired, &observed, 10_000);
         check_plan(&desired, &observed, 10_000, &p);
         assert_eq!(p.actions, [Action::Launch { group: web(), release: v2.clone() }]);
@@ -1035,8 +1145,10 @@ fn instances_of_a_group_no_longer_in_the_spec_are_terminated() {
     let observed = Observed {
         instances: vec![instance("a", &v1, 0, Health::Healthy { since_ms: 1 }, None), gone_group],
         traffic: BTreeMap::new(),
+        probes: None,
     };
-    let desired = Desired { spec: &spec, target: Some(v1.clone()), last_good: Some(v1), failed: None };
+    let desired =
+        Desired { spec: &spec, target: Some(v1.clone()), last_good: Some(v1), failed: None, relaunched: vec![] };
     let p = plan(&desired, &observed, 5_000);
     check_plan(&desired, &observed, 5_000, &p);
     assert!(matches!(p.actions.as_slice(), [Action::Terminate { id, .. }] if id == "x"), "{p:#?}");
@@ -1383,6 +1495,7 @@ proptest! {
             target: target.map(r),
             last_good: good.map(r),
             failed: if failed { target } else { None },
+            relaunched: vec![],
         };
         let p = plan(&desired, &observed, now_ms);
         check_plan(&desired, &observed, now_ms, &p);
@@ -1467,7 +1580,7 @@ proptest! {
         // The target was healthy here before (an established release), or is being rolled out over
         // the previous generation.
         let last_good = if healthy_before { Some(t.clone()) } else if target > 1 { Some(r(target - 1)) } else { None };
-        let desired = Desired { spec: &spec, target: Some(t), last_good, failed: None };
+        let desired = Desired { spec: &spec, target: Some(t), last_good, failed: None, relaunched: vec![] };
         let p = plan(&desired, &observed, now_ms);
         check_plan(&desired, &observed, now_ms, &p);
         if unchanged && spec.max_instance_age_seconds.is_none_or(|age| age > 30) {

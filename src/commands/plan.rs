@@ -7,7 +7,7 @@ use super::now;
 use crate::agent::{load_memory, now_ms, release_of, Providers};
 use crate::cli::PlanArgs;
 use crate::exit;
-use crate::plan::{plan, Action, Desired};
+use crate::plan::{plan, Action};
 use crate::sync::{LedgerSync, SyncStatus};
 use anyhow::Result;
 use serde_json::json;
@@ -46,12 +46,8 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
                 continue;
             }
         };
-        let desired = Desired {
-            spec,
-            target: release_of(h),
-            last_good: m.last_good.clone(),
-            failed: m.failed.as_ref().map(|f| f.generation),
-        };
+        let target = release_of(h);
+        let desired = m.desired(spec, target.as_ref());
         let p = plan(&desired, &observed, now);
         if !args.json {
             println!(

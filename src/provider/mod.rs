@@ -60,6 +60,12 @@ pub trait Provider {
         Ok(())
     }
 
+    /// Repairs, between ticks, what needs no plan: for `local`, a balancer process that died is started
+    /// again. Must be cheap (it runs several times a second) and never wait. Default: nothing to do.
+    fn heal(&mut self, _env: &EnvName, _spec: &Environment) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// What runs now, with fresh health results.
     fn observe(&mut self, env: &EnvName, spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError>;
 
@@ -73,7 +79,9 @@ pub trait Provider {
         now_ms: u64,
     ) -> Result<String, ProviderError>;
 
-    /// Stops one instance (after taking it out of traffic). Idempotent.
+    /// Stops one instance (after taking it out of traffic). Idempotent. Must not wait for the instance
+    /// to drain or stop: a provider that cannot stop at once reports the instance as
+    /// `Health::Stopping` until it is gone.
     fn terminate(&mut self, env: &EnvName, group: &GroupName, id: &str) -> Result<(), ProviderError>;
 
     /// Stops several instances of one group; providers that can batch (one traffic change, parallel

@@ -134,7 +134,7 @@ impl Provider for Sim {
                 self.events.push(SimEvent::Vanished { id });
             }
         }
-        Ok(Observed { instances: self.snapshot(now_ms), traffic: self.traffic.clone() })
+        Ok(Observed { instances: self.snapshot(now_ms), traffic: self.traffic.clone(), probes: None })
     }
 
     fn launch(

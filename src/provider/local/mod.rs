@@ -7,6 +7,13 @@
 //! checks of unpacked images, and turning a group's traffic setting into balancer weights. Must not
 //! decide what to run (that is `plan`), or touch the ledger.
 //!
+//! Nothing here waits on one instance: `terminate` marks the record `stopping`, takes the instance out
+//! of its balancer and hands the drain and the stop to a background thread (`stopper.rs`); `observe`
+//! reports the instance as `stopping` until its record is gone, and resumes the stop after an agent
+//! restart. Drift is remembered per instance: an instance whose image tree was found altered, or whose
+//! tree was since replaced (moved aside and unpacked afresh by any environment), stays drifted until
+//! it is replaced.
+//!
 //! Layout:
 //! ```text
 //! <root>/store/{blobs,images}/...         the content-addressed image store (store.rs)
@@ -16,6 +23,7 @@
 //! ```
 
 pub mod process;
+mod stopper;
 pub mod store;
 
 use super::{Provider, ProviderError};
@@ -63,6 +71,40 @@ struct InstanceRecord {
     /// may have loaded the altered files even after the image is unpacked afresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     drift: Option<String>,
+    /// The identity of the image tree at launch: a tree found at `image_dir` with another identity was
+    /// unpacked afresh since, so this instance runs from one that was moved aside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image_tree: Option<TreeId>,
+    /// When the instance was taken out of traffic to be drained and stopped (ms on the agent's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stopping: Option<u64>,
+}
+
+/// What tells two directories at one path apart: device, inode and (where the file system records it)
+/// birth time, so a reused inode number is not taken for the old tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreeId {
+    dev: u64,
+    ino: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    born_ns: Option<u64>,
+}
+
+fn tree_id(dir: &Path) -> std::io::Result<TreeId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir)?;
+    let born_ns = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_nanos()).ok());
+    Ok(TreeId { dev: m.dev(), ino: m.ino(), born_ns })
+}
+
+/// Milliseconds since the Unix epoch (the agent's clock), for records written outside a tick.
+fn clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The record of a group's balancer process, `groups/<group>/lb.json`.
@@ -80,6 +122,8 @@ struct HealthTrack {
     fail_streak: u64,
     healthy_since: Option<u64>,
     last_failure: Option<(u64, String)>,
+    /// Probes made since launch or since this agent started, for the planner's deadlines.
+    probes: u64,
 }
 
 pub struct LocalProvider {
@@ -88,7 +132,10 @@ pub struct LocalProvider {
     settings: LocalSettings,
     /// The `stele` binary that runs balancers (`stele lb`).
     stele_exe: PathBuf,
-    health: HashMap<String, HealthTrack>,
+    /// Per instance directory (unique across environments).
+    health: HashMap<PathBuf, HealthTrack>,
+    /// Background drains and stops, per instance directory.
+    stoppers: HashMap<PathBuf, std::thread::JoinHandle<()>>,
     /// When each image directory was last re-hashed, and the verdict.
     drift: HashMap<PathBuf, (Instant, Option<String>)>,
     /// The healthy instances per group as last observed, which the balancer config is built from.
@@ -135,6 +182,7 @@ impl LocalProvider {
             settings,
             stele_exe,
             health: HashMap::new(),
+            stoppers: HashMap::new(),
             drift: HashMap::new(),
             healthy: HashMap::new(),
             dry_run: false,
@@ -215,9 +263,33 @@ impl LocalProvider {
         };
         if let Some(v) = &verdict {
             tracing::error!(dir = %dir.display(), "DRIFT: {v}");
+            self.mark_drifted(dir, v);
         }
         self.drift.insert(dir.to_owned(), (Instant::now(), verdict.clone()));
         verdict
+    }
+
+    /// Marks every instance started from the tree now at `dir`, in every environment, as drifted, before
+    /// any environment moves the tree aside: the mark is on each instance's record, so it survives the
+    /// fresh unpack and an agent restart.
+    fn mark_drifted(&self, dir: &Path, why: &str) {
+        let current = tree_id(dir).ok();
+        let Ok(envs) = std::fs::read_dir(self.root.join("local")) else { return };
+        for env in envs.flatten() {
+            let Ok(instances) = std::fs::read_dir(env.path().join("instances")) else { continue };
+            for entry in instances.flatten() {
+                let path = entry.path().join("instance.json");
+                let Ok(Some(mut r)) = read_json::<InstanceRecord>(&path) else { continue };
+                let same_tree = r.image_tree.is_none() || r.image_tree == current;
+                if r.image_dir != dir || r.drift.is_some() || r.stopping.is_some() || !same_tree {
+                    continue;
+                }
+                r.drift = Some(why.to_owned());
+                if let Err(e) = write_json(&path, &r) {
+                    tracing::warn!(record = %path.display(), "cannot mark an instance drifted: {e}");
+                }
+            }
+        }
     }
 
     fn traffic(&self, env: &EnvName, group: &GroupName) -> Result<GroupTraffic, ProviderError> {
@@ -268,15 +340,9 @@ impl LocalProvider {
         Ok(record)
     }
 
-    /// Writes the balancer configuration for the group's current traffic and healthy instances, unless
-    /// `exclude` names an instance to take out first; waits until the balancer reports it applied.
-    fn sync_balancer(
-        &self,
-        env: &EnvName,
-        group: &GroupName,
-        exclude: &[&str],
-        wait: bool,
-    ) -> Result<(), ProviderError> {
+    /// Writes the balancer configuration for the group's current traffic and healthy instances, without
+    /// those `exclude` names (leaving now); the balancer applies it within 100 ms and reports so.
+    fn sync_balancer(&self, env: &EnvName, group: &GroupName, exclude: &[&str]) -> Result<(), ProviderError> {
         let lb = self.balancer(env, group)?;
         let dir = self.group_dir(env, group);
         let config_path = dir.join("lb-config.json");
@@ -315,51 +381,36 @@ impl LocalProvider {
             .collect();
         let old: Option<LbConfig> = read_json(&config_path)?;
         let version = match &old {
-            Some(o) if o.backends == backends && o.listen == lb.listen => {
-                if !wait {
-                    return Ok(());
-                }
-                o.version
-            }
+            Some(o) if o.backends == backends && o.listen == lb.listen => return Ok(()),
             Some(o) => o.version + 1,
             None => 1,
         };
-        if old.as_ref().map(|o| o.version) != Some(version) {
-            let cfg = LbConfig { listen: lb.listen, version, backends };
-            crate::lb::write_config(&config_path, &cfg).map_err(io_err("write", &config_path))?;
-        }
-        if wait {
-            let until = Instant::now() + Duration::from_secs(5);
-            loop {
-                let applied = crate::lb::read_report(&config_path).ok().flatten().map(|r| r.version);
-                if applied >= Some(version) {
-                    break;
-                }
-                if Instant::now() > until {
-                    return Err(ProviderError::Retryable(format!(
-                        "load balancer of {env}/{group} did not apply config version {version} within 5s"
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
+        let cfg = LbConfig { listen: lb.listen, version, backends };
+        crate::lb::write_config(&config_path, &cfg).map_err(io_err("write", &config_path))
     }
 
-    /// Waits until the balancer has no open connection to any of `ids` (at most `limit`).
-    fn drain(&self, env: &EnvName, group: &GroupName, ids: &[&str], limit: Duration) {
-        let config_path = self.group_dir(env, group).join("lb-config.json");
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            let report = crate::lb::read_report(&config_path).ok().flatten();
-            let active: u64 =
-                ids.iter().map(|id| report.as_ref().and_then(|r| r.active.get(*id).copied()).unwrap_or(0)).sum();
-            if active == 0 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    /// Starts the background drain and stop of a `stopping` record unless one already runs.
+    fn resume_stop(&mut self, env: &EnvName, r: &InstanceRecord) {
+        let dir = self.instance_dir(env, &r.id);
+        if self.stoppers.get(&dir).is_some_and(|t| !t.is_finished()) {
+            return;
         }
-        tracing::warn!(%env, %group, ?ids, "connections still open after {limit:?}; stopping anyway");
+        let job = stopper::StopJob {
+            env: env.clone(),
+            group: r.group.clone(),
+            id: r.id.clone(),
+            dir: dir.clone(),
+            process: r.process.clone(),
+            config: self.group_dir(env, &r.group).join("lb-config.json"),
+            drain_until_ms: r.stopping.unwrap_or_else(clock_ms).saturating_add(stopper::DRAIN_LIMIT_MS),
+            grace: self.stop_grace(),
+        };
+        match stopper::spawn(job) {
+            Ok(handle) => {
+                self.stoppers.insert(dir, handle);
+            }
+            Err(e) => tracing::warn!(%env, id = %r.id, "cannot start a stopper thread; retrying next tick: {e}"),
+        }
     }
 
     /// The address clients use for a group (its balancer), if it has one.
@@ -448,8 +499,47 @@ impl Provider for LocalProvider {
         }
     }
 
+    /// Restarts the balancer of any group whose balancer process died (a record says it ran): a few
+    /// reads of /proc per group, cheap enough to run several times a second between ticks.
+    fn heal(&mut self, env: &EnvName, spec: &Environment) -> Result<(), ProviderError> {
+        if self.dry_run {
+            return Ok(());
+        }
+        for g in &spec.groups {
+            let record = read_json::<BalancerRecord>(&self.group_dir(env, &g.name).join("lb.json"))?;
+            if record.and_then(|r| r.process).is_some_and(|h| process::liveness(&h) != Liveness::Running) {
+                self.balancer(env, &g.name)?;
+            }
+        }
+        Ok(())
+    }
+
     fn observe(&mut self, env: &EnvName, spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError> {
-        let records = self.records(env)?;
+        let (stopping, records): (Vec<InstanceRecord>, Vec<InstanceRecord>) =
+            self.records(env)?.into_iter().partition(|r| r.stopping.is_some());
+        let mut instances = Vec::new();
+        // Instances being drained and stopped: reported as such; a stop this agent did not start (it was
+        // interrupted by a restart) or that failed is started again.
+        self.stoppers.retain(|_, t| !t.is_finished());
+        for r in &stopping {
+            if !self.dry_run {
+                self.resume_stop(env, r);
+            }
+            instances.push(Instance {
+                id: r.id.clone(),
+                group: r.group.clone(),
+                generation: r.release.generation,
+                digest: *r.release.digest(),
+                launched_ms: r.launched_ms,
+                health: Health::Stopping { since_ms: r.stopping.unwrap_or(now_ms) },
+                drift: None,
+            });
+        }
+        // Forget the probe history of instances that no longer exist here.
+        let env_dir = self.env_dir(env);
+        let present: std::collections::HashSet<PathBuf> =
+            records.iter().map(|r| self.instance_dir(env, &r.id)).collect();
+        self.health.retain(|dir, _| !dir.starts_with(&env_dir) || present.contains(dir));
         let threshold = match &spec.health {
             HealthCheck::Http { healthy_threshold, .. } | HealthCheck::Tcp { healthy_threshold, .. } => {
                 (*healthy_threshold).max(1)
@@ -476,7 +566,7 @@ impl Provider for LocalProvider {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or(Some(Err("probe panicked".into())))).collect()
         });
-        let mut instances = Vec::new();
+        let mut probe_counts = BTreeMap::new();
         let mut healthy_by_group: HashMap<GroupName, Vec<String>> = HashMap::new();
         // An instance the balancer already serves was found healthy by a previous agent: it keeps that
         // verdict until `healthy_threshold` probes in a row fail, so adopting instances after a restart
@@ -489,13 +579,17 @@ impl Provider for LocalProvider {
             }
         }
         for ((r, l), probe) in records.iter().zip(liveness).zip(probes) {
-            let track = self.health.entry(r.id.clone()).or_insert_with(|| {
+            let track = self.health.entry(self.instance_dir(env, &r.id)).or_insert_with(|| {
                 if serving.contains_key(&r.id) {
                     HealthTrack { ok_streak: threshold, healthy_since: Some(now_ms), ..HealthTrack::default() }
                 } else {
                     HealthTrack::default()
                 }
             });
+            if probe.is_some() {
+                track.probes += 1;
+            }
+            probe_counts.insert(r.id.clone(), track.probes);
             let health = match (l, probe) {
                 (Liveness::Gone(why), _) => Health::Gone { reason: why },
                 (_, Some(Ok(()))) => {
@@ -537,7 +631,19 @@ impl Provider for LocalProvider {
             } else if r.drift.is_some() {
                 r.drift.clone()
             } else {
-                let found = self.drift_of(&r.image_dir.clone(), r.release.digest());
+                let replaced = match (&r.image_tree, tree_id(&r.image_dir)) {
+                    (Some(then), Ok(now)) if *then != now => Some(format!(
+                        "the image tree it started from was replaced at {} since launch (a drifted tree is moved \
+                         aside and unpacked afresh); it may run altered files",
+                        r.image_dir.display()
+                    )),
+                    (Some(_), Err(e)) => Some(format!(
+                        "the image tree it started from, {}, is gone since launch ({e})",
+                        r.image_dir.display()
+                    )),
+                    _ => None,
+                };
+                let found = replaced.or_else(|| self.drift_of(&r.image_dir.clone(), r.release.digest()));
                 if found.is_some() {
                     let mut marked = r.clone();
                     marked.drift = found.clone();
@@ -560,11 +666,11 @@ impl Provider for LocalProvider {
             self.healthy.insert((env.clone(), g.name.clone()), healthy_by_group.remove(&g.name).unwrap_or_default());
             // New healthy instances join, failed ones leave, without waiting for the balancer.
             if !self.dry_run {
-                self.sync_balancer(env, &g.name, &[], false)?;
+                self.sync_balancer(env, &g.name, &[])?;
             }
             traffic.insert(g.name.clone(), self.traffic(env, &g.name)?);
         }
-        Ok(Observed { instances, traffic })
+        Ok(Observed { instances, traffic, probes: Some(probe_counts) })
     }
 
     fn launch(
@@ -599,6 +705,8 @@ impl Provider for LocalProvider {
             image_dir: image.dir.clone(),
             process: None,
             drift: None,
+            image_tree: tree_id(&image.dir).ok(),
+            stopping: None,
         };
         write_json(&dir.join("instance.json"), &record)?;
         let mut vars: Vec<(String, String)> = image.manifest.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -631,46 +739,31 @@ impl Provider for LocalProvider {
         self.terminate_all(env, group, &[id.to_owned()])
     }
 
-    /// Out of the balancer first (one configuration change for the whole batch), then let open
-    /// connections finish, then stop every process group in parallel.
+    /// Out of the balancer first (one configuration change for the whole batch), then the drain and
+    /// the stop run in the background: each record is marked `stopping` first, so an agent restart
+    /// resumes the stop, and `observe` reports the instance as stopping until its record is removed.
     fn terminate_all(&mut self, env: &EnvName, group: &GroupName, ids: &[String]) -> Result<(), ProviderError> {
         let mut records = Vec::new();
         for id in ids {
-            let dir = self.instance_dir(env, id);
-            if let Some(record) = read_json::<InstanceRecord>(&dir.join("instance.json"))? {
-                records.push((dir, record));
+            let path = self.instance_dir(env, id).join("instance.json");
+            if let Some(mut record) = read_json::<InstanceRecord>(&path)? {
+                if record.stopping.is_none() {
+                    record.stopping = Some(clock_ms());
+                    write_json(&path, &record)?;
+                }
+                records.push(record);
             }
         }
         if records.is_empty() {
             return Ok(());
         }
-        let leaving: Vec<&str> = records.iter().map(|(_, r)| r.id.as_str()).collect();
+        let leaving: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
         if let Some(list) = self.healthy.get_mut(&(env.clone(), group.clone())) {
             list.retain(|x| !leaving.contains(&x.as_str()));
         }
-        self.sync_balancer(env, group, &leaving, true)?;
-        self.drain(env, group, &leaving, Duration::from_secs(10));
-        let grace = self.stop_grace();
-        let stopped: Vec<Result<(), ProviderError>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = records
-                .iter()
-                .map(|(dir, record)| {
-                    scope.spawn(move || match &record.process {
-                        Some(h) => process::stop(h, grace).map_err(io_err("stop", dir)),
-                        None => Ok(()),
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|_| Err(ProviderError::Retryable("a stop thread panicked".into()))))
-                .collect()
-        });
-        for ((dir, record), result) in records.iter().zip(stopped) {
-            result?;
-            self.health.remove(&record.id);
-            std::fs::remove_dir_all(dir).map_err(io_err("remove", dir))?;
-            tracing::info!(%env, %group, id = %record.id, "terminated");
+        self.sync_balancer(env, group, &leaving)?;
+        for r in &records {
+            self.resume_stop(env, r);
         }
         Ok(())
     }
@@ -685,7 +778,9 @@ impl Provider for LocalProvider {
         let dir = self.group_dir(env, group);
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         write_json(&dir.join("traffic.json"), &GroupTraffic { traffic: traffic.clone(), since_ms: now_ms })?;
-        self.sync_balancer(env, group, &[], true)?;
+        // Not waiting for the balancer to apply it: an instance leaves only once the balancer reports a
+        // config without it (the stopper checks), so nothing waits here on a slow or dead balancer.
+        self.sync_balancer(env, group, &[])?;
         tracing::info!(%env, %group, ?traffic, "traffic moved");
         Ok(())
     }
