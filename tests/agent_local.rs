@@ -11,7 +11,6 @@ use common::{path_str, OK};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -383,7 +382,7 @@ fn sigterm_stops_the_agent_between_steps_and_instances_keep_serving() {
 #[test]
 fn an_aws_environment_stalls_an_agent_built_without_the_aws_feature() {
     let w = World::new();
-    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/aws/environment.json");
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/aws/environment.json");
     w.ledger
         .stele(["env", "set", "--env", "staging", "--spec", &path_str(&spec), "--key", &w.alice.secret()])
         .expect(OK);
