@@ -129,10 +129,13 @@ impl World {
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
+    /// Starts the agent in the background. Its next poll is a minute away, so after the first sync it
+    /// ticks only at the health interval: the window between two steps that a test aims a kill at.
     fn spawn_agent(&mut self) {
         let log = std::fs::File::create(self.sb.path("agent.log")).unwrap();
-        self.agent =
-            Some(self.agent_cmd(false).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+        let mut cmd = self.agent_cmd(false);
+        cmd.args(["--interval", "60"]);
+        self.agent = Some(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap());
     }
 
     fn status(&self) -> Value {
@@ -245,7 +248,7 @@ fn release_then_git_revert_rolls_the_group_back_to_the_old_ami() {
 #[test]
 fn an_agent_killed_during_a_blue_green_rollout_finishes_it_after_a_restart() {
     // Ticks 1.5 s apart, so the kill lands between launching g2 and switching the listener.
-    let mut w = World::new(json!({"kind": "blue_green", "grace_seconds": 0}), 3, 1500);
+    let mut w = World::new(json!({"kind": "blue_green", "grace_seconds": 0}), 3, 3000);
     w.release("1");
     let (code, log) = w.agent_once();
     assert_eq!(code, OK, "{log}");
@@ -284,7 +287,12 @@ fn an_agent_killed_during_a_blue_green_rollout_finishes_it_after_a_restart() {
     let after = weights(&w);
     assert_eq!(after.as_array().map(Vec::len), Some(1), "{after:#}");
     assert_eq!(after[0]["weight"], 100, "{after:#}");
-    assert_ne!(after[0]["arn"], before[0]["arn"], "the restarted agent switched the listener to g2");
+    assert_ne!(
+        after[0]["arn"],
+        before[0]["arn"],
+        "the restarted agent switched the listener to g2; first agent's log:\n{}",
+        std::fs::read_to_string(w.sb.path("agent.log")).unwrap_or_default()
+    );
     assert_eq!(w.launches(), 6, "3 per generation: the restarted agent launched nothing twice");
     let s = w.status();
     assert_eq!((s["phase"].as_str(), s["observed_generation"].as_u64()), (Some("Healthy"), Some(2)), "{s:#}");
