@@ -43,6 +43,7 @@
 //! For example: `{"command": "bin/stele-webapp", "args": [], "env": {"RUST_LOG": "info"}}`.
 
 mod fetch;
+mod headers;
 mod tree;
 mod unpack;
 
@@ -275,7 +276,7 @@ impl ImageStore {
 
         let expected = ImageDigest { blake3: *digest, size };
         let blob = self.blob(uri, &expected)?;
-        match self.unpack_and_install(uri, digest, &blob, &dir) {
+        match self.unpack_and_install(uri, &expected, &blob, &dir) {
             Ok(manifest) => {
                 tracing::info!(digest = %digest, dir = %dir.display(), "image ready");
                 Ok(PreparedImage { digest: *digest, dir, manifest })
@@ -293,17 +294,20 @@ impl ImageStore {
         }
     }
 
-    /// Unpacks a verified blob into `tmp/`, checks it, makes it read-only and moves it to `dir`, writing
-    /// the completion marker last. Returns the image's manifest.
+    /// Checks a verified blob's headers (nothing is written for an archive they refuse), unpacks it into
+    /// `tmp/`, checks it, makes it read-only and moves it to `dir`, writing the completion marker last.
+    /// Returns the image's manifest.
     fn unpack_and_install(
         &self,
         uri: &ArtifactUri,
-        digest: &Blake3Digest,
+        expected: &ImageDigest,
         blob: &Path,
         dir: &Path,
     ) -> Result<Manifest, StoreError> {
+        let digest = &expected.blake3;
+        let listing = headers::check(blob, expected.size, digest, uri.as_str())?;
         let staging = Staging::create(&self.tmp_dir(), digest)?;
-        unpack(blob, &staging.path, digest)?;
+        unpack(blob, &staging.path, digest, listing.entries)?;
         let manifest = read_manifest(&staging.path, digest)?;
         set_tree_modes(&staging.path, READ_ONLY)?;
         let not_canonical = |reason: String| StoreError::BadImage { digest: *digest, file: uri.to_string(), reason };

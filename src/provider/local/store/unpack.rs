@@ -1,6 +1,7 @@
 //! Unpacking a verified blob into a staging directory, every entry checked before it touches the disk,
 //! and reading the manifest of the result. Must not touch: fetching, or the layout of `images/`.
 
+use super::headers::{check_path_bounds, shown};
 use super::tree::{remove_forcibly, set_mode, WRITABLE};
 use super::{io_error, Manifest, StoreError, MANIFEST_FILE, MANIFEST_MAX_BYTES};
 use ledger_format::Blake3Digest;
@@ -66,17 +67,23 @@ pub(super) fn check_relative_path(path: &str) -> Result<(), String> {
 }
 
 /// Unpacks the archive at `blob` into the empty directory `dest`. Every entry is checked before it
-/// touches the disk; no link is ever created, so no path can lead out of `dest`.
-pub(super) fn unpack(blob: &Path, dest: &Path, digest: &Blake3Digest) -> Result<(), StoreError> {
-    let bad = |file: &str, reason: String| StoreError::BadImage { digest: *digest, file: file.to_owned(), reason };
+/// touches the disk; no link is ever created, so no path can lead out of `dest`. `listed` is how many
+/// entries the header pass ([`super::headers::check`]) counted: the archive must read the same now.
+pub(super) fn unpack(blob: &Path, dest: &Path, digest: &Blake3Digest, listed: u64) -> Result<(), StoreError> {
+    let bad = |file: &str, reason: String| StoreError::BadImage { digest: *digest, file: shown(file), reason };
     let archive_name = blob.display().to_string();
     let file = File::open(blob).map_err(io_error("open", blob))?;
     let mut archive = tar::Archive::new(BufReader::new(file));
     let entries = archive.entries().map_err(|e| bad(&archive_name, format!("not a readable tar archive: {e}")))?;
     // Every path created so far, and whether it is a directory.
     let mut created: BTreeMap<String, bool> = BTreeMap::new();
+    let mut count: u64 = 0;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(&archive_name, format!("not a readable tar archive: {e}")))?;
+        count += 1;
+        if count > listed {
+            return Err(bad(&archive_name, format!("reads as more than the {listed} entries its headers listed")));
+        }
         let name = String::from_utf8(entry.path_bytes().into_owned())
             .map_err(|e| bad(&String::from_utf8_lossy(e.as_bytes()), "name is not valid UTF-8".to_owned()))?;
         let entry_type = entry.header().entry_type();
@@ -90,15 +97,16 @@ pub(super) fn unpack(blob: &Path, dest: &Path, digest: &Blake3Digest) -> Result<
         // Some tools spell directories with a trailing '/'; that is the only spelling variant allowed.
         let relative = if is_dir { name.strip_suffix('/').unwrap_or(&name) } else { &name }.to_owned();
         check_relative_path(&relative).map_err(|reason| bad(&name, format!("path {reason}")))?;
+        check_path_bounds(&relative).map_err(|reason| bad(&name, reason))?;
 
         // Parents first: a directory entry may be missing, but a file can never be a parent.
         for (at, _) in relative.match_indices('/') {
             let parent = &relative[..at];
             match created.get(parent) {
                 Some(true) => {}
-                Some(false) => return Err(bad(&name, format!("its parent {parent} is a file"))),
+                Some(false) => return Err(bad(&name, format!("its parent {} is a file", shown(parent)))),
                 None => {
-                    create_dir(&dest.join(parent))?;
+                    create_dir(&dest.join(parent), parent, digest)?;
                     created.insert(parent.to_owned(), true);
                 }
             }
@@ -111,7 +119,7 @@ pub(super) fn unpack(blob: &Path, dest: &Path, digest: &Blake3Digest) -> Result<
         }
         let target = dest.join(&relative);
         if is_dir {
-            create_dir(&target)?;
+            create_dir(&target, &relative, digest)?;
         } else {
             let executable =
                 entry.header().mode().map_err(|e| bad(&name, format!("unreadable mode: {e}")))? & 0o111 != 0;
@@ -120,6 +128,47 @@ pub(super) fn unpack(blob: &Path, dest: &Path, digest: &Blake3Digest) -> Result<
         created.insert(relative, is_dir);
     }
     Ok(())
+}
+
+/// Whether a failure to create or write an entry comes from the entry itself (its name, its size, the
+/// shape of the tree), so that no later try could succeed: then the image is bad. Anything else (a full
+/// disk, a read-only or failing file system) may pass, and stays an I/O error to retry.
+pub(super) fn caused_by_entry(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            libc::ENAMETOOLONG
+                | libc::EILSEQ
+                | libc::EINVAL
+                | libc::EFBIG
+                | libc::EMLINK
+                | libc::ELOOP
+                | libc::ENOTDIR
+                | libc::EISDIR
+                | libc::EEXIST
+        )
+    )
+}
+
+/// Maps a failure to `action` the entry `name` (at `path`): a bad image when the entry caused it
+/// ([`caused_by_entry`]), else an I/O error.
+fn entry_error<'a>(
+    digest: &'a Blake3Digest,
+    name: &'a str,
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |error| {
+        if caused_by_entry(&error) {
+            StoreError::BadImage {
+                digest: *digest,
+                file: shown(name),
+                reason: format!("could not {action} it: {error}"),
+            }
+        } else {
+            StoreError::Io { action, path: path.to_path_buf(), error }
+        }
+    }
 }
 
 /// Says why an entry that is neither a regular file nor a directory is refused.
@@ -149,8 +198,8 @@ pub(super) fn refused_entry_reason<R: Read>(entry: &tar::Entry<'_, R>) -> String
     format!("{kind}; an image may only hold regular files and directories")
 }
 
-pub(super) fn create_dir(path: &Path) -> Result<(), StoreError> {
-    fs::DirBuilder::new().mode(WRITABLE.dir).create(path).map_err(io_error("create directory", path))
+pub(super) fn create_dir(path: &Path, name: &str, digest: &Blake3Digest) -> Result<(), StoreError> {
+    fs::DirBuilder::new().mode(WRITABLE.dir).create(path).map_err(entry_error(digest, name, "create directory", path))
 }
 
 /// Writes one file entry. A short entry means the archive itself is cut off, which is a property of the
@@ -163,8 +212,12 @@ pub(super) fn write_entry<R: Read>(
     digest: &Blake3Digest,
 ) -> Result<(), StoreError> {
     let mode = if executable { WRITABLE.executable } else { WRITABLE.file };
-    let file =
-        OpenOptions::new().write(true).create_new(true).mode(mode).open(target).map_err(io_error("create", target))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(target)
+        .map_err(entry_error(digest, name, "create", target))?;
     let mut out = BufWriter::new(file);
     let declared = entry.size();
     let mut buf = vec![0u8; 64 * 1024];
@@ -182,7 +235,7 @@ pub(super) fn write_entry<R: Read>(
                 })
             }
         };
-        out.write_all(&buf[..read]).map_err(io_error("write", target))?;
+        out.write_all(&buf[..read]).map_err(entry_error(digest, name, "write", target))?;
         written += read as u64;
     }
     if written != declared {
@@ -192,11 +245,7 @@ pub(super) fn write_entry<R: Read>(
             reason: format!("the archive ends inside this file ({written} of {declared} bytes)"),
         });
     }
-    out.into_inner().map_err(|e| StoreError::Io {
-        action: "write",
-        path: target.to_path_buf(),
-        error: e.into_error(),
-    })?;
+    out.into_inner().map_err(|e| entry_error(digest, name, "write", target)(e.into_error()))?;
     Ok(())
 }
 
