@@ -42,12 +42,14 @@
 //!
 //! For example: `{"command": "bin/stele-webapp", "args": [], "env": {"RUST_LOG": "info"}}`.
 
+mod collect;
 mod fetch;
 mod headers;
 mod tree;
 mod unpack;
 
 use crate::image::{self, ImageDigest, ImageError};
+pub use collect::{Collected, Removal, Retention};
 use fetch::fetch;
 use ledger_format::types::ArtifactUri;
 use ledger_format::Blake3Digest;
@@ -244,6 +246,15 @@ impl ImageStore {
         }
         in_flight.insert(*digest);
         Claim { store: self, digest: *digest }
+    }
+
+    /// Holds `digest` unless another thread works on it now (garbage collection never waits for one).
+    fn try_claim(&self, digest: &Blake3Digest) -> Option<Claim<'_>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !in_flight.insert(*digest) {
+            return None;
+        }
+        Some(Claim { store: self, digest: *digest })
     }
 
     /// Makes the image for a signed artifact entry ready, fetching it only if needed.
