@@ -9,7 +9,7 @@
 //!
 //! Layout:
 //! ```text
-//! <root>/store/{blobs,images}/...         the content-addressed image store (store.rs)
+//! <root>/store/{blobs,images}/...         the content-addressed image store (store/)
 //! <root>/local/<env>/instances/<id>/      instance.json (record), data/ (private, writable), log
 //! <root>/local/<env>/groups/<group>/      traffic.json, lb.json (balancer process), lb-config.json,
 //!                                         lb-config.json.report.json, lb.log

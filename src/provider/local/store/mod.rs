@@ -15,8 +15,12 @@
 //! <root>/blobs/<hex>.tar   the artifact, moved here only after its digest and size matched
 //! <root>/images/<hex>/     the unpacked tree: files 0444 (0555 if executable), directories 0555
 //! <root>/images/<hex>.ok   written last: an image without it is incomplete and is rebuilt
+//! <root>/images/<hex>.drifted-<suffix>/   a tree found altered, moved aside by the provider
 //! <root>/tmp/              downloads and unpacking in progress; emptied by `ImageStore::open`
 //! ```
+//!
+//! [`ImageStore::collect`] removes what a [`Retention`] does not hold (rules in `collect.rs`; which
+//! images are held is decided by `local::gc`).
 //!
 //! One process at a time may use a store root; within that process, concurrent calls for the same
 //! digest wait for each other. All calls block (network and disk), so async code runs them on a
@@ -28,6 +32,13 @@
 //! ([`crate::image::pack_dir`]): regular files and directories only, no links, no device files. The
 //! store insists on that form: after unpacking, the tree must pack back to exactly the entry's digest,
 //! which is what lets [`ImageStore::verify_unpacked`] detect drift later by re-hashing the tree alone.
+//!
+//! Unpacking takes two passes. The first reads only the headers (`headers.rs`) and refuses, before
+//! anything is written, whatever can be told from them: paths over 1024 bytes, 64 components or
+//! 255-byte names, more than one entry per 2 KiB of the signed size (at least 16 384, at most
+//! 1 000 000), content the signed size cannot hold, links, duplicates, PAX headers, and departures
+//! from the pack form. The second writes the files, keeping its own checks. Either way, a refusal
+//! caused by the archive's content is a [`StoreError::BadImage`] naming the entry, never retried.
 //!
 //! At the root of every image sits the manifest [`MANIFEST_FILE`] (`stele-image.json`), a JSON object
 //! with these members and no others:
