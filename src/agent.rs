@@ -94,6 +94,8 @@ pub struct Worker {
     ledger_stall: Option<String>,
     ledger_error: Option<String>,
     head_commit: Option<String>,
+    /// When the local provider last collected garbage; `None` until the first pass.
+    last_gc: Option<Instant>,
 }
 
 impl Worker {
@@ -118,6 +120,7 @@ impl Worker {
             ledger_stall: None,
             ledger_error: None,
             head_commit: None,
+            last_gc: None,
         })
     }
 
@@ -126,6 +129,24 @@ impl Worker {
         std::fs::create_dir_all(&dir)?;
         write_atomic(&dir.join(format!("{env}.json")), &serde_json::to_vec_pretty(m).expect("memory serializes"))?;
         Ok(())
+    }
+
+    /// Garbage collection of the local provider (rules in `provider::local::gc`): on the first pass,
+    /// before any tick, so nothing is in flight and leftovers of any age go; then every
+    /// `gc::INTERVAL`, sparing leftovers younger than `gc::MIN_AGE`. Keeps each environment's target
+    /// and last good image.
+    fn maybe_collect_garbage(&mut self, verified: &crate::replay::Verified) {
+        use crate::provider::local::gc;
+        let min_age = match self.last_gc {
+            None => Duration::ZERO,
+            Some(at) if at.elapsed() >= gc::INTERVAL => gc::MIN_AGE,
+            Some(_) => return,
+        };
+        self.last_gc = Some(Instant::now());
+        let targets = verified.state.envs.values().filter_map(release_of);
+        let last_good = self.memory.values().filter_map(|m| m.last_good.clone());
+        let keep = targets.chain(last_good).map(|r| *r.digest()).collect();
+        self.providers.local.collect_garbage(&keep, min_age);
     }
 
     /// Fetches and verifies the ledger when the poll interval has passed (or `force`).
@@ -197,6 +218,7 @@ impl Worker {
             return summary;
         };
         let ledger_id = verified.state.policy.payload.ledger.clone();
+        self.maybe_collect_garbage(&verified);
         for (env, h) in &verified.state.envs {
             if !self.cfg.envs.is_empty() && !self.cfg.envs.contains(env) {
                 continue;

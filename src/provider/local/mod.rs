@@ -16,12 +16,13 @@
 //!
 //! Layout:
 //! ```text
-//! <root>/store/{blobs,images}/...         the content-addressed image store (store.rs)
+//! <root>/store/{blobs,images}/...         the content-addressed image store (store/)
 //! <root>/local/<env>/instances/<id>/      instance.json (record), data/ (private, writable), log
 //! <root>/local/<env>/groups/<group>/      traffic.json, lb.json (balancer process), lb-config.json,
 //!                                         lb-config.json.report.json, lb.log
 //! ```
 
+pub mod gc;
 pub mod process;
 mod stopper;
 pub mod store;
@@ -416,6 +417,16 @@ impl LocalProvider {
     /// The address clients use for a group (its balancer), if it has one.
     pub fn listen_addr(&self, env: &EnvName, group: &GroupName) -> Option<SocketAddr> {
         read_json::<BalancerRecord>(&self.group_dir(env, group).join("lb.json")).ok().flatten().map(|r| r.listen)
+    }
+
+    /// Collects garbage in the state directory and the image store (rules in [`gc`]). `keep`: the
+    /// digests of every environment's target and last good release; `min_age`: zero on start, else
+    /// [`gc::MIN_AGE`]. Does nothing in a dry run.
+    pub fn collect_garbage(&self, keep: &std::collections::BTreeSet<Blake3Digest>, min_age: Duration) -> gc::GcReport {
+        if self.dry_run {
+            return gc::GcReport::default();
+        }
+        gc::collect(&self.root, &self.store, keep, min_age)
     }
 
     /// Stops every instance and balancer of an environment and removes its records (quickstart clean-up).
