@@ -304,6 +304,12 @@ fn images_nothing_holds_go_and_drifted_trees_stay_while_their_instances_run() {
     // Once the drifted instance is replaced, its moved-aside tree goes; an image only a record held
     // goes once no record and no environment holds it.
     local.provider.terminate(&env, &group(), &id).expect("terminate");
+    // Stops run in the background: the record goes once the process is stopped and its directory removed.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while local.provider.observe(&env, &spec, 3).expect("observe").instances.iter().any(|i| i.id == id) {
+        assert!(std::time::Instant::now() < until, "the terminated instance never finished stopping");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let report = local.provider.collect_garbage(&[last_good.1].into(), Duration::ZERO);
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(drifted(&images), Vec::<String>::new());
