@@ -1,31 +1,20 @@
-//! Status write-back: what the agent observes, written to a status branch of the ledger repository
-//! (default `stele/status`) as one file per environment, `status/<env>.json`, and read back by
-//! `stele status` and `stele audit`.
+//! Building status commits and moving the status branch with a compare-and-swap: a ref update
+//! against the expected old value on this machine, a push without force to a remote. A lost race is
+//! rebuilt on the new tip and offered again.
 //!
-//! Owns: the status file format ([`EnvStatus`]), building status commits, moving the status branch
-//! with a compare-and-swap (a ref update against the expected old value on this machine, a push
-//! without force to a remote) and retrying a lost race on the new tip, and reading the branch back.
-//!
-//! Must not touch: the ledger branch or its documents. It never reads them and never judges them;
-//! the agent hands it what it verified. It never overwrites another environment's file, never
-//! overwrites a file it cannot parse, never force-pushes, and never moves the branch a work tree has
-//! checked out.
+//! Must not touch: anything on the branch but the files of the environments it is handed; the
+//! ledger branch; a branch a work tree has checked out.
 
+use super::{git_err, read_env_file, render, status_path, EnvStatus, StatusError, STATUS_DIR};
 use crate::source::{callbacks, is_remote};
 use git2::{ErrorCode, FileMode, Oid, PushOptions, Repository, Signature, Tree};
-use ledger_format::types::{EnvName, GroupName, LedgerId, ReleaseVersion};
-use ledger_format::{Blake3Digest, Timestamp};
-use serde::{Deserialize, Serialize};
+use ledger_format::types::EnvName;
 use std::cell::RefCell;
-use std::fmt;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// The version of the status file format; a reader refuses any other.
-pub const FORMAT: u32 = 1;
-/// The directory holding one file per environment.
-pub const STATUS_DIR: &str = "status";
 /// Written at the root of the branch by its first commit, so a person browsing it knows what it is.
 const README_NAME: &str = "README.md";
 const README: &str = "\
@@ -39,146 +28,11 @@ A commit is made only when an environment's observed state changes, and agents m
 with a compare-and-swap (never a force push), so its history is the audit trail of what ran where.
 Read it with `stele status` from any clone. Do not commit here by hand.
 ";
-/// How many times [`StatusWriter::publish`] builds and offers a commit before giving up on a
+/// How many times [`StatusWriter::publish_all`] builds and offers a commit before giving up on a
 /// branch that keeps moving.
 const MAX_ATTEMPTS: u32 = 5;
 const DEFAULT_NAME: &str = "stele-agent";
 const DEFAULT_EMAIL: &str = "agent@stele.invalid";
-
-/// Where a rollout stands, as the agent sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub enum Phase {
-    /// Instances are being replaced towards the target.
-    Progressing,
-    /// Every instance runs the target and passes its health check.
-    Healthy,
-    /// The target failed (for example its health gate) and the instances run something else.
-    Degraded,
-    /// The agent cannot proceed until a human acts (for example a ledger that does not verify).
-    Stalled,
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Phase::Progressing => "Progressing",
-            Phase::Healthy => "Healthy",
-            Phase::Degraded => "Degraded",
-            Phase::Stalled => "Stalled",
-        })
-    }
-}
-
-/// A release as the status file names it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetStatus {
-    pub version: ReleaseVersion,
-    pub seq: u64,
-    pub blake3: Blake3Digest,
-}
-
-/// One instance as the provider reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InstanceStatus {
-    pub id: String,
-    pub group: GroupName,
-    pub generation: u64,
-    pub blake3: Blake3Digest,
-    /// `healthy`, `starting`, `unhealthy: <why>` or `gone: <why>`.
-    pub health: String,
-    /// When `health` last changed.
-    pub since: Timestamp,
-    /// How the instance differs from what was asked of it, when it does.
-    pub drift: Option<String>,
-}
-
-/// The content of `status/<env>.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnvStatus {
-    pub format: u32,
-    pub env: EnvName,
-    pub ledger: LedgerId,
-    /// The verified ledger commit the agent acts on.
-    pub ledger_commit: String,
-    pub target_generation: u64,
-    /// The generation the instances fully run (reached when the phase is Healthy).
-    pub observed_generation: u64,
-    pub target: Option<TargetStatus>,
-    /// What the instances actually run now (for example the previous release while Degraded).
-    pub running: Option<TargetStatus>,
-    pub phase: Phase,
-    pub message: String,
-    pub instances: Vec<InstanceStatus>,
-    pub last_error: Option<String>,
-    /// Which agent wrote this (host name and state directory, chosen by the agent).
-    pub agent: String,
-    /// When this content last changed; not a heartbeat.
-    pub updated_at: Timestamp,
-}
-
-impl EnvStatus {
-    /// Whether `other` says the same thing, ignoring when it was said.
-    pub fn same_content(&self, other: &EnvStatus) -> bool {
-        *self == EnvStatus { updated_at: self.updated_at, ..other.clone() }
-    }
-}
-
-/// The path of an environment's file on the status branch.
-pub fn status_path(env: &EnvName) -> String {
-    format!("{STATUS_DIR}/{env}.json")
-}
-
-/// The file bytes of `status`: pretty JSON, fields in declaration order, and a final newline.
-pub fn render(status: &EnvStatus) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec_pretty(status).expect("a status serializes: its maps have string keys");
-    bytes.push(b'\n');
-    bytes
-}
-
-/// Parses a status file, refusing unknown fields and any format but [`FORMAT`].
-pub fn parse(bytes: &[u8]) -> Result<EnvStatus, String> {
-    let status: EnvStatus = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if status.format != FORMAT {
-        return Err(format!("format {} is not the supported format {FORMAT}", status.format));
-    }
-    Ok(status)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StatusError {
-    /// The remote could not be reached or rejected the push for a reason other than a race: retry
-    /// later.
-    #[error("{url}: cannot publish status: {reason}")]
-    Network { url: String, reason: String },
-    /// The branch moved under us on every attempt: other writers keep winning. Retry later.
-    #[error("{location}: branch {branch} kept moving; gave up after {attempts} attempts")]
-    Contended { location: String, branch: String, attempts: u32 },
-    #[error("{location}: {context}: {source}")]
-    Git { location: String, context: String, source: git2::Error },
-    /// The branch holds a file that is not a status file we can read. It is never overwritten
-    /// blindly: a human must look at it.
-    #[error("{file} at commit {commit} of the status branch is not a readable status file: {reason}")]
-    Corrupt { file: String, commit: String, reason: String },
-    /// The request itself is unsafe or invalid, such as writing to the branch a work tree has
-    /// checked out: a human must change the configuration.
-    #[error("{location}: {reason}")]
-    Refused { location: String, reason: String },
-}
-
-impl StatusError {
-    /// Whether waiting and trying again may help (as opposed to a human having to act).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StatusError::Network { .. } | StatusError::Contended { .. })
-    }
-}
-
-fn git_err<'a>(location: &'a str, context: &'a str) -> impl FnOnce(git2::Error) -> StatusError + 'a {
-    move |source| StatusError::Git { location: location.to_owned(), context: context.to_owned(), source }
-}
 
 /// The outcome of [`StatusWriter::publish`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,11 +55,25 @@ enum Target {
     Remote { cache: Repository, url: String },
 }
 
-/// What a status writer found at the branch tip before building on it.
-struct Tip {
-    commit: Option<Oid>,
-    /// Our environment's file at that commit.
-    ours: Option<EnvStatus>,
+/// The outcome of [`StatusWriter::publish_all`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The commits now on the branch, oldest first: one per status that said something new to an
+    /// auditor. Empty when the branch already said everything.
+    pub commits: Vec<String>,
+    /// How many times the chain was built and offered (more than one after a lost race).
+    pub attempts: u32,
+}
+
+/// What one writer did since it was opened, for benchmarks and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Chains offered to the branch: pushes to a remote, ref updates on this machine.
+    pub offers: u64,
+    /// Offers refused because the branch had moved (lost races, each rebuilt and offered again).
+    pub lost_races: u64,
+    /// Commits that reached the branch.
+    pub commits: u64,
 }
 
 /// The outcome of offering one commit to the branch.
@@ -222,6 +90,7 @@ pub struct StatusWriter {
     refname: String,
     location: String,
     before_update: Option<Box<dyn FnMut(u32) + Send>>,
+    stats: WriterStats,
 }
 
 impl StatusWriter {
@@ -257,8 +126,14 @@ impl StatusWriter {
                 Target::Remote { cache, url: location.to_owned() }
             }
         };
-        let writer =
-            Self { target, branch: branch.to_owned(), refname, location: location.to_owned(), before_update: None };
+        let writer = Self {
+            target,
+            branch: branch.to_owned(),
+            refname,
+            location: location.to_owned(),
+            before_update: None,
+            stats: WriterStats::default(),
+        };
         if let Target::Local { repo } = &writer.target {
             writer.refuse_checked_out(repo)?;
         }
@@ -270,37 +145,58 @@ impl StatusWriter {
         &self.branch
     }
 
+    /// What this writer did since it was opened.
+    pub fn stats(&self) -> WriterStats {
+        self.stats
+    }
+
     /// Calls `hook(attempt)` after each commit is built and before it is offered to the branch.
     /// Tests use it to move the branch behind the writer's back and lose a race on purpose.
     pub fn set_before_update(&mut self, hook: impl FnMut(u32) + Send + 'static) {
         self.before_update = Some(Box::new(hook));
     }
 
-    /// Writes `status` to `status/<env>.json` unless the branch already says the same (ignoring
-    /// `updated_at`). Every other file on the branch is carried over untouched. A lost race (the
-    /// branch moved between reading it and offering the commit) is retried on the new tip, with a
+    /// Writes `status` to `status/<env>.json` unless the branch already says the same to an auditor
+    /// (see [`super::quiet`]). Every other file on the branch is carried over untouched. A lost race
+    /// (the branch moved between reading it and offering the commit) is retried on the new tip, with a
     /// short jittered pause, up to [`MAX_ATTEMPTS`] times.
     ///
     /// Blocks for the network round trips and the pauses; call it off an async runtime's workers.
     pub fn publish(&mut self, status: &EnvStatus) -> Result<Published, StatusError> {
-        let file = status_path(&status.env);
+        let batch = self.publish_all(std::slice::from_ref(status))?;
+        Ok(match batch.commits.last() {
+            None => Published::Unchanged,
+            Some(commit) => Published::Committed { commit: commit.clone(), attempts: batch.attempts },
+        })
+    }
+
+    /// Writes each of `statuses`, in order, as its own commit (several may be of one environment),
+    /// skipping those that say nothing new to an auditor, and offers the chain to the branch at once:
+    /// one push for the lot. A lost race rebuilds the whole chain on the new tip, with a short
+    /// jittered pause, up to [`MAX_ATTEMPTS`] times; then [`StatusError::Contended`].
+    ///
+    /// Blocks for the network round trips and the pauses; call it off an async runtime's workers.
+    pub fn publish_all(&mut self, statuses: &[EnvStatus]) -> Result<Batch, StatusError> {
         for attempt in 1..=MAX_ATTEMPTS {
-            let tip = self.read_tip(&status.env)?;
-            if tip.ours.as_ref().is_some_and(|ours| ours.same_content(status)) {
-                tracing::debug!(env = %status.env, branch = %self.branch, "status unchanged; nothing to commit");
-                return Ok(Published::Unchanged);
-            }
-            let commit = self.build_commit(tip.commit, status, &file)?;
+            let tip = self.read_tip()?;
+            let chain = self.build_chain(tip, statuses)?;
+            let Some(&head) = chain.last() else {
+                tracing::debug!(branch = %self.branch, "status unchanged; nothing to commit");
+                return Ok(Batch { commits: Vec::new(), attempts: attempt });
+            };
             if let Some(hook) = self.before_update.as_mut() {
                 hook(attempt);
             }
-            match self.offer(tip.commit, commit)? {
+            self.stats.offers += 1;
+            match self.offer(tip, head)? {
                 Offer::Accepted => {
-                    tracing::info!(env = %status.env, branch = %self.branch, %commit, attempt, "status published");
-                    return Ok(Published::Committed { commit: commit.to_string(), attempts: attempt });
+                    self.stats.commits += chain.len() as u64;
+                    tracing::info!(branch = %self.branch, %head, commits = chain.len(), attempt, "status published");
+                    return Ok(Batch { commits: chain.iter().map(Oid::to_string).collect(), attempts: attempt });
                 }
                 Offer::Moved => {
-                    tracing::info!(env = %status.env, branch = %self.branch, attempt, "status branch moved meanwhile; rebuilding on the new tip");
+                    self.stats.lost_races += 1;
+                    tracing::info!(branch = %self.branch, attempt, "status branch moved meanwhile; rebuilding on the new tip");
                     if attempt < MAX_ATTEMPTS {
                         std::thread::sleep(backoff(attempt));
                     }
@@ -312,6 +208,38 @@ impl StatusWriter {
             branch: self.branch.clone(),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// One commit per status that differs, for an auditor, from what the branch (as built so far)
+    /// says of its environment; each the parent of the next, the first on `tip`.
+    fn build_chain(&self, tip: Option<Oid>, statuses: &[EnvStatus]) -> Result<Vec<Oid>, StatusError> {
+        let repo = self.repo();
+        let err = |context: &'static str| git_err(&self.location, context);
+        let tip_tree = match tip {
+            Some(id) => Some(repo.find_commit(id).and_then(|c| c.tree()).map_err(err("read tip"))?),
+            None => None,
+        };
+        let mut said: BTreeMap<&EnvName, Option<EnvStatus>> = BTreeMap::new();
+        let mut parent = tip;
+        let mut chain = Vec::new();
+        for status in statuses {
+            let before = match said.get(&status.env) {
+                Some(before) => before.clone(),
+                None => match (&tip_tree, tip) {
+                    (Some(tree), Some(id)) => read_env_file(repo, tree, &status.env, &id.to_string())?,
+                    _ => None,
+                },
+            };
+            if before.as_ref().is_some_and(|b| b.same_for_audit(status)) {
+                said.insert(&status.env, before);
+                continue;
+            }
+            let commit = self.build_commit(parent, status, &status_path(&status.env))?;
+            said.insert(&status.env, Some(status.clone()));
+            parent = Some(commit);
+            chain.push(commit);
+        }
+        Ok(chain)
     }
 
     fn repo(&self) -> &Repository {
@@ -345,29 +273,20 @@ impl StatusWriter {
         Ok(())
     }
 
-    /// Brings the branch tip into the repository the writer builds in and reads our file there.
-    fn read_tip(&self, env: &EnvName) -> Result<Tip, StatusError> {
-        let commit = match &self.target {
+    /// Brings the branch tip into the repository the writer builds in.
+    fn read_tip(&self) -> Result<Option<Oid>, StatusError> {
+        match &self.target {
             Target::Local { repo } => {
                 // HEAD may have been switched since `open`; check again before every write.
                 self.refuse_checked_out(repo)?;
                 match repo.refname_to_id(&self.refname) {
-                    Ok(id) => Some(id),
-                    Err(e) if e.code() == ErrorCode::NotFound => None,
-                    Err(e) => return Err(git_err(&self.location, "read the status branch")(e)),
+                    Ok(id) => Ok(Some(id)),
+                    Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+                    Err(e) => Err(git_err(&self.location, "read the status branch")(e)),
                 }
             }
-            Target::Remote { cache, url } => self.fetch(cache, url)?,
-        };
-        let ours = match commit {
-            Some(id) => {
-                let repo = self.repo();
-                let tree = repo.find_commit(id).and_then(|c| c.tree()).map_err(git_err(&self.location, "read tip"))?;
-                read_env_file(repo, &tree, env, &id.to_string())?
-            }
-            None => None,
-        };
-        Ok(Tip { commit, ours })
+            Target::Remote { cache, url } => self.fetch(cache, url),
+        }
     }
 
     fn tracking_ref(&self) -> String {
@@ -543,11 +462,15 @@ fn percent_decode(text: &str) -> Option<String> {
 /// A pause before the next attempt: doubling from 25 ms, plus up to as much again at random, so
 /// writers that collided do not collide again in lockstep.
 fn backoff(attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
     let base = 25u64 << attempt.min(6).saturating_sub(1);
-    // A randomly keyed hasher is a source of randomness without another dependency.
-    let noise = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    Duration::from_millis(base + noise % (base + 1))
+    Duration::from_millis(base + random_u64() % (base + 1))
+}
+
+/// A random number, for jitter: a randomly keyed hasher is a source of randomness without another
+/// dependency.
+pub(super) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 /// The root tree of the new commit: `base` with only `status/<env>.json` replaced (and a README on
@@ -586,213 +509,11 @@ fn commit_message(status: &EnvStatus, file: &str) -> String {
     )
 }
 
-/// Reads `status/<env>.json` from `tree`, or `None` when there is none. Anything there that is not a
-/// status file for `env` is [`StatusError::Corrupt`].
-fn read_env_file(
-    repo: &Repository,
-    tree: &Tree,
-    env: &EnvName,
-    commit: &str,
-) -> Result<Option<EnvStatus>, StatusError> {
-    let Some(dir) = status_dir(repo, tree, commit)? else {
-        return Ok(None);
-    };
-    let name = format!("{env}.json");
-    let Some(entry) = dir.get_name(&name) else {
-        return Ok(None);
-    };
-    parse_entry(repo, &entry, &name, commit).map(Some)
-}
-
-/// The `status` directory of `tree`, or `None` when there is none.
-fn status_dir<'r>(repo: &'r Repository, tree: &Tree, commit: &str) -> Result<Option<Tree<'r>>, StatusError> {
-    let Some(entry) = tree.get_name(STATUS_DIR) else {
-        return Ok(None);
-    };
-    let corrupt = |reason: &str| StatusError::Corrupt {
-        file: STATUS_DIR.into(),
-        commit: commit.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if entry.kind() != Some(git2::ObjectType::Tree) {
-        return Err(corrupt("it is not a directory"));
-    }
-    repo.find_tree(entry.id()).map(Some).map_err(|e| corrupt(e.message()))
-}
-
-/// Parses the status file `status/<name>` and checks that it speaks for the environment it is named
-/// after.
-fn parse_entry(repo: &Repository, entry: &git2::TreeEntry, name: &str, commit: &str) -> Result<EnvStatus, StatusError> {
-    let corrupt = |reason: String| StatusError::Corrupt {
-        file: format!("{STATUS_DIR}/{name}"),
-        commit: commit.to_owned(),
-        reason,
-    };
-    if entry.kind() != Some(git2::ObjectType::Blob) {
-        return Err(corrupt("it is not a regular file".into()));
-    }
-    let blob = repo.find_blob(entry.id()).map_err(|e| corrupt(e.message().to_owned()))?;
-    let status = parse(blob.content()).map_err(corrupt)?;
-    if format!("{}.json", status.env) != name {
-        return Err(corrupt(format!("it holds the status of environment {}", status.env)));
-    }
-    Ok(status)
-}
-
-/// The tip of the status branch as `repo` knows it: `refs/heads/<branch>`, else
-/// `refs/remotes/origin/<branch>` (a clone that never checked the branch out).
-fn branch_tip(repo: &Repository, branch: &str) -> Result<Option<Oid>, StatusError> {
-    for refname in [format!("refs/heads/{branch}"), format!("refs/remotes/origin/{branch}")] {
-        match repo.refname_to_id(&refname) {
-            Ok(id) => return Ok(Some(id)),
-            Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::InvalidSpec) => continue,
-            Err(e) => return Err(git_err(&repo_location(repo), "read the status branch")(e)),
-        }
-    }
-    Ok(None)
-}
-
-fn repo_location(repo: &Repository) -> String {
-    repo.workdir().unwrap_or_else(|| repo.path()).display().to_string()
-}
-
-/// Opens the repository containing `path` (bare or not), for reading the status branch.
-pub fn open_repository(path: &Path) -> Result<Repository, StatusError> {
-    Repository::discover(path).map_err(git_err(&path.display().to_string(), "open repository"))
-}
-
-/// Every status file at the tip of the status branch, in environment order, with that commit; `None`
-/// when the repository has no status branch. Files under `status/` not ending in `.json` are ignored.
-pub fn read_all(repo: &Repository, branch: &str) -> Result<Option<(String, Vec<EnvStatus>)>, StatusError> {
-    let Some(tip) = branch_tip(repo, branch)? else {
-        return Ok(None);
-    };
-    let commit = tip.to_string();
-    let tree = repo.find_commit(tip).and_then(|c| c.tree()).map_err(git_err(&repo_location(repo), "read tip"))?;
-    let Some(dir) = status_dir(repo, &tree, &commit)? else {
-        return Ok(Some((commit, Vec::new())));
-    };
-    let mut all = Vec::new();
-    for entry in dir.iter() {
-        let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
-        if name.ends_with(".json") {
-            all.push(parse_entry(repo, &entry, &name, &commit)?);
-        }
-    }
-    all.sort_by(|a, b| a.env.cmp(&b.env));
-    Ok(Some((commit, all)))
-}
-
-/// Each version of one environment's status file along the branch's first parents, newest first,
-/// with the time of the commit that wrote it: whether and when the agent reported converging.
-pub fn history(repo: &Repository, branch: &str, env: &EnvName) -> Result<Vec<(Timestamp, EnvStatus)>, StatusError> {
-    let location = repo_location(repo);
-    let Some(tip) = branch_tip(repo, branch)? else {
-        return Ok(Vec::new());
-    };
-    let path = status_path(env);
-    let blob_at = |commit: &git2::Commit| -> Result<Option<git2::TreeEntry<'static>>, git2::Error> {
-        match commit.tree()?.get_path(Path::new(&path)) {
-            Ok(entry) => Ok(Some(entry)),
-            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    };
-    let mut out = Vec::new();
-    let mut walk = repo.revwalk().map_err(git_err(&location, "walk the status branch"))?;
-    walk.push(tip).and_then(|()| walk.simplify_first_parent()).map_err(git_err(&location, "walk the status branch"))?;
-    for id in walk {
-        let read = |e| git_err(&location, "read the status branch")(e);
-        let commit = repo.find_commit(id.map_err(read)?).map_err(read)?;
-        let Some(entry) = blob_at(&commit).map_err(read)? else {
-            continue;
-        };
-        let before = match commit.parents().next() {
-            Some(parent) => blob_at(&parent).map_err(read)?.map(|e| e.id()),
-            None => None,
-        };
-        if before == Some(entry.id()) {
-            continue;
-        }
-        let name = format!("{env}.json");
-        let status = parse_entry(repo, &entry, &name, &commit.id().to_string())?;
-        let when = Timestamp::from_unix(commit.time().seconds()).ok_or_else(|| StatusError::Corrupt {
-            file: path.clone(),
-            commit: commit.id().to_string(),
-            reason: "the commit time is outside 1970-9999".into(),
-        })?;
-        out.push((when, status));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> EnvStatus {
-        EnvStatus {
-            format: FORMAT,
-            env: "staging".parse().unwrap(),
-            ledger: "acme".parse().unwrap(),
-            ledger_commit: "0".repeat(40),
-            target_generation: 3,
-            observed_generation: 2,
-            target: Some(TargetStatus { version: "2.0.0".parse().unwrap(), seq: 4, blake3: Blake3Digest([7; 32]) }),
-            running: None,
-            phase: Phase::Progressing,
-            message: "replacing 1 of 3".into(),
-            instances: vec![InstanceStatus {
-                id: "i-1".into(),
-                group: "web".parse().unwrap(),
-                generation: 3,
-                blake3: Blake3Digest([7; 32]),
-                health: "starting".into(),
-                since: "2026-01-01T00:00:00Z".parse().unwrap(),
-                drift: None,
-            }],
-            last_error: None,
-            agent: "host:/var/lib/stele".into(),
-            updated_at: "2026-01-01T00:00:00Z".parse().unwrap(),
-        }
-    }
-
-    #[test]
-    fn a_status_file_round_trips_in_declaration_order_with_a_final_newline() {
-        let bytes = render(&sample());
-        let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.ends_with("}\n"));
-        let order =
-            ["\"format\"", "\"env\"", "\"ledger\"", "\"ledger_commit\"", "\"observed_generation\"", "\"updated_at\""];
-        let positions: Vec<usize> = order.iter().map(|k| text.find(k).unwrap()).collect();
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
-        assert!(text.contains("\"phase\": \"Progressing\""));
-        assert_eq!(parse(&bytes).unwrap(), sample());
-    }
-
-    #[test]
-    fn unknown_fields_and_other_formats_are_refused() {
-        let mut value: serde_json::Value = serde_json::from_slice(&render(&sample())).unwrap();
-        value["extra"] = 1.into();
-        assert!(parse(value.to_string().as_bytes()).unwrap_err().contains("extra"));
-        let mut value: serde_json::Value = serde_json::from_slice(&render(&sample())).unwrap();
-        value["format"] = 2.into();
-        assert!(parse(value.to_string().as_bytes()).unwrap_err().contains("format 2"));
-        let mut value: serde_json::Value = serde_json::from_slice(&render(&sample())).unwrap();
-        value["instances"][0]["extra"] = true.into();
-        assert!(parse(value.to_string().as_bytes()).is_err());
-    }
-
-    #[test]
-    fn same_content_ignores_only_updated_at() {
-        let a = sample();
-        let mut b = sample();
-        b.updated_at = "2027-01-01T00:00:00Z".parse().unwrap();
-        assert!(a.same_content(&b));
-        b.instances[0].health = "healthy".into();
-        assert!(!a.same_content(&b));
-    }
-
+    use crate::status::tests::sample;
+    use crate::status::Phase;
     #[test]
     fn commit_messages_name_env_phase_generation_and_version() {
         let mut s = sample();
