@@ -10,7 +10,6 @@ mod common;
 
 use common::*;
 use ledger_format::Blake3Digest;
-use std::path::Path;
 use std::sync::{Arc, Barrier, Once};
 use std::time::{Duration, Instant};
 use stele::status::{

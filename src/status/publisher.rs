@@ -4,10 +4,12 @@
 //! and retries a failed round after a bounded, jittered backoff, for as long as the agent runs.
 //!
 //! Rules:
-//! - **Nothing is lost while the agent runs.** A retryable failure (the remote unreachable, the
-//!   branch kept moving under other writers) puts the statuses back at the head of the queue and
-//!   tries again after `min(250 ms × 2^(n-1), 10 s)`, jittered to between half and all of it, so
-//!   agents that collided spread out. There is no limit on rounds; only the queue is bounded.
+//! - **Nothing is lost while the agent runs.** A retryable failure puts the statuses back at the head
+//!   of the queue and tries again after a bounded, jittered pause: `min(250 ms × 2^(n-1), 10 s)`,
+//!   drawn between half and all of it, when the remote is unreachable; `min(50 ms × 2^(n-1), 1 s)`,
+//!   drawn anywhere below it, when other writers kept winning the race for the branch (the writer
+//!   itself already retried 5 times, from 25 ms). There is no limit on rounds; only the queue is
+//!   bounded.
 //! - **A bounded queue.** Past [`MAX_QUEUED`] statuses (a remote down for long), every environment's
 //!   queued statuses are coalesced into its latest, and the count of superseded ones is kept.
 //! - **A failure a human must fix** (an unreadable status file of an environment, a refused branch)
@@ -28,9 +30,15 @@ use std::time::{Duration, Instant};
 pub const MAX_QUEUED: usize = 64;
 /// How long dropping a publisher waits for its queue to be written.
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(10);
-/// The first pause after a failed round, doubled each further failure up to [`MAX_RETRY_DELAY`].
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+/// Why a round failed in a way worth retrying, which decides how long to wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setback {
+    /// The remote could not be reached or refused for a passing reason: give it time.
+    Unreachable,
+    /// Other writers kept winning the race for the branch: the remote is fine, come back soon, at a
+    /// random moment so the losers do not collide again.
+    Contended,
+}
 
 /// What a publisher did since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -179,7 +187,11 @@ fn publish_loop(shared: &Shared, mut writer: StatusWriter) {
             Err(e) if e.is_retryable() => {
                 failures += 1;
                 state.stats.retries += 1;
-                let delay = retry_delay(failures);
+                let setback = match e {
+                    StatusError::Contended { .. } => Setback::Contended,
+                    _ => Setback::Unreachable,
+                };
+                let delay = retry_delay(setback, failures);
                 tracing::warn!(
                     queued = batch.len(),
                     retry_in_ms = delay.as_millis() as u64,
@@ -231,13 +243,19 @@ fn coalesce(queue: &mut Vec<EnvStatus>) {
     *queue = kept;
 }
 
-/// The pause after the `failures`-th failed round in a row: doubling from 250 ms up to 10 s, then
-/// between half and all of that at random.
-fn retry_delay(failures: u32) -> Duration {
-    let ceiling =
-        FIRST_RETRY_DELAY.saturating_mul(1u32 << failures.clamp(1, 16).saturating_sub(1)).min(MAX_RETRY_DELAY);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(ms / 2 + random_u64() % (ms - ms / 2 + 1))
+/// The pause after the `failures`-th failed round in a row. The ceiling doubles from a first value
+/// up to a bound: 250 ms up to 10 s when the remote is unreachable, 50 ms up to 1 s when other
+/// writers won the races. The pause is then drawn at random: between half and all of the ceiling
+/// when unreachable, anywhere below it when contended ("full jitter", which spreads a crowd of
+/// writers best).
+fn retry_delay(setback: Setback, failures: u32) -> Duration {
+    let (first_ms, max_ms, floor) = match setback {
+        Setback::Unreachable => (250u64, 10_000u64, 2),
+        Setback::Contended => (50, 1_000, u64::MAX),
+    };
+    let ceiling = (first_ms << failures.clamp(1, 16).saturating_sub(1)).min(max_ms);
+    let least = ceiling.checked_div(floor).unwrap_or(0);
+    Duration::from_millis(least + random_u64() % (ceiling - least + 1))
 }
 
 #[cfg(test)]
@@ -247,12 +265,26 @@ mod tests {
 
     #[test]
     fn retry_delays_grow_are_jittered_and_bounded() {
-        for failures in 1..40 {
-            let ceiling = (250u64 << (failures.min(16) - 1).min(6)).min(10_000);
-            let d = retry_delay(failures).as_millis() as u64;
-            assert!(d >= ceiling / 2 && d <= ceiling, "failure {failures}: {d} ms, ceiling {ceiling}");
+        let table = [
+            // (setback, failures in a row, least ms, most ms)
+            (Setback::Unreachable, 1, 125, 250),
+            (Setback::Unreachable, 2, 250, 500),
+            (Setback::Unreachable, 6, 4_000, 8_000),
+            (Setback::Unreachable, 7, 5_000, 10_000),
+            (Setback::Unreachable, 1_000, 5_000, 10_000),
+            (Setback::Contended, 1, 0, 50),
+            (Setback::Contended, 3, 0, 200),
+            (Setback::Contended, 5, 0, 800),
+            (Setback::Contended, 6, 0, 1_000),
+            (Setback::Contended, 1_000, 0, 1_000),
+        ];
+        for (setback, failures, least, most) in table {
+            for _ in 0..200 {
+                let d = retry_delay(setback, failures).as_millis() as u64;
+                assert!((least..=most).contains(&d), "{setback:?} {failures}: {d} ms not in {least}..={most}");
+            }
         }
-        let spread: std::collections::BTreeSet<_> = (0..50).map(|_| retry_delay(3)).collect();
+        let spread: std::collections::BTreeSet<_> = (0..50).map(|_| retry_delay(Setback::Unreachable, 3)).collect();
         assert!(spread.len() > 10, "jittered: {spread:?}");
     }
 

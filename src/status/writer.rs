@@ -296,12 +296,21 @@ impl StatusWriter {
     /// The remote's branch tip (`None` when the branch does not exist yet), refusing when it is the
     /// remote's HEAD branch.
     fn remote_tip(&self, cache: &Repository, url: &str) -> Result<Option<Oid>, StatusError> {
-        let network = network_err(url);
         let mut remote = cache.remote_anonymous(url).map_err(network_err(url))?;
-        remote.connect_auth(git2::Direction::Fetch, Some(callbacks()), None).map_err(network_err(url))?;
-        let tip = remote.list().map_err(network_err(url))?.iter().find(|h| h.name() == self.refname).map(|h| h.oid());
-        let head = remote.default_branch().ok().and_then(|b| b.as_str().map(str::to_owned));
-        remote.disconnect().map_err(network)?;
+        let connection =
+            remote.connect_auth(git2::Direction::Fetch, Some(callbacks()), None).map_err(network_err(url))?;
+        self.tip_listed(&connection, url)
+    }
+
+    /// The branch tip the remote listed on `connection`, refusing when it is the remote's HEAD branch.
+    fn tip_listed(
+        &self,
+        connection: &git2::RemoteConnection<'_, '_, '_>,
+        url: &str,
+    ) -> Result<Option<Oid>, StatusError> {
+        let listed = connection.list().map_err(network_err(url))?;
+        let tip = listed.iter().find(|h| h.name() == self.refname).map(|h| h.oid());
+        let head = connection.default_branch().ok().and_then(|b| b.as_str().map(str::to_owned));
         if head.as_deref() == Some(self.refname.as_str()) {
             return Err(StatusError::Refused {
                 location: url.to_owned(),
@@ -314,22 +323,28 @@ impl StatusWriter {
         Ok(tip)
     }
 
-    /// Fetches the remote tip into the cache, transferring nothing when the cache already has it.
+    /// Fetches the remote tip into the cache over one connection (list, then download), transferring
+    /// nothing when the cache already has it: one Git server process per read, which matters when
+    /// many agents share a host.
     fn fetch(&self, cache: &Repository, url: &str) -> Result<Option<Oid>, StatusError> {
-        let Some(tip) = self.remote_tip(cache, url)? else {
+        let mut remote = cache.remote_anonymous(url).map_err(network_err(url))?;
+        let mut connection =
+            remote.connect_auth(git2::Direction::Fetch, Some(callbacks()), None).map_err(network_err(url))?;
+        let Some(tip) = self.tip_listed(&connection, url)? else {
             return Ok(None);
         };
         let tracking = self.tracking_ref();
-        if cache.refname_to_id(&tracking).ok() == Some(tip) {
-            return Ok(Some(tip));
+        if cache.find_commit(tip).is_err() {
+            let mut opts = git2::FetchOptions::new();
+            opts.remote_callbacks(callbacks());
+            let refspec = format!("+{}:{tracking}", self.refname);
+            connection.remote().download(&[&refspec], Some(&mut opts)).map_err(network_err(url))?;
         }
-        let mut remote = cache.remote_anonymous(url).map_err(network_err(url))?;
-        let mut opts = git2::FetchOptions::new();
-        opts.remote_callbacks(callbacks());
         // Forced: the tracking ref is only our mirror of the remote, which may have moved anywhere.
-        let refspec = format!("+{}:{tracking}", self.refname);
-        remote.fetch(&[&refspec], Some(&mut opts), None).map_err(network_err(url))?;
-        cache.refname_to_id(&tracking).map(Some).map_err(git_err(url, "read the fetched status branch"))
+        cache
+            .reference(&tracking, tip, true, "stele status: fetched")
+            .map_err(git_err(url, "record the fetched status branch"))?;
+        Ok(Some(tip))
     }
 
     /// A commit whose tree is the tip's tree with only our file replaced.
