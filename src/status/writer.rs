@@ -81,6 +81,10 @@ enum Offer {
     Accepted,
     /// The branch no longer points where the commit's parent does.
     Moved,
+    /// The remote refused the push, saying why: a lost race if the branch moved meanwhile, otherwise
+    /// a refusal for another reason. The next read of the tip tells which, saving a connection per
+    /// lost race (most refusals, when many agents share the remote).
+    Refused(String),
 }
 
 /// Writes status files to the status branch of one ledger repository.
@@ -177,8 +181,16 @@ impl StatusWriter {
     ///
     /// Blocks for the network round trips and the pauses; call it off an async runtime's workers.
     pub fn publish_all(&mut self, statuses: &[EnvStatus]) -> Result<Batch, StatusError> {
+        // The tip a push was refused against, and why: judged by the next read of the tip.
+        let mut refused: Option<(Option<Oid>, String)> = None;
         for attempt in 1..=MAX_ATTEMPTS {
             let tip = self.read_tip()?;
+            if let Some((expected, reason)) = refused.take() {
+                if tip == expected {
+                    return Err(StatusError::Network { url: self.location.clone(), reason });
+                }
+                self.stats.lost_races += 1;
+            }
             let chain = self.build_chain(tip, statuses)?;
             let Some(&head) = chain.last() else {
                 tracing::debug!(branch = %self.branch, "status unchanged; nothing to commit");
@@ -197,11 +209,23 @@ impl StatusWriter {
                 Offer::Moved => {
                     self.stats.lost_races += 1;
                     tracing::info!(branch = %self.branch, attempt, "status branch moved meanwhile; rebuilding on the new tip");
-                    if attempt < MAX_ATTEMPTS {
-                        std::thread::sleep(backoff(attempt));
-                    }
+                }
+                Offer::Refused(reason) => {
+                    tracing::info!(branch = %self.branch, attempt, "status push refused ({reason}); rebuilding on the tip");
+                    refused = Some((tip, reason));
                 }
             }
+            if attempt < MAX_ATTEMPTS {
+                std::thread::sleep(backoff(attempt));
+            }
+        }
+        if let Some((expected, reason)) = refused {
+            if let Target::Remote { cache, url } = &self.target {
+                if self.remote_tip(cache, url)? == expected {
+                    return Err(StatusError::Network { url: url.clone(), reason });
+                }
+            }
+            self.stats.lost_races += 1;
         }
         Err(StatusError::Contended {
             location: self.location.clone(),
@@ -396,10 +420,7 @@ impl StatusWriter {
                     }
                     // Whatever the reason given, the branch having moved makes this a lost race;
                     // if it has not moved, the remote refused for another reason.
-                    Some(reason) => match self.remote_tip(cache, url)? {
-                        tip if tip != expected => Ok(Offer::Moved),
-                        _ => Err(StatusError::Network { url: url.clone(), reason }),
-                    },
+                    Some(reason) => Ok(Offer::Refused(reason)),
                 }
             }
         }
