@@ -148,6 +148,32 @@ fn six_agents_sharing_one_remote_lose_no_status_update() {
     }
 }
 
+#[test]
+fn a_publisher_retries_a_declining_remote_until_the_status_is_written() {
+    hermetic_libgit2();
+    let sb = Sandbox::new();
+    let (_daemon, url) = served_remote(&sb);
+    // The Git host declines the first two pushes (say, it is briefly read-only), then accepts.
+    let hook = sb.path("remote.git/hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nn=$(cat declined 2>/dev/null || echo 0)\necho $((n + 1)) > declined\n[ \"$n\" -ge 2 ]\n",
+    )
+    .expect("write the hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let publisher =
+        StatusPublisher::start(StatusWriter::open(&url, BRANCH, &sb.path("cache.git")).expect("open a writer"));
+    publisher.submit(status("staging", 0, 2, Phase::Progressing));
+    publisher.submit(status("staging", 0, 2, Phase::Healthy));
+    assert!(publisher.flush(Duration::from_secs(30)), "written in the end: {:?}", publisher.stats());
+    let stats = publisher.stats();
+    assert_eq!((stats.retries, stats.dropped, stats.writer.commits), (2, 0, 2), "{stats:?}");
+    let repo = open_repository(&sb.path("remote.git")).expect("open the remote");
+    let seen: Vec<Phase> =
+        history(&repo, BRANCH, &"staging".parse().unwrap()).expect("history").iter().map(|(_, s)| s.phase).collect();
+    assert_eq!(seen, [Phase::Healthy, Phase::Progressing], "both updates, in order, after the declines");
+}
+
 const WEBAPP: &str = env!("CARGO_BIN_EXE_stele-webapp");
 
 /// Stops every instance and balancer the agent started under `state` (they outlive `stele agent`).
