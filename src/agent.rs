@@ -79,8 +79,8 @@ pub struct Worker {
     cfg: AgentConfig,
     ledger: LedgerSync,
     providers: Providers,
-    /// Writes status on a thread of its own: a pass never waits on Git. Dropped last (with the
-    /// worker), it flushes within a bounded budget.
+    /// Writes status on a thread of its own: a pass never waits on Git. Dropped with the worker, it
+    /// flushes within a bounded budget (`status::publisher::FLUSH_BUDGET`).
     status: Option<StatusPublisher>,
     memory: BTreeMap<EnvName, Memory>,
     /// Last status handed to the publisher per environment (compared as an auditor would).
