@@ -14,7 +14,7 @@ use crate::plan::{Health, Observed, Phase as PlanPhase, Release};
 use crate::provider::local::{LocalProvider, LocalSettings};
 use crate::provider::{Provider, ProviderError};
 use crate::repo::write_atomic;
-use crate::status::{EnvStatus, InstanceStatus, Phase, Published, StatusWriter, TargetStatus, FORMAT};
+use crate::status::{EnvStatus, InstanceStatus, Phase, StatusPublisher, StatusWriter, TargetStatus, FORMAT};
 use crate::sync::{LedgerSync, SyncStatus};
 use anyhow::{Context, Result};
 use ledger_format::history::{EnvHistory, Link, TrustAnchor};
@@ -84,9 +84,11 @@ pub struct Worker {
     cfg: AgentConfig,
     ledger: LedgerSync,
     providers: Providers,
-    status: Option<StatusWriter>,
+    /// Writes status on a thread of its own: a pass never waits on Git. Dropped with the worker, it
+    /// flushes within a bounded budget (`status::publisher::FLUSH_BUDGET`).
+    status: Option<StatusPublisher>,
     memory: BTreeMap<EnvName, Memory>,
-    /// Last status written per environment (compared without `updated_at`).
+    /// Last status handed to the publisher per environment (compared as an auditor would).
     published: BTreeMap<EnvName, EnvStatus>,
     /// When the ledger is next fetched: the poll interval with jitter after the last fetch.
     next_sync: Option<Instant>,
@@ -105,7 +107,9 @@ impl Worker {
         let ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?;
         let providers = Providers::new(&cfg)?;
         let status = match &cfg.status_branch {
-            Some(b) => Some(StatusWriter::open(&cfg.repo, b, &cfg.state_dir.join("status.git"))?),
+            Some(b) => {
+                Some(StatusPublisher::start(StatusWriter::open(&cfg.repo, b, &cfg.state_dir.join("status.git"))?))
+            }
             None => None,
         };
         let memory = load_memory(&cfg.state_dir)?;
@@ -367,31 +371,19 @@ impl Worker {
         summary
     }
 
+    /// Hands `status` to the publisher when it says something new to an auditor (countdowns and
+    /// `updated_at` alone do not: see `status::quiet`). Never waits on Git.
     fn publish(&mut self, status: EnvStatus) {
         let env = status.env.clone();
-        let unchanged = self.published.get(&env).is_some_and(|old| {
-            let mut a = old.clone();
-            a.updated_at = status.updated_at;
-            a == status
-        });
-        if unchanged {
+        if self.published.get(&env).is_some_and(|old| old.same_for_audit(&status)) {
+            tracing::debug!(%env, message = %status.message, "status: nothing new for the status branch");
             return;
         }
         tracing::info!(%env, phase = ?status.phase, message = %status.message, "status");
-        let Some(writer) = self.status.as_mut() else {
-            self.published.insert(env, status);
-            return;
-        };
-        match writer.publish(&status) {
-            Ok(Published::Committed { commit, attempts }) => {
-                tracing::info!(%env, %commit, attempts, "status committed");
-                self.published.insert(env, status);
-            }
-            Ok(Published::Unchanged) => {
-                self.published.insert(env, status);
-            }
-            Err(e) => tracing::warn!(%env, retryable = e.is_retryable(), "status not written: {e}"),
+        if let Some(publisher) = &self.status {
+            publisher.submit(status.clone());
         }
+        self.published.insert(env, status);
     }
 }
 

@@ -671,3 +671,102 @@ fn stele_status_outside_a_repository_is_refused() {
     let sb = Sandbox::new();
     sb.stele(sb.root(), ["status"]).expect(REFUSED).says(&["not a Git repository"]);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// A quiet branch: the real agent, real processes
+
+const WEBAPP: &str = env!("CARGO_BIN_EXE_stele-webapp");
+
+/// The demo app packed as an image of `version`.
+fn webapp_image(sb: &Sandbox, version: &str) -> PathBuf {
+    let dir = sb.path(&format!("app-{version}"));
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    std::fs::copy(WEBAPP, dir.join("bin/stele-webapp")).expect("copy the webapp");
+    std::fs::write(dir.join("version.txt"), format!("{version}\n")).expect("write version");
+    std::fs::write(dir.join("stele-image.json"), r#"{"command": "bin/stele-webapp"}"#).expect("write manifest");
+    let tar = sb.path(&format!("app-{version}.tar"));
+    sb.stele(sb.root(), ["image", "pack", &path_str(&dir), "--out", &path_str(&tar)]).expect(OK);
+    tar
+}
+
+/// Stops every instance and balancer the agent started under `state` (they outlive `stele agent`).
+struct Instances(PathBuf);
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        let settings = stele::provider::local::LocalSettings::default();
+        if let Ok(mut p) = stele::provider::local::LocalProvider::new(&self.0, settings, STELE.into()) {
+            let _ = p.destroy(&"staging".parse().expect("an environment name"));
+        }
+    }
+}
+
+#[test]
+fn a_canary_pause_that_counts_down_writes_no_status_commits() {
+    hermetic_libgit2();
+    let sb = Sandbox::new();
+    let alice = sb.key("alice");
+    let ledger = sb.ledger("ledger", "quiet", &alice, &["staging"]);
+    let state = sb.path("agent-state");
+    let _instances = Instances(state.clone());
+    let pause = 6;
+    let mut spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/environments/canary.json"))
+            .expect("the canary example"),
+    )
+    .expect("JSON");
+    spec["strategy"]["steps"][0]["pause_seconds"] = pause.into();
+    spec["health"]["interval_ms"] = 200.into();
+    spec["health"]["timeout_ms"] = 200.into();
+    spec["health"]["healthy_threshold"] = 1.into();
+    std::fs::write(sb.path("spec.json"), spec.to_string()).expect("write the spec");
+    let key = alice.secret();
+    ledger
+        .stele(["env", "set", "--env", "staging", "--spec", &path_str(&sb.path("spec.json")), "--key", &key])
+        .expect(OK);
+    let config = sb.path("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "repo = \"{}\"\nstate_dir = \"{}\"\ntrust_root = [\"{}\"]\ninterval_seconds = 1\n",
+            path_str(&ledger.dir),
+            path_str(&state),
+            alice.id
+        ),
+    )
+    .expect("write agent.toml");
+    let agent = ["agent", "--config", &path_str(&config), "--once", "--timeout", "60"];
+    ledger.release("staging", "1.0.0", &webapp_image(&sb, "1.0.0"), &alice);
+    ledger.stele(agent).expect(OK);
+    ledger.release("staging", "2.0.0", &webapp_image(&sb, "2.0.0"), &alice);
+    let started = std::time::Instant::now();
+    let out = ledger.stele(agent);
+    out.expect(OK);
+    assert!(started.elapsed().as_secs() >= pause, "the agent waited out the canary pause\n{}", out.dump());
+
+    let repo = open_repository(&ledger.dir).expect("open the ledger");
+    let versions: Vec<EnvStatus> = history(&repo, BRANCH, &"staging".parse().unwrap())
+        .expect("history")
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.target_generation == 2)
+        .collect();
+    let messages: Vec<&str> = versions.iter().map(|s| s.message.as_str()).collect();
+    let pausing: Vec<&EnvStatus> = versions.iter().filter(|s| s.message.contains("pausing")).collect();
+    // Entering the pause is a gate verdict (the canary holds 50%), worth a commit; so is an instance
+    // launched meanwhile. The countdown alone ("pausing 6s more", "5s more", ...) is not.
+    assert!(!pausing.is_empty(), "the pause is on the branch: {messages:#?}");
+    let besides_message =
+        |s: &EnvStatus| EnvStatus { message: String::new(), updated_at: versions[0].updated_at, ..s.clone() };
+    for pair in pausing.windows(2) {
+        assert_ne!(
+            besides_message(pair[0]),
+            besides_message(pair[1]),
+            "a commit that only counted down ({:?} after {:?}); the rollout's commits: {messages:#?}",
+            pair[0].message,
+            pair[1].message
+        );
+    }
+    assert_eq!(versions[0].phase, Phase::Healthy, "{messages:#?}");
+    assert_eq!(versions[0].observed_generation, 2, "{messages:#?}");
+}

@@ -1,0 +1,30 @@
+//! Status-branch figures (issue 11): how many commits a rollout writes to `stele/status`, and how
+//! many agents' status writers can share one remote.
+//!
+//! - `rollouts`: for rolling, blue/green and canary (the specs of `examples/environments/` as they
+//!   are: 2 instances, health every 500 ms, threshold 2; rolling with `min_ready_seconds` 2,
+//!   blue/green with a 10 s grace, canary 50% with a 5 s pause), v1 is released and converged, then
+//!   v2 is released and a real `stele agent --once` on the local provider takes it to Healthy while
+//!   writing status to the ledger repository. Printed: the status commits of each rollout and its
+//!   duration.
+//! - `writers`: N status writers (default 20, `STELE_BENCH_WRITERS`), one thread each, each owning
+//!   `STELE_BENCH_ENVS` environments (default 2) of one ledger served by `git daemon` on loopback.
+//!   After a release that touches every environment each writer publishes Progressing, then Healthy,
+//!   for each of its environments. Printed: pushes, rejected pushes (lost races, retried), rounds
+//!   of backoff, and the time until the branch holds every environment's final status.
+//!
+//! Run: `cargo bench --profile dev --bench status` (both parts), or `-- rollouts` / `-- writers`.
+
+mod rollouts;
+mod writers;
+
+fn main() {
+    let parts: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wants = |p: &str| parts.is_empty() || parts.iter().any(|a| a == p);
+    if wants("rollouts") {
+        rollouts::run();
+    }
+    if wants("writers") {
+        writers::run();
+    }
+}

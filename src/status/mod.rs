@@ -1,0 +1,391 @@
+//! Status write-back: what the agent observes, written to a status branch of the ledger repository
+//! (default `stele/status`) as one file per environment, `status/<env>.json`, and read back by
+//! `stele status` and `stele audit`.
+//!
+//! Owns: the status file format ([`EnvStatus`]) and reading the branch back (this file); which
+//! changes are worth a commit ([`quiet`]); building status commits and moving the branch with a
+//! compare-and-swap ([`writer`]); publishing off the agent's convergence path, with bounded,
+//! jittered retries ([`publisher`]).
+//!
+//! Must not touch: the ledger branch or its documents. It never reads them and never judges them;
+//! the agent hands it what it verified. It never overwrites another environment's file, never
+//! overwrites a file it cannot parse, never force-pushes, and never moves the branch a work tree has
+//! checked out.
+//!
+//! **Write policy** (issue 11): a commit is made only when something an auditor cares about changes
+//! (see [`quiet`]: phase, generations, target and running release, the instance set and each
+//! instance's health and drift, the gate verdict or stall reason in the message, the last error),
+//! never for countdowns. Each such change of an environment is its own commit, so the branch's
+//! history is the environment's audit trail; a writer with several changes queued offers them as one
+//! chain of commits in one push.
+
+pub mod publisher;
+pub mod quiet;
+pub mod writer;
+
+pub use publisher::{PublisherStats, StatusPublisher};
+pub use writer::{Published, StatusWriter, WriterStats};
+
+use git2::{ErrorCode, Oid, Repository, Tree};
+use ledger_format::types::{EnvName, GroupName, LedgerId, ReleaseVersion};
+use ledger_format::{Blake3Digest, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+/// The version of the status file format; a reader refuses any other.
+pub const FORMAT: u32 = 1;
+/// The directory holding one file per environment.
+pub const STATUS_DIR: &str = "status";
+
+/// Where a rollout stands, as the agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum Phase {
+    /// Instances are being replaced towards the target.
+    Progressing,
+    /// Every instance runs the target and passes its health check.
+    Healthy,
+    /// The target failed (for example its health gate) and the instances run something else.
+    Degraded,
+    /// The agent cannot proceed until a human acts (for example a ledger that does not verify).
+    Stalled,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Progressing => "Progressing",
+            Phase::Healthy => "Healthy",
+            Phase::Degraded => "Degraded",
+            Phase::Stalled => "Stalled",
+        })
+    }
+}
+
+/// A release as the status file names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetStatus {
+    pub version: ReleaseVersion,
+    pub seq: u64,
+    pub blake3: Blake3Digest,
+}
+
+/// One instance as the provider reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub group: GroupName,
+    pub generation: u64,
+    pub blake3: Blake3Digest,
+    /// `healthy`, `starting`, `unhealthy: <why>` or `gone: <why>`.
+    pub health: String,
+    /// When `health` last changed.
+    pub since: Timestamp,
+    /// How the instance differs from what was asked of it, when it does.
+    pub drift: Option<String>,
+}
+
+/// The content of `status/<env>.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvStatus {
+    pub format: u32,
+    pub env: EnvName,
+    pub ledger: LedgerId,
+    /// The verified ledger commit the agent acts on.
+    pub ledger_commit: String,
+    pub target_generation: u64,
+    /// The generation the instances fully run (reached when the phase is Healthy).
+    pub observed_generation: u64,
+    pub target: Option<TargetStatus>,
+    /// What the instances actually run now (for example the previous release while Degraded).
+    pub running: Option<TargetStatus>,
+    pub phase: Phase,
+    pub message: String,
+    pub instances: Vec<InstanceStatus>,
+    pub last_error: Option<String>,
+    /// Which agent wrote this (host name and state directory, chosen by the agent).
+    pub agent: String,
+    /// When this content last changed; not a heartbeat.
+    pub updated_at: Timestamp,
+}
+
+impl EnvStatus {
+    /// Whether `other` says the same thing, ignoring when it was said.
+    pub fn same_content(&self, other: &EnvStatus) -> bool {
+        *self == EnvStatus { updated_at: self.updated_at, ..other.clone() }
+    }
+
+    /// Whether `other` says the same thing to an auditor: nothing but when it was said and ticking
+    /// text (countdowns) differ. See [`quiet`].
+    pub fn same_for_audit(&self, other: &EnvStatus) -> bool {
+        quiet::same_for_audit(self, other)
+    }
+}
+
+/// The path of an environment's file on the status branch.
+pub fn status_path(env: &EnvName) -> String {
+    format!("{STATUS_DIR}/{env}.json")
+}
+
+/// The file bytes of `status`: pretty JSON, fields in declaration order, and a final newline.
+pub fn render(status: &EnvStatus) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(status).expect("a status serializes: its maps have string keys");
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Parses a status file, refusing unknown fields and any format but [`FORMAT`].
+pub fn parse(bytes: &[u8]) -> Result<EnvStatus, String> {
+    let status: EnvStatus = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if status.format != FORMAT {
+        return Err(format!("format {} is not the supported format {FORMAT}", status.format));
+    }
+    Ok(status)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The remote could not be reached or rejected the push for a reason other than a race: retry
+    /// later.
+    #[error("{url}: cannot publish status: {reason}")]
+    Network { url: String, reason: String },
+    /// The branch moved under us on every attempt: other writers keep winning. Retry later.
+    #[error("{location}: branch {branch} kept moving; gave up after {attempts} attempts")]
+    Contended { location: String, branch: String, attempts: u32 },
+    #[error("{location}: {context}: {source}")]
+    Git { location: String, context: String, source: git2::Error },
+    /// The branch holds a file that is not a status file we can read. It is never overwritten
+    /// blindly: a human must look at it.
+    #[error("{file} at commit {commit} of the status branch is not a readable status file: {reason}")]
+    Corrupt { file: String, commit: String, reason: String },
+    /// The request itself is unsafe or invalid, such as writing to the branch a work tree has
+    /// checked out: a human must change the configuration.
+    #[error("{location}: {reason}")]
+    Refused { location: String, reason: String },
+}
+
+impl StatusError {
+    /// Whether waiting and trying again may help (as opposed to a human having to act).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StatusError::Network { .. } | StatusError::Contended { .. })
+    }
+}
+
+pub(crate) fn git_err<'a>(location: &'a str, context: &'a str) -> impl FnOnce(git2::Error) -> StatusError + 'a {
+    move |source| StatusError::Git { location: location.to_owned(), context: context.to_owned(), source }
+}
+
+/// Reads `status/<env>.json` from `tree`, or `None` when there is none. Anything there that is not a
+/// status file for `env` is [`StatusError::Corrupt`].
+pub(crate) fn read_env_file(
+    repo: &Repository,
+    tree: &Tree,
+    env: &EnvName,
+    commit: &str,
+) -> Result<Option<EnvStatus>, StatusError> {
+    let Some(dir) = status_dir(repo, tree, commit)? else {
+        return Ok(None);
+    };
+    let name = format!("{env}.json");
+    let Some(entry) = dir.get_name(&name) else {
+        return Ok(None);
+    };
+    parse_entry(repo, &entry, &name, commit).map(Some)
+}
+
+/// The `status` directory of `tree`, or `None` when there is none.
+pub(crate) fn status_dir<'r>(repo: &'r Repository, tree: &Tree, commit: &str) -> Result<Option<Tree<'r>>, StatusError> {
+    let Some(entry) = tree.get_name(STATUS_DIR) else {
+        return Ok(None);
+    };
+    let corrupt = |reason: &str| StatusError::Corrupt {
+        file: STATUS_DIR.into(),
+        commit: commit.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if entry.kind() != Some(git2::ObjectType::Tree) {
+        return Err(corrupt("it is not a directory"));
+    }
+    repo.find_tree(entry.id()).map(Some).map_err(|e| corrupt(e.message()))
+}
+
+/// Parses the status file `status/<name>` and checks that it speaks for the environment it is named
+/// after.
+pub(crate) fn parse_entry(
+    repo: &Repository,
+    entry: &git2::TreeEntry,
+    name: &str,
+    commit: &str,
+) -> Result<EnvStatus, StatusError> {
+    let corrupt = |reason: String| StatusError::Corrupt {
+        file: format!("{STATUS_DIR}/{name}"),
+        commit: commit.to_owned(),
+        reason,
+    };
+    if entry.kind() != Some(git2::ObjectType::Blob) {
+        return Err(corrupt("it is not a regular file".into()));
+    }
+    let blob = repo.find_blob(entry.id()).map_err(|e| corrupt(e.message().to_owned()))?;
+    let status = parse(blob.content()).map_err(corrupt)?;
+    if format!("{}.json", status.env) != name {
+        return Err(corrupt(format!("it holds the status of environment {}", status.env)));
+    }
+    Ok(status)
+}
+
+/// The tip of the status branch as `repo` knows it: `refs/heads/<branch>`, else
+/// `refs/remotes/origin/<branch>` (a clone that never checked the branch out).
+pub(crate) fn branch_tip(repo: &Repository, branch: &str) -> Result<Option<Oid>, StatusError> {
+    for refname in [format!("refs/heads/{branch}"), format!("refs/remotes/origin/{branch}")] {
+        match repo.refname_to_id(&refname) {
+            Ok(id) => return Ok(Some(id)),
+            Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::InvalidSpec) => continue,
+            Err(e) => return Err(git_err(&repo_location(repo), "read the status branch")(e)),
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn repo_location(repo: &Repository) -> String {
+    repo.workdir().unwrap_or_else(|| repo.path()).display().to_string()
+}
+
+/// Opens the repository containing `path` (bare or not), for reading the status branch.
+pub fn open_repository(path: &Path) -> Result<Repository, StatusError> {
+    Repository::discover(path).map_err(git_err(&path.display().to_string(), "open repository"))
+}
+
+/// Every status file at the tip of the status branch, in environment order, with that commit; `None`
+/// when the repository has no status branch. Files under `status/` not ending in `.json` are ignored.
+pub fn read_all(repo: &Repository, branch: &str) -> Result<Option<(String, Vec<EnvStatus>)>, StatusError> {
+    let Some(tip) = branch_tip(repo, branch)? else {
+        return Ok(None);
+    };
+    let commit = tip.to_string();
+    let tree = repo.find_commit(tip).and_then(|c| c.tree()).map_err(git_err(&repo_location(repo), "read tip"))?;
+    let Some(dir) = status_dir(repo, &tree, &commit)? else {
+        return Ok(Some((commit, Vec::new())));
+    };
+    let mut all = Vec::new();
+    for entry in dir.iter() {
+        let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
+        if name.ends_with(".json") {
+            all.push(parse_entry(repo, &entry, &name, &commit)?);
+        }
+    }
+    all.sort_by(|a, b| a.env.cmp(&b.env));
+    Ok(Some((commit, all)))
+}
+
+/// Each version of one environment's status file along the branch's first parents, newest first,
+/// with the time of the commit that wrote it: whether and when the agent reported converging.
+pub fn history(repo: &Repository, branch: &str, env: &EnvName) -> Result<Vec<(Timestamp, EnvStatus)>, StatusError> {
+    let location = repo_location(repo);
+    let Some(tip) = branch_tip(repo, branch)? else {
+        return Ok(Vec::new());
+    };
+    let path = status_path(env);
+    let blob_at = |commit: &git2::Commit| -> Result<Option<git2::TreeEntry<'static>>, git2::Error> {
+        match commit.tree()?.get_path(Path::new(&path)) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    let mut walk = repo.revwalk().map_err(git_err(&location, "walk the status branch"))?;
+    walk.push(tip).and_then(|()| walk.simplify_first_parent()).map_err(git_err(&location, "walk the status branch"))?;
+    for id in walk {
+        let read = |e| git_err(&location, "read the status branch")(e);
+        let commit = repo.find_commit(id.map_err(read)?).map_err(read)?;
+        let Some(entry) = blob_at(&commit).map_err(read)? else {
+            continue;
+        };
+        let before = match commit.parents().next() {
+            Some(parent) => blob_at(&parent).map_err(read)?.map(|e| e.id()),
+            None => None,
+        };
+        if before == Some(entry.id()) {
+            continue;
+        }
+        let name = format!("{env}.json");
+        let status = parse_entry(repo, &entry, &name, &commit.id().to_string())?;
+        let when = Timestamp::from_unix(commit.time().seconds()).ok_or_else(|| StatusError::Corrupt {
+            file: path.clone(),
+            commit: commit.id().to_string(),
+            reason: "the commit time is outside 1970-9999".into(),
+        })?;
+        out.push((when, status));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> EnvStatus {
+        EnvStatus {
+            format: FORMAT,
+            env: "staging".parse().unwrap(),
+            ledger: "acme".parse().unwrap(),
+            ledger_commit: "0".repeat(40),
+            target_generation: 3,
+            observed_generation: 2,
+            target: Some(TargetStatus { version: "2.0.0".parse().unwrap(), seq: 4, blake3: Blake3Digest([7; 32]) }),
+            running: None,
+            phase: Phase::Progressing,
+            message: "replacing 1 of 3".into(),
+            instances: vec![InstanceStatus {
+                id: "i-1".into(),
+                group: "web".parse().unwrap(),
+                generation: 3,
+                blake3: Blake3Digest([7; 32]),
+                health: "starting".into(),
+                since: "2026-01-01T00:00:00Z".parse().unwrap(),
+                drift: None,
+            }],
+            last_error: None,
+            agent: "host:/var/lib/stele".into(),
+            updated_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_status_file_round_trips_in_declaration_order_with_a_final_newline() {
+        let bytes = render(&sample());
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.ends_with("}\n"));
+        let order =
+            ["\"format\"", "\"env\"", "\"ledger\"", "\"ledger_commit\"", "\"observed_generation\"", "\"updated_at\""];
+        let positions: Vec<usize> = order.iter().map(|k| text.find(k).unwrap()).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(text.contains("\"phase\": \"Progressing\""));
+        assert_eq!(parse(&bytes).unwrap(), sample());
+    }
+    #[test]
+    fn unknown_fields_and_other_formats_are_refused() {
+        let mut value: serde_json::Value = serde_json::from_slice(&render(&sample())).unwrap();
+        value["extra"] = 1.into();
+        assert!(parse(value.to_string().as_bytes()).unwrap_err().contains("extra"));
+        let mut value: serde_json::Value = serde_json::from_slice(&render(&sample())).unwrap();
+        value["format"] = 2.into();
+        assert!(parse(value.to_string().as_bytes()).unwrap_err().contains("format 2"));
+        let mut value: serde_json::Value = serde_json::from_slice(&render(&sample())).unwrap();
+        value["instances"][0]["extra"] = true.into();
+        assert!(parse(value.to_string().as_bytes()).is_err());
+    }
+    #[test]
+    fn same_content_ignores_only_updated_at() {
+        let a = sample();
+        let mut b = sample();
+        b.updated_at = "2027-01-01T00:00:00Z".parse().unwrap();
+        assert!(a.same_content(&b));
+        b.instances[0].health = "healthy".into();
+        assert!(!a.same_content(&b));
+    }
+}
