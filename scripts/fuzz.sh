@@ -48,12 +48,11 @@ total=0
 failed=()
 printf '%-14s %12s %10s %8s %8s %8s  %s\n' target executions exec/s cov ft corpus result
 for t in "${targets[@]}"; do
-  mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t" "fuzz/artifacts/$t"
+  mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
   log="$logs/$t.log"
   rc=0
   cargo fuzz run "${flags[@]}" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
-    -max_total_time="$seconds" -timeout="$timeout" -print_final_stats=1 \
-    -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1 || rc=$?
+    -max_total_time="$seconds" -timeout="$timeout" -print_final_stats=1 >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
