@@ -27,3 +27,8 @@ cargo test --workspace
 # The AWS provider against moto: its unit tests, the provider suite and the agent end to end. (The rest
 # of the suite does not depend on the feature and ran above.)
 cargo test --features aws --lib --test aws_provider --test agent_aws
+# Coverage-guided fuzzing, briefly: every target in fuzz/ for a few seconds from its committed seeds
+# (scripts/fuzz.sh installs cargo-fuzz when it is missing; fuzz/ is its own workspace, so nothing above
+# builds it). The long run's figures are in BENCHMARKS.md, "Fuzzing".
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+scripts/fuzz.sh "${FUZZ_SECONDS:-5}"

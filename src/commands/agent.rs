@@ -98,6 +98,22 @@ pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result
     })
 }
 
+/// Parses the text of a configuration file and checks what [`load_config`] checks without the file
+/// system: the environment names and the trust root. Used by the `agent_config` fuzz target
+/// (fuzz/fuzz_targets/agent_config.rs); the agent itself reads its file through [`load_config`].
+pub fn check_config_text(text: &str) -> Result<()> {
+    let file: AgentFile = toml::from_str(text).map_err(|e| Refused(e.to_string()))?;
+    for name in &file.environments {
+        name.parse::<EnvName>().map_err(Refused)?;
+    }
+    trust_anchor(&TrustArgs {
+        trust_root: file.trust_root,
+        trust_threshold: file.trust_threshold.unwrap_or(1),
+        trust_root_hash: file.trust_root_hash,
+    })?;
+    Ok(())
+}
+
 pub fn run(repo: Option<&Path>, args: AgentArgs) -> Result<u8> {
     let cfg = load_config(repo, &args.settings)?;
     agent::run(cfg, args.once, Duration::from_secs(args.timeout))
@@ -120,5 +136,20 @@ mod tests {
         let on: AgentFile = toml::from_str("[aws]\nprobe_instances = true\n").unwrap();
         assert!(on.aws.probe_instances);
         assert!(toml::from_str::<AgentFile>("[aws]\nprobe = true\n").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn config_text_checks_names_and_trust_root_without_the_file_system() {
+        assert!(super::check_config_text(include_str!("../../examples/agent.toml")).is_ok());
+        assert!(super::check_config_text("").is_ok(), "every key is optional");
+        for bad in [
+            "environments = [\"no/slash\"]\n",
+            "trust_root = [\"not-hex\"]\n",
+            "trust_root_hash = \"00\"\n",
+            "trust_threshold = 2\ntrust_root = [\"a9a2e6c3c6c72a9b5bed1496aeef407b9ea86b9490c9009b68a28b1c19a02b65\"]\n",
+            "unknown = 1\n",
+        ] {
+            assert!(super::check_config_text(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -21,6 +21,9 @@ mod sign;
 mod status;
 mod verify;
 
+/// For the `agent_config` fuzz target.
+pub use agent::check_config_text;
+
 use crate::cli::{Cli, Command};
 use crate::exit::Refused;
 use crate::repo::LedgerRepo;
