@@ -28,7 +28,6 @@
 //! entry before its children). A form problem is reported only once no other refusal applies, since a
 //! more specific reason (a link, say) helps more than "not in pack form".
 
-use super::unpack::{check_relative_path, refused_entry_reason};
 use super::StoreError;
 use ledger_format::Blake3Digest;
 use std::collections::HashMap;
@@ -76,6 +75,53 @@ pub(super) fn shown(name: &str) -> String {
     let head_end = (0..=60).rev().find(|i| name.is_char_boundary(*i)).unwrap_or(0);
     let tail_start = (name.len() - 40..name.len()).find(|i| name.is_char_boundary(*i)).unwrap_or(name.len());
     format!("{}…{} ({} bytes)", &name[..head_end], &name[tail_start..], name.len())
+}
+
+/// Checks a `/`-separated path from an archive or manifest: relative, with no empty, `.` or `..`
+/// component.
+pub(super) fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if path.starts_with('/') {
+        return Err("is an absolute path; paths in an image are relative to its root".to_owned());
+    }
+    for component in path.split('/') {
+        match component {
+            ".." => return Err("contains '..', which would leave the image".to_owned()),
+            "." | "" => return Err("contains an empty or '.' component; `stele image pack` writes neither".to_owned()),
+            _ if component.contains('\0') => return Err("contains a NUL byte".to_owned()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Says why an entry that is neither a regular file nor a directory is refused.
+pub(super) fn refused_entry_reason<R: Read>(entry: &tar::Entry<'_, R>) -> String {
+    let entry_type = entry.header().entry_type();
+    let target = || match entry.link_name_bytes() {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => String::new(),
+    };
+    let kind = if entry_type.is_symlink() {
+        let target = target();
+        let escapes = if target.starts_with('/') || target.split('/').any(|c| c == "..") {
+            ", which points outside the image"
+        } else {
+            ""
+        };
+        format!("is a symbolic link to {target:?}{escapes}")
+    } else if entry_type.is_hard_link() {
+        format!("is a hard link to {:?}", target())
+    } else if entry_type.is_character_special() || entry_type.is_block_special() {
+        "is a device file".to_owned()
+    } else if entry_type.is_fifo() {
+        "is a named pipe (FIFO)".to_owned()
+    } else {
+        format!("has unsupported tar entry type {:?}", entry_type.as_byte() as char)
+    };
+    format!("{kind}; an image may only hold regular files and directories")
 }
 
 /// Checks a path's length, depth and component lengths against the bounds.

@@ -62,6 +62,7 @@ mod unpack;
 use crate::image::{self, ImageDigest, ImageError};
 pub use collect::{Collected, Removal, Retention};
 use fetch::fetch;
+use headers::check_relative_path;
 use ledger_format::types::ArtifactUri;
 use ledger_format::Blake3Digest;
 use serde::{Deserialize, Serialize};
@@ -74,7 +75,7 @@ use tree::{
     archive_listing, remove_forcibly, set_mode, set_tree_modes, sync_filesystem, tree_digest, tree_listing,
     writable_paths, READ_ONLY,
 };
-use unpack::{check_relative_path, read_manifest, unpack, Staging};
+use unpack::{read_manifest, unpack, Staging};
 
 /// The manifest's file name at the root of every image.
 pub const MANIFEST_FILE: &str = "stele-image.json";

@@ -1,7 +1,7 @@
 //! Unpacking a verified blob into a staging directory, every entry checked before it touches the disk,
 //! and reading the manifest of the result. Must not touch: fetching, or the layout of `images/`.
 
-use super::headers::{check_path_bounds, shown};
+use super::headers::{check_path_bounds, check_relative_path, refused_entry_reason, shown};
 use super::tree::{remove_forcibly, set_mode, WRITABLE};
 use super::{io_error, Manifest, StoreError, MANIFEST_FILE, MANIFEST_MAX_BYTES};
 use ledger_format::Blake3Digest;
@@ -44,26 +44,6 @@ impl Drop for Staging {
             }
         }
     }
-}
-
-/// Checks a `/`-separated path from an archive or manifest: relative, with no empty, `.` or `..`
-/// component.
-pub(super) fn check_relative_path(path: &str) -> Result<(), String> {
-    if path.is_empty() {
-        return Err("is empty".to_owned());
-    }
-    if path.starts_with('/') {
-        return Err("is an absolute path; paths in an image are relative to its root".to_owned());
-    }
-    for component in path.split('/') {
-        match component {
-            ".." => return Err("contains '..', which would leave the image".to_owned()),
-            "." | "" => return Err("contains an empty or '.' component; `stele image pack` writes neither".to_owned()),
-            _ if component.contains('\0') => return Err("contains a NUL byte".to_owned()),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Unpacks the archive at `blob` into the empty directory `dest`. Every entry is checked before it
@@ -169,33 +149,6 @@ fn entry_error<'a>(
             StoreError::Io { action, path: path.to_path_buf(), error }
         }
     }
-}
-
-/// Says why an entry that is neither a regular file nor a directory is refused.
-pub(super) fn refused_entry_reason<R: Read>(entry: &tar::Entry<'_, R>) -> String {
-    let entry_type = entry.header().entry_type();
-    let target = || match entry.link_name_bytes() {
-        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        None => String::new(),
-    };
-    let kind = if entry_type.is_symlink() {
-        let target = target();
-        let escapes = if target.starts_with('/') || target.split('/').any(|c| c == "..") {
-            ", which points outside the image"
-        } else {
-            ""
-        };
-        format!("is a symbolic link to {target:?}{escapes}")
-    } else if entry_type.is_hard_link() {
-        format!("is a hard link to {:?}", target())
-    } else if entry_type.is_character_special() || entry_type.is_block_special() {
-        "is a device file".to_owned()
-    } else if entry_type.is_fifo() {
-        "is a named pipe (FIFO)".to_owned()
-    } else {
-        format!("has unsupported tar entry type {:?}", entry_type.as_byte() as char)
-    };
-    format!("{kind}; an image may only hold regular files and directories")
 }
 
 pub(super) fn create_dir(path: &Path, name: &str, digest: &Blake3Digest) -> Result<(), StoreError> {
