@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need (git, ssh-keygen, OpenSSL headers; moto, the AWS API
 # emulator, in .venv-moto/) when it is missing, then lints and tests the whole workspace, without and
-# with the `aws` feature. CI runs exactly this (see .ci/run).
+# with the `aws` feature, and runs each fuzz target in fuzz/ briefly. CI runs exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
