@@ -32,7 +32,7 @@ pub fn parse_at(flag: &str, text: &str) -> Result<Timestamp, String> {
     if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
         return Err(err("not a date of the form YYYY-MM-DD"));
     }
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+    if !(1..=12).contains(&month) || day < 1 || day > ledger_format::time::days_in_month(year, month) {
         return Err(err("no such day"));
     }
     let days = ledger_format::time::days_from_civil(year, month, day);
@@ -87,15 +87,6 @@ pub fn parse_at(flag: &str, text: &str) -> Result<Timestamp, String> {
 
 fn from_unix(seconds: i64) -> Option<Timestamp> {
     Timestamp::from_unix(seconds)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        4 | 6 | 9 | 11 => 30,
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        _ => 31,
-    }
 }
 
 #[cfg(test)]
