@@ -9,42 +9,13 @@
 //!
 //! Run: `cargo bench --bench agent`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Instant;
 
-const STELE: &str = env!("CARGO_BIN_EXE_stele");
-const WEBAPP: &str = env!("CARGO_BIN_EXE_stele-webapp");
+#[path = "support/cli.rs"]
+mod cli;
 
-fn run(dir: &Path, program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@stele.invalid")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@stele.invalid")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-fn image(work: &Path, version: &str) -> PathBuf {
-    let dir = work.join(format!("app-{version}"));
-    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
-    std::fs::copy(WEBAPP, dir.join("bin/stele-webapp")).expect("copy webapp");
-    std::fs::write(dir.join("version.txt"), version).expect("version");
-    std::fs::write(dir.join("stele-image.json"), r#"{"command": "bin/stele-webapp"}"#).expect("manifest");
-    let tar = work.join(format!("app-{version}.tar"));
-    run(work, STELE, &["image", "pack", dir.to_str().expect("utf-8"), "--out", tar.to_str().expect("utf-8")]);
-    tar
-}
+use cli::{image, run, STELE};
 
 /// The `settled` log line's fields from `stele agent --once --log-format json`.
 fn settled(log: &str) -> serde_json::Value {

@@ -16,21 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const STELE: &str = env!("CARGO_BIN_EXE_stele");
-const WEBAPP: &str = env!("CARGO_BIN_EXE_stele-webapp");
+#[path = "support/cli.rs"]
+mod cli;
 
+use cli::{STELE, WEBAPP};
+
+/// `stele` with `args` in `dir` (see `cli::run`).
 fn run(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(STELE)
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@stele.invalid")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@stele.invalid")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run stele: {e}"));
-    assert!(out.status.success(), "stele {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cli::run(dir, STELE, args)
 }
 
 fn get(addr: SocketAddr) -> bool {

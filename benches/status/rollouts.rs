@@ -4,8 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const STELE: &str = env!("CARGO_BIN_EXE_stele");
-const WEBAPP: &str = env!("CARGO_BIN_EXE_stele-webapp");
+#[path = "../support/cli.rs"]
+mod cli;
+
+use cli::{image, run as run_cmd, STELE};
+
 /// (name, example spec, canary pause override in seconds).
 const STRATEGIES: [(&str, &str, Option<u64>); 4] = [
     ("rolling", "rolling.json", None),
@@ -13,36 +16,6 @@ const STRATEGIES: [(&str, &str, Option<u64>); 4] = [
     ("canary", "canary.json", None),
     ("canary 30s", "canary.json", Some(30)),
 ];
-
-pub fn run_cmd(dir: &Path, program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@stele.invalid")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@stele.invalid")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-fn image(work: &Path, version: &str) -> PathBuf {
-    let dir = work.join(format!("app-{version}"));
-    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
-    std::fs::copy(WEBAPP, dir.join("bin/stele-webapp")).expect("copy webapp");
-    std::fs::write(dir.join("version.txt"), version).expect("version");
-    std::fs::write(dir.join("stele-image.json"), r#"{"command": "bin/stele-webapp"}"#).expect("manifest");
-    let tar = work.join(format!("app-{version}.tar"));
-    run_cmd(work, STELE, &["image", "pack", dir.to_str().expect("utf-8"), "--out", tar.to_str().expect("utf-8")]);
-    tar
-}
 
 fn status_commits(ledger: &Path) -> u64 {
     let out = Command::new("git")
