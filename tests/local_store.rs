@@ -4,6 +4,8 @@
 //! Every refusal test also checks that nothing was left behind in `images/`, `blobs/` or `tmp/`: a
 //! refused artifact must never become something an instance could start from.
 
+mod store_support;
+
 use ledger_format::types::ArtifactUri;
 use ledger_format::Blake3Digest;
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 use stele::provider::local::store::{ImageStore, Manifest, PreparedImage, StoreError, MANIFEST_FILE};
+use store_support::{digest_of, names_in, new_store, raw_tar, Raw, Store};
 use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------------------------------
@@ -73,10 +76,6 @@ fn sample_archive() -> Vec<u8> {
     pack(dir.path())
 }
 
-fn digest_of(bytes: &[u8]) -> Blake3Digest {
-    Blake3Digest(*blake3::hash(bytes).as_bytes())
-}
-
 fn file_uri(path: &Path) -> ArtifactUri {
     format!("file://{}", path.display()).parse().expect("temp paths make valid artifact URIs")
 }
@@ -96,47 +95,6 @@ fn artifact_file(bytes: &[u8]) -> Artifact {
     Artifact { uri: file_uri(&path), digest: digest_of(bytes), size: bytes.len() as u64, _dir: dir }
 }
 
-/// One entry of a hand-built archive, for shapes `pack_dir` never writes.
-enum Raw<'a> {
-    File(&'a str, &'a [u8], u32),
-    Dir(&'a str),
-    Symlink(&'a str, &'a str),
-    HardLink(&'a str, &'a str),
-    Fifo(&'a str),
-}
-
-/// Builds a tar archive byte by byte, so names like `../x` that the tar crate's builder refuses can
-/// be written.
-fn raw_tar(entries: &[Raw<'_>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for entry in entries {
-        let mut header = tar::Header::new_gnu();
-        let (name, entry_type, mode, data, link): (&str, tar::EntryType, u32, &[u8], Option<&str>) = match entry {
-            Raw::File(name, data, mode) => (name, tar::EntryType::Regular, *mode, data, None),
-            Raw::Dir(name) => (name, tar::EntryType::Directory, 0o755, &[], None),
-            Raw::Symlink(name, target) => (name, tar::EntryType::Symlink, 0o777, &[], Some(target)),
-            Raw::HardLink(name, target) => (name, tar::EntryType::Link, 0o644, &[], Some(target)),
-            Raw::Fifo(name) => (name, tar::EntryType::Fifo, 0o644, &[], None),
-        };
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        if let Some(link) = link {
-            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        }
-        header.set_entry_type(entry_type);
-        header.set_mode(mode);
-        header.set_size(data.len() as u64);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_cksum();
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out.resize(out.len().next_multiple_of(512), 0);
-    }
-    out.extend_from_slice(&[0; 1024]);
-    out
-}
-
 /// A valid manifest and command, to put beside the entry under test so that only it is wrong.
 fn with_valid_image<'a>(mut entries: Vec<Raw<'a>>) -> Vec<Raw<'a>> {
     let mut all =
@@ -148,27 +106,6 @@ fn with_valid_image<'a>(mut entries: Vec<Raw<'a>>) -> Vec<Raw<'a>> {
 // ---------------------------------------------------------------------------------------------------
 // The store
 // ---------------------------------------------------------------------------------------------------
-
-struct Store {
-    _root: TempDir,
-    root: PathBuf,
-    store: ImageStore,
-}
-
-fn new_store() -> Store {
-    let root = TempDir::new().expect("create temp dir");
-    let store = ImageStore::open(&root.path().join("store")).expect("open store");
-    Store { root: store.root().to_path_buf(), store, _root: root }
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .expect("list store directory")
-        .map(|entry| entry.expect("list entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
 
 impl Store {
     /// Asserts that the store holds nothing: a refused artifact left no trace.

@@ -3,78 +3,18 @@
 //! on the first try, naming the entry or the bound, and what can be told from the headers must be
 //! refused before anything is written: the store's `tmp/` and `images/` are not even touched.
 
+mod store_support;
+
 use ledger_format::types::ArtifactUri;
-use ledger_format::Blake3Digest;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
-use stele::provider::local::store::{ImageStore, StoreError, MANIFEST_FILE};
+use stele::provider::local::store::{StoreError, MANIFEST_FILE};
+use store_support::{digest_of, header, header_named, names_in, new_store, raw_tar, Raw};
 use tempfile::TempDir;
 
 const APP_SCRIPT: &[u8] = b"#!/bin/sh\necho hello\n";
 const MANIFEST: &[u8] = br#"{"command": "bin/app"}"#;
-
-/// One entry of a hand-built archive.
-enum Raw<'a> {
-    Dir(&'a str),
-    File(&'a str, &'a [u8], u32),
-    /// A regular file whose header declares `size` bytes but whose data is `data`.
-    Lying(&'a str, &'a [u8], u64),
-}
-
-fn header(entry_type: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(entry_type);
-    header.set_mode(mode);
-    header.set_size(size);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header
-}
-
-/// Appends one GNU header, preceded by a GNU long-name entry when the name does not fit in 100 bytes
-/// (the way `stele image pack` writes long paths), then the data padded to a block.
-fn push(out: &mut Vec<u8>, name: &[u8], mut header: tar::Header, data: &[u8]) {
-    if name.len() > 100 {
-        let mut long = header_named(b"././@LongLink", tar::EntryType::GNULongName, name.len() as u64 + 1);
-        long.set_cksum();
-        out.extend_from_slice(long.as_bytes());
-        out.extend_from_slice(name);
-        out.push(0);
-        out.resize(out.len().next_multiple_of(512), 0);
-        header.as_old_mut().name.copy_from_slice(&name[..100]);
-    } else {
-        header.as_old_mut().name[..name.len()].copy_from_slice(name);
-    }
-    header.set_cksum();
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out.resize(out.len().next_multiple_of(512), 0);
-}
-
-fn header_named(name: &[u8], entry_type: tar::EntryType, size: u64) -> tar::Header {
-    let mut h = header(entry_type, 0o644, size);
-    h.as_old_mut().name[..name.len()].copy_from_slice(name);
-    h
-}
-
-fn raw_tar(entries: &[Raw<'_>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for entry in entries {
-        match entry {
-            Raw::Dir(name) => push(&mut out, name.as_bytes(), header(tar::EntryType::Directory, 0o755, 0), &[]),
-            Raw::File(name, data, mode) => {
-                push(&mut out, name.as_bytes(), header(tar::EntryType::Regular, *mode, data.len() as u64), data)
-            }
-            Raw::Lying(name, data, size) => {
-                push(&mut out, name.as_bytes(), header(tar::EntryType::Regular, 0o644, *size), data)
-            }
-        }
-    }
-    out.extend_from_slice(&[0; 1024]);
-    out
-}
 
 /// A valid manifest and command around `middle`, in the order `stele image pack` writes them
 /// (`middle` must sort between `bin/app` and `stele-image.json`).
@@ -83,31 +23,6 @@ fn around<'a>(middle: Vec<Raw<'a>>) -> Vec<Raw<'a>> {
     all.extend(middle);
     all.push(Raw::File(MANIFEST_FILE, MANIFEST, 0o644));
     all
-}
-
-fn digest_of(bytes: &[u8]) -> Blake3Digest {
-    Blake3Digest(*blake3::hash(bytes).as_bytes())
-}
-
-struct Store {
-    _root: TempDir,
-    root: PathBuf,
-    store: ImageStore,
-}
-
-fn new_store() -> Store {
-    let root = TempDir::new().expect("create temp dir");
-    let store = ImageStore::open(&root.path().join("store")).expect("open store");
-    Store { root: store.root().to_path_buf(), store, _root: root }
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .expect("list store directory")
-        .map(|entry| entry.expect("list entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 fn mtime(path: &Path) -> SystemTime {
