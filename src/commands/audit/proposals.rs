@@ -11,8 +11,8 @@ use crate::repo::{node_of, tree_snapshot};
 use anyhow::{Context, Result};
 use git2::{Delta, Oid, Repository};
 use ledger_format::document::Document;
-use ledger_format::history::{check_step, CommitInfo};
-use ledger_format::tree::{classify, LayoutPath, Problem, OWNED_DIRS};
+use ledger_format::history::{check_step_from, state_of, CommitInfo};
+use ledger_format::tree::{classify, verify_snapshot_with, Expiry, LayoutPath, Problem, OWNED_DIRS};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, Role};
 use ledger_format::{KeyId, Timestamp};
 use serde_json::{json, Value};
@@ -57,6 +57,13 @@ impl Proposed {
 /// Every open proposal of the repository, judged against the head's policy.
 pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
     let mut out = Vec::new();
+    if audit.git.proposal_refs.is_empty() {
+        return Ok(out);
+    }
+    // The head every proposal would land on, read and verified once for all of them.
+    let head_tree = repo.find_commit(audit.head).and_then(|c| c.tree()).context("read the ledger head")?;
+    let before = tree_snapshot(repo, &head_tree).context("read the ledger head")?;
+    let head_state = verify_snapshot_with(&before, Expiry::NotJudged).map(state_of);
     for r in &audit.git.proposal_refs {
         let on_branch = r.commit == audit.head
             || repo.graph_descendant_of(audit.head, r.commit).context("compare a proposal with the ledger branch")?;
@@ -74,8 +81,6 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
             Some(_) if commit.parent_count() > 1 => Some("it is a merge commit, not one proposal commit".to_owned()),
             Some(_) => None,
         };
-        let head_tree = repo.find_commit(audit.head).and_then(|c| c.tree()).context("read the ledger head")?;
-        let before = tree_snapshot(repo, &head_tree).context("read the ledger head")?;
         let mut after = before.clone();
         let tree = commit.tree().with_context(|| format!("read {}", r.refname))?;
         let base = match parent {
@@ -136,8 +141,11 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
             summary: commit.summary().unwrap_or("").to_owned(),
             ssh_signature: None,
         };
-        let verdict = check_step(&before, &after, info)
-            .map(|events| events.iter().map(|e| super::action_word(&e.action).to_owned()).collect());
+        let verdict = match &head_state {
+            Ok(state) => check_step_from(state, &before, &after, info),
+            Err(problems) => Err(problems.clone()),
+        }
+        .map(|events| events.iter().map(|e| super::action_word(&e.action).to_owned()).collect());
         out.push(Proposal {
             refname: r.refname.clone(),
             name: r.name.clone(),
