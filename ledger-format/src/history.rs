@@ -328,17 +328,11 @@ pub fn step_between(before: &Snapshot, after: &Snapshot, commit: CommitInfo) -> 
     Step { commit, changes, context }
 }
 
-/// Judges `before -> after` as one first-parent step, with the state taken from `before` as found
-/// (its tree must verify, expiry not judged). For writers: a command commits only what every verifier
-/// of the ledger branch would accept (SPEC.md §8.0). A re-added reverted entry is judged as an append
-/// here, since `before` alone does not hold the revert stack.
-pub fn check_step(before: &Snapshot, after: &Snapshot, commit: CommitInfo) -> Result<Vec<Event>, Vec<Problem>> {
-    let tree = verify_snapshot_with(before, Expiry::NotJudged)?;
-    check_step_from(&state_of(tree), before, after, commit)
-}
-
-/// [`check_step`] from the state of `before` the caller already has ([`state_of`] its verified tree),
-/// so a writer verifies its starting tree once.
+/// Judges `before -> after` as one first-parent step, from `state`, the state of `before` as found
+/// ([`state_of`] its verified tree, which the caller has verified once, expiry not judged). For
+/// writers: a command commits only what every verifier of the ledger branch would accept (SPEC.md
+/// §8.0). A re-added reverted entry is judged as an append here, since `before` alone does not hold
+/// the revert stack.
 pub fn check_step_from(
     state: &LedgerState,
     before: &Snapshot,
