@@ -438,22 +438,7 @@ fn an_expired_target_is_not_acted_on_and_the_last_good_release_keeps_running() {
 fn two_of_two_promotions_converge_an_unsigned_rm_changes_nothing_and_a_signed_revert_rolls_back() {
     let w = World::new();
     let bob = w.sb.key("bob");
-    let alice = w.alice.secret();
-    w.ledger.stele(["policy", "add-signer", "--env", "staging", "--pubkey", &bob.public(), "--key", &alice]).expect(OK);
-    w.ledger
-        .stele([
-            "policy",
-            "set-threshold",
-            "--env",
-            "staging",
-            "--threshold",
-            "2",
-            "--key",
-            &alice,
-            "--key",
-            &bob.secret(),
-        ])
-        .expect(OK);
+    w.ledger.two_of_two("staging", &w.alice, &bob);
     for version in ["1.0.0", "2.0.0"] {
         let before = w.ledger.git(["rev-parse", "HEAD"]);
         w.release(version, &w.image(version, false), &[]).expect(OK);

@@ -208,21 +208,7 @@ fn the_same_key_signing_twice_never_meets_a_two_of_two_threshold() {
     let s = prod_chain(0);
     let bob = s.sb.key("bob");
     let l = &s.ledger;
-    let alice_key = s.alice.secret();
-    l.stele(["policy", "add-signer", "--env", "prod", "--pubkey", &bob.public(), "--key", &alice_key]).expect(OK);
-    l.stele([
-        "policy",
-        "set-threshold",
-        "--env",
-        "prod",
-        "--threshold",
-        "2",
-        "--key",
-        &alice_key,
-        "--key",
-        &bob.secret(),
-    ])
-    .expect(OK);
+    l.two_of_two("prod", &s.alice, &bob);
     l.release("prod", "1.0.0", &s.image, &s.alice).says(&["threshold not met: 1 of 2", "stele/proposals/prod-1.0.0"]);
     l.stele(["sign", "--proposal", "prod-1.0.0", "--key", &bob.secret()]).expect(OK);
     l.stele(["promote", "prod-1.0.0"]).expect(OK);

@@ -410,22 +410,7 @@ fn show_output_round_trips_through_set_and_the_version_goes_up() {
 fn a_spec_short_of_its_threshold_is_a_proposal_completed_by_sign_and_promote() {
     let f = fixture();
     let bob = f.sb.key("bob");
-    let alice = f.alice.secret();
-    f.ledger.stele(["policy", "add-signer", "--env", "staging", "--pubkey", &bob.public(), "--key", &alice]).expect(OK);
-    f.ledger
-        .stele([
-            "policy",
-            "set-threshold",
-            "--env",
-            "staging",
-            "--threshold",
-            "2",
-            "--key",
-            &alice,
-            "--key",
-            &bob.secret(),
-        ])
-        .expect(OK);
+    f.ledger.two_of_two("staging", &f.alice, &bob);
     f.expect_poll_verified();
 
     let before = f.ledger.commit_count();

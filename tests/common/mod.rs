@@ -228,6 +228,15 @@ impl Ledger {
         out.stdout
     }
 
+    /// Makes `env` 2 of 2: `co` becomes its second signer (signed by `root`), then the threshold is
+    /// raised with both keys, so the same commit carries the spec and tip re-signed by `co` (R5).
+    pub fn two_of_two(&self, env: &str, root: &Key, co: &Key) {
+        let (root, co_secret) = (root.secret(), co.secret());
+        self.stele(["policy", "add-signer", "--env", env, "--pubkey", &co.public(), "--key", &root]).expect(OK);
+        let raise = ["policy", "set-threshold", "--env", env, "--threshold", "2", "--key", &root, "--key", &co_secret];
+        self.stele(raise).expect(OK);
+    }
+
     /// `stele release --env ENV --version V --image IMAGE --key KEY [EXTRA...]`, not checked.
     pub fn try_release(&self, env: &str, version: &str, image: &Path, key: &Key, extra: &[&str]) -> Output {
         let mut args = vec!["release", "--env", env, "--version", version, "--key"];
