@@ -26,6 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// How soon an environment whose image is being prepared in the background is ticked again.
+const PREPARING_TICK: Duration = Duration::from_millis(250);
+
 /// The agent's validated settings (from the configuration file and flags).
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -246,6 +249,7 @@ impl Worker {
                 })
             });
             let provider = self.providers.for_spec(spec);
+            let mut preparing = false;
             let (phase, message, observed, tick_done) = if let Err(why) = &provider {
                 // No provider can run this environment here: say so in the status, like any stall.
                 tracing::error!(%env, "STALLED: {why}");
@@ -264,6 +268,7 @@ impl Worker {
                             tracing::warn!(%env, "retrying later: {}", t.retryable.join("; "));
                         }
                         let done = t.converged();
+                        preparing = t.preparing.is_some();
                         let mut message = match t.plan.phase {
                             PlanPhase::Healthy => format!(
                                 "running {} (generation {})",
@@ -322,6 +327,8 @@ impl Worker {
             };
             let d = Duration::from_millis(health_interval.clamp(100, 5_000));
             summary.watch = Some(summary.watch.map_or(d, |t| t.min(d)));
+            // An image prepared in the background is asked after again soon: its rollout starts then.
+            let d = if preparing { d.min(PREPARING_TICK) } else { d };
             if !tick_done {
                 summary.settled = false;
                 summary.tick = Some(summary.tick.map_or(d, |t| t.min(d)));

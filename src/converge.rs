@@ -6,7 +6,7 @@
 //! decide what to do (that is `plan`) or talk to Git (that is `agent` and `status`).
 
 use crate::plan::{plan, Action, Desired, Generation, Lost, Observed, Phase, Plan, Release};
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{Provider, ProviderError, Readiness};
 use ledger_format::types::GroupName;
 use ledger_format::types::{EnvName, Environment};
 use serde::{Deserialize, Serialize};
@@ -86,11 +86,13 @@ pub struct Tick {
     pub plan: Plan,
     /// Actions that failed with a retryable error; the next tick plans again from what exists.
     pub retryable: Vec<String>,
+    /// The image to launch is still being prepared in the background: nothing was carried out.
+    pub preparing: Option<String>,
 }
 
 impl Tick {
     pub fn converged(&self) -> bool {
-        self.plan.converged() && self.retryable.is_empty()
+        self.plan.converged() && self.retryable.is_empty() && self.preparing.is_none()
     }
 }
 
@@ -127,15 +129,19 @@ pub fn tick<P: Provider + ?Sized>(
     if current.phase == Phase::Healthy {
         memory.last_good = current.effective.clone();
     }
-    let mut retryable = Vec::new();
     if let Some(release) = &current.effective {
         provider.pin(env, spec, release)?;
     }
     if let (Some(release), false) = (&current.effective, current.actions.is_empty()) {
         if current.actions.iter().any(|a| matches!(a, Action::Launch { .. })) {
-            provider.prepare(env, spec, release)?;
+            if let Readiness::Pending(why) = provider.prepare(env, spec, release)? {
+                // The step is carried out whole once its image is ready, as if it had not been planned yet.
+                current.waiting.push(why.clone());
+                return Ok(Tick { observed, plan: current, retryable: Vec::new(), preparing: Some(why) });
+            }
         }
     }
+    let mut retryable = Vec::new();
     let mut record = |r: Result<(), ProviderError>| -> Result<(), ProviderError> {
         match r {
             Err(e) if e.is_retryable() => {
@@ -169,7 +175,7 @@ pub fn tick<P: Provider + ?Sized>(
     for (group, ids) in leaving {
         record(provider.terminate_all(env, group, &ids))?;
     }
-    Ok(Tick { observed, plan: current, retryable })
+    Ok(Tick { observed, plan: current, retryable, preparing: None })
 }
 
 fn decide(spec: &Environment, target: Option<&Release>, memory: &Memory, observed: &Observed, now_ms: u64) -> Plan {

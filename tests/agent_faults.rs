@@ -236,3 +236,70 @@ fn one_killed_new_instance_is_relaunched_and_a_second_beyond_the_budget_fails_th
         live.len() == 2 && live.iter().all(|(_, v)| v == "2.0.0")
     });
 }
+
+/// Serves `body` to every request, but only half of it until `open` is set: a download that hangs.
+fn serve_held(body: Vec<u8>, open: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let (body, open) = (body.clone(), open.clone());
+            std::thread::spawn(move || {
+                let _ = stream.read(&mut [0u8; 4096]);
+                let _ =
+                    write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let half = body.len() / 2;
+                let _ = stream.write_all(&body[..half]);
+                let _ = stream.flush();
+                let until = Instant::now() + Duration::from_secs(120);
+                while !open.load(Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = stream.write_all(&body[half..]);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_hanging_image_download_of_one_environment_does_not_hold_up_another() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // `qa` comes before `staging` in the agent's pass: a download waited on inline would hold staging.
+    let mut w = World::build(None, &["staging", "qa"], 1);
+    let (v1, v1_qa) = (w.image("1.0.0", false), w.image("1.0.1", false));
+    let open = Arc::new(AtomicBool::new(false));
+    let addr = serve_held(std::fs::read(&v1_qa).expect("read"), open.clone());
+    let uri = format!("http://{addr}/app-1.0.1.tar");
+    let key = w.alice.secret();
+    let qa = ["release", "--env", "qa", "--version", "1.0.1", "--image", &common::path_str(&v1_qa)];
+    w.ledger.stele(qa.into_iter().chain(["--uri", &uri, "--key", &key])).expect(OK);
+    w.release("1.0.0", &v1, &[]).expect(OK);
+    w.spawn_agent();
+
+    let s = w.wait_status("staging healthy while qa's image download hangs", |s| s["phase"] == "Healthy");
+    assert_eq!(s["observed_generation"], 1, "{s:#}");
+    assert!(!open.load(Ordering::SeqCst));
+    let qa = w.status_of("qa");
+    assert_eq!(qa["phase"], "Progressing", "{qa:#}");
+    let message = qa["message"].as_str().unwrap_or_default();
+    assert!(message.contains("preparing the image of 1.0.1") && message.contains("in the background"), "{qa:#}");
+    assert!(qa["instances"].as_array().is_some_and(|i| i.is_empty()), "{qa:#}");
+
+    open.store(true, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(60);
+    let qa = loop {
+        let qa = w.status_of("qa");
+        if qa["phase"] == "Healthy" {
+            break qa;
+        }
+        assert!(Instant::now() < until, "qa never healthy: {qa:#}\nagent log:\n{}", w.agent_log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let versions = instance_versions(&qa);
+    assert!(versions.len() == 2 && versions.iter().all(|(_, g, h)| *g == 1 && h == "healthy"), "{qa:#}");
+    w.kill_agent();
+}

@@ -1,9 +1,11 @@
-//! Chaos on the local provider: rounds of releases (rolling or blue/green) and signed rollbacks, each
-//! with at most one fault at a random delay — the agent, one instance or the group's balancer
-//! SIGKILLed — while a client requests through the balancer all along and a sampler reads /proc.
-//! After each round the target must be Healthy with exactly `capacity` processes of its version (none
-//! leaked or duplicated), the surge bound must have held in every sample, and failed requests must stay
-//! within the round's budget (see `Fault::failure_budget`).
+//! Chaos on the local provider: rounds of releases (rolling, blue/green or canary) and signed
+//! rollbacks, each with at most one fault at a random delay — the agent, one instance or the group's
+//! balancer SIGKILLed — while a client requests through the balancer all along and a sampler reads
+//! /proc. After each round the target must be Healthy with exactly `capacity` processes of its version
+//! (none leaked or duplicated); in every sample the serving processes (live, not stopping) must have
+//! stayed within the strategy's surge bound and never below `capacity` (`max_unavailable` is 0 in
+//! every spec used), one fewer only after this round's instance kill; failed requests must stay within
+//! the round's budget (see `Fault::failure_budget`).
 //!
 //! Seeded: `STELE_CHAOS_SEED` replays a run (the seed is printed), `STELE_CHAOS_ROUNDS` sets its length
 //! (default 4, a few tens of seconds). `scripts/soak.sh N` runs N rounds.
@@ -23,8 +25,8 @@ use std::time::{Duration, Instant};
 const CAPACITY: usize = 2;
 /// Live, not-stopping instances a rolling update may run: capacity + max_surge (1, rolling.json).
 const ROLLING_BOUND: usize = CAPACITY + 1;
-/// A blue/green switch runs the whole new group beside the old one.
-const BLUE_GREEN_BOUND: usize = 2 * CAPACITY;
+/// A blue/green switch, or a canary at 100%, runs the whole new group beside the old one.
+const TWO_GROUPS_BOUND: usize = 2 * CAPACITY;
 
 /// splitmix64: small, seedable, good enough to pick actions.
 struct Rng(u64);
@@ -43,9 +45,34 @@ impl Rng {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Action {
+enum Strategy {
     Rolling,
     BlueGreen,
+    Canary,
+}
+
+impl Strategy {
+    /// Signs the spec that makes this the strategy of the next rollout (short grace and pauses).
+    fn set(self, w: &World) {
+        match self {
+            Strategy::Rolling => w.set_spec("rolling.json", |_| {}),
+            Strategy::BlueGreen => w.set_spec("blue-green.json", |s| s["strategy"]["grace_seconds"] = 2.into()),
+            Strategy::Canary => w.set_spec("canary.json", |s| s["strategy"]["steps"][0]["pause_seconds"] = 1.into()),
+        }
+    }
+
+    /// The most serving (live, not stopping) instances a rollout may run.
+    fn surge_bound(self) -> usize {
+        match self {
+            Strategy::Rolling => ROLLING_BOUND,
+            Strategy::BlueGreen | Strategy::Canary => TWO_GROUPS_BOUND,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Action {
+    Release(Strategy),
     Rollback,
 }
 
@@ -142,27 +169,31 @@ fn chaos_rounds_of_releases_rollbacks_and_kills_keep_bounds_and_leak_nothing() {
     let mut rng = Rng(seed);
 
     let mut w = World::new();
-    w.set_spec("rolling.json", |_| {});
-    let mut blue_green = false;
+    let mut strategy = Strategy::Rolling;
+    strategy.set(&w);
     let v1 = w.image("1.0.0", false);
     w.release("1.0.0", &v1, &[]).expect(OK);
     w.agent_once().expect(OK);
     spawn_agent(&mut w);
 
-    // Sampler: the most serving (not stopping) instances seen against the round's bound.
+    // Sampler: serving (not stopping) instances against the round's surge bound and availability floor.
     let bound = Arc::new(AtomicUsize::new(ROLLING_BOUND));
+    let floor = Arc::new(AtomicUsize::new(CAPACITY));
     let breaches = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let samples = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (bound, breaches, samples, stop, state) =
-            (bound.clone(), breaches.clone(), samples.clone(), stop.clone(), w.state.clone());
+        let (bound, floor, breaches, samples, stop, state) =
+            (bound.clone(), floor.clone(), breaches.clone(), samples.clone(), stop.clone(), w.state.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let (n, live) = serving_count(&state);
                 samples.fetch_add(1, Ordering::SeqCst);
                 if n > bound.load(Ordering::SeqCst) {
-                    breaches.lock().expect("lock").push(format!("{n} serving: {live:?}"));
+                    breaches.lock().expect("lock").push(format!("surge: {n} serving: {live:?}"));
+                }
+                if n < floor.load(Ordering::SeqCst) {
+                    breaches.lock().expect("lock").push(format!("availability: {n} serving: {live:?}"));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -176,37 +207,35 @@ fn chaos_rounds_of_releases_rollbacks_and_kills_keep_bounds_and_leak_nothing() {
     let mut last_release_commit: Option<String> = None;
     let mut next_version = 2;
     let (mut faults, mut budget_total) = ([0usize; 4], 0usize);
+    let mut strategies = [0usize; 3];
     let started = Instant::now();
 
     for round in 0..rounds {
-        let action = match rng.below(3) {
-            2 if last_release_commit.is_some() => Action::Rollback,
-            0 | 2 => Action::Rolling,
-            _ => Action::BlueGreen,
+        let action = match rng.below(4) {
+            3 if last_release_commit.is_some() => Action::Rollback,
+            0 | 3 => Action::Release(Strategy::Rolling),
+            1 => Action::Release(Strategy::BlueGreen),
+            _ => Action::Release(Strategy::Canary),
         };
         let fault = [Fault::None, Fault::Agent, Fault::Instance, Fault::Balancer][rng.below(4) as usize];
         let delay = Duration::from_millis(rng.below(3000));
         eprintln!("round {round}: {action:?}, {fault:?} after {delay:?}");
         let failed_before = client.failed_at().len();
 
-        // The strategy applies to this round's rollout; switch it first (a signed spec change).
-        let want_bg = match action {
-            Action::Rolling => false,
-            Action::BlueGreen => true,
-            Action::Rollback => blue_green,
-        };
-        if want_bg != blue_green {
-            if want_bg {
-                w.set_spec("blue-green.json", |s| s["strategy"]["grace_seconds"] = 2.into());
-            } else {
-                w.set_spec("rolling.json", |_| {});
+        // The strategy applies to this round's rollout; switch it first (a signed spec change). A
+        // rollback rolls out with whatever strategy is in force.
+        if let Action::Release(want) = action {
+            if want != strategy {
+                want.set(&w);
+                strategy = want;
             }
-            blue_green = want_bg;
         }
-        bound.store(if blue_green { BLUE_GREEN_BOUND } else { ROLLING_BOUND }, Ordering::SeqCst);
+        strategies[strategy as usize] += 1;
+        bound.store(strategy.surge_bound(), Ordering::SeqCst);
+        floor.store(CAPACITY, Ordering::SeqCst);
 
         match action {
-            Action::Rolling | Action::BlueGreen => {
+            Action::Release(_) => {
                 let version = format!("{next_version}.0.0");
                 next_version += 1;
                 let tar = w.image(&version, false);
@@ -233,6 +262,7 @@ fn chaos_rounds_of_releases_rollbacks_and_kills_keep_bounds_and_leak_nothing() {
                 spawn_agent(&mut w);
             }
             Fault::Instance => {
+                floor.store(CAPACITY - 1, Ordering::SeqCst);
                 let live = w.live_instances();
                 if !live.is_empty() {
                     let (pid, _) = live[rng.below(live.len() as u64) as usize].clone();
@@ -274,15 +304,16 @@ fn chaos_rounds_of_releases_rollbacks_and_kills_keep_bounds_and_leak_nothing() {
             fault.failure_budget()
         );
         let b = breaches.lock().expect("lock").clone();
-        assert!(b.is_empty(), "round {round} (seed {seed}): surge bound breached: {b:?}");
+        assert!(b.is_empty(), "round {round} (seed {seed}): bounds breached: {b:?}");
     }
 
     stop.store(true, Ordering::SeqCst);
     sampler.join().expect("sampler");
     let (requests, failures, _) = client.finish();
     eprintln!(
-        "chaos totals: seed {seed}, {rounds} rounds in {:.0?}; faults none/agent/instance/balancer {faults:?}; \
-         {} of {requests} requests failed (budget {budget_total}); {} samples, 0 surge breaches, 0 leaks",
+        "chaos totals: seed {seed}, {rounds} rounds in {:.0?}; rollouts rolling/blue-green/canary {strategies:?}; \
+         faults none/agent/instance/balancer {faults:?}; {} of {requests} requests failed (budget {budget_total}); \
+         {} samples, 0 surge or availability breaches, 0 leaks",
         started.elapsed(),
         failures.len(),
         samples.load(Ordering::SeqCst)

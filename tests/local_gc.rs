@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 use stele::plan::Release;
 use stele::provider::local::{gc, LocalProvider, LocalSettings};
-use stele::provider::{Provider, ProviderError};
+use stele::provider::{Provider, ProviderError, Readiness};
 use tempfile::TempDir;
 
 const STELE: &str = env!("CARGO_BIN_EXE_stele");
@@ -152,6 +152,14 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
+/// Prepares `release`'s image, asking again while it is prepared in the background.
+fn prepared(provider: &mut LocalProvider, env: &EnvName, spec: &Environment, release: &Release) {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while provider.prepare(env, spec, release).expect("prepare") != Readiness::Ready {
+        assert!(std::time::Instant::now() < until, "image of {} still not prepared", release.version);
+    }
+}
+
 /// The scenario, on `mount` (a fresh tmpfs of a few MiB).
 fn disk_full_mid_launch(mount: &Path) {
     let sources = TempDir::new().expect("temp dir");
@@ -159,7 +167,7 @@ fn disk_full_mid_launch(mount: &Path) {
     let state = mount.join("state");
     let mut local = Local::new(&state);
     let (env, spec, release) = (env_name(), spec(), release(1, &artifact));
-    local.provider.prepare(&env, &spec, &release).expect("prepare while there is room");
+    prepared(&mut local.provider, &env, &spec, &release);
 
     let filler = fill(mount);
     let error = local.provider.launch(&env, &spec, &group(), &release, 1).expect_err("no room left to launch");
@@ -268,7 +276,7 @@ fn images_nothing_holds_go_and_drifted_trees_stay_while_their_instances_run() {
     let mut local = Local::new(state);
     let (env, spec) = (env_name(), spec());
     for (generation, artifact) in [(1, &superseded), (2, &last_good), (3, &running)] {
-        local.provider.prepare(&env, &spec, &release(generation, artifact)).expect("prepare");
+        prepared(&mut local.provider, &env, &spec, &release(generation, artifact));
     }
     let id = local.provider.launch(&env, &spec, &group(), &release(3, &running), 1).expect("launch");
 
@@ -281,7 +289,7 @@ fn images_nothing_holds_go_and_drifted_trees_stay_while_their_instances_run() {
     fs::write(tree.join("version.txt"), "tampered\n").expect("tamper");
     let observed = local.provider.observe(&env, &spec, 2).expect("observe");
     assert!(observed.instances.iter().any(|i| i.id == id && i.drift.is_some()), "{observed:?}");
-    local.provider.prepare(&env, &spec, &release(3, &running)).expect("prepare afresh");
+    prepared(&mut local.provider, &env, &spec, &release(3, &running));
     let drifted = |images: &Path| -> Vec<String> {
         names(images).into_iter().filter(|n| n.contains(".drifted-")).collect::<Vec<_>>()
     };

@@ -12,9 +12,16 @@
 //!   After a release that touches every environment each writer publishes Progressing, then Healthy,
 //!   for each of its environments. Printed: pushes, rejected pushes (lost races, retried), rounds
 //!   of backoff, and the time until the branch holds every environment's final status.
+//! - `agents`: the same question with whole agents: N real `stele agent` processes (default 20,
+//!   `STELE_BENCH_AGENTS`) on the local provider, each owning `STELE_BENCH_ENVS` environments, polling
+//!   and pushing status through `git daemon` (see agents.rs).
 //!
-//! Run: `cargo bench --profile dev --bench status` (both parts), or `-- rollouts` / `-- writers`.
+//! Run: `cargo bench --profile dev --bench status` (all parts), or `-- rollouts` / `-- writers` /
+//! `-- agents`.
 
+mod agents;
+#[path = "../support/cli.rs"]
+mod cli;
 mod rollouts;
 mod writers;
 
@@ -26,5 +33,8 @@ fn main() {
     }
     if wants("writers") {
         writers::run();
+    }
+    if wants("agents") {
+        agents::run();
     }
 }

@@ -4,10 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-#[path = "../support/cli.rs"]
-mod cli;
-
-use cli::{image, run as run_cmd, STELE};
+use crate::cli::{image, run as run_cmd, STELE};
 
 /// (name, example spec, canary pause override in seconds).
 const STRATEGIES: [(&str, &str, Option<u64>); 4] = [

@@ -26,7 +26,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-struct Daemon(Child, u16);
+pub struct Daemon(Child, pub u16);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -36,7 +36,7 @@ impl Drop for Daemon {
 }
 
 /// `git daemon` serving `base` on a free loopback port, pushes enabled.
-fn daemon(base: &Path) -> Daemon {
+pub fn daemon(base: &Path) -> Daemon {
     let exec = PathBuf::from(git(base, &["--exec-path"]).trim()).join("git-daemon");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let child = Command::new(exec)

@@ -37,7 +37,7 @@
 //! runtime and `block_on`s each call: it must be used from a plain thread or a tokio blocking thread
 //! (`spawn_blocking`, which is how the agent runs providers), never from inside an async task.
 
-use super::{Provider, ProviderError};
+use super::{Provider, ProviderError, Readiness};
 use crate::plan::{Generation, GroupTraffic, Health, Instance, Observed, Release, Traffic};
 use aws_sdk_autoscaling as autoscaling;
 use aws_sdk_ec2 as ec2;
@@ -211,9 +211,9 @@ fn aws_credential_types(key: &str, secret: &str) -> ec2::config::Credentials {
 }
 
 impl Provider for AwsProvider {
-    fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {
+    fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<Readiness, ProviderError> {
         self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.prepare(env, spec, release)).map(drop)
+        Self::block_on(&self.rt, self.inner.prepare(env, spec, release)).map(|_| Readiness::Ready)
     }
 
     fn pin(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {

@@ -44,12 +44,22 @@ impl ProviderError {
     }
 }
 
+/// Whether a release's image can be launched now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Still being made ready in the background; the text says what is happening, for the status.
+    Pending(String),
+}
+
 /// One environment's instances somewhere. Times are milliseconds on the agent's clock, passed in so a
 /// simulated provider can run on virtual time.
 pub trait Provider {
     /// Makes a release's image ready to launch (fetch and verify it for `local`). Refuses an image
-    /// whose digest or size differs from the signed entry before anything runs.
-    fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError>;
+    /// whose digest or size differs from the signed entry before anything runs. Must not hold up the
+    /// loop on slow work: a provider that needs long (a large download, an unpack) starts it in the
+    /// background and answers [`Readiness::Pending`]; the next tick asks again.
+    fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<Readiness, ProviderError>;
 
     /// Called on every tick that has a release to converge to (the target, or while degraded the last
     /// good release), after the image checks of `prepare` would pass: a provider that launches from a

@@ -5,7 +5,7 @@
 //! Owns: an in-memory model of instances and traffic. Must not read the clock or do I/O: time is the
 //! `now_ms` each call passes in.
 
-use super::{Provider, ProviderError};
+use super::{Provider, ProviderError, Readiness};
 use crate::plan::{GroupTraffic, Health, Instance, Observed, Release, Traffic};
 use ledger_format::types::{EnvName, Environment, GroupName, ReleaseVersion};
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,8 +122,8 @@ impl Sim {
 }
 
 impl Provider for Sim {
-    fn prepare(&mut self, _env: &EnvName, _spec: &Environment, _release: &Release) -> Result<(), ProviderError> {
-        Ok(())
+    fn prepare(&mut self, _env: &EnvName, _spec: &Environment, _release: &Release) -> Result<Readiness, ProviderError> {
+        Ok(Readiness::Ready)
     }
 
     fn observe(&mut self, _env: &EnvName, _spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError> {

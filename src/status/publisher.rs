@@ -146,7 +146,19 @@ impl Drop for StatusPublisher {
     fn drop(&mut self) {
         self.shared.lock().closing = true;
         self.shared.changed.notify_all();
-        if self.flush(FLUSH_BUDGET) {
+        let flushed = self.flush(FLUSH_BUDGET);
+        let s = self.stats();
+        tracing::info!(
+            submitted = s.submitted,
+            commits = s.writer.commits,
+            pushes = s.writer.offers,
+            lost_races = s.writer.lost_races,
+            retried_rounds = s.retries,
+            coalesced = s.coalesced,
+            dropped = s.dropped,
+            "status publisher stopped"
+        );
+        if flushed {
             if let Some(thread) = self.thread.take() {
                 let _ = thread.join();
             }

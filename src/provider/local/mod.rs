@@ -27,7 +27,7 @@ pub mod process;
 mod stopper;
 pub mod store;
 
-use super::{Provider, ProviderError};
+use super::{Provider, ProviderError, Readiness};
 use crate::lb::{Backend, LbConfig};
 use crate::plan::{GroupTraffic, Health, Instance, Observed, Release, Traffic};
 use crate::repo::write_atomic;
@@ -38,8 +38,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-use store::ImageStore;
+use store::{ImageStore, PreparedImage, StoreError};
 
 /// Settings of the local provider (the `[local]` table of the agent's configuration).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -127,9 +128,23 @@ struct HealthTrack {
     probes: u64,
 }
 
+/// How long `prepare` waits for an image being made ready before answering `Pending`: long enough
+/// for a small image from a local file, short enough that a large download never holds up the loop.
+const PREPARE_WAIT: Duration = Duration::from_millis(100);
+
+/// An image being fetched and unpacked on a thread of its own.
+struct Preparing {
+    version: String,
+    done: mpsc::Receiver<Result<PreparedImage, StoreError>>,
+}
+
 pub struct LocalProvider {
     root: PathBuf,
-    store: ImageStore,
+    /// Shared with the threads that prepare images in the background (the store serialises work on
+    /// one digest itself).
+    store: Arc<ImageStore>,
+    /// Images being prepared in the background, per digest.
+    preparing: HashMap<Blake3Digest, Preparing>,
     settings: LocalSettings,
     /// The `stele` binary that runs balancers (`stele lb`).
     stele_exe: PathBuf,
@@ -179,7 +194,8 @@ impl LocalProvider {
         let store = ImageStore::open(&root.join("store")).map_err(|e| ProviderError::Refused(e.to_string()))?;
         Ok(Self {
             root: root.to_owned(),
-            store,
+            store: Arc::new(store),
+            preparing: HashMap::new(),
             settings,
             stele_exe,
             health: HashMap::new(),
@@ -484,30 +500,63 @@ fn tree_digest(dir: &Path) -> Result<Blake3Digest, String> {
 }
 
 impl Provider for LocalProvider {
-    fn prepare(&mut self, _env: &EnvName, _spec: &Environment, release: &Release) -> Result<(), ProviderError> {
+    /// Fetches and unpacks in the background (one thread per image being prepared), so a large
+    /// download or unpack of one environment's image never holds up the others: answers `Ready` once
+    /// the store holds the verified image, `Pending` meanwhile, and the store's verdict when it fails.
+    fn prepare(&mut self, _env: &EnvName, _spec: &Environment, release: &Release) -> Result<Readiness, ProviderError> {
         let Image::Artifact { uri, blake3, size } = &release.image else {
             return Err(ProviderError::Refused(format!(
                 "release {} pins a machine image; the local provider runs artifacts (image.kind = \"artifact\")",
                 release.version
             )));
         };
-        // An unpacked tree found drifted is moved aside (its instances keep running from it until
-        // replaced) so that replacements start from a fresh unpack of the verified blob.
-        let dir = self.store.image_dir(blake3);
-        if dir.exists() {
-            if let Some(why) = self.drift_of(&dir.clone(), blake3) {
-                let aside = dir.with_extension(format!("drifted-{}", random_suffix()));
-                tracing::warn!(dir = %dir.display(), "moving a drifted image aside ({why})");
-                std::fs::rename(&dir, &aside).map_err(io_err("move aside", &dir))?;
-                self.store.discard_unpacked(blake3).map_err(|e| ProviderError::Retryable(e.to_string()))?;
-                self.drift.remove(&dir);
+        if !self.preparing.contains_key(blake3) {
+            // An unpacked tree found drifted is moved aside (its instances keep running from it until
+            // replaced) so that replacements start from a fresh unpack of the verified blob.
+            let dir = self.store.image_dir(blake3);
+            if dir.exists() {
+                if let Some(why) = self.drift_of(&dir.clone(), blake3) {
+                    let aside = dir.with_extension(format!("drifted-{}", random_suffix()));
+                    tracing::warn!(dir = %dir.display(), "moving a drifted image aside ({why})");
+                    std::fs::rename(&dir, &aside).map_err(io_err("move aside", &dir))?;
+                    self.store.discard_unpacked(blake3).map_err(|e| ProviderError::Retryable(e.to_string()))?;
+                    self.drift.remove(&dir);
+                }
             }
+            let (done, answer) = mpsc::channel();
+            let (store, uri, digest, size) = (Arc::clone(&self.store), uri.clone(), *blake3, *size);
+            std::thread::Builder::new()
+                .name(format!("stele-prepare-{}", &digest.to_hex()[..12]))
+                .spawn(move || {
+                    let _ = done.send(store.ensure(&uri, &digest, size));
+                })
+                .map_err(|e| ProviderError::Retryable(format!("cannot start a thread to prepare the image: {e}")))?;
+            let job = Preparing { version: release.version.to_string(), done: answer };
+            self.preparing.insert(*blake3, job);
         }
-        match self.store.ensure(uri, blake3, *size) {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_retryable() => Err(ProviderError::Retryable(e.to_string())),
-            Err(e) => Err(ProviderError::Refused(format!("release {} (seq {}): {e}", release.version, release.seq))),
-        }
+        let job = &self.preparing[blake3];
+        let verdict = match job.done.recv_timeout(PREPARE_WAIT) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // No elapsed time in the text: it goes to the status, and a ticking number would be a
+                // status commit per second.
+                let why = format!(
+                    "preparing the image of {} (blake3 {}) in the background",
+                    job.version,
+                    &blake3.to_hex()[..12]
+                );
+                return Ok(Readiness::Pending(why));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(ProviderError::Retryable(format!("the thread preparing image {blake3} ended without an answer")))
+            }
+            Ok(Ok(_)) => Ok(Readiness::Ready),
+            Ok(Err(e)) if e.is_retryable() => Err(ProviderError::Retryable(e.to_string())),
+            Ok(Err(e)) => {
+                Err(ProviderError::Refused(format!("release {} (seq {}): {e}", release.version, release.seq)))
+            }
+        };
+        self.preparing.remove(blake3);
+        verdict
     }
 
     /// Restarts the balancer of any group whose balancer process died (a record says it ran): a few
