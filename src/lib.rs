@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod converge;
 pub mod exit;
+pub mod http;
 pub mod image;
 pub mod keys;
 pub mod lb;

@@ -1,86 +1,25 @@
-//! The agent: polls the ledger, converges every managed environment one step per tick, and writes
-//! what it observes back to the status branch. `stele agent` runs it; `--once` runs it until every
-//! environment settles.
+//! One agent pass: sync the ledger when due, then one tick per managed environment, building each
+//! environment's status and handing it to the publisher. Also the gate memory on disk
+//! (`<state-dir>/agent/<env>.json`) and garbage collection of the local provider.
 //!
-//! Owns: the loop and its timing (poll interval with jitter, fast ticks while something converges,
-//! a watch tick at the health interval once converged, balancer repairs between ticks, backoff after
-//! retryable failures), the classification of every failure as stalled, waiting or
-//! retryable, shutdown on SIGTERM/SIGINT between steps, and the gate memory on disk
-//! (`<state-dir>/agent/<env>.json`). Must not verify (that is `sync`), plan (`plan`) or touch instances
-//! directly (`provider`).
+//! Owns: what a pass does, in order, and how its outcomes become phases and messages. Must not: sleep
+//! or decide when the next pass runs (that is `agent::run`), verify, plan or touch instances directly.
 
+use super::{jitter, now_ms, release_of, timestamp_of_ms, AgentConfig, PassSummary, Providers};
 use crate::converge::{self, Memory};
-use crate::plan::{Health, Observed, Phase as PlanPhase, Release};
-use crate::provider::local::{LocalProvider, LocalSettings};
-use crate::provider::{Provider, ProviderError};
+use crate::plan::{Health, Observed, Phase as PlanPhase};
+use crate::provider::ProviderError;
 use crate::repo::write_atomic;
 use crate::status::{EnvStatus, InstanceStatus, Phase, StatusPublisher, StatusWriter, TargetStatus, FORMAT};
 use crate::sync::{LedgerSync, SyncStatus};
 use anyhow::{Context, Result};
-use ledger_format::history::{EnvHistory, Link, TrustAnchor};
 use ledger_format::types::EnvName;
-use ledger_format::Timestamp;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// How soon an environment whose image is being prepared in the background is ticked again.
 const PREPARING_TICK: Duration = Duration::from_millis(250);
-
-/// The agent's validated settings (from the configuration file and flags).
-#[derive(Clone, Debug)]
-pub struct AgentConfig {
-    pub repo: String,
-    pub branch: Option<String>,
-    pub state_dir: PathBuf,
-    pub anchor: Option<TrustAnchor>,
-    /// Environments to manage; empty means every environment of the ledger.
-    pub envs: Vec<EnvName>,
-    pub interval: Duration,
-    /// Status branch, or `None` to not write status.
-    pub status_branch: Option<String>,
-    pub agent_id: String,
-    pub local: LocalSettings,
-    pub aws: crate::provider::AwsSettings,
-    /// The binary that runs `stele lb`.
-    pub stele_exe: PathBuf,
-}
-
-/// How a pass ended, for `--once` and the loop's timing.
-#[derive(Clone, Debug, Default)]
-pub struct PassSummary {
-    pub phases: BTreeMap<EnvName, Phase>,
-    /// True when every managed environment has nothing left to do (converged, degraded and restored,
-    /// or stalled).
-    pub settled: bool,
-    /// The shortest useful delay before the next tick while something converges.
-    pub tick: Option<Duration>,
-    /// How often converged environments are still watched (observed and planned, without a ledger
-    /// fetch): the shortest health interval among them, so a dead instance is replaced per the plan
-    /// between polls.
-    pub watch: Option<Duration>,
-    pub retryable_failure: bool,
-}
-
-/// Milliseconds since the Unix epoch: the planner's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn timestamp_of_ms(ms: u64) -> Timestamp {
-    Timestamp::from_unix((ms / 1000) as i64).expect("the clock is between 1970 and 9999")
-}
-
-pub fn release_of(h: &EnvHistory) -> Option<Release> {
-    h.target.as_ref().map(|t: &Link| Release {
-        generation: h.generation,
-        version: t.version.clone(),
-        seq: t.seq,
-        image: t.image.clone(),
-    })
-}
 
 /// The long-lived, synchronous part of the agent: it runs on a blocking thread, one pass at a time.
 pub struct Worker {
@@ -394,70 +333,6 @@ impl Worker {
     }
 }
 
-/// The providers an agent drives, chosen per environment by its spec's `provider.kind`.
-/// The providers of one agent (or of `stele plan`, observing only), each made when first needed.
-pub(crate) struct Providers {
-    local: LocalProvider,
-    #[cfg(feature = "aws")]
-    aws: Option<crate::provider::aws::AwsProvider>,
-    #[cfg(feature = "aws")]
-    aws_settings: crate::provider::AwsSettings,
-    #[cfg(feature = "aws")]
-    observe_only: bool,
-}
-
-impl Providers {
-    fn new(cfg: &AgentConfig) -> Result<Self> {
-        Ok(Self {
-            local: LocalProvider::new(&cfg.state_dir, cfg.local.clone(), cfg.stele_exe.clone())?,
-            #[cfg(feature = "aws")]
-            aws: None,
-            #[cfg(feature = "aws")]
-            aws_settings: cfg.aws.clone(),
-            #[cfg(feature = "aws")]
-            observe_only: false,
-        })
-    }
-
-    /// Providers that only observe and refuse every action: for `stele plan`.
-    pub(crate) fn observe_only(cfg: &AgentConfig) -> Result<Self> {
-        Ok(Self {
-            local: LocalProvider::new(&cfg.state_dir, cfg.local.clone(), cfg.stele_exe.clone())?.dry_run(),
-            #[cfg(feature = "aws")]
-            aws: None,
-            #[cfg(feature = "aws")]
-            aws_settings: cfg.aws.clone(),
-            #[cfg(feature = "aws")]
-            observe_only: true,
-        })
-    }
-
-    pub(crate) fn for_spec(&mut self, spec: &ledger_format::types::Environment) -> Result<&mut dyn Provider, String> {
-        match &spec.provider {
-            ledger_format::types::Provider::Local {} => Ok(&mut self.local),
-            #[cfg(feature = "aws")]
-            ledger_format::types::Provider::Aws { .. } => {
-                if self.aws.is_none() {
-                    let options = crate::provider::aws::AwsOptions {
-                        probe_instances: self.aws_settings.probe_instances,
-                        observe_only: self.observe_only,
-                        ..Default::default()
-                    };
-                    let provider = crate::provider::aws::AwsProvider::with_options(options);
-                    self.aws = Some(provider.map_err(|e| e.to_string())?);
-                }
-                Ok(self.aws.as_mut().expect("created above"))
-            }
-            #[cfg(not(feature = "aws"))]
-            ledger_format::types::Provider::Aws { .. } => Err(format!(
-                "environment {} uses provider aws, but this stele was built without the `aws` feature \
-                 (cargo build --features aws)",
-                spec.name
-            )),
-        }
-    }
-}
-
 /// The gate memory of every environment, `<state-dir>/agent/<env>.json`.
 pub fn load_memory(state_dir: &Path) -> Result<BTreeMap<EnvName, Memory>> {
     let mut memory = BTreeMap::new();
@@ -474,149 +349,4 @@ pub fn load_memory(state_dir: &Path) -> Result<BTreeMap<EnvName, Memory>> {
         memory.insert(name, m);
     }
     Ok(memory)
-}
-
-/// Exit codes of `stele agent --once` (also in `exit.rs`).
-pub fn once_code(summary: &PassSummary) -> u8 {
-    if summary.phases.values().any(|p| *p == Phase::Stalled) {
-        crate::exit::VERIFY_FAILED
-    } else if summary.phases.values().any(|p| *p == Phase::Degraded) {
-        crate::exit::DEGRADED
-    } else {
-        crate::exit::OK
-    }
-}
-
-/// Runs the agent until a signal (or, with `once`, until every environment settles or `timeout`).
-pub fn run(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(run_async(cfg, once, timeout))
-}
-
-async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let notify = Arc::new(tokio::sync::Notify::new());
-    {
-        let (stop, notify) = (stop.clone(), notify.clone());
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("a SIGTERM handler can be installed");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            tracing::info!("shutdown requested; finishing the current step");
-            stop.store(true, Ordering::SeqCst);
-            notify.notify_waiters();
-        });
-    }
-    let interval = cfg.interval;
-    let started = Instant::now();
-    let mut worker = tokio::task::spawn_blocking(move || Worker::new(cfg)).await??;
-    tracing::info!(interval_s = interval.as_secs_f64(), "agent started");
-    let mut first = true;
-    let mut backoff = Duration::from_millis(500);
-    let (mut busy, mut passes) = (Duration::ZERO, 0u64);
-    loop {
-        let pass_started = Instant::now();
-        let (w, summary) = tokio::task::spawn_blocking(move || {
-            let s = worker.pass(first);
-            (worker, s)
-        })
-        .await?;
-        busy += pass_started.elapsed();
-        passes += 1;
-        worker = w;
-        first = false;
-        if stop.load(Ordering::SeqCst) {
-            tracing::info!("stopped between steps; instances keep running and are adopted on restart");
-            return Ok(crate::exit::OK);
-        }
-        if once && summary.settled && !summary.retryable_failure {
-            // Where the time went: passes (fetch, verify, observe, plan, act) versus sleeping between
-            // ticks while health checks, pauses and grace periods ran.
-            tracing::info!(
-                elapsed_s = started.elapsed().as_secs_f64(),
-                busy_s = busy.as_secs_f64(),
-                passes,
-                peak_rss_kib = peak_rss_kib(),
-                phases = ?summary.phases,
-                "settled"
-            );
-            return Ok(once_code(&summary));
-        }
-        if once && started.elapsed() > timeout {
-            tracing::error!(phases = ?summary.phases, "--once timed out before every environment settled");
-            return Ok(crate::exit::TIMED_OUT);
-        }
-        // Converging: the next tick at the health interval. Converged: a watch tick at the health
-        // interval, or the poll when it comes first. Between ticks, balancers are repaired every
-        // HEAL_EVERY, so a dead one is back within about that long whatever the intervals.
-        let delay = if summary.retryable_failure {
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-            backoff
-        } else {
-            backoff = Duration::from_millis(500);
-            match summary.tick.or(summary.watch) {
-                Some(t) => t.min(worker.until_sync()),
-                None => worker.until_sync(),
-            }
-        };
-        let wake = Instant::now() + delay;
-        loop {
-            let left = wake.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(left.min(HEAL_EVERY)) => {}
-                _ = notify.notified() => {}
-            }
-            if stop.load(Ordering::SeqCst) {
-                tracing::info!("stopped between steps; instances keep running and are adopted on restart");
-                return Ok(crate::exit::OK);
-            }
-            worker = tokio::task::spawn_blocking(move || {
-                worker.heal();
-                worker
-            })
-            .await?;
-        }
-    }
-}
-
-/// How often, between ticks, dead balancers are looked for and restarted.
-const HEAL_EVERY: Duration = Duration::from_millis(200);
-
-/// The process's peak resident memory (VmHWM), in KiB; 0 when /proc cannot tell.
-pub fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
-}
-
-/// The poll interval ±10%, so many agents polling one remote spread out.
-fn jitter(d: Duration) -> Duration {
-    use rand_core::RngCore;
-    let spread = d.as_millis() as u64 / 10;
-    if spread == 0 {
-        return d;
-    }
-    let offset = rand_core::OsRng.next_u64() % (2 * spread + 1);
-    Duration::from_millis(d.as_millis() as u64 - spread + offset)
-}
-
-/// The default agent id: host name and state directory.
-pub fn default_agent_id(state_dir: &Path) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
-    format!("{}:{}", if host.is_empty() { "localhost" } else { &host }, state_dir.display())
 }
