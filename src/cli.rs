@@ -64,6 +64,11 @@ pub enum Command {
     Agent(AgentArgs),
     /// Print what the agent would do now (verify, observe, plan), without doing it.
     Plan(PlanArgs),
+    /// Freeze convergence of one environment during an incident, without a commit: the agent keeps
+    /// observing and reporting it (status, metrics, page) and acts on nothing until `stele resume`.
+    Suspend(SuspendArgs),
+    /// Let the agent converge a suspended environment again.
+    Resume(ResumeArgs),
     /// Show what runs where, as the agent last recorded it on the status branch.
     Status(StatusArgs),
     /// The whole story in one command: make a ledger and keys, release v1 and v2 of the demo app to a
@@ -122,12 +127,45 @@ pub struct AgentArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Serve metrics, /healthz, /readyz, webhooks and the status page on this address (overrides
+    /// `[http] listen`; the HTTP surface is off unless one of them is set). Example: 127.0.0.1:9469.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Human,
     Json,
+}
+
+#[derive(Args, Debug)]
+pub struct SuspendArgs {
+    /// The agent's configuration file (its state directory holds the suspension).
+    #[arg(long, value_name = "FILE", required_unless_present = "state_dir")]
+    pub config: Option<PathBuf>,
+    /// The agent's state directory, instead of --config.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The environment to suspend.
+    #[arg(long, value_name = "NAME")]
+    pub env: String,
+    /// Why, for the status, the metrics and the page (e.g. an incident number).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    /// The agent's configuration file.
+    #[arg(long, value_name = "FILE", required_unless_present = "state_dir")]
+    pub config: Option<PathBuf>,
+    /// The agent's state directory, instead of --config.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The environment to resume.
+    #[arg(long, value_name = "NAME")]
+    pub env: String,
 }
 
 #[derive(Args, Debug)]

@@ -13,6 +13,7 @@ pub mod image;
 pub mod keys;
 pub mod lb;
 pub mod logging;
+pub mod notify;
 pub mod plan;
 pub mod provider;
 pub mod replay;

@@ -189,6 +189,7 @@ fn status(env: &str, generation: u64, phase: Phase) -> EnvStatus {
         last_error: None,
         agent: format!("host-{env}:/var/lib/stele"),
         updated_at: "2026-03-01T10:00:00Z".parse().unwrap(),
+        suspended: None,
     }
 }
 

@@ -76,6 +76,7 @@ fn status(env: &str, agent: usize, generation: u64, phase: Phase) -> EnvStatus {
         last_error: None,
         agent: format!("agent-{agent}"),
         updated_at: "2026-03-01T10:00:00Z".parse().unwrap(),
+        suspended: None,
     }
 }
 

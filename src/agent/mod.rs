@@ -9,6 +9,8 @@
 //! (`<state-dir>/agent/<env>.json`). Must not verify (that is `sync`), plan (`plan`) or touch instances
 //! directly (`provider`).
 
+use crate::http::metrics::Metrics;
+use crate::http::state::Shared;
 use crate::plan::Release;
 use crate::provider::local::LocalSettings;
 use crate::status::Phase;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod providers;
+pub mod suspend;
 mod worker;
 
 pub(crate) use providers::Providers;
@@ -45,6 +48,10 @@ pub struct AgentConfig {
     pub aws: crate::provider::AwsSettings,
     /// The binary that runs `stele lb`.
     pub stele_exe: PathBuf,
+    /// The HTTP surface (`[http]`, `--http-listen`); off when `None`.
+    pub http: Option<crate::http::HttpSettings>,
+    /// Where notifications go (`[[notify]]`).
+    pub notify: Vec<crate::notify::NotifyTarget>,
 }
 
 /// How a pass ended, for `--once` and the loop's timing.
@@ -121,15 +128,40 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
     }
     let interval = cfg.interval;
     let started = Instant::now();
-    let mut worker = tokio::task::spawn_blocking(move || Worker::new(cfg)).await??;
+    // Liveness: a pass is due at least every poll interval; three missed ones mean a wedged loop.
+    let wedged_after = interval * 3 + Duration::from_secs(30);
+    let shared = Arc::new(Shared::new(
+        Metrics::new(env!("CARGO_PKG_VERSION"), option_env!("STELE_GIT_COMMIT").unwrap_or("unknown")),
+        cfg.agent_id.clone(),
+        wedged_after,
+    ));
+    if let Some(http) = cfg.http.clone() {
+        let listener = crate::http::bind(&http).await?;
+        if let Some(path) = &http.hook_secret_file {
+            crate::http::read_secret(path)?;
+        }
+        tracing::info!(listen = %listener.local_addr()?, "HTTP surface: /metrics /healthz /readyz /api/status /hooks/*");
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listener, &http, shared).await {
+                tracing::error!("the HTTP surface stopped: {e}");
+            }
+        });
+    }
+    let mut worker = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || Worker::new(cfg, shared)).await??
+    };
+    shared.set_branch(worker.branch());
     tracing::info!(interval_s = interval.as_secs_f64(), "agent started");
     let mut first = true;
     let mut backoff = Duration::from_millis(500);
     let (mut busy, mut passes) = (Duration::ZERO, 0u64);
     loop {
         let pass_started = Instant::now();
+        let force = first || shared.take_sync_request();
         let (w, summary) = tokio::task::spawn_blocking(move || {
-            let s = worker.pass(first);
+            let s = worker.pass(force);
             (worker, s)
         })
         .await?;
@@ -149,13 +181,16 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
                 busy_s = busy.as_secs_f64(),
                 passes,
                 peak_rss_kib = peak_rss_kib(),
-                phases = ?summary.phases,
+                phases = %phases_line(&summary.phases),
                 "settled"
             );
             return Ok(once_code(&summary));
         }
         if once && started.elapsed() > timeout {
-            tracing::error!(phases = ?summary.phases, "--once timed out before every environment settled");
+            tracing::error!(
+                phases = %phases_line(&summary.phases),
+                "--once timed out before every environment settled"
+            );
             return Ok(crate::exit::TIMED_OUT);
         }
         // Converging: the next tick at the health interval. Converged: a watch tick at the health
@@ -177,9 +212,15 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
             if left.is_zero() {
                 break;
             }
+            let mut hooked = false;
             tokio::select! {
                 _ = tokio::time::sleep(left.min(HEAL_EVERY)) => {}
                 _ = notify.notified() => {}
+                _ = shared.wake.notified() => hooked = true,
+            }
+            if hooked {
+                // A webhook asked for a sync: run the pass now.
+                break;
             }
             if stop.load(Ordering::SeqCst) {
                 tracing::info!("stopped between steps; instances keep running and are adopted on restart");
@@ -192,6 +233,11 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
             .await?;
         }
     }
+}
+
+/// `prod=Healthy, qa=Progressing`: phases for a log line.
+fn phases_line(phases: &BTreeMap<EnvName, Phase>) -> String {
+    phases.iter().map(|(env, phase)| format!("{env}={phase}")).collect::<Vec<_>>().join(", ")
 }
 
 /// How often, between ticks, dead balancers are looked for and restarted.

@@ -5,18 +5,30 @@
 //! Owns: what a pass does, in order, and how its outcomes become phases and messages. Must not: sleep
 //! or decide when the next pass runs (that is `agent::run`), verify, plan or touch instances directly.
 
-use super::{jitter, now_ms, release_of, timestamp_of_ms, AgentConfig, PassSummary, Providers};
+use super::{jitter, now_ms, release_of, suspend, timestamp_of_ms, AgentConfig, PassSummary, Providers};
 use crate::converge::{self, Memory};
+use crate::http::metrics::EnvFigures;
+use crate::http::state::Shared;
+use crate::notify::{Event, EventKind, Notifier};
 use crate::plan::{Health, Observed, Phase as PlanPhase};
 use crate::provider::ProviderError;
 use crate::repo::write_atomic;
-use crate::status::{EnvStatus, InstanceStatus, Phase, StatusPublisher, StatusWriter, TargetStatus, FORMAT};
+use crate::status::{
+    EnvStatus, InstanceStatus, Phase, StatusPublisher, StatusWriter, Suspension, TargetStatus, FORMAT,
+};
 use crate::sync::{LedgerSync, SyncStatus};
 use anyhow::{Context, Result};
 use ledger_format::types::EnvName;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The health of an instance as a metric label: its first word (`healthy`, `starting`, `unhealthy`,
+/// `gone`, `stopping`), without the reason.
+fn health_word(health: &str) -> String {
+    health.split(|c: char| c == ':' || c.is_whitespace()).next().unwrap_or(health).to_owned()
+}
 
 /// How soon an environment whose image is being prepared in the background is ticked again.
 const PREPARING_TICK: Duration = Duration::from_millis(250);
@@ -40,10 +52,19 @@ pub struct Worker {
     head_commit: Option<String>,
     /// When the local provider last collected garbage; `None` until the first pass.
     last_gc: Option<Instant>,
+    /// Metrics, the operator's view, liveness and sync requests, shared with the HTTP surface.
+    shared: Arc<Shared>,
+    notifier: Notifier,
+    /// Environments an operator suspended, as read at the start of the last pass.
+    suspended: BTreeMap<EnvName, Suspension>,
+    /// Refusals already counted in the metrics and notified: (commit, check).
+    refusals_seen: BTreeSet<(String, String)>,
+    /// Since when each environment's target generation has been ahead of its observed one.
+    behind_since: BTreeMap<EnvName, (u64, Instant)>,
 }
 
 impl Worker {
-    pub fn new(cfg: AgentConfig) -> Result<Self> {
+    pub fn new(cfg: AgentConfig, shared: Arc<Shared>) -> Result<Self> {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("{}: cannot create the state directory", cfg.state_dir.display()))?;
         let ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?;
@@ -55,6 +76,7 @@ impl Worker {
             None => None,
         };
         let memory = load_memory(&cfg.state_dir)?;
+        let notifier = Notifier::start(&cfg.notify);
         Ok(Self {
             cfg,
             ledger,
@@ -67,6 +89,11 @@ impl Worker {
             ledger_error: None,
             head_commit: None,
             last_gc: None,
+            shared,
+            notifier,
+            suspended: BTreeMap::new(),
+            refusals_seen: BTreeSet::new(),
+            behind_since: BTreeMap::new(),
         })
     }
 
@@ -101,7 +128,23 @@ impl Worker {
             return;
         }
         self.next_sync = Some(Instant::now() + jitter(self.cfg.interval));
-        match self.ledger.sync(crate::commands::now(), true) {
+        let started = Instant::now();
+        let result = self.ledger.sync(crate::commands::now(), true);
+        let seconds = started.elapsed().as_secs_f64();
+        let now_unix = now_ms() as f64 / 1000.0;
+        match &result {
+            Ok(s) => {
+                let kind = match s.status {
+                    SyncStatus::Verified => "verified",
+                    SyncStatus::Stalled => "stalled",
+                    SyncStatus::UpToDate | SyncStatus::NoLedger => "up_to_date",
+                };
+                self.shared.metrics.poll(kind, seconds, now_unix);
+                self.note_refusals(s);
+            }
+            Err(_) => self.shared.metrics.poll("failed", seconds, now_unix),
+        }
+        match result {
             Ok(s) => {
                 self.ledger_error = None;
                 self.head_commit = Some(s.head.to_string());
@@ -110,6 +153,7 @@ impl Worker {
                         let reason = s.reason.unwrap_or_else(|| "the head is not verified".into());
                         if self.ledger_stall.as_ref() != Some(&reason) {
                             tracing::error!(head = %s.head, "STALLED: {reason}");
+                            self.notify(EventKind::CommitRefused, None, None, None, reason.clone());
                         }
                         self.ledger_stall = Some(reason);
                     }
@@ -131,6 +175,58 @@ impl Worker {
                 }
             }
         }
+        if let Some(v) = self.ledger.last() {
+            let ledger = format!("{} at {}", v.state.policy.payload.ledger, v.commit);
+            let stall = self.ledger_stall.clone();
+            let polled = self.ledger_error.is_none().then(crate::commands::now);
+            self.shared.update_view(|view| {
+                view.ledger = Some(ledger);
+                view.ledger_stall = stall;
+                if let Some(at) = polled {
+                    view.last_poll = Some(at.to_string());
+                }
+            });
+            if self.ledger_error.is_none() {
+                self.shared.set_ready();
+            }
+        }
+    }
+
+    /// Counts each refused commit once per check in the metrics (a refused head is judged again at
+    /// every poll until it changes).
+    fn note_refusals(&mut self, s: &crate::sync::Synced) {
+        let mut seen = Vec::new();
+        for r in &s.outcome.refusals {
+            for p in &r.problems {
+                seen.push((r.commit.id.clone(), p.check.to_string()));
+            }
+        }
+        if s.status == SyncStatus::Stalled && s.outcome.refusals.is_empty() {
+            // A rewritten history (H1) refuses the head itself.
+            seen.push((s.head.to_string(), "H1".into()));
+        }
+        for key in seen {
+            if self.refusals_seen.insert(key.clone()) {
+                self.shared.metrics.refusal(&key.1);
+            }
+        }
+    }
+
+    fn notify(&self, event: EventKind, env: Option<&EnvName>, from: Option<Phase>, to: Option<Phase>, message: String) {
+        self.notifier.send(&Event {
+            event,
+            env: env.map(ToString::to_string),
+            from: from.map(|p| p.to_string()),
+            to: to.map(|p| p.to_string()),
+            message,
+            agent: self.cfg.agent_id.clone(),
+            at: crate::commands::now(),
+        });
+    }
+
+    /// The branch the agent follows (`main` when the source does not say).
+    pub fn branch(&self) -> String {
+        self.ledger.branch().unwrap_or("main").to_owned()
     }
 
     /// How long until the ledger is due to be fetched again.
@@ -143,7 +239,7 @@ impl Worker {
     pub fn heal(&mut self) {
         let Some(verified) = self.ledger.last() else { return };
         for (env, h) in &verified.state.envs {
-            if !self.cfg.envs.is_empty() && !self.cfg.envs.contains(env) {
+            if !self.cfg.envs.is_empty() && !self.cfg.envs.contains(env) || self.suspended.contains_key(env) {
                 continue;
             }
             let spec = &h.spec.payload;
@@ -165,6 +261,9 @@ impl Worker {
         };
         let ledger_id = verified.state.policy.payload.ledger.clone();
         self.maybe_collect_garbage(&verified);
+        self.suspended = suspend::read_all(&self.cfg.state_dir);
+        let mut figures = Vec::new();
+        let mut events = Vec::new();
         for (env, h) in &verified.state.envs {
             if !self.cfg.envs.is_empty() && !self.cfg.envs.contains(env) {
                 continue;
@@ -188,19 +287,47 @@ impl Worker {
                 })
             });
             let provider = self.providers.for_spec(spec);
+            let suspension = self.suspended.get(env).cloned();
             let mut preparing = false;
             let (phase, message, observed, tick_done) = if let Err(why) = &provider {
                 // No provider can run this environment here: say so in the status, like any stall.
                 tracing::error!(%env, "STALLED: {why}");
                 (Phase::Stalled, why.clone(), Observed::default(), true)
+            } else if let Some(s) = &suspension {
+                // Suspended by an operator: observe and say what would be done, act on nothing.
+                let provider = provider.expect("checked above");
+                let observed = provider.observe(env, spec, now).unwrap_or_default();
+                let plan = crate::plan::plan(&memory.desired(spec, target.as_ref()), &observed, now);
+                let would = if plan.actions.is_empty() {
+                    "nothing to do".to_owned()
+                } else {
+                    format!("{} action(s) held", plan.actions.len())
+                };
+                let phase = match (&stall, &expired, plan.phase) {
+                    (Some(_), _, _) | (_, Some(_), _) => Phase::Stalled,
+                    (None, None, PlanPhase::Healthy) => Phase::Healthy,
+                    (None, None, PlanPhase::Degraded) => Phase::Degraded,
+                    (None, None, PlanPhase::Progressing) => Phase::Progressing,
+                };
+                let message = format!("SUSPENDED by {} since {}: {}; {would}", s.by, s.since, s.reason);
+                (phase, message, observed, true)
             } else if let Some(why) = expired {
                 let provider = provider.expect("checked above");
                 let observed = provider.observe(env, spec, now).unwrap_or_default();
                 (Phase::Stalled, why, observed, true)
             } else {
                 let provider = provider.expect("checked above");
-                match converge::tick(provider, env, spec, target.as_ref(), &mut memory, now) {
+                let failed_before = memory.failed.clone();
+                let ticked = converge::tick(provider, env, spec, target.as_ref(), &mut memory, now);
+                if let Some(f) = memory.failed.as_ref().filter(|f| failed_before.as_ref() != Some(*f)) {
+                    let message = format!("generation {}: {}; restoring the last good release", f.generation, f.reason);
+                    events.push((EventKind::GateFailed, message));
+                }
+                match ticked {
                     Ok(t) => {
+                        for _ in &t.retryable {
+                            self.shared.metrics.provider_error(true);
+                        }
                         if !t.retryable.is_empty() {
                             summary.retryable_failure = true;
                             last_error = Some(t.retryable.join("; "));
@@ -243,11 +370,13 @@ impl Worker {
                     }
                     Err(ProviderError::Refused(why)) => {
                         tracing::error!(%env, "STALLED: {why}");
+                        self.shared.metrics.provider_error(false);
                         let observed = provider.observe(env, spec, now).unwrap_or_default();
                         (Phase::Stalled, why.clone(), observed, true)
                     }
                     Err(ProviderError::Retryable(why)) => {
                         tracing::warn!(%env, "retrying later: {why}");
+                        self.shared.metrics.provider_error(true);
                         summary.retryable_failure = true;
                         last_error = Some(why.clone());
                         (Phase::Progressing, why, Observed::default(), false)
@@ -311,10 +440,44 @@ impl Worker {
                 last_error,
                 agent: self.cfg.agent_id.clone(),
                 updated_at: crate::commands::now(),
+                suspended: suspension,
             };
+            for (kind, message) in events.drain(..) {
+                self.notify(kind, Some(env), None, None, message);
+            }
+            figures.push(self.figures(&status));
             self.publish(status);
         }
+        let statuses: Vec<EnvStatus> = self.published.values().cloned().collect();
+        self.shared.metrics.pass(&figures, now_ms() as f64 / 1000.0);
+        self.shared.update_view(|view| view.environments = statuses);
+        self.shared.pass_finished();
         summary
+    }
+
+    /// The metrics of one environment's status; tracks since when its target has been ahead.
+    fn figures(&mut self, s: &EnvStatus) -> EnvFigures {
+        let behind = s.target_generation > s.observed_generation;
+        let behind_seconds = if behind {
+            let since = self.behind_since.entry(s.env.clone()).or_insert((s.target_generation, Instant::now()));
+            if since.0 != s.target_generation && since.0 <= s.observed_generation {
+                *since = (s.target_generation, Instant::now());
+            }
+            since.1.elapsed().as_secs_f64()
+        } else {
+            self.behind_since.remove(&s.env);
+            0.0
+        };
+        EnvFigures {
+            env: s.env.to_string(),
+            phase: s.phase.as_str(),
+            target_generation: s.target_generation,
+            observed_generation: s.observed_generation,
+            behind_seconds,
+            stalled: (s.phase == Phase::Stalled).then(|| s.message.clone()),
+            suspended: s.suspended.is_some(),
+            instances: s.instances.iter().map(|i| (i.generation, health_word(&i.health))).collect(),
+        }
     }
 
     /// Hands `status` to the publisher when it says something new to an auditor (countdowns and
@@ -325,7 +488,17 @@ impl Worker {
             tracing::debug!(%env, message = %status.message, "status: nothing new for the status branch");
             return;
         }
-        tracing::info!(%env, phase = ?status.phase, message = %status.message, "status");
+        tracing::info!(%env, phase = %status.phase, message = %status.message, "status");
+        let before = self.published.get(&env).map(|old| old.phase);
+        // A phase change is worth telling; so is an agent that starts into trouble.
+        let tell = match before {
+            Some(old) => old != status.phase,
+            None => matches!(status.phase, Phase::Degraded | Phase::Stalled),
+        };
+        if tell {
+            self.notify(EventKind::PhaseChanged, Some(&env), before, Some(status.phase), status.message.clone());
+        }
+        self.shared.metrics.status_submitted();
         if let Some(publisher) = &self.status {
             publisher.submit(status.clone());
         }

@@ -35,6 +35,11 @@ struct AgentFile {
     local: LocalSettings,
     #[serde(default)]
     aws: crate::provider::AwsSettings,
+    /// The HTTP surface; off without this table (or `--http-listen`).
+    http: Option<crate::http::HttpSettings>,
+    /// Notification targets (`[[notify]]`).
+    #[serde(default)]
+    notify: Vec<crate::notify::NotifyTarget>,
 }
 
 pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result<AgentConfig> {
@@ -92,6 +97,11 @@ pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result
         agent_id: file.agent_id.unwrap_or_else(|| default_agent_id(&state_dir)),
         local: file.local,
         aws: file.aws,
+        http: file.http.map(|mut h| {
+            h.hook_secret_file = h.hook_secret_file.map(resolve);
+            h
+        }),
+        notify: file.notify,
         stele_exe: std::env::current_exe().context("cannot find the stele binary for `stele lb`")?,
         repo,
         state_dir,
@@ -115,7 +125,10 @@ pub fn check_config_text(text: &str) -> Result<()> {
 }
 
 pub fn run(repo: Option<&Path>, args: AgentArgs) -> Result<u8> {
-    let cfg = load_config(repo, &args.settings)?;
+    let mut cfg = load_config(repo, &args.settings)?;
+    if let Some(listen) = args.http_listen {
+        cfg.http.get_or_insert_with(Default::default).listen = listen;
+    }
     agent::run(cfg, args.once, Duration::from_secs(args.timeout))
 }
 

@@ -19,6 +19,7 @@ mod release;
 mod rollback;
 mod sign;
 mod status;
+mod suspend;
 mod verify;
 
 /// For the `agent_config` fuzz target.
@@ -58,6 +59,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Status(args) => status::run(here, args),
         Command::Agent(args) => agent::run(repo.as_deref(), args),
         Command::Plan(args) => plan::run(repo.as_deref(), args),
+        Command::Suspend(args) => suspend::suspend(args),
+        Command::Resume(args) => suspend::resume(args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Lb(args) => crate::lb::run(&args.config),
     }

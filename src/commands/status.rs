@@ -148,6 +148,7 @@ mod tests {
             last_error: None,
             agent: "host:/state".into(),
             updated_at: "2026-01-02T00:00:00Z".parse().unwrap(),
+            suspended: None,
         }
     }
 

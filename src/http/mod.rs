@@ -156,8 +156,11 @@ async fn hook(
         app.shared.metrics.webhook("not_configured");
         return (StatusCode::NOT_FOUND, "webhooks are not configured (set [http] hook_secret_file)\n").into_response();
     };
+    let Some(branch) = app.shared.branch() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: the ledger source is not open yet\n").into_response();
+    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    match hooks::judge(forge, secret, header, &body, &app.shared.branch) {
+    match hooks::judge(forge, secret, header, &body, branch) {
         hooks::Verdict::Sync => {
             app.shared.metrics.webhook("sync");
             tracing::info!(forge = forge.name(), "webhook: push to the followed branch; syncing now");

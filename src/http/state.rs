@@ -35,12 +35,13 @@ pub struct Shared {
     sync_requested: AtomicBool,
     /// Wakes the loop for a requested sync.
     pub wake: tokio::sync::Notify,
-    /// The branch the agent follows (what a push must name to trigger a sync).
-    pub branch: String,
+    /// The branch the agent follows (what a push must name to trigger a sync), once the ledger source
+    /// is open.
+    branch: std::sync::OnceLock<String>,
 }
 
 impl Shared {
-    pub fn new(metrics: Metrics, agent_id: String, branch: String, wedged_after: Duration) -> Self {
+    pub fn new(metrics: Metrics, agent_id: String, wedged_after: Duration) -> Self {
         Shared {
             metrics,
             view: Mutex::new(View { agent_id, ..View::default() }),
@@ -50,8 +51,17 @@ impl Shared {
             wedged_after,
             sync_requested: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
-            branch,
+            branch: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_branch(&self, branch: String) {
+        let _ = self.branch.set(branch);
+    }
+
+    /// The followed branch, once known.
+    pub fn branch(&self) -> Option<&str> {
+        self.branch.get().map(String::as_str)
     }
 
     pub fn view(&self) -> View {

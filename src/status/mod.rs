@@ -52,14 +52,20 @@ pub enum Phase {
     Stalled,
 }
 
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Phase::Progressing => "Progressing",
             Phase::Healthy => "Healthy",
             Phase::Degraded => "Degraded",
             Phase::Stalled => "Stalled",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -111,6 +117,20 @@ pub struct EnvStatus {
     pub agent: String,
     /// When this content last changed; not a heartbeat.
     pub updated_at: Timestamp,
+    /// Set while an operator has suspended convergence of this environment (`stele suspend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<Suspension>,
+}
+
+/// An operator's freeze of one environment's convergence: the agent observes and reports, and acts on
+/// nothing, until `stele resume`. Kept in the agent's state directory, not in the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suspension {
+    pub reason: String,
+    /// Who suspended it (the user name `stele suspend` ran as).
+    pub by: String,
+    pub since: Timestamp,
 }
 
 impl EnvStatus {
@@ -352,6 +372,7 @@ pub(crate) mod tests {
             last_error: None,
             agent: "host:/var/lib/stele".into(),
             updated_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            suspended: None,
         }
     }
 

@@ -436,12 +436,21 @@ pub struct GitDaemon {
 
 impl GitDaemon {
     pub fn serve(sb: &Sandbox, base: &Path) -> Self {
+        Self::start(sb, base, None)
+    }
+
+    /// Serves on `port` (which must be free).
+    pub fn serve_on(sb: &Sandbox, base: &Path, port: u16) -> Self {
+        Self::start(sb, base, Some(port))
+    }
+
+    fn start(sb: &Sandbox, base: &Path, fixed: Option<u16>) -> Self {
         // `git daemon` runs git-daemon as a child of its own and would outlive a kill of the `git`
         // process: start the daemon program itself, so that the process killed is the one listening.
         let program = Path::new(sb.git(sb.root(), ["--exec-path"]).trim()).join("git-daemon");
         let log = sb.path("git-daemon.log");
         for _ in 0..5 {
-            let port = free_port();
+            let port = fixed.unwrap_or_else(free_port);
             let mut child = scrubbed(&path_str(&program), sb.root(), base)
                 .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1", "--enable=receive-pack"])
                 .arg(format!("--base-path={}", path_str(base)))
