@@ -116,6 +116,7 @@ fn instances(h: &mut Html, view: &EnvView) {
         h.elem("p", &[("class", "muted"), ("data-field", "no-instances")], "No instances.");
         return;
     }
+    h.raw("<div class=\"scroll\">");
     h.open("table", &[("class", "instances")]);
     h.raw("<thead><tr><th>instance</th><th>group</th><th>generation</th><th>health</th><th>since</th><th>drift</th></tr></thead><tbody>");
     for i in &s.instances {
@@ -138,11 +139,11 @@ fn instances(h: &mut Html, view: &EnvView) {
         h.elem("td", &[("class", "num")], &generation);
         let class = if i.health == "healthy" { "gate-converged" } else { "" };
         h.elem("td", &[("class", class)], &i.health);
-        h.elem("td", &[], &i.since.to_string());
+        h.elem("td", &[("class", "nowrap")], &i.since.to_string());
         h.elem("td", &[("class", if drift.is_empty() { "" } else { "error" })], drift);
         h.close("tr");
     }
-    h.raw("</tbody></table>\n");
+    h.raw("</tbody></table></div>\n");
 }
 
 /// `2.0.0 (seq 2, blake3:0123456789ab)`, or `none`.

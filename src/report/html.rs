@@ -82,7 +82,8 @@ main { padding: 16px 24px; max-width: 1400px; }
 section { margin-bottom: 28px; }
 .meta, .muted { color: var(--muted); }
 code, .mono { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 16px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 16px; }
+.scroll { overflow-x: auto; }
 article.env, article.proposal, #agent { border: 1px solid var(--line); border-radius: 6px; padding: 12px 14px;
   background: var(--bg); }
 article.env[data-suspended="true"] { border-color: var(--frozen); }
@@ -104,6 +105,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; vertical-align: top; padding: 4px 8px; border-bottom: 1px solid var(--line); }
 th { background: var(--panel); font-weight: 600; }
 td.num { text-align: right; }
+td.nowrap, .nowrap { white-space: nowrap; }
 tr.refused td { background: #ffebe9; }
 tr.refused td:first-child { border-left: 4px solid var(--bad); }
 tr.recovered td { background: #fff8c5; }

@@ -86,7 +86,7 @@ fn rows(h: &mut Html, t: &Value, names: &BTreeMap<String, String>) {
             attrs.extend([("data-env", env.as_str()), ("data-generation", generation.as_str())]);
         }
         h.open("tr", &attrs);
-        h.elem("td", &[("class", "mono")], &text(&row["time"]));
+        h.elem("td", &[("class", "mono nowrap")], &text(&row["time"]));
         h.elem("td", &[("class", "mono"), ("title", &commit)], short(&commit));
         h.elem("td", &[], &env);
         h.elem("td", &[("class", "num")], &generation);
@@ -167,6 +167,11 @@ fn what(h: &mut Html, row: &Value, kind: &str, names: &BTreeMap<String, String>)
         (Some(from), None) => h.elem("div", &[("class", "muted")], &format!("merged from {}", short(from))),
         (None, Some(p)) => h.elem("div", &[("class", "muted")], &format!("from proposal stele/proposals/{p}")),
         (None, None) => {}
+    }
+    // The status branch's claim about the generation a row made the target (as the text timeline
+    // says it): not on spec and policy rows, which share the generation without changing it.
+    if !matches!(kind, "promote" | "rollback" | "restore" | "co-sign") {
+        return;
     }
     let observed = &row["observed"];
     let generation = text(&row["generation"]);
