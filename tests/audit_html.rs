@@ -303,7 +303,8 @@ fn timeline_json_is_what_audit_json_prints() {
 }
 
 /// With `--json`, stdout is the JSON and the file is written too; `--env` keeps one environment on
-/// the page; `--at` with `--html` is a usage error; without a pinned root the page says so.
+/// the page; without a pinned root the page says so; a refused genesis still gives a page, marked;
+/// `--at` with `--html` is a usage error; a file that cannot be written is refused, naming it.
 #[test]
 fn html_combines_with_json_and_env_and_refuses_at() {
     let s = story();
@@ -320,6 +321,16 @@ fn html_combines_with_json_and_env_and_refuses_at() {
     assert!(select(&doc, "#timeline tr[data-env=staging]").is_empty());
     assert_eq!(attr(&one(&doc, "#audit"), "data-trust-root-pinned"), Some("false"));
     assert!(text(&one(&doc, "#unpinned")).contains("NOT PINNED"));
+
+    // Pinned to a root that never signed the genesis policy: the page is still written, and says so.
+    let eve = s.sb.key("eve");
+    l.stele(["audit", "--html", path, "--trust-root", &eve.id]).expect(VERIFY_FAILED).says(&["REFUSED genesis commit"]);
+    let doc = Html::parse_document(&std::fs::read_to_string(&file).expect("the report was written"));
+    assert_eq!(attr(&one(&doc, "#audit"), "data-ok"), Some("false"));
+    let genesis = l.git(["rev-list", "--max-parents=0", "HEAD"]);
+    let refused = one(&doc, "#timeline tr[data-row-kind=refused]");
+    assert_eq!(attr(&refused, "data-commit"), Some(genesis.trim()));
+    assert!(!attrs_in(&refused, "li[data-check]", "data-check").is_empty(), "the check that refused it is shown");
 
     l.stele(["audit", "--at", "2030-01-01", "--html", path]).expect(USAGE).says(&["--at"]);
     let missing = s.sb.path("no/such/dir/r.html");
