@@ -282,7 +282,8 @@ fn the_html_report_loaded_in_chromium_shows_environments_signers_rollback_and_th
     browser::screenshot(report.to_str().expect("UTF-8"), &png, 1400, 1600);
 }
 
-/// `timeline_json` (what the agent's page shows) is byte for byte what `stele audit --json` prints.
+/// `timeline_json` (what the agent's page shows) is exactly what `stele audit --json` prints, also
+/// read from a bare repository (as an agent's fetch cache is).
 #[test]
 fn timeline_json_is_what_audit_json_prints() {
     let s = story();
@@ -297,6 +298,12 @@ fn timeline_json_is_what_audit_json_prints() {
     let only = stele::commands::audit::timeline_json(&l.dir, head, &anchor, Some(&prod)).expect("a timeline");
     let printed = l.stele(["audit", "--json", "--env", "prod", "--trust-root", &s.alice.id]);
     assert_eq!(only, serde_json::from_str::<Value>(&printed.expect(VERIFY_FAILED).stdout).expect("JSON"));
+    // From a bare repository, as an agent's fetch cache is: the same rows.
+    let cache = s.sb.path("cache.git");
+    s.sb.git(s.sb.root(), ["clone", "-q", "--bare", &path_str(&l.dir), &path_str(&cache)]);
+    let bare = stele::commands::audit::timeline_json(&cache, head, &anchor, None).expect("a timeline");
+    assert_eq!(bare["timeline"], got["timeline"]);
+    assert_eq!(bare["proposals"], got["proposals"]);
     let nope: EnvName = "nope".parse().expect("a name");
     let err = stele::commands::audit::timeline_json(&l.dir, head, &anchor, Some(&nope)).expect_err("unknown env");
     assert!(err.to_string().contains("no such environment"), "{err}");
