@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: installs what the tests need (git, ssh-keygen, OpenSSL headers; moto, the AWS API
+# Runs every test: installs what the tests need (git, ssh-keygen, OpenSSL headers, Chromium; moto, the AWS API
 # emulator, in .venv-moto/) when it is missing, then lints and tests the whole workspace, without and
 # with the `aws` feature, and runs each fuzz target in fuzz/ briefly. CI runs exactly this (see .ci/run).
 set -euo pipefail
@@ -11,6 +11,7 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)   # the ssh:// transport test runs sshd on loopback
 command -v pkg-config >/dev/null || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+command -v chromium >/dev/null || need+=(chromium)   # the page and audit report tests run headless Chromium
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo

@@ -293,6 +293,11 @@ pub struct AuditArgs {
     /// Print the same timeline or answer as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the timeline, with the environments as the status branch reports them, as one
+    /// self-contained HTML page to FILE (no scripts, no external assets). Stdout then gets a summary,
+    /// or the JSON with --json; the exit code is the same. Not with --at: the page is the timeline.
+    #[arg(long, value_name = "FILE", conflicts_with = "at")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

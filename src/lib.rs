@@ -18,6 +18,7 @@ pub mod plan;
 pub mod provider;
 pub mod replay;
 pub mod repo;
+pub mod report;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -5,7 +5,7 @@
 //! in `ledger_format`) or touch Git directly (that is `repo`).
 
 mod agent;
-mod audit;
+pub mod audit;
 mod env;
 mod image_cmd;
 mod init;

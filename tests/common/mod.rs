@@ -9,6 +9,8 @@
 // Each test binary uses a different part of these helpers.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::ffi::OsStr;
 use std::io::Write;
 use std::net::TcpStream;

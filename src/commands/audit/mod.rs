@@ -8,6 +8,16 @@
 //! along the way, merge facts and proposal branches read from Git, the status branch's reports) and
 //! printing it. Must not judge anything itself: verdicts come from `ledger_format` through `replay`.
 //!
+//! `--html FILE` also writes the timeline, with the environments as the status branch reports them
+//! now, as one static page (`crate::report`); stdout then gets a short summary instead of the
+//! timeline, or the same JSON with `--json`. `--html` and `--at` do not go together (the page is the
+//! timeline). `--env` and the trust root flags mean what they mean for the timeline: the page shows
+//! that environment only, and says loudly when the trust root was not pinned. The report is written
+//! whatever the verdict, a refused genesis included, and the exit code does not change.
+//!
+//! [`timeline_json`] gives the same JSON to the agent's page, from its own repository and without
+//! fetching.
+//!
 //! Exit codes: 0 when every commit verified, 1 when any commit was refused (the refused and the
 //! recovering commits are still listed). An open proposal is information, never a failure.
 
@@ -21,6 +31,7 @@ use super::trust_anchor;
 use crate::cli::AuditArgs;
 use crate::exit::{self, Refused};
 use crate::replay::{replay, Outcome};
+use crate::report::{render_page, EnvView, PageView};
 use crate::source::{is_remote, GitSource, LedgerSource};
 use crate::status::{self, EnvStatus};
 use anyhow::Result;
@@ -28,7 +39,7 @@ use ledger_format::document::{Document, Payload};
 use ledger_format::history::{Action, Event, TrustAnchor};
 use ledger_format::types::{EnvName, Policy};
 use ledger_format::{KeyId, Timestamp};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -67,7 +78,9 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
             }
         }
     })?;
-    let Some(verified) = &outcome.verified else {
+    let shown = if is_remote(&location) { location.clone() } else { shown_location(&source) };
+    let replayed = Replayed { source: &source, head, outcome: &outcome, pinned: pinned.is_some(), shown: &shown };
+    if outcome.verified.is_none() {
         for r in &outcome.refusals {
             for p in &r.problems {
                 eprintln!("REFUSED genesis commit {}: {p}", r.commit.id);
@@ -76,55 +89,203 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
         if outcome.refusals.is_empty() {
             eprintln!("{location}: no commit on the first-parent history holds {}", ledger_format::tree::POLICY_PATH);
         }
+        if let Some(file) = &args.html {
+            write_html(file, &replayed.unverified_json(), Vec::new())?;
+        }
         return Ok(exit::VERIFY_FAILED);
-    };
-    if let Some(env) = &only_env {
-        if !verified.state.policy.payload.environments.contains_key(env) {
-            return Err(Refused(format!("--env {env}: the ledger's policy declares no such environment")).into());
-        }
     }
-    let shown = if is_remote(&location) {
-        location.clone()
-    } else {
-        source.repository().workdir().unwrap_or(source.repository().path()).display().to_string()
-    };
-    let git = git::Facts::read(source.repository(), head, &outcome)?;
-    let mut observed = BTreeMap::new();
-    for env in verified.state.policy.payload.environments.keys() {
-        observed.insert(env.clone(), observations(source.repository(), env));
-    }
-    let audit = Audit {
-        location: &shown,
-        branch: source.branch(),
-        head,
-        pinned: pinned.is_some(),
-        policy: &verified.state.policy.payload,
-        outcome: &outcome,
-        only: only_env.as_ref(),
-        observed: &observed,
-        git: &git,
-    };
-    match (at, args.json) {
-        (Some(at), true) => print_json(&audit.header_json(), answer::json(&audit, at, args.at.as_deref())),
-        (Some(at), false) => answer::print(&audit, at, args.at.as_deref()),
-        (None, true) => {
-            let open = proposals::open(source.repository(), &audit)?;
-            print_json(&audit.header_json(), timeline::json(&audit, &open));
+    replayed.with_audit(only_env.as_ref(), |audit| {
+        match (at, args.json) {
+            (Some(at), true) => print_json(&merged(audit.header_json(), answer::json(audit, at, args.at.as_deref()))),
+            (Some(at), false) => answer::print(audit, at, args.at.as_deref()),
+            (None, json) => {
+                let open = proposals::open(source.repository(), audit)?;
+                let body = merged(audit.header_json(), timeline::json(audit, &open));
+                if let Some(file) = &args.html {
+                    write_html(file, &body, reported(source.repository(), audit))?;
+                }
+                match (json, &args.html) {
+                    (true, _) => print_json(&body),
+                    (false, None) => timeline::print(audit, &open),
+                    (false, Some(file)) => {
+                        audit.print_header();
+                        println!("{}", verdict(&outcome));
+                        println!("report written to {}", file.display());
+                    }
+                }
+            }
         }
-        (None, false) => {
-            let open = proposals::open(source.repository(), &audit)?;
-            timeline::print(&audit, &open);
-        }
-    }
+        Ok(())
+    })?;
     Ok(if outcome.refusals.is_empty() { exit::OK } else { exit::VERIFY_FAILED })
 }
 
-fn print_json(header: &serde_json::Value, body: serde_json::Value) {
-    let mut all = header.clone();
-    if let (Some(all), serde_json::Value::Object(body)) = (all.as_object_mut(), body) {
+/// What `stele audit --json` prints for the timeline (no `--at`), read from the local repository at
+/// `repo` (a work tree or a bare repository such as an agent's fetch cache; nothing is fetched) by
+/// replaying its first-parent history from genesis up to `head` under `anchor`, with the open
+/// proposals its refs hold and what its `stele/status` branch says was observed. `only` keeps one
+/// environment's rows (and the policy's), as `--env` does.
+///
+/// A history whose genesis is refused still gives a value: `ok: false`, the refusals, and their
+/// rows. Errors are what `stele audit` exits non-zero for without a verdict: an unreadable
+/// repository, a missing commit, an environment `only` the ledger does not declare.
+pub fn timeline_json(repo: &Path, head: git2::Oid, anchor: &TrustAnchor, only: Option<&EnvName>) -> Result<Value> {
+    let location = repo.to_str().ok_or_else(|| Refused(format!("{}: not UTF-8", repo.display())))?;
+    let source = GitSource::open(location, None, repo)?;
+    let outcome = replay(&source, None, head, anchor, &mut |_, _| {})?;
+    let pinned = !matches!(anchor, TrustAnchor::UnpinnedTrustGenesisAsFound);
+    let shown = shown_location(&source);
+    let replayed = Replayed { source: &source, head, outcome: &outcome, pinned, shown: &shown };
+    if outcome.verified.is_none() {
+        return Ok(replayed.unverified_json());
+    }
+    replayed.with_audit(only, |audit| {
+        let open = proposals::open(source.repository(), audit)?;
+        Ok(merged(audit.header_json(), timeline::json(audit, &open)))
+    })
+}
+
+/// What to call a local repository: its work tree, or the repository itself when bare.
+fn shown_location(source: &GitSource) -> String {
+    source.repository().workdir().unwrap_or(source.repository().path()).display().to_string()
+}
+
+/// A replayed history, before the audit reads Git for the facts it prints.
+struct Replayed<'a> {
+    source: &'a GitSource,
+    head: git2::Oid,
+    outcome: &'a Outcome,
+    pinned: bool,
+    /// What to call the ledger's location.
+    shown: &'a str,
+}
+
+impl Replayed<'_> {
+    /// Runs `f` on the audit of a history whose genesis verified.
+    fn with_audit<R>(&self, only: Option<&EnvName>, f: impl FnOnce(&Audit) -> Result<R>) -> Result<R> {
+        let verified = self.outcome.verified.as_ref().expect("callers check that genesis verified");
+        let policy = &verified.state.policy.payload;
+        if let Some(env) = only {
+            if !policy.environments.contains_key(env) {
+                return Err(Refused(format!("--env {env}: the ledger's policy declares no such environment")).into());
+            }
+        }
+        let repo = self.source.repository();
+        let git = git::Facts::read(repo, self.head, self.outcome)?;
+        let mut observed = BTreeMap::new();
+        for env in policy.environments.keys() {
+            observed.insert(env.clone(), observations(repo, env));
+        }
+        f(&Audit {
+            location: self.shown,
+            branch: self.source.branch(),
+            head: self.head,
+            pinned: self.pinned,
+            policy,
+            outcome: self.outcome,
+            only,
+            observed: &observed,
+            git: &git,
+        })
+    }
+
+    /// The timeline JSON of a history whose genesis was refused: no policy, so no names; the
+    /// refusals as rows.
+    fn unverified_json(&self) -> Value {
+        let refusals: Vec<Value> = self
+            .outcome
+            .refusals
+            .iter()
+            .map(|r| {
+                json!({"commit": r.commit.id, "time": r.commit.time, "author": r.commit.author,
+                       "summary": r.commit.summary, "problems": r.problems})
+            })
+            .collect();
+        let rows: Vec<Value> = refusals
+            .iter()
+            .map(|r| {
+                let mut row = r.clone();
+                row["action"] = "refused".into();
+                row
+            })
+            .collect();
+        json!({
+            "ok": false,
+            "ledger": null,
+            "source": self.shown,
+            "branch": self.source.branch(),
+            "head": self.head.to_string(),
+            "trust_root_pinned": self.pinned,
+            "commits": self.outcome.commits_seen,
+            "refusals": refusals,
+            "recovered": [],
+            "timeline": rows,
+            "environments": {},
+            "policy": [],
+            "proposals": [],
+        })
+    }
+}
+
+/// The last line of the human output.
+fn verdict(outcome: &Outcome) -> String {
+    if outcome.refusals.is_empty() {
+        return "OK: every step verified".into();
+    }
+    let n = outcome.refusals.len();
+    format!(
+        "FAILED: {n} refused commit{} (the state follows the last good commit{})",
+        if n == 1 { "" } else { "s" },
+        if outcome.recovered.is_empty() { "" } else { " and the commits that recovered from it" }
+    )
+}
+
+/// The environments the audit shows as the status branch reports them now (what `stele status`
+/// prints); none, with a warning, when the branch cannot be read.
+fn reported(repo: &git2::Repository, audit: &Audit) -> Vec<EnvView> {
+    match status::read_all(repo, STATUS_BRANCH) {
+        Ok(Some((_, all))) => all
+            .into_iter()
+            .filter(|s| audit.envs().any(|e| *e == s.env))
+            .map(|status| EnvView { status, suspended: None })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            eprintln!("warning: the status branch cannot be read, so the environments are not shown: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Writes the audit report: `timeline` (the `--json` body) and `environments` as one HTML page.
+fn write_html(file: &Path, timeline: &Value, environments: Vec<EnvView>) -> Result<()> {
+    let ledger = timeline["ledger"].as_str().unwrap_or("(unverified)");
+    let head = timeline["head"].as_str().unwrap_or("");
+    let view = PageView {
+        title: format!("Stele audit of ledger {ledger}"),
+        generated_at: super::now().to_string(),
+        ledger: Some(format!("{ledger} at {}", short(head))),
+        agent: None,
+        environments,
+        timeline: Some(timeline.clone()),
+        refresh_seconds: None,
+    };
+    std::fs::write(file, render_page(&view))
+        .map_err(|e| Refused(format!("--html {}: cannot write the report: {e}", file.display())))?;
+    Ok(())
+}
+
+/// `header` with the members of `body` added.
+fn merged(header: Value, body: Value) -> Value {
+    let mut all = header;
+    if let (Some(all), Value::Object(body)) = (all.as_object_mut(), body) {
         all.extend(body);
     }
-    println!("{}", serde_json::to_string_pretty(&all).expect("JSON values serialize"));
+    all
+}
+
+fn print_json(all: &Value) {
+    println!("{}", serde_json::to_string_pretty(all).expect("JSON values serialize"));
 }
 
 /// Every report the status branch holds for `env`, oldest first, with the time of the status commit
