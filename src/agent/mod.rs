@@ -52,6 +52,18 @@ pub struct AgentConfig {
     pub http: Option<crate::http::HttpSettings>,
     /// Where notifications go (`[[notify]]`).
     pub notify: Vec<crate::notify::NotifyTarget>,
+    /// How the page reads the audit timeline (given by `stele agent`; none: no timeline on the page).
+    pub timeline: Option<Timeline>,
+}
+
+/// A function from a verified commit to its audit timeline (see `http::state::TimelineFn`).
+#[derive(Clone)]
+pub struct Timeline(pub Arc<crate::http::state::TimelineFn>);
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Timeline")
+    }
 }
 
 /// How a pass ended, for `--once` and the loop's timing.
@@ -135,6 +147,9 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
         cfg.agent_id.clone(),
         wedged_after,
     ));
+    if let Some(t) = &cfg.timeline {
+        shared.set_timeline(t.0.clone());
+    }
     if let Some(http) = cfg.http.clone() {
         let listener = crate::http::bind(&http).await?;
         if let Some(path) = &http.hook_secret_file {

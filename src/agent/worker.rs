@@ -179,8 +179,10 @@ impl Worker {
             let ledger = format!("{} at {}", v.state.policy.payload.ledger, v.commit);
             let stall = self.ledger_stall.clone();
             let polled = self.ledger_error.is_none().then(crate::commands::now);
+            let commit = v.commit.to_string();
             self.shared.update_view(|view| {
                 view.ledger = Some(ledger);
+                view.verified_commit = Some(commit);
                 view.ledger_stall = stall;
                 if let Some(at) = polled {
                     view.last_poll = Some(at.to_string());

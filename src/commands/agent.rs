@@ -102,6 +102,7 @@ pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result
             h
         }),
         notify: file.notify,
+        timeline: None,
         stele_exe: std::env::current_exe().context("cannot find the stele binary for `stele lb`")?,
         repo,
         state_dir,
@@ -129,6 +130,15 @@ pub fn run(repo: Option<&Path>, args: AgentArgs) -> Result<u8> {
     if let Some(listen) = args.http_listen {
         cfg.http.get_or_insert_with(Default::default).listen = listen;
     }
+    // The page's audit timeline: replayed from the agent's own copy of the ledger (its fetch cache,
+    // or the local repository), up to the commit the agent verified.
+    let repo_path =
+        if is_remote(&cfg.repo) { cfg.state_dir.join("cache/ledger.git") } else { PathBuf::from(&cfg.repo) };
+    let anchor = cfg.anchor.clone().unwrap_or(ledger_format::history::TrustAnchor::UnpinnedTrustGenesisAsFound);
+    cfg.timeline = Some(agent::Timeline(std::sync::Arc::new(move |commit: &str| {
+        let head = git2::Oid::from_str(commit).map_err(|e| e.to_string())?;
+        super::audit::timeline_json(&repo_path, head, &anchor, None).map_err(|e| format!("{e:#}"))
+    })));
     agent::run(cfg, args.once, Duration::from_secs(args.timeout))
 }
 

@@ -11,6 +11,7 @@
 //! | `GET /readyz` | 200 once the first verified sync is done, else 503 |
 //! | `POST /hooks/{github,gitlab,gitea}` | 202 and a sync for a genuine push to the followed branch; 200 for other genuine events; 401 for a bad or missing signature; 404 when no secret is configured; 413 over the body limit |
 //! | `GET /api/status` | the environments as `stele status --json` prints them |
+//! | `GET /` | the read-only operator page (`crate::report`): environments, instances, suspensions and the audit timeline; refreshes every 5 s |
 
 pub mod hooks;
 pub mod metrics;
@@ -103,6 +104,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/status", get(api_status))
+        .route("/", get(page))
         .route("/hooks/{forge}", post(hook))
         .layer(DefaultBodyLimit::max(settings.max_hook_body_bytes))
         .with_state(app);
@@ -140,6 +142,44 @@ async fn api_status(State(app): State<Arc<App>>) -> Response {
         "environments": view.environments,
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn page(State(app): State<Arc<App>>) -> Response {
+    let shared = app.shared.clone();
+    let html = tokio::task::spawn_blocking(move || {
+        let view = shared.view();
+        let timeline = view.verified_commit.as_deref().and_then(|c| shared.timeline(c));
+        let page = crate::report::PageView {
+            title: format!("Stele agent {}", view.agent_id),
+            generated_at: crate::commands::now().to_string(),
+            ledger: view.ledger.clone(),
+            agent: Some(crate::report::AgentView {
+                id: view.agent_id.clone(),
+                last_poll: view.last_poll.clone(),
+                ready: shared.ready(),
+                message: view.ledger_stall.clone(),
+            }),
+            environments: view
+                .environments
+                .iter()
+                .map(|status| crate::report::EnvView {
+                    suspended: status
+                        .suspended
+                        .as_ref()
+                        .map(|s| format!("suspended by {} since {}: {}", s.by, s.since, s.reason)),
+                    status: status.clone(),
+                })
+                .collect(),
+            timeline,
+            refresh_seconds: Some(5),
+        };
+        crate::report::render_page(&page)
+    })
+    .await;
+    match html {
+        Ok(html) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("page failed: {e}\n")).into_response(),
+    }
 }
 
 async fn hook(

@@ -21,8 +21,14 @@ pub struct View {
     pub last_poll: Option<String>,
     /// Why the ledger is stalled, while it is.
     pub ledger_stall: Option<String>,
+    /// The verified commit the agent acts on (the audit timeline of the page is read up to it).
+    pub verified_commit: Option<String>,
     pub environments: Vec<EnvStatus>,
 }
+
+/// Computes the audit timeline (`stele audit --json`) up to a verified commit, for the page. Given by
+/// the command that starts the agent, so this layer does not reach up into the commands.
+pub type TimelineFn = dyn Fn(&str) -> Result<serde_json::Value, String> + Send + Sync;
 
 pub struct Shared {
     pub metrics: Metrics,
@@ -38,6 +44,9 @@ pub struct Shared {
     /// The branch the agent follows (what a push must name to trigger a sync), once the ledger source
     /// is open.
     branch: std::sync::OnceLock<String>,
+    timeline: std::sync::OnceLock<std::sync::Arc<TimelineFn>>,
+    /// The last timeline computed, by commit: replaying the history once per new head, not per view.
+    timeline_cache: Mutex<Option<(String, serde_json::Value)>>,
 }
 
 impl Shared {
@@ -52,6 +61,33 @@ impl Shared {
             sync_requested: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             branch: std::sync::OnceLock::new(),
+            timeline: std::sync::OnceLock::new(),
+            timeline_cache: Mutex::new(None),
+        }
+    }
+
+    pub fn set_timeline(&self, f: std::sync::Arc<TimelineFn>) {
+        let _ = self.timeline.set(f);
+    }
+
+    /// The audit timeline up to `commit` (cached per commit); `None` when no timeline function was
+    /// given or it failed (logged).
+    pub fn timeline(&self, commit: &str) -> Option<serde_json::Value> {
+        let f = self.timeline.get()?;
+        if let Some((c, v)) = &*self.timeline_cache.lock().unwrap_or_else(|p| p.into_inner()) {
+            if c == commit {
+                return Some(v.clone());
+            }
+        }
+        match f(commit) {
+            Ok(v) => {
+                *self.timeline_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((commit.to_owned(), v.clone()));
+                Some(v)
+            }
+            Err(e) => {
+                tracing::warn!("the page's audit timeline could not be read: {e}");
+                None
+            }
         }
     }
 
