@@ -9,6 +9,7 @@ use ledger_format::types::KeyName;
 use ledger_format::{KeyId, PublicKey, SecretKey};
 use rand_core::{OsRng, RngCore};
 use ssh_key::private::{Ed25519Keypair, KeypairData};
+use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::{LineEnding, PrivateKey};
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -98,6 +99,13 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<(), 
     let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)
+}
+
+/// The key's SHA256 fingerprint exactly as `ssh-keygen -lf` prints it: `SHA256:` and the unpadded
+/// Base64 of the SHA-256 of the OpenSSH public key blob. People compare keys by it.
+pub fn ssh_fingerprint(key: &PublicKey) -> String {
+    let data = KeyData::Ed25519(Ed25519PublicKey(key.to_bytes()));
+    ssh_key::PublicKey::from(data).fingerprint(ssh_key::HashAlg::Sha256).to_string()
 }
 
 /// Signs `message` as OpenSSH's `ssh-keygen -Y sign -n NAMESPACE` does (SSHSIG, SHA-512), returning
@@ -264,6 +272,28 @@ mod tests {
             let armored = ssh_sign(&secret.key, "git", b"commit").unwrap();
             let signer = ledger_format::crypto::verify_sshsig(armored.as_bytes(), "git", b"commit").unwrap();
             assert_eq!(signer.key_id(), public.key.key_id(), "{name}");
+        }
+    }
+
+    /// The fingerprint is the one OpenSSH shows for the same key file.
+    #[test]
+    fn fingerprints_match_ssh_keygen() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
+        let dir = tempfile::tempdir().unwrap();
+        let generated = dir.path().join("k");
+        generate(&generated, "carol", false).unwrap();
+        for file in [public_path(&generated), fixtures.join("python-cryptography-ed25519.pub")] {
+            let out = std::process::Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(&file)
+                .output()
+                .expect("ssh-keygen (openssh-client) is needed for this test");
+            assert!(out.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+            // "256 SHA256:... comment (ED25519)"
+            let listed = String::from_utf8_lossy(&out.stdout);
+            let theirs = listed.split_whitespace().nth(1).expect("a fingerprint");
+            assert!(theirs.starts_with("SHA256:") && !theirs.ends_with('='), "{listed}");
+            assert_eq!(ssh_fingerprint(&load_public(&file).unwrap().key), theirs, "{}", file.display());
         }
     }
 

@@ -1,4 +1,5 @@
-//! `stele key`: generate a key pair, print a key id.
+//! `stele key`: generate a key pair, print a key id (and, on stderr, the SHA256 fingerprint that
+//! `ssh-keygen -lf` shows, which people compare keys by).
 
 use crate::cli::KeyCommand;
 use crate::exit;
@@ -14,9 +15,15 @@ pub fn run(cmd: KeyCommand) -> Result<u8> {
             };
             let key = keys::generate(&out, &comment, force)?;
             eprintln!("wrote {} (secret, mode 0600) and {}", out.display(), keys::public_path(&out).display());
+            eprintln!("fingerprint {} (as `ssh-keygen -lf` shows it)", keys::ssh_fingerprint(&key.key.public_key()));
             println!("{}", key.key_id());
         }
-        KeyCommand::Id { file } => println!("{}", keys::load_public(&file)?.key.key_id()),
+        KeyCommand::Id { file } => {
+            // The key id alone on stdout, for scripts (`--trust-root $(stele key id root.pub)`).
+            let key = keys::load_public(&file)?.key;
+            eprintln!("fingerprint {} (as `ssh-keygen -lf` shows it)", keys::ssh_fingerprint(&key));
+            println!("{}", key.key_id());
+        }
     }
     Ok(exit::OK)
 }
