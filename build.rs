@@ -36,7 +36,11 @@ fn main() {
             let common = output(Command::new("git").args(["-C", &manifest_dir, "rev-parse", "--git-common-dir"]))
                 .map(|c| Path::new(&manifest_dir).join(c))
                 .unwrap_or_else(|| Path::new(&git_dir).to_owned());
-            println!("cargo:rerun-if-changed={}", common.join(branch).display());
+            // A ref that `git pack-refs` moved lives in packed-refs; a path that does not exist would
+            // rerun this script on every build.
+            let loose = common.join(&branch);
+            let watched = if loose.exists() { loose } else { common.join("packed-refs") };
+            println!("cargo:rerun-if-changed={}", watched.display());
         }
     }
 }
