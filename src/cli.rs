@@ -142,8 +142,8 @@ const POLICY_EXAMPLES: &str = "Examples:
 
 const RELEASE_EXAMPLES: &str = "Examples:
   stele release --env staging --version 1.4.2 --image app.tar --key alice.key
-  stele release --env prod --version 1.4.2 --image ./app.tar --uri https://images.example/app-1.4.2.tar \\
-      --expect-blake3 HEX --key alice.key";
+  stele release --env prod --version 1.4.2 --image app.tar --expect-blake3 HEX --key alice.key
+  stele release --env prod --version 1.4.2 --image https://images.example/app-1.4.2.tar --key alice.key";
 
 const SIGN_EXAMPLES: &str = "Examples:
   stele sign --proposal prod-1.4.2 --key bob.key       # co-sign a proposal branch
@@ -159,7 +159,8 @@ const VERIFY_EXAMPLES: &str = "Examples:
 
 const AUDIT_EXAMPLES: &str = "Examples:
   stele audit --trust-root KEYID
-  stele audit --repo https://git.example/ops/ledger.git --env prod --at 2026-03-03T14:00:00Z --trust-root KEYID";
+  stele audit --repo https://git.example/ops/ledger.git --trust-root KEYID
+  stele audit --env prod --at 2026-03-03T14:00:00Z --trust-root KEYID   # what prod ran then";
 
 const AGENT_EXAMPLES: &str = "Examples:
   stele agent --config /etc/stele/agent.toml

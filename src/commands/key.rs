@@ -15,14 +15,14 @@ pub fn run(cmd: KeyCommand) -> Result<u8> {
             };
             let key = keys::generate(&out, &comment, force)?;
             eprintln!("wrote {} (secret, mode 0600) and {}", out.display(), keys::public_path(&out).display());
-            eprintln!("fingerprint {} (as `ssh-keygen -lf` shows it)", keys::ssh_fingerprint(&key.key.public_key()));
             println!("{}", key.key_id());
+            eprintln!("fingerprint {} (as `ssh-keygen -lf` shows it)", keys::ssh_fingerprint(&key.key.public_key()));
         }
         KeyCommand::Id { file } => {
             // The key id alone on stdout, for scripts (`--trust-root $(stele key id root.pub)`).
             let key = keys::load_public(&file)?.key;
-            eprintln!("fingerprint {} (as `ssh-keygen -lf` shows it)", keys::ssh_fingerprint(&key));
             println!("{}", key.key_id());
+            eprintln!("fingerprint {} (as `ssh-keygen -lf` shows it)", keys::ssh_fingerprint(&key));
         }
     }
     Ok(exit::OK)
