@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v git >/dev/null || need+=(git)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v man >/dev/null || need+=(man-db)        # the man page test renders pages with `man -l`
+command -v script >/dev/null || need+=(bsdutils)   # the log colour test runs stele on a pty
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)   # the ssh:// transport test runs sshd on loopback
 command -v pkg-config >/dev/null || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)

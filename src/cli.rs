@@ -1,28 +1,70 @@
 //! The command line, as clap types. This interface is a contract that the README and the tests use.
 //!
-//! Owns: argument names, defaults and help text. Must not do any work: `commands` does.
+//! Owns: argument names, defaults, help text and examples. Must not do any work: `commands` does.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// What `stele --version` prints after the name: the version, the commit and how it was built.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("STELE_GIT_COMMIT"),
+    ")\nrustc:    ",
+    env!("STELE_RUSTC_VERSION"),
+    "\ntarget:   ",
+    env!("STELE_TARGET"),
+    "\nfeatures: ",
+    env!("STELE_FEATURES_SHOWN"),
+    "\nprofile:  ",
+    env!("STELE_PROFILE"),
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "stele",
-    version,
+    version = crate::build_info::SHORT_VERSION,
+    long_version = LONG_VERSION,
     about = "Signed release ledger and pull-based GitOps reconciler for immutable infrastructure",
     long_about = "Stele keeps an append-only, signed ledger of releases in a Git repository: which image \
                   (by BLAKE3 digest) each environment runs. Every document is signed with Ed25519 by keys \
                   that a signed trust policy authorises. See ledger-format/SPEC.md for the format.",
-    after_help = "Exit codes: 0 ok, 1 verification failed, 2 usage error, 3 refused (nothing written), 4 I/O or Git failure."
+    after_help = crate::exit::help_text()
 )]
 pub struct Cli {
-    /// The ledger repository: any directory inside its work tree (default: the current directory).
-    /// `poll` and `agent` also take a URL.
-    #[arg(long, global = true, env = "STELE_REPO", value_name = "DIR")]
-    pub repo: Option<PathBuf>,
-
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--repo` for commands that read or change a local ledger work tree.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RepoArgs {
+    /// The ledger repository: any directory inside its work tree (default: the current directory).
+    #[arg(long, env = "STELE_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    /// The directory given, or the current directory.
+    pub fn dir(&self) -> PathBuf {
+        self.repo.clone().unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// `--repo` for commands that also fetch a remote ledger.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SourceArgs {
+    /// The ledger: a directory inside its work tree, or a file://, git://, ssh:// or https:// URL
+    /// (default: the current directory).
+    #[arg(long, env = "STELE_REPO", value_name = "DIR|URL")]
+    pub repo: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The location given, or the current directory.
+    pub fn dir(&self) -> PathBuf {
+        self.repo.clone().unwrap_or_else(|| PathBuf::from("."))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -31,25 +73,29 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
     /// Create a ledger: a Git repository with a signed policy and environment specs.
+    #[command(after_help = INIT_EXAMPLES)]
     Init(InitArgs),
     /// Change the trust policy: signers, thresholds, environments, root keys.
-    #[command(subcommand)]
-    Policy(PolicyCommand),
+    #[command(after_help = POLICY_EXAMPLES)]
+    Policy(PolicyArgs),
     /// Build and hash image artifacts.
     #[command(subcommand)]
     Image(ImageCommand),
     /// Promote a version: append a signed entry to an environment's chain and commit it.
+    #[command(after_help = RELEASE_EXAMPLES)]
     Release(ReleaseArgs),
     /// Change how an environment runs: sign a new environment spec (strategy, groups, health) and commit it.
-    #[command(subcommand)]
-    Env(EnvCommand),
+    Env(EnvArgs),
     /// Co-sign a proposal (--proposal NAME: every document of it the key may sign), or a document on
     /// the ledger branch (--env: the tip entry; --file: a document) and commit the signature.
+    #[command(after_help = SIGN_EXAMPLES)]
     Sign(SignArgs),
     /// Land a proposal (branch stele/proposals/NAME) on the current branch as one commit, once every
     /// threshold is met; refuses a stale proposal. Deletes the local proposal branch.
+    #[command(after_help = PROMOTE_EXAMPLES)]
     Promote(PromoteArgs),
     /// Verify the ledger tree: policy, environment specs and every chain. Exits 0 only if all verify.
+    #[command(after_help = VERIFY_EXAMPLES)]
     Verify(VerifyArgs),
     /// Roll an environment back: commit exactly what `git revert` of its tip promotion would, SSH-signed
     /// with --key (for environments whose revert policy is `signed`).
@@ -58,11 +104,14 @@ pub enum Command {
     /// first-parent commit since the last verified one, and persist the new high-water mark.
     Poll(PollArgs),
     /// Replay the whole history offline, verify every step, and print each environment's timeline.
+    #[command(after_help = AUDIT_EXAMPLES)]
     Audit(AuditArgs),
     /// Run the agent: poll and verify the ledger, converge instance groups to each environment's
     /// target, and record what runs on the status branch.
+    #[command(after_help = AGENT_EXAMPLES)]
     Agent(AgentArgs),
     /// Print what the agent would do now (verify, observe, plan), without doing it.
+    #[command(after_help = PLAN_EXAMPLES)]
     Plan(PlanArgs),
     /// Freeze convergence of one environment during an incident, without a commit: the agent keeps
     /// observing and reporting it (status, metrics, page) and acts on nothing until `stele resume`.
@@ -70,13 +119,107 @@ pub enum Command {
     /// Let the agent converge a suspended environment again.
     Resume(ResumeArgs),
     /// Show what runs where, as the agent last recorded it on the status branch.
+    #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
     /// The whole story in one command: make a ledger and keys, release v1 and v2 of the demo app to a
     /// local environment, roll back by `git revert`, audit, and clean up.
     Quickstart(QuickstartArgs),
+    /// Print the version, the Git commit and how this binary was built.
+    Version(VersionArgs),
+    /// Print a shell completion script: `stele completions bash > /etc/bash_completion.d/stele`.
+    Completions(CompletionsArgs),
+    /// Write a man page for every command (stele.1, stele-release.1, ...) into a directory.
+    Man(ManArgs),
     /// Run a local TCP load balancer for one instance group (started by the local provider).
     #[command(hide = true)]
     Lb(LbArgs),
+}
+
+const INIT_EXAMPLES: &str = "Examples:
+  stele key generate --out alice.key
+  stele init ledger --key alice.key --env staging --env prod";
+
+const POLICY_EXAMPLES: &str = "Examples:
+  stele policy show
+  stele policy add-signer --env prod --pubkey bob.key.pub --key alice.key
+  stele policy set-threshold --env prod --threshold 2 --key alice.key
+  stele policy add-env canary --key alice.key";
+
+const RELEASE_EXAMPLES: &str = "Examples:
+  stele release --env staging --version 1.4.2 --image app.tar --key alice.key
+  stele release --env prod --version 1.4.2 --image app.tar --expect-blake3 HEX --key alice.key
+  stele release --env prod --version 1.4.2 --image https://images.example/app-1.4.2.tar --key alice.key";
+
+const SIGN_EXAMPLES: &str = "Examples:
+  stele sign --proposal prod-1.4.2 --key bob.key       # co-sign a proposal branch
+  stele sign --env prod --key bob.key                  # co-sign prod's tip entry on the ledger branch
+  stele sign --file trust/policy.json --key carol.key  # co-sign the policy";
+
+const PROMOTE_EXAMPLES: &str = "Examples:
+  stele promote prod-1.4.2";
+
+const VERIFY_EXAMPLES: &str = "Examples:
+  stele verify
+  stele verify --rev HEAD~3 --json";
+
+const AUDIT_EXAMPLES: &str = "Examples:
+  stele audit --trust-root KEYID
+  stele audit --repo https://git.example/ops/ledger.git --trust-root KEYID
+  stele audit --env prod --at 2026-03-03T14:00:00Z --trust-root KEYID   # what prod ran then";
+
+const AGENT_EXAMPLES: &str = "Examples:
+  stele agent --config /etc/stele/agent.toml
+  stele agent --repo ledger --state-dir state --trust-root KEYID --once --timeout 120";
+
+const PLAN_EXAMPLES: &str = "Examples:
+  stele plan --config /etc/stele/agent.toml
+  stele plan --repo ledger --state-dir state --trust-root KEYID --env prod --json";
+
+const STATUS_EXAMPLES: &str = "Examples:
+  stele status
+  stele status --env prod --json";
+
+const ENV_SET_EXAMPLES: &str = "Examples:
+  stele env show --env prod > prod.json      # edit prod.json, then:
+  stele env set --env prod --spec prod.json --key alice.key";
+
+#[derive(Args, Debug)]
+pub struct VersionArgs {
+    /// Print the build facts as a JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// The ledger repository: any directory inside its work tree (default: the current directory).
+    #[arg(long, global = true, env = "STELE_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Args, Debug)]
+pub struct EnvArgs {
+    /// The ledger repository: any directory inside its work tree (default: the current directory).
+    #[arg(long, global = true, env = "STELE_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: EnvCommand,
 }
 
 /// Agent settings; each flag overrides the same key of the --config file.
@@ -97,6 +240,7 @@ pub struct AgentSettingsArgs {
     /// Pinned trust root: key ids (comma-separated) of which --trust-threshold signed the genesis policy.
     #[arg(long, value_delimiter = ',', value_name = "KEYID[,KEYID...]", conflicts_with = "trust_root_hash")]
     pub trust_root: Vec<String>,
+    /// How many of the --trust-root keys must have signed the genesis policy (default 1).
     #[arg(long, value_name = "N")]
     pub trust_threshold: Option<u64>,
     /// Pinned trust root: the document hash of the genesis policy.
@@ -115,6 +259,8 @@ pub struct AgentSettingsArgs {
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
+    #[command(flatten)]
+    pub repo: SourceArgs,
     #[command(flatten)]
     pub settings: AgentSettingsArgs,
     /// Run until every environment settles (converged, degraded or stalled), then exit:
@@ -171,7 +317,10 @@ pub struct ResumeArgs {
 #[derive(Args, Debug)]
 pub struct PlanArgs {
     #[command(flatten)]
+    pub repo: SourceArgs,
+    #[command(flatten)]
     pub settings: AgentSettingsArgs,
+    /// Print each environment's plan as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -191,9 +340,11 @@ pub enum EnvCommand {
     /// Sign and commit a new spec for an environment. FILE holds the spec's payload (see
     /// examples/environments/); `ledger`, `name` and `version` may be left out and are filled in
     /// (version = current + 1).
+    #[command(after_help = ENV_SET_EXAMPLES)]
     Set(EnvSetArgs),
     /// Print an environment's current spec payload (the starting point for `env set`).
     Show {
+        /// The environment to show.
         #[arg(long, value_name = "NAME")]
         env: String,
     },
@@ -201,6 +352,7 @@ pub enum EnvCommand {
 
 #[derive(Args, Debug)]
 pub struct EnvSetArgs {
+    /// The environment whose spec to change.
     #[arg(long, value_name = "NAME")]
     pub env: String,
     /// The spec payload (JSON).
@@ -217,12 +369,15 @@ pub struct EnvSetArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
     /// Only this environment.
     #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
     /// The status branch to read (local branch first, then refs/remotes/origin/<branch>).
     #[arg(long, default_value = "stele/status", value_name = "BRANCH")]
     pub branch: String,
+    /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -240,6 +395,7 @@ pub struct TrustArgs {
     /// genesis policy.
     #[arg(long, value_delimiter = ',', value_name = "KEYID[,KEYID...]", conflicts_with = "trust_root_hash")]
     pub trust_root: Vec<String>,
+    /// How many of the --trust-root keys must have signed the genesis policy.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub trust_threshold: u64,
     /// Pinned trust root: the document hash of the genesis policy.
@@ -249,6 +405,9 @@ pub struct TrustArgs {
 
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The environment to roll back.
     #[arg(long, value_name = "NAME")]
     pub env: String,
     /// SSH-sign the revert commit with this key (git's gpg.format=ssh signature, namespace "git"): one key
@@ -259,6 +418,8 @@ pub struct RollbackArgs {
 
 #[derive(Args, Debug)]
 pub struct PollArgs {
+    #[command(flatten)]
+    pub repo: SourceArgs,
     /// Where the verified state (high-water mark) and the fetch cache live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
@@ -267,12 +428,15 @@ pub struct PollArgs {
     pub branch: Option<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
+    #[command(flatten)]
+    pub repo: SourceArgs,
     /// Branch to replay; default: HEAD of a local repository, main for a URL.
     #[arg(long, value_name = "NAME")]
     pub branch: Option<String>,
@@ -304,6 +468,7 @@ pub struct AuditArgs {
 pub enum KeyCommand {
     /// Write a new secret key to FILE (mode 0600) and its public key to FILE.pub; print the key id.
     Generate {
+        /// Where to write the secret key (FILE.pub gets the public key).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Name recorded with the key (the OpenSSH comment); defaults to the file name.
@@ -315,6 +480,7 @@ pub enum KeyCommand {
     },
     /// Print the key id of a secret or public key file.
     Id {
+        /// A public key file (.pub) or a secret key file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
@@ -343,11 +509,13 @@ pub struct InitArgs {
 pub enum PolicyCommand {
     /// Print the policy: keys, root role and environment roles.
     Show {
+        /// Print the policy payload as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Authorise a key to sign for an environment.
     AddSigner {
+        /// The environment the key may sign for.
         #[arg(long, value_name = "NAME")]
         env: String,
         /// Public key file of the new signer (OpenSSH .pub, or a secret key file).
@@ -361,6 +529,7 @@ pub enum PolicyCommand {
     },
     /// Withdraw a key's authority to sign for an environment (the key stays listed if other roles use it).
     RemoveSigner {
+        /// The environment the key may no longer sign for.
         #[arg(long, value_name = "NAME")]
         env: String,
         /// Key id of the signer to remove.
@@ -374,11 +543,13 @@ pub enum PolicyCommand {
     },
     /// Set how many distinct signatures an environment (or, with --root, the policy) needs.
     SetThreshold {
+        /// The environment whose threshold to set.
         #[arg(long, value_name = "NAME", conflicts_with = "root_role", required_unless_present = "root_role")]
         env: Option<String>,
         /// Set the root role's threshold instead of an environment's.
         #[arg(long = "root")]
         root_role: bool,
+        /// How many distinct signatures are needed from now on.
         #[arg(long, value_name = "N")]
         threshold: u64,
         #[command(flatten)]
@@ -386,6 +557,7 @@ pub enum PolicyCommand {
     },
     /// Declare a new environment, signed by the given key, with a default spec.
     AddEnv {
+        /// The new environment's name.
         #[arg(value_name = "NAME")]
         name: String,
         #[command(flatten)]
@@ -398,6 +570,7 @@ pub enum PolicyCommand {
         /// Public key file of a new root key (repeat).
         #[arg(long = "new-root", value_name = "FILE", required = true)]
         new_root: Vec<PathBuf>,
+        /// How many of the new root keys must sign later policy changes.
         #[arg(long, value_name = "N", default_value_t = 1)]
         threshold: u64,
         #[command(flatten)]
@@ -423,17 +596,22 @@ pub enum ImageCommand {
     /// Pack DIR into a reproducible tar archive (sorted entries, fixed times, owners and modes) and
     /// print its BLAKE3 digest and size: the same input always gives the same bytes.
     Pack {
+        /// The directory to pack.
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+        /// Where to write the archive (outside DIR).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Print the digest and size as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print the BLAKE3 digest and size of a file, streamed.
     Digest {
+        /// The file to hash.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Print the digest and size as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -441,6 +619,9 @@ pub enum ImageCommand {
 
 #[derive(Args, Debug)]
 pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The environment to release to.
     #[arg(long, value_name = "NAME")]
     pub env: String,
     /// Version label, e.g. 1.4.2.
@@ -478,6 +659,7 @@ pub struct ReleaseArgs {
     /// Name of the proposal written when the threshold is not met (default: ENV-VERSION).
     #[arg(long, value_name = "NAME")]
     pub proposal: Option<String>,
+    /// Print what was committed (or proposed) as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -485,6 +667,8 @@ pub struct ReleaseArgs {
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["env", "file", "proposal"])))]
 pub struct SignArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
     /// Co-sign proposal NAME (branch stele/proposals/NAME): every document of it this key may sign.
     #[arg(long, value_name = "NAME")]
     pub proposal: Option<String>,
@@ -494,21 +678,27 @@ pub struct SignArgs {
     /// Co-sign this document instead (trust/policy.json, environments/<env>.json, or a tip entry).
     #[arg(long, value_name = "PATH")]
     pub file: Option<String>,
+    /// Secret key to sign with.
     #[arg(long, value_name = "SECRET")]
     pub key: PathBuf,
 }
 
 #[derive(Args, Debug)]
 pub struct PromoteArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
     /// The proposal's name (branch stele/proposals/NAME).
     #[arg(value_name = "NAME")]
     pub name: String,
+    /// Print what was landed as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
     /// Verify this commit's tree instead of the work tree.
     #[arg(long, value_name = "REV")]
     pub rev: Option<String>,

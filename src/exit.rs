@@ -25,6 +25,26 @@ pub const DEGRADED: u8 = 5;
 /// `stele agent --once`: not every environment settled before `--timeout`.
 pub const TIMED_OUT: u8 = 6;
 
+/// Every exit code with a one-line meaning, in order: what `stele --help` lists.
+pub const CODES: &[(u8, &str)] = &[
+    (OK, "success"),
+    (VERIFY_FAILED, "verification failed; `agent --once`: stalled, a human must act"),
+    (USAGE, "usage error (the command line is wrong)"),
+    (REFUSED, "refused: bad input, unauthorised key, ledger does not verify; nothing was written"),
+    (IO, "I/O, network or Git failure; retrying may help"),
+    (DEGRADED, "`agent --once`: a health gate failed and the last good release was restored"),
+    (TIMED_OUT, "`agent --once`: not every environment settled before --timeout"),
+];
+
+/// The exit-code table shown at the end of `stele --help`.
+pub fn help_text() -> String {
+    let mut text = String::from("Exit codes:");
+    for (code, meaning) in CODES {
+        text.push_str(&format!("\n  {code}  {meaning}"));
+    }
+    text
+}
+
 /// An operation refused for a reason the user must fix; maps to [`REFUSED`].
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -9,6 +9,7 @@ use ledger_format::types::KeyName;
 use ledger_format::{KeyId, PublicKey, SecretKey};
 use rand_core::{OsRng, RngCore};
 use ssh_key::private::{Ed25519Keypair, KeypairData};
+use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::{LineEnding, PrivateKey};
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -100,6 +101,13 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<(), 
     f.sync_all().map_err(err)
 }
 
+/// The key's SHA256 fingerprint exactly as `ssh-keygen -lf` prints it: `SHA256:` and the unpadded
+/// Base64 of the SHA-256 of the OpenSSH public key blob. People compare keys by it.
+pub fn ssh_fingerprint(key: &PublicKey) -> String {
+    let data = KeyData::Ed25519(Ed25519PublicKey(key.to_bytes()));
+    ssh_key::PublicKey::from(data).fingerprint(ssh_key::HashAlg::Sha256).to_string()
+}
+
 /// Signs `message` as OpenSSH's `ssh-keygen -Y sign -n NAMESPACE` does (SSHSIG, SHA-512), returning
 /// the armored signature: with namespace `git`, what git stores in a commit's `gpgsig` header.
 pub fn ssh_sign(key: &SecretKey, namespace: &str, message: &[u8]) -> Result<String, String> {
@@ -112,6 +120,7 @@ pub fn ssh_sign(key: &SecretKey, namespace: &str, message: &[u8]) -> Result<Stri
 /// Loads an unencrypted OpenSSH Ed25519 secret key.
 pub fn load_secret(path: &Path) -> Result<LoadedSecret, KeyError> {
     let text = read_small(path)?;
+    let text = rewrap_armour(&text).unwrap_or(text);
     let private = PrivateKey::from_openssh(&text).map_err(|e| KeyError::Format {
         path: path.to_owned(),
         reason: format!("{e} (expected a file from `stele key generate` or `ssh-keygen -t ed25519`)"),
@@ -147,6 +156,34 @@ pub fn load_public(path: &Path) -> Result<LoadedPublic, KeyError> {
     let key =
         PublicKey::from_bytes(&ed.0).map_err(|e| KeyError::Weak { path: path.to_owned(), reason: e.to_string() })?;
     Ok(LoadedPublic { key, comment: public.comment().to_owned() })
+}
+
+const BEGIN_PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+const END_PRIVATE: &str = "-----END OPENSSH PRIVATE KEY-----";
+/// The Base64 line width `ssh-keygen` writes, the only one the `ssh-key` crate reads.
+const OPENSSH_LINE_WIDTH: usize = 70;
+
+/// An OpenSSH private key's armour re-wrapped at 70 columns, the way `ssh-keygen` writes it. OpenSSH
+/// joins the Base64 lines whatever their width, and other writers wrap differently: Python's
+/// `cryptography` package wraps at 64 columns, as PEM does. `None` when `text` has no such armour
+/// (the parser then reports what is wrong with the original).
+fn rewrap_armour(text: &str) -> Option<String> {
+    let start = text.find(BEGIN_PRIVATE)? + BEGIN_PRIVATE.len();
+    let end = start + text[start..].find(END_PRIVATE)?;
+    let body: Vec<u8> = text[start..end].bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !body.is_ascii() {
+        return None;
+    }
+    let mut out = String::with_capacity(body.len() + body.len() / OPENSSH_LINE_WIDTH + 80);
+    out.push_str(BEGIN_PRIVATE);
+    out.push('\n');
+    for line in body.chunks(OPENSSH_LINE_WIDTH) {
+        out.push_str(std::str::from_utf8(line).ok()?);
+        out.push('\n');
+    }
+    out.push_str(END_PRIVATE);
+    out.push('\n');
+    Some(out)
 }
 
 fn read_small(path: &Path) -> Result<String, KeyError> {
@@ -200,6 +237,64 @@ mod tests {
         let public = load_public(&public_path(&path)).unwrap();
         assert_eq!(secret.key_id(), public.key.key_id());
         assert_eq!(secret.comment, "bob");
+    }
+
+    /// Keys written by other OpenSSH-format writers (tests/fixtures/keys/README.md says how each was
+    /// made): OpenSSH reads them, so Stele must, and they must sign what verifies.
+    #[test]
+    fn keys_from_other_writers_that_openssh_reads_load_and_sign() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
+        let expected_public = std::fs::read_to_string(fixtures.join("python-cryptography-ed25519.pub")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["python-cryptography-ed25519", "rewrapped-76-columns-ed25519"] {
+            // ssh-keygen refuses a key file others may read; git checks files out 0644.
+            let path = dir.path().join(name);
+            std::fs::copy(fixtures.join(name), &path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let openssh = std::process::Command::new("ssh-keygen")
+                .arg("-y")
+                .arg("-f")
+                .arg(&path)
+                .output()
+                .expect("ssh-keygen (openssh-client) is needed for this test");
+            assert!(
+                openssh.status.success(),
+                "{name}: OpenSSH refuses it: {}",
+                String::from_utf8_lossy(&openssh.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&openssh.stdout).trim(), expected_public.trim(), "{name}");
+
+            let secret = load_secret(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let public = load_public(&fixtures.join("python-cryptography-ed25519.pub")).unwrap();
+            assert_eq!(secret.key_id(), public.key.key_id(), "{name}");
+            let signature = secret.key.sign(b"release 1.4.2");
+            assert!(public.key.verify(b"release 1.4.2", &signature).is_ok(), "{name}");
+            let armored = ssh_sign(&secret.key, "git", b"commit").unwrap();
+            let signer = ledger_format::crypto::verify_sshsig(armored.as_bytes(), "git", b"commit").unwrap();
+            assert_eq!(signer.key_id(), public.key.key_id(), "{name}");
+        }
+    }
+
+    /// The fingerprint is the one OpenSSH shows for the same key file.
+    #[test]
+    fn fingerprints_match_ssh_keygen() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
+        let dir = tempfile::tempdir().unwrap();
+        let generated = dir.path().join("k");
+        generate(&generated, "carol", false).unwrap();
+        for file in [public_path(&generated), fixtures.join("python-cryptography-ed25519.pub")] {
+            let out = std::process::Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(&file)
+                .output()
+                .expect("ssh-keygen (openssh-client) is needed for this test");
+            assert!(out.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+            // "256 SHA256:... comment (ED25519)"
+            let listed = String::from_utf8_lossy(&out.stdout);
+            let theirs = listed.split_whitespace().nth(1).expect("a fingerprint");
+            assert!(theirs.starts_with("SHA256:") && !theirs.ends_with('='), "{listed}");
+            assert_eq!(ssh_fingerprint(&load_public(&file).unwrap().key), theirs, "{}", file.display());
+        }
     }
 
     #[test]

@@ -484,7 +484,7 @@ async fn proxy(shared: Arc<Shared>, mut client: TcpStream) {
             if tried.is_empty() {
                 debug!("no backend has a weight; closing the client connection");
             } else {
-                warn!(tried = ?tried, "no backend accepted; closing the client connection");
+                warn!(tried = %tried.join(", "), "no backend accepted; closing the client connection");
             }
             return;
         };

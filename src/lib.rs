@@ -4,6 +4,7 @@
 //! repository, and the command line. See ARCHITECTURE.md for the map.
 
 pub mod agent;
+pub mod build_info;
 pub mod cli;
 pub mod commands;
 pub mod converge;

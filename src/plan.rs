@@ -186,6 +186,19 @@ impl Traffic {
     }
 }
 
+impl fmt::Display for Traffic {
+    /// `even`, or each generation's share: `gen 3 90%, gen 4 10%` (for logs and `stele plan`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Traffic::Even => f.write_str("even"),
+            Traffic::Weighted(weights) => {
+                let shares: Vec<String> = weights.iter().map(|(g, w)| format!("gen {g} {w}%")).collect();
+                f.write_str(&shares.join(", "))
+            }
+        }
+    }
+}
+
 /// A group's traffic setting and when it was last changed (pauses and grace periods count from it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupTraffic {

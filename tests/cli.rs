@@ -285,3 +285,38 @@ fn release_of_a_machine_image_records_the_ami_and_its_recorded_digest() {
     args.extend(["--key", &key]);
     ledger.stele(&args).expect(REFUSED);
 }
+
+/// Wherever people compare keys, Stele shows the SHA256 fingerprint exactly as `ssh-keygen -lf`
+/// prints it: `key generate`, `key id` (stdout keeps the key id alone, for scripts), `init`,
+/// `policy show` and the `add-signer` commit.
+#[test]
+fn key_fingerprints_are_the_ones_ssh_keygen_shows() {
+    let sb = Sandbox::new();
+    let ssh_keygen = |file: &std::path::Path| {
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(file)
+            .output()
+            .expect("ssh-keygen (openssh-client) is needed for this test");
+        assert!(out.status.success(), "ssh-keygen -lf {}", file.display());
+        String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).expect("a fingerprint").to_owned()
+    };
+    let alice = sb.key("alice");
+    let bob = sb.key("bob");
+    let (alice_fp, bob_fp) = (ssh_keygen(&alice.public), ssh_keygen(&bob.public));
+    assert_ne!(alice_fp, bob_fp);
+    let generated = sb.stele(sb.root(), ["key", "generate", "--out", "carol.key"]);
+    generated.expect(OK).says(&[&ssh_keygen(&sb.path("carol.key.pub"))]);
+    let shown = sb.stele(sb.root(), ["key", "id", &alice.secret()]);
+    assert_eq!(shown.expect(OK).stdout.trim(), alice.id, "stdout is the key id alone");
+    shown.says(&[&alice_fp]);
+
+    let ledger = sb.ledger("ledger", "acme-fp", &alice, &["prod"]);
+    let init_said = sb.stele(sb.root(), ["init", "other", "--key", &alice.secret(), "--env", "prod"]);
+    init_said.expect(OK).says(&[&alice_fp]);
+    ledger
+        .stele(["policy", "add-signer", "--env", "prod", "--pubkey", &bob.public(), "--key", &alice.secret()])
+        .expect(OK);
+    ledger.stele(["policy", "show"]).expect(OK).says(&[&format!("{}  alice  {alice_fp}", alice.id), &bob_fp]);
+    assert!(ledger.git(["log", "-1", "--format=%B"]).contains(&bob_fp), "the add-signer commit names the fingerprint");
+}

@@ -1683,3 +1683,11 @@ proptest! {
         }
     }
 }
+
+/// Logs and `stele plan` show traffic as people write it, never as Rust Debug (`Weighted({3: 90})`).
+#[test]
+fn traffic_displays_plainly() {
+    assert_eq!(Traffic::Even.to_string(), "even");
+    let weighted = Traffic::Weighted([(3, 90), (4, 10)].into_iter().collect());
+    assert_eq!(weighted.to_string(), "gen 3 90%, gen 4 10%");
+}

@@ -142,8 +142,9 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
     let started = Instant::now();
     // Liveness: a pass is due at least every poll interval; three missed ones mean a wedged loop.
     let wedged_after = interval * 3 + Duration::from_secs(30);
+    let build = crate::build_info::build_info();
     let shared = Arc::new(Shared::new(
-        Metrics::new(env!("CARGO_PKG_VERSION"), option_env!("STELE_GIT_COMMIT").unwrap_or("unknown")),
+        Metrics::new(&build.version, &build.commit),
         cfg.agent_id.clone(),
         wedged_after,
     ));

@@ -110,7 +110,11 @@ pub fn run(args: InitArgs) -> Result<u8> {
         repo.commit(&changes, &format!("stele init: ledger {ledger}\n\nenvironments: {env_list}\nroot key: {id}\n"))?;
     let (_, tree) = load_verified(&repo)?;
     println!("initialised ledger {ledger} in {}", repo.root().display());
-    println!("  root and signer of {env_list}: {}", key_list(&tree.policy.payload, &[id]));
+    println!(
+        "  root and signer of {env_list}: {} {}",
+        key_list(&tree.policy.payload, &[id]),
+        crate::keys::ssh_fingerprint(&key.key.public_key())
+    );
     println!("  commit {commit}");
     Ok(exit::OK)
 }

@@ -4,6 +4,7 @@
 //! Owns: command behaviour and human/JSON output. Must not implement verification rules (those live
 //! in `ledger_format`) or touch Git directly (that is `repo`).
 
+mod about;
 mod agent;
 pub mod audit;
 mod env;
@@ -33,35 +34,36 @@ use ledger_format::document::display_key;
 use ledger_format::tree::{verify_snapshot_with, Expiry, Problem, Snapshot, VerifiedTree};
 use ledger_format::types::Policy;
 use ledger_format::{KeyId, Timestamp};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Runs the parsed command line and returns the exit code.
 pub fn run(cli: Cli) -> Result<u8> {
-    let repo = cli.repo.clone();
-    let cwd = std::path::PathBuf::from(".");
-    let here = repo.as_deref().unwrap_or(&cwd);
     match cli.command {
         Command::Key(cmd) => key::run(cmd),
         Command::Init(args) => init::run(args),
-        Command::Policy(cmd) => policy::run(here, cmd),
+        Command::Policy(args) => policy::run(args.repo.as_deref().unwrap_or(Path::new(".")), args.command),
         Command::Image(cmd) => image_cmd::run(cmd),
-        Command::Release(args) => release::run(here, args),
-        Command::Env(cmd) => env::run(here, cmd),
+        Command::Release(args) => release::run(&args.repo.dir(), args),
+        Command::Env(args) => env::run(args.repo.as_deref().unwrap_or(Path::new(".")), args.command),
         Command::Sign(args) => match &args.proposal {
-            Some(name) => proposal::sign(here, name, &args.key),
-            None => sign::run(here, args),
+            Some(name) => proposal::sign(&args.repo.dir(), name, &args.key),
+            None => sign::run(&args.repo.dir(), args),
         },
-        Command::Promote(args) => proposal::promote(here, &args.name, args.json),
-        Command::Verify(args) => verify::run(here, args),
-        Command::Rollback(args) => rollback::run(here, args),
-        Command::Poll(args) => poll::run(here, args),
-        Command::Audit(args) => audit::run(here, args),
-        Command::Status(args) => status::run(here, args),
-        Command::Agent(args) => agent::run(repo.as_deref(), args),
-        Command::Plan(args) => plan::run(repo.as_deref(), args),
+        Command::Promote(args) => proposal::promote(&args.repo.dir(), &args.name, args.json),
+        Command::Verify(args) => verify::run(&args.repo.dir(), args),
+        Command::Rollback(args) => rollback::run(&args.repo.dir(), args),
+        Command::Poll(args) => poll::run(&args.repo.dir(), args),
+        Command::Audit(args) => audit::run(&args.repo.dir(), args),
+        Command::Status(args) => status::run(&args.repo.dir(), args),
+        Command::Agent(args) => agent::run(args.repo.repo.clone().as_deref(), args),
+        Command::Plan(args) => plan::run(args.repo.repo.clone().as_deref(), args),
         Command::Suspend(args) => suspend::suspend(args),
         Command::Resume(args) => suspend::resume(args),
         Command::Quickstart(args) => quickstart::run(args),
+        Command::Version(args) => about::version(args),
+        Command::Completions(args) => about::completions(args),
+        Command::Man(args) => about::man(args),
         Command::Lb(args) => crate::lb::run(&args.config),
     }
 }

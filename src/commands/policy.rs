@@ -36,9 +36,9 @@ fn show(repo_path: &Path, json: bool) -> Result<u8> {
     if let Some(t) = p.expires_at {
         println!("expires {t}");
     }
-    println!("keys:");
+    println!("keys (key id, name, fingerprint as `ssh-keygen -lf` shows it):");
     for (id, info) in &p.keys {
-        println!("  {id}  {}", info.name);
+        println!("  {id}  {}  {}", info.name, keys::ssh_fingerprint(&info.public_key));
     }
     println!("root: {} of {}", p.root.threshold, key_list(p, &p.root.keys));
     for (env, role) in &p.environments {
@@ -96,7 +96,8 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
             role.keys.push(id);
             role.keys.sort();
             let who = key_list(&new, &[id]);
-            (root, format!("add signer {who} to {env}"))
+            let fingerprint = new.keys.get(&id).map(|k| keys::ssh_fingerprint(&k.public_key)).unwrap_or_default();
+            (root, format!("add signer {who} {fingerprint} to {env}"))
         }
         PolicyCommand::RemoveSigner { env, keyid, pubkey, root } => {
             let env = parse_env(&env)?;
