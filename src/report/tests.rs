@@ -32,6 +32,7 @@ fn status(env: &str) -> EnvStatus {
         last_error: None,
         agent: "host:/state".into(),
         updated_at: "2026-01-02T00:00:00Z".parse().unwrap(),
+        suspended: None,
     }
 }
 
