@@ -10,7 +10,7 @@
 //! after"); from the agents' logs: when each agent itself saw each environment Healthy, which shows
 //! whether convergence waited on the status branch.
 
-use crate::writers::daemon;
+use crate::cli::daemon;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};

@@ -9,8 +9,9 @@
 //!   inside the agent's pass, giving up after 5 lost races; a status given up is missing from the
 //!   branch until the agent's next change of that environment.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use crate::cli::daemon;
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use stele::status::{
@@ -24,36 +25,6 @@ fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git").args(args).current_dir(dir).output().expect("run git");
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub struct Daemon(Child, pub u16);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `git daemon` serving `base` on a free loopback port, pushes enabled.
-pub fn daemon(base: &Path) -> Daemon {
-    let exec = PathBuf::from(git(base, &["--exec-path"]).trim()).join("git-daemon");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let child = Command::new(exec)
-        .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1", "--enable=receive-pack"])
-        .arg(format!("--base-path={}", base.display()))
-        .arg(format!("--port={port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn git daemon");
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "git daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Daemon(child, port)
 }
 
 fn status(env: &str, agent: usize, generation: u64, phase: Phase) -> EnvStatus {

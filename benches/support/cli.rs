@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 pub const STELE: &str = env!("CARGO_BIN_EXE_stele");
 pub const WEBAPP: &str = env!("CARGO_BIN_EXE_stele-webapp");
@@ -39,4 +40,37 @@ pub fn image(work: &Path, version: &str) -> PathBuf {
     let tar = work.join(format!("app-{version}.tar"));
     run(work, STELE, &["image", "pack", dir.to_str().expect("utf-8"), "--out", tar.to_str().expect("utf-8")]);
     tar
+}
+
+/// A running `git daemon`; `.1` is its port.
+#[allow(dead_code)] // not every bench serves a remote
+pub struct Daemon(std::process::Child, pub u16);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `git daemon` serving `base` on a free loopback port, pushes enabled; killed on drop.
+#[allow(dead_code)] // not every bench serves a remote
+pub fn daemon(base: &Path) -> Daemon {
+    let exec = PathBuf::from(run(base, "git", &["--exec-path"]).trim()).join("git-daemon");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let child = Command::new(exec)
+        .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1", "--enable=receive-pack"])
+        .arg(format!("--base-path={}", base.display()))
+        .arg(format!("--port={port}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn git daemon");
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "git daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon(child, port)
 }
