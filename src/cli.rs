@@ -451,6 +451,11 @@ pub struct AuditArgs {
     pub at: Option<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// Audit without a pinned trust root: take the genesis policy as found, so whoever wrote the
+    /// history's first commit is trusted (the output says so loudly). Without a trust root and without
+    /// this flag, `stele audit` refuses (exit 3).
+    #[arg(long, conflicts_with_all = ["trust_root", "trust_root_hash"])]
+    pub trust_genesis_as_found: bool,
     /// Where to fetch a remote ledger (default: a temporary directory).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,

@@ -143,11 +143,7 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
     // Liveness: a pass is due at least every poll interval; three missed ones mean a wedged loop.
     let wedged_after = interval * 3 + Duration::from_secs(30);
     let build = crate::build_info::build_info();
-    let shared = Arc::new(Shared::new(
-        Metrics::new(&build.version, &build.commit),
-        cfg.agent_id.clone(),
-        wedged_after,
-    ));
+    let shared = Arc::new(Shared::new(Metrics::new(&build.version, &build.commit), cfg.agent_id.clone(), wedged_after));
     if let Some(t) = &cfg.timeline {
         shared.set_timeline(t.0.clone());
     }
