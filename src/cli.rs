@@ -600,6 +600,13 @@ pub struct RootKeys {
 pub enum ImageCommand {
     /// Pack DIR into a reproducible tar archive (sorted entries, fixed times, owners and modes) and
     /// print its BLAKE3 digest and size: the same input always gives the same bytes.
+    ///
+    /// DIR must be an image: `stele-image.json` at its root, a JSON object with `command` (required:
+    /// the program, a path relative to DIR such as `bin/app`, naming an executable regular file),
+    /// `args` (array of strings) and `env` (object of strings; no `STELE_*` names). Example:
+    /// {"command": "bin/app", "args": ["--port-from-env"], "env": {"RUST_LOG": "info"}}. The agent
+    /// starts the command with STELE_PORT and friends set. A directory without a valid manifest is
+    /// refused (exit 3) and nothing is written.
     Pack {
         /// The directory to pack.
         #[arg(value_name = "DIR")]
