@@ -334,7 +334,21 @@ fn plan_shows_the_next_step_and_changes_nothing() {
     let v1 = w.image("1.0.0", false);
     let v2 = w.image("2.0.0", false);
     w.release("1.0.0", &v1, &[]).expect(OK);
+    // Before any agent ran: planned as a first run, and the state directory is not created, not
+    // even when planning fails (a repository that does not exist: its error printed once).
+    let plan = || w.ledger.stele(["plan", "--config", &path_str(&w.config)]);
+    plan().expect(OK).says(&["planning as a first run", "launch    web: 1.0.0 (generation 1)"]);
+    assert!(!w.state.exists(), "plan created {}", w.state.display());
+    let missing = w.sb.path("no-such-ledger");
+    let out = w.ledger.stele(["plan", "--config", &path_str(&w.config), "--repo", &path_str(&missing)]);
+    out.expect(4);
+    assert_eq!(out.stderr.matches("No such file or directory").count(), 1, "printed once\n{}", out.dump());
+    assert!(!w.state.exists(), "a failed plan created {}", w.state.display());
+
     w.agent_once().expect(OK);
+    // Converged: Healthy with nothing to do, the instances credited as ready from their launch.
+    plan().expect(OK).says(&["staging: Healthy", "nothing to do"]);
+    assert!(!plan().stdout.contains("not ready yet"));
     let before = w.live_instances();
     let verified_before = std::fs::read(w.state.join("verified.json")).expect("verified state");
     w.release("2.0.0", &v2, &[]).expect(OK);
