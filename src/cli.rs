@@ -118,6 +118,12 @@ pub enum Command {
     Suspend(SuspendArgs),
     /// Let the agent converge a suspended environment again.
     Resume(ResumeArgs),
+    /// Stop everything an agent started on the local provider under its state directory: every
+    /// instance and balancer of every environment under <state>/local/, and remove their records.
+    /// Stop the agent first (`systemctl stop stele-agent`): a running agent starts them again at its
+    /// next pass, and nothing here checks for one.
+    #[command(after_help = DOWN_EXAMPLES)]
+    Down(DownArgs),
     /// Show what runs where, as the agent last recorded it on the status branch.
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
@@ -134,6 +140,10 @@ pub enum Command {
     #[command(hide = true)]
     Lb(LbArgs),
 }
+
+const DOWN_EXAMPLES: &str = "Examples:
+  systemctl stop stele-agent && stele down --config /etc/stele/agent.toml
+  stele down --state-dir ./agent-state";
 
 const INIT_EXAMPLES: &str = "Examples:
   stele key generate --out alice.key
@@ -299,6 +309,16 @@ pub struct SuspendArgs {
     /// Why, for the status, the metrics and the page (e.g. an incident number).
     #[arg(long, value_name = "TEXT")]
     pub reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    /// The agent's configuration file (its state_dir and [local] settings are used).
+    #[arg(long, value_name = "FILE", required_unless_present = "state_dir")]
+    pub config: Option<PathBuf>,
+    /// The agent's state directory, instead of --config.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -488,3 +488,31 @@ fn two_of_two_promotions_converge_an_unsigned_rm_changes_nothing_and_a_signed_re
     let audit = w.ledger.stele(["audit", "--env", "staging", "--trust-root", &w.alice.id]);
     audit.expect(STALLED).says(&["REFUSED", "H3", "recover"]);
 }
+
+/// `stele down` stops what an agent started under its state directory: after a real agent run (the
+/// agent itself gone, as `--once` leaves it), no instance or balancer process of that state
+/// directory is alive and the records are gone; a second `down` has nothing to stop.
+#[test]
+fn down_stops_every_instance_and_balancer_of_the_state_directory() {
+    let w = World::new();
+    let v1 = w.image("1.0.0", false);
+    w.release("1.0.0", &v1, &[]).expect(OK);
+    w.agent_once().expect(OK);
+    assert!(!w.live_instances().is_empty(), "the agent started instances");
+    let lb = w.balancer_pid("staging");
+    let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid);
+    assert!(alive(lb), "the balancer runs");
+
+    let down = w.ledger.stele(["down", "--config", &path_str(&w.config)]);
+    down.expect(OK).says(&["stopped staging"]);
+    assert_eq!(w.live_instances(), Vec::new(), "no instance of {} is alive", w.state.display());
+    assert!(!alive(lb), "the balancer {lb} is stopped");
+    assert!(!w.state.join("local/staging").exists(), "the records are removed");
+    w.ledger.stele(["down", "--state-dir", &path_str(&w.state)]).expect(OK).says(&["nothing to stop"]);
+    w.ledger.stele(["down", "--help"]).expect(OK).says(&["Stop the agent first"]);
+}
+
+fn zombie(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
