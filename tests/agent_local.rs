@@ -297,11 +297,16 @@ fn canary_whose_health_check_fails_is_halted_the_previous_generation_restored_an
     let v3 = w.image("3.0.0", true);
     let v4 = w.image("4.0.0", false);
     w.release("1.0.0", &v1, &[]).expect(OK);
-    w.agent_once().expect(OK);
+    let first = w.agent_once();
+    first.expect(OK);
     let client = Client::start(w.addr);
     w.release("3.0.0", &v3, &[]).expect(OK);
     let out = w.agent_once();
     out.expect(DEGRADED);
+    // Logs show the traffic as `stele plan` does (`gen 1 100%`), not as Rust's Debug (`Weighted({1: 100})`).
+    let logs = format!("{}{}", first.stderr, out.stderr);
+    assert!(logs.contains("traffic moved") && logs.contains("traffic=gen "), "{logs}");
+    assert!(!logs.contains("Weighted("), "{logs}");
     let s = w.status();
     assert_eq!(s["phase"], "Degraded", "{s:#}");
     let message = s["message"].as_str().unwrap_or_default();
