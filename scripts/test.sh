@@ -14,6 +14,7 @@ command -v script >/dev/null || need+=(bsdutils)   # the log colour test runs st
 command -v pkg-config >/dev/null || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 command -v chromium >/dev/null || need+=(chromium)   # the page and audit report tests run headless Chromium
+command -v systemd-analyze >/dev/null || need+=(systemd)   # tests/systemd_unit.rs verifies the example unit
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo

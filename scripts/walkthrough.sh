@@ -25,7 +25,11 @@ run "$stele" policy add-signer --env prod --pubkey ../bob.key.pub --key ../alice
 # prod needs 2 of 2 from now on; bob re-signs prod's spec in the same commit (a policy change leaves
 # every spec and tip meeting it).
 run "$stele" policy set-threshold --env prod --threshold 2 --key ../alice.key --key ../bob.key
-mkdir -p ../app
+# An image is a directory with stele-image.json at its root naming the command to run.
+mkdir -p ../app/bin
+printf '#!/bin/sh\nexec python3 -m http.server "$STELE_PORT"\n' > ../app/bin/serve
+chmod +x ../app/bin/serve
+echo '{"command": "bin/serve"}' > ../app/stele-image.json
 for v in 1 2; do
   echo "<h1>v$v</h1>" > ../app/index.html
   run "$stele" image pack ../app --out "../app-v$v.tar"

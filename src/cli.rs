@@ -118,6 +118,12 @@ pub enum Command {
     Suspend(SuspendArgs),
     /// Let the agent converge a suspended environment again.
     Resume(ResumeArgs),
+    /// Stop everything an agent started on the local provider under its state directory: every
+    /// instance and balancer of every environment under <state>/local/, and remove their records.
+    /// Stop the agent first (`systemctl stop stele-agent`): a running agent starts them again at its
+    /// next pass, and nothing here checks for one.
+    #[command(after_help = DOWN_EXAMPLES)]
+    Down(DownArgs),
     /// Show what runs where, as the agent last recorded it on the status branch.
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
@@ -134,6 +140,10 @@ pub enum Command {
     #[command(hide = true)]
     Lb(LbArgs),
 }
+
+const DOWN_EXAMPLES: &str = "Examples:
+  systemctl stop stele-agent && stele down --config /etc/stele/agent.toml
+  stele down --state-dir ./agent-state";
 
 const INIT_EXAMPLES: &str = "Examples:
   stele key generate --out alice.key
@@ -302,6 +312,16 @@ pub struct SuspendArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct DownArgs {
+    /// The agent's configuration file (its state_dir and [local] settings are used).
+    #[arg(long, value_name = "FILE", required_unless_present = "state_dir")]
+    pub config: Option<PathBuf>,
+    /// The agent's state directory, instead of --config.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct ResumeArgs {
     /// The agent's configuration file.
     #[arg(long, value_name = "FILE", required_unless_present = "state_dir")]
@@ -451,6 +471,11 @@ pub struct AuditArgs {
     pub at: Option<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// Audit without a pinned trust root: take the genesis policy as found, so whoever wrote the
+    /// history's first commit is trusted (the output says so loudly). Without a trust root and without
+    /// this flag, `stele audit` refuses (exit 3).
+    #[arg(long, conflicts_with_all = ["trust_root", "trust_root_hash"])]
+    pub trust_genesis_as_found: bool,
     /// Where to fetch a remote ledger (default: a temporary directory).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -595,6 +620,13 @@ pub struct RootKeys {
 pub enum ImageCommand {
     /// Pack DIR into a reproducible tar archive (sorted entries, fixed times, owners and modes) and
     /// print its BLAKE3 digest and size: the same input always gives the same bytes.
+    ///
+    /// DIR must be an image: `stele-image.json` at its root, a JSON object with `command` (required:
+    /// the program, a path relative to DIR such as `bin/app`, naming an executable regular file),
+    /// `args` (array of strings) and `env` (object of strings; no `STELE_*` names). Example:
+    /// {"command": "bin/app", "args": ["--port-from-env"], "env": {"RUST_LOG": "info"}}. The agent
+    /// starts the command with STELE_PORT and friends set. A directory without a valid manifest is
+    /// refused (exit 3) and nothing is written.
     Pack {
         /// The directory to pack.
         #[arg(value_name = "DIR")]

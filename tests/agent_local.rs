@@ -297,11 +297,16 @@ fn canary_whose_health_check_fails_is_halted_the_previous_generation_restored_an
     let v3 = w.image("3.0.0", true);
     let v4 = w.image("4.0.0", false);
     w.release("1.0.0", &v1, &[]).expect(OK);
-    w.agent_once().expect(OK);
+    let first = w.agent_once();
+    first.expect(OK);
     let client = Client::start(w.addr);
     w.release("3.0.0", &v3, &[]).expect(OK);
     let out = w.agent_once();
     out.expect(DEGRADED);
+    // Logs show the traffic as `stele plan` does (`gen 1 100%`), not as Rust's Debug (`Weighted({1: 100})`).
+    let logs = format!("{}{}", first.stderr, out.stderr);
+    assert!(logs.contains("traffic moved") && logs.contains("traffic=gen "), "{logs}");
+    assert!(!logs.contains("Weighted("), "{logs}");
     let s = w.status();
     assert_eq!(s["phase"], "Degraded", "{s:#}");
     let message = s["message"].as_str().unwrap_or_default();
@@ -334,7 +339,21 @@ fn plan_shows_the_next_step_and_changes_nothing() {
     let v1 = w.image("1.0.0", false);
     let v2 = w.image("2.0.0", false);
     w.release("1.0.0", &v1, &[]).expect(OK);
+    // Before any agent ran: planned as a first run, and the state directory is not created, not
+    // even when planning fails (a repository that does not exist: its error printed once).
+    let plan = || w.ledger.stele(["plan", "--config", &path_str(&w.config)]);
+    plan().expect(OK).says(&["planning as a first run", "launch    web: 1.0.0 (generation 1)"]);
+    assert!(!w.state.exists(), "plan created {}", w.state.display());
+    let missing = w.sb.path("no-such-ledger");
+    let out = w.ledger.stele(["plan", "--config", &path_str(&w.config), "--repo", &path_str(&missing)]);
+    out.expect(4);
+    assert_eq!(out.stderr.matches("No such file or directory").count(), 1, "printed once\n{}", out.dump());
+    assert!(!w.state.exists(), "a failed plan created {}", w.state.display());
+
     w.agent_once().expect(OK);
+    // Converged: Healthy with nothing to do, the instances credited as ready from their launch.
+    plan().expect(OK).says(&["staging: Healthy", "nothing to do"]);
+    assert!(!plan().stdout.contains("not ready yet"));
     let before = w.live_instances();
     let verified_before = std::fs::read(w.state.join("verified.json")).expect("verified state");
     w.release("2.0.0", &v2, &[]).expect(OK);
@@ -473,4 +492,32 @@ fn two_of_two_promotions_converge_an_unsigned_rm_changes_nothing_and_a_signed_re
     assert!(live.len() == 2 && live.iter().all(|(_, v)| v == "1.0.0"), "{live:?}");
     let audit = w.ledger.stele(["audit", "--env", "staging", "--trust-root", &w.alice.id]);
     audit.expect(STALLED).says(&["REFUSED", "H3", "recover"]);
+}
+
+/// `stele down` stops what an agent started under its state directory: after a real agent run (the
+/// agent itself gone, as `--once` leaves it), no instance or balancer process of that state
+/// directory is alive and the records are gone; a second `down` has nothing to stop.
+#[test]
+fn down_stops_every_instance_and_balancer_of_the_state_directory() {
+    let w = World::new();
+    let v1 = w.image("1.0.0", false);
+    w.release("1.0.0", &v1, &[]).expect(OK);
+    w.agent_once().expect(OK);
+    assert!(!w.live_instances().is_empty(), "the agent started instances");
+    let lb = w.balancer_pid("staging");
+    let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid);
+    assert!(alive(lb), "the balancer runs");
+
+    let down = w.ledger.stele(["down", "--config", &path_str(&w.config)]);
+    down.expect(OK).says(&["stopped staging"]);
+    assert_eq!(w.live_instances(), Vec::new(), "no instance of {} is alive", w.state.display());
+    assert!(!alive(lb), "the balancer {lb} is stopped");
+    assert!(!w.state.join("local/staging").exists(), "the records are removed");
+    w.ledger.stele(["down", "--state-dir", &path_str(&w.state)]).expect(OK).says(&["nothing to stop"]);
+    w.ledger.stele(["down", "--help"]).expect(OK).says(&["Stop the agent first"]);
+}
+
+fn zombie(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'))
 }

@@ -94,18 +94,18 @@ impl Fixture {
         self.redate(date)
     }
 
-    /// `stele audit --json ARGS`, exit code checked.
+    /// `stele audit --json ARGS` pinned to alice as the root, exit code checked.
     #[track_caller]
     fn audit(&self, args: &[&str], code: i32) -> Value {
-        let out = self.ledger.stele(["audit", "--json"].iter().chain(args));
+        let out = self.ledger.stele(["audit", "--json", "--trust-root", &self.alice.id].iter().chain(args));
         out.expect(code);
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("audit printed no JSON: {e}\n{}", out.dump()))
     }
 
-    /// `stele audit ARGS` (human output), exit code checked.
+    /// `stele audit ARGS` (human output) pinned to alice as the root, exit code checked.
     #[track_caller]
     fn audit_text(&self, args: &[&str], code: i32) -> Output {
-        let out = self.ledger.stele(["audit"].iter().chain(args));
+        let out = self.ledger.stele(["audit", "--trust-root", &self.alice.id].iter().chain(args));
         out.expect(code);
         out
     }
@@ -416,6 +416,28 @@ fn at_refuses_bad_times_naming_the_flag_and_the_accepted_forms() {
         ]);
     }
     f.ledger.stele(["audit", "--help"]).expect(OK).says(&["plain date", "00:00:00Z that day"]);
+}
+
+/// Without a trust root the audit refuses (exit 3, naming the ways out) and prints no verdict;
+/// `--trust-genesis-as-found` is the explicit opt-in, and the output then says the root was not
+/// pinned. `--env` naming an undeclared environment is refused, naming it and the declared ones,
+/// in every form (timeline, JSON, `--at`).
+#[test]
+fn audit_refuses_without_a_trust_root_and_an_unknown_env() {
+    let f = fixture("audit-refusals");
+    let l = &f.ledger;
+    let out = l.stele(["audit"]);
+    out.expect(REFUSED).says(&["no trust root", "--trust-root", "--trust-root-hash", "--trust-genesis-as-found"]);
+    assert!(!out.stdout.contains("OK: every step verified"), "{}", out.dump());
+    l.stele(["audit", "--json"]).expect(REFUSED);
+    l.stele(["audit", "--trust-genesis-as-found"]).expect(OK).says(&["NOT PINNED", "OK: every step verified"]);
+    l.stele(["audit", "--trust-genesis-as-found", "--trust-root", &f.alice.id]).expect(USAGE);
+    l.stele(["audit", "--help"]).expect(OK).says(&["--trust-genesis-as-found"]);
+    for extra in [&[][..], &["--json"][..], &["--at", "2031-01-01"][..]] {
+        let out = l.stele(["audit", "--env", "nope", "--trust-root", &f.alice.id].iter().chain(extra));
+        out.expect(REFUSED).says(&["--env nope: unknown environment", "declares staging"]);
+        assert!(!out.stdout.contains("OK: every step verified"), "{}", out.dump());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------

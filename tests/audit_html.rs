@@ -306,7 +306,7 @@ fn timeline_json_is_what_audit_json_prints() {
     assert_eq!(bare["proposals"], got["proposals"]);
     let nope: EnvName = "nope".parse().expect("a name");
     let err = stele::commands::audit::timeline_json(&l.dir, head, &anchor, Some(&nope)).expect_err("unknown env");
-    assert!(err.to_string().contains("no such environment"), "{err}");
+    assert!(err.to_string().contains("--env nope: unknown environment; the ledger's policy declares"), "{err}");
 }
 
 /// With `--json`, stdout is the JSON and the file is written too; `--env` keeps one environment on
@@ -318,7 +318,7 @@ fn html_combines_with_json_and_env_and_refuses_at() {
     let l = &s.ledger;
     let file = s.sb.path("prod.html");
     let path = file.to_str().expect("UTF-8");
-    let out = l.stele(["audit", "--json", "--env", "prod", "--html", path]);
+    let out = l.stele(["audit", "--json", "--env", "prod", "--html", path, "--trust-genesis-as-found"]);
     let printed: Value = serde_json::from_str(&out.expect(VERIFY_FAILED).stdout).expect("stdout is the JSON");
     assert!(printed["environments"].get("staging").is_none());
     let doc = Html::parse_document(&std::fs::read_to_string(&file).expect("the report was written"));
@@ -341,7 +341,7 @@ fn html_combines_with_json_and_env_and_refuses_at() {
 
     l.stele(["audit", "--at", "2030-01-01", "--html", path]).expect(USAGE).says(&["--at"]);
     let missing = s.sb.path("no/such/dir/r.html");
-    l.stele(["audit", "--html", missing.to_str().expect("UTF-8")]).expect(REFUSED).says(&[
+    l.stele(["audit", "--html", missing.to_str().expect("UTF-8"), "--trust-genesis-as-found"]).expect(REFUSED).says(&[
         "--html",
         "no/such/dir/r.html",
         "cannot write the report",

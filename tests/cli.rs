@@ -40,6 +40,7 @@ fn new_user_story_from_keys_to_a_two_of_two_release_and_a_caught_tamper() {
     let app = sb.path("app");
     std::fs::create_dir_all(app.join("bin")).unwrap();
     std::fs::write(app.join("bin/run.sh"), "#!/bin/sh\necho hello\n").unwrap();
+    manifest(&app, "bin/run.sh");
     let tar = sb.path("app-1.4.2.tar");
     let packed = sb.stele(sb.root(), ["image", "pack", &path_str(&app), "--out", &path_str(&tar)]);
     let digest = packed.expect(OK).first_word();
@@ -117,6 +118,8 @@ fn image_pack_is_reproducible_and_agrees_with_image_digest() {
     let (one, two) = (sb.path("one"), sb.path("two"));
     make(&one, &files);
     make(&two, &files.iter().rev().copied().collect::<Vec<_>>());
+    manifest(&one, "bin/app");
+    manifest(&two, "bin/app");
 
     let pack = |dir: &Path, out: &str| -> (String, String) {
         let o = sb.stele(sb.root(), ["image", "pack", &path_str(dir), "--out", &path_str(&sb.path(out)), "--json"]);
@@ -156,10 +159,64 @@ fn image_pack_refuses_an_output_inside_the_packed_directory() {
     let dir = sb.path("app");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("a"), "a\n").unwrap();
+    manifest(&dir, "a");
     let out = sb.stele(sb.root(), ["image", "pack", "app", "--out", "app/app.tar"]);
     out.expect(REFUSED).says(&["app/app.tar", "inside the packed directory"]);
-    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, ["a"]);
+    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "stele-image.json"]);
+}
+
+/// Makes `dir` an image: `command` executable, named by `stele-image.json`.
+fn manifest(dir: &Path, command: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join(command), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("stele-image.json"), format!("{{\"command\": \"{command}\"}}")).unwrap();
+}
+
+/// `stele image pack` refuses a directory that is not an image (no manifest, a bad one, a command
+/// that is missing or not executable), saying what an image must contain and writing nothing; its
+/// help says it too. `stele release` to a local-provider environment refuses an archive without a
+/// valid manifest (made here by the library, as any other tar tool could), before anything is signed.
+#[test]
+fn image_pack_and_release_refuse_an_image_without_a_valid_manifest() {
+    let sb = Sandbox::new();
+    let dir = sb.path("empty");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let out_file = sb.path("empty.tar");
+    let pack = || sb.stele(sb.root(), ["image", "pack", &path_str(&dir), "--out", &path_str(&out_file)]);
+    pack().expect(REFUSED).says(&["not an image", "stele-image.json is missing", "\"command\": \"bin/app\""]);
+    assert!(!out_file.exists(), "nothing is written");
+    std::fs::write(dir.join("stele-image.json"), r#"{"cmd": "bin/app"}"#).unwrap();
+    pack().expect(REFUSED).says(&["stele-image.json: not a valid manifest", "unknown field"]);
+    std::fs::write(dir.join("stele-image.json"), r#"{"command": "bin/app"}"#).unwrap();
+    pack().expect(REFUSED).says(&["bin/app, the command in stele-image.json, is not in the image"]);
+    std::fs::write(dir.join("bin/app"), "#!/bin/sh\n").unwrap();
+    pack().expect(REFUSED).says(&["bin/app, the command in stele-image.json, is not an executable regular file"]);
+    assert!(!out_file.exists(), "nothing is written");
+    sb.stele(sb.root(), ["image", "pack", "--help"]).expect(OK).says(&["stele-image.json", "executable"]);
+
+    let alice = sb.key("alice");
+    let ledger = sb.ledger("ledger", "manifests", &alice, &["staging"]);
+    let commits = ledger.commit_count();
+    let bare = sb.path("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::write(bare.join("index.html"), "hi\n").unwrap();
+    let tar = sb.path("bare.tar");
+    stele::image::pack_dir_to_file(&bare, &tar).expect("pack");
+    let out = ledger.try_release("staging", "1.0.0", &tar, &alice, &[]);
+    out.expect(REFUSED).says(&[
+        "not an image the local provider of staging can run",
+        "stele-image.json is missing",
+        "stele image pack",
+        "nothing was released",
+    ]);
+    assert_eq!(ledger.commit_count(), commits, "nothing was committed");
+    let not_tar = sb.path("notes.txt");
+    std::fs::write(&not_tar, vec![b'x'; 2000]).unwrap();
+    ledger.try_release("staging", "1.0.0", &not_tar, &alice, &[]).expect(REFUSED).says(&["not an image"]);
+    ledger.release("staging", "1.0.0", &sb.image("good.tar", b"#!/bin/sh\n"), &alice);
+    assert_eq!(ledger.commit_count(), commits + 1);
 }
 
 /// Malformed command lines exit 2 (and say what is wrong) before touching anything; help and version

@@ -326,8 +326,20 @@ fn an_undeclared_environment_is_refused() {
     let head = f.head();
     let out = f.set("qa", &example("rolling.json"), &[&f.alice]);
     f.expect_refused_unchanged(&out, &head, &["environment qa is not declared", "policy add-env"]);
-    f.ledger.stele(["env", "show", "--env", "qa"]).expect(REFUSED).says(&["environment qa is not declared"]);
+    let out = f.ledger.stele(["env", "show", "--env", "qa"]);
+    out.expect(REFUSED).says(&["environment qa is not declared", "root keys (alice"]);
     f.ledger.stele(["env", "show", "--env", "Not/A/Name"]).expect(REFUSED);
+
+    // The suggested command works as printed, with the root's secret key in place of ROOT_SECRET_KEY.
+    let hint = out.stderr.lines().find(|l| l.trim_start().starts_with("stele ")).expect("a suggested command");
+    let args: Vec<String> = hint
+        .split_whitespace()
+        .skip(1)
+        .map(|w| if w == "ROOT_SECRET_KEY" { f.alice.secret() } else { w.to_owned() })
+        .collect();
+    assert_eq!(args[..2], ["policy", "add-env"], "{hint}");
+    f.ledger.stele(&args).expect(OK);
+    f.ledger.stele(["env", "show", "--env", "qa"]).expect(OK);
 }
 
 #[test]

@@ -194,10 +194,13 @@ fn problem_list(problems: &Value) -> Vec<(&str, &str)> {
         .unwrap_or_default()
 }
 
-/// `stele audit --json ARGS` of the ledger, with its exit code checked.
+/// `stele audit --json ARGS` of the ledger, with its exit code checked; the genesis policy is taken
+/// as found unless ARGS pin a trust root.
 #[track_caller]
 fn audit(ledger: &Ledger, args: &[&str], code: i32) -> Value {
-    let out = ledger.stele(["audit", "--json"].iter().chain(args));
+    let pinned = args.iter().any(|a| a.starts_with("--trust-root"));
+    let trust = if pinned { None } else { Some("--trust-genesis-as-found") };
+    let out = ledger.stele(["audit", "--json"].into_iter().chain(trust).chain(args.iter().copied()));
     out.expect(code);
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("audit printed no JSON: {e}\n{}", out.dump()))
 }
@@ -326,7 +329,7 @@ fn stele_rollback_commits_what_git_revert_of_the_tip_would() {
     assert_eq!(show(&f.ledger.dir, "%T"), show(&twin, "%T"), "the same tree");
     assert_eq!(show(&f.ledger.dir, "%B"), show(&twin, "%B"), "the same message");
     assert_eq!(show(&f.ledger.dir, "%P"), format!("{v2}\n"));
-    let a = audit(&f.ledger, &[], OK);
+    let a = audit(&f.ledger, &["--trust-root", &f.alice.id], OK);
     assert_eq!(event(&a, "staging", &f.head(), "rollback")["target"]["version"], "1.0.0");
 }
 
@@ -721,7 +724,7 @@ fn audit_at_a_time_answers_the_target_in_force_then() {
             }
         }
     }
-    l.stele(["audit", "--at", "2030-01-03T12:00:00Z"])
+    l.stele(["audit", "--at", "2030-01-03T12:00:00Z", "--trust-genesis-as-found"])
         .expect(OK)
         .says(&["at 2030-01-03T12:00:00Z (UTC)", "target       2.0.0 (seq 2), generation 2"]);
     l.stele(["audit", "--at", "yesterday"]).expect(REFUSED);
@@ -808,7 +811,7 @@ fn served_remote_force_push_of_an_older_commit_stalls_and_restoring_the_branch_r
     let by_file = Agent::new(&f.sb, "file", &file_url, &["--trust-root", &f.alice.id]);
     by_file.poll(&f.sb).expect_verified(&v3).expect_target("staging", 3, Some("3.0.0"));
     assert_eq!(by_file.poll(&f.sb).json["status"], "up_to_date");
-    let out = l.stele(["audit", "--json", "--repo", &daemon.url("ledger.git")]);
+    let out = l.stele(["audit", "--json", "--trust-genesis-as-found", "--repo", &daemon.url("ledger.git")]);
     let a: Value = serde_json::from_str(&out.expect(OK).stdout).expect("audit JSON");
     assert_eq!((a["head"].as_str(), a["trust_root_pinned"].as_bool()), (Some(v3.as_str()), Some(false)));
 }

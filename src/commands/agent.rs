@@ -43,6 +43,12 @@ struct AgentFile {
 }
 
 pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result<AgentConfig> {
+    load_config_with(repo_flag, args, true)
+}
+
+/// [`load_config`]; with `create` false, a missing state directory is left missing (its path made
+/// absolute), for commands that must write nothing (`stele plan`).
+pub fn load_config_with(repo_flag: Option<&Path>, args: &AgentSettingsArgs, create: bool) -> Result<AgentConfig> {
     let (file, base) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -65,11 +71,14 @@ pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result
     };
     // Instances and balancers run in their own directories and outlive this process: give them
     // absolute paths.
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("{}: cannot create the state directory", state_dir.display()))?;
-    let state_dir = state_dir
-        .canonicalize()
-        .with_context(|| format!("{}: cannot resolve the state directory", state_dir.display()))?;
+    if create {
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("{}: cannot create the state directory", state_dir.display()))?;
+    }
+    let state_dir = match state_dir.canonicalize() {
+        Err(_) if !create && !state_dir.exists() => std::path::absolute(&state_dir)?,
+        r => r.with_context(|| format!("{}: cannot resolve the state directory", state_dir.display()))?,
+    };
     let trust = if !args.trust_root.is_empty() || args.trust_root_hash.is_some() {
         TrustArgs {
             trust_root: args.trust_root.clone(),

@@ -40,10 +40,16 @@ fn show(repo_path: &Path, env: &str) -> Result<u8> {
 fn current_spec<'t>(tree: &'t VerifiedTree, env: &EnvName) -> Result<&'t Document<Environment>> {
     match tree.environments.get(env) {
         Some(state) => Ok(&state.spec),
-        None => Err(Refused(format!(
-            "environment {env} is not declared in this ledger; declare it first (stele policy add-env --name {env})"
-        ))
-        .into()),
+        None => {
+            let policy = &tree.policy.payload;
+            Err(Refused(format!(
+                "environment {env} is not declared in this ledger; declare it first, signed by {} of the root keys \
+                 ({}):\n  stele policy add-env {env} --key ROOT_SECRET_KEY",
+                policy.root.threshold,
+                key_list(policy, &policy.root.keys)
+            ))
+            .into())
+        }
     }
 }
 

@@ -1,15 +1,20 @@
-//! `stele image`: pack a directory reproducibly, or hash a file.
+//! `stele image`: pack a directory reproducibly (refusing one that is not an image: no valid
+//! `stele-image.json` whose command is an executable file in it), or hash a file.
 
 use super::human_size;
 use crate::cli::ImageCommand;
-use crate::exit;
+use crate::exit::{self, Refused};
 use crate::image;
+use crate::provider::local::store::{check_image_dir, IMAGE_NEEDS};
 use anyhow::Result;
 use serde_json::json;
 
 pub fn run(cmd: ImageCommand) -> Result<u8> {
     match cmd {
         ImageCommand::Pack { dir, out, json } => {
+            check_image_dir(&dir).map_err(|reason| {
+                Refused(format!("{}: not an image: {reason}; {IMAGE_NEEDS}; nothing was written", dir.display()))
+            })?;
             let (summary, digest) = image::pack_dir_to_file(&dir, &out)?;
             if json {
                 println!(

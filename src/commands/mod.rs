@@ -7,6 +7,7 @@
 mod about;
 mod agent;
 pub mod audit;
+mod down;
 mod env;
 mod image_cmd;
 mod init;
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Plan(args) => plan::run(args.repo.repo.clone().as_deref(), args),
         Command::Suspend(args) => suspend::suspend(args),
         Command::Resume(args) => suspend::resume(args),
+        Command::Down(args) => down::run(args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Version(args) => about::version(args),
         Command::Completions(args) => about::completions(args),

@@ -1,20 +1,35 @@
 //! `stele plan`: what the agent would do now. Verifies the ledger (without moving the high-water
 //! mark), observes each environment's provider (probing health, touching nothing: providers made
 //! observe-only refuse every action) and prints each environment's plan.
+//!
+//! Writes nothing the agent owns: when the state directory does not exist (no agent has run there),
+//! the plan is made from a temporary one, so nothing is created on disk, even when planning fails.
+//! A provider's health track starts when this process does, so a healthy instance is credited as
+//! ready from its launch (its record), not from now: a converged environment plans as Healthy.
 
-use super::agent::load_config;
+use super::agent::load_config_with;
 use super::now;
 use crate::agent::{load_memory, now_ms, release_of, Providers};
 use crate::cli::PlanArgs;
 use crate::exit;
-use crate::plan::{plan, Action};
+use crate::plan::{plan, Action, Health, Observed};
 use crate::sync::{LedgerSync, SyncStatus};
 use anyhow::Result;
 use serde_json::json;
 use std::path::Path;
 
 pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
-    let cfg = load_config(repo, &args.settings)?;
+    let mut cfg = load_config_with(repo, &args.settings, false)?;
+    let _scratch = if cfg.state_dir.exists() {
+        None
+    } else {
+        let scratch = tempfile::tempdir()?;
+        if !args.json {
+            println!("no agent state at {} yet: planning as a first run", cfg.state_dir.display());
+        }
+        cfg.state_dir = scratch.path().to_owned();
+        Some(scratch)
+    };
     let mut ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?;
     let synced = ledger.sync(now(), false)?;
     let Some(verified) = synced.verified else {
@@ -36,7 +51,7 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
         let now = now_ms();
         let observed = match providers.for_spec(spec).and_then(|p| p.observe(env, spec, now).map_err(|e| e.to_string()))
         {
-            Ok(observed) => observed,
+            Ok(observed) => ready_from_launch(observed),
             Err(reason) => {
                 unobserved = true;
                 if !args.json {
@@ -71,7 +86,7 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
                         println!("  launch    {group}: {} (generation {})", release.version, release.generation)
                     }
                     Action::Terminate { group, id, reason } => println!("  terminate {group}: {id} ({reason})"),
-                    Action::SetTraffic { group, traffic } => println!("  traffic   {group}: {traffic:?}"),
+                    Action::SetTraffic { group, traffic } => println!("  traffic   {group}: {traffic}"),
                     Action::FailGate { reason, .. } => println!("  fail gate: {reason}"),
                 }
             }
@@ -94,4 +109,16 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
         println!("{}", json!({"stalled": null, "commit": verified.commit.to_string(), "environments": out}));
     }
     Ok(if unobserved { exit::IO } else { exit::OK })
+}
+
+/// `observed` with each healthy instance healthy since its launch at the latest: this process's
+/// health track began when it started, and an instance it finds healthy has been running since its
+/// record says it was launched.
+fn ready_from_launch(mut observed: Observed) -> Observed {
+    for i in &mut observed.instances {
+        if let Health::Healthy { since_ms } = &mut i.health {
+            *since_ms = (*since_ms).min(i.launched_ms);
+        }
+    }
+    observed
 }

@@ -9,7 +9,7 @@ use crate::keys;
 use crate::repo::{Change, LedgerRepo, PROPOSAL_PREFIX};
 use anyhow::{Context, Result};
 use ledger_format::tree::entry_path;
-use ledger_format::types::{ArtifactUri, EntryType, Image};
+use ledger_format::types::{ArtifactUri, EntryType, EnvName, Image, Provider};
 use ledger_format::{Blake3Digest, Document};
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,27 @@ fn locate(image: &str, uri: Option<&str>) -> Result<(Source, ArtifactUri)> {
         .parse()
         .map_err(|e: String| Refused(format!("{e}; pass --uri with the URL the agents will fetch the image from")))?;
     Ok((source, recorded))
+}
+
+/// A local-provider environment runs the image's manifest: an archive without a valid one would
+/// stall the agent at deploy time, so it is refused here, before anything is signed. An image at a URL
+/// is not fetched twice: the agent checks it when it unpacks.
+fn check_local_image(env: &EnvName, image: &str, source: &Source) -> Result<()> {
+    use crate::provider::local::store::{check_image_archive, IMAGE_NEEDS};
+    match source {
+        Source::File(path) => check_image_archive(path).map(drop).map_err(|reason| {
+            Refused(format!(
+                "{image}: not an image the local provider of {env} can run: {reason}; {IMAGE_NEEDS} \
+                 (add it to the directory and pack it again with `stele image pack DIR --out FILE`); \
+                 nothing was released"
+            ))
+            .into()
+        }),
+        Source::Url(_) => {
+            eprintln!("note: {image} is a URL, so its manifest is checked by the agent when it unpacks the image");
+            Ok(())
+        }
+    }
 }
 
 fn check_expectations(args: &ReleaseArgs, image: &str, actual: &ImageDigest) -> Result<()> {
@@ -83,6 +104,9 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
     let image = match (&args.image, &args.ami) {
         (Some(path_or_url), _) => {
             let (source, uri) = locate(path_or_url, args.uri.as_deref())?;
+            if matches!(state.spec.payload.provider, Provider::Local {}) {
+                check_local_image(&env, path_or_url, &source)?;
+            }
             eprintln!("hashing {path_or_url} ...");
             let digest = match &source {
                 Source::File(path) => image::digest_file(path, Some(args.max_size))?,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// The state directory named by `--state-dir`, or by `state_dir` in the configuration file (relative
 /// to the file's directory, as the agent reads it).
-fn state_dir(config: Option<&Path>, flag: Option<&Path>) -> Result<PathBuf> {
+pub(super) fn state_dir(config: Option<&Path>, flag: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = flag {
         return Ok(dir.to_owned());
     }

@@ -301,6 +301,11 @@ pub fn parse_version_description(s: &str) -> Option<(String, Generation, String)
     }
 }
 
+/// Listener weights as logs and errors show them: `generation 1: 90, generation 2: 10`.
+fn weights_text(weights: &BTreeMap<Generation, u32>) -> String {
+    weights.iter().map(|(g, w)| format!("generation {g}: {w}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Listener forward weights for per-generation target groups: ALB accepts 0..=999 per target group.
 /// Used by blue/green and canary once they are built; checked now so a bad plan is named precisely.
 pub fn listener_weights(weights: &BTreeMap<Generation, u32>) -> Result<Vec<(Generation, i32)>, ProviderError> {
@@ -1159,7 +1164,7 @@ impl Inner {
             tuples.push((arn, weight));
         }
         if tuples.is_empty() {
-            return Err(refused(format!("weights {weights:?} send no traffic anywhere")));
+            return Err(refused(format!("weights {} send no traffic anywhere", weights_text(weights))));
         }
         let current = self.listener_forward(&c, listener).await?;
         if normalize(&current) == normalize(&tuples) {
@@ -1191,7 +1196,7 @@ impl Inner {
             .send()
             .await
             .map_err(|e| classify("ModifyListener", e))?;
-        tracing::info!(listener = short_listener(listener), ?weights, "listener weights set");
+        tracing::info!(listener = short_listener(listener), weights = %weights_text(weights), "listener weights set");
         Ok(())
     }
 

@@ -154,9 +154,17 @@ impl Sandbox {
     }
 
     /// Writes a small image artifact and returns its path.
+    /// An image archive `name` the local provider accepts (a manifest naming `bin/app`, whose bytes
+    /// are `contents`), packed in the reproducible form.
     pub fn image(&self, name: &str, contents: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.path(&format!("{name}.d"));
+        std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+        std::fs::write(dir.join("bin/app"), contents).expect("write the command");
+        std::fs::set_permissions(dir.join("bin/app"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(dir.join("stele-image.json"), br#"{"command": "bin/app"}"#).expect("write the manifest");
         let path = self.path(name);
-        std::fs::write(&path, contents).expect("write image");
+        stele::image::pack_dir_to_file(&dir, &path).expect("pack the image");
         path
     }
 

@@ -18,8 +18,13 @@
 //! [`timeline_json`] gives the same JSON to the agent's page, from its own repository and without
 //! fetching.
 //!
+//! Without a trust root (`--trust-root`, `--trust-root-hash`) the audit refuses (exit 3) unless
+//! `--trust-genesis-as-found` asks for it; the output then says loudly that the root was not pinned.
+//! `--env` naming an environment the policy does not declare is refused too, listing the declared ones.
+//!
 //! Exit codes: 0 when every commit verified, 1 when any commit was refused (the refused and the
-//! recovering commits are still listed). An open proposal is information, never a failure.
+//! recovering commits are still listed), 3 for a refused input. An open proposal is information,
+//! never a failure.
 
 mod answer;
 mod git;
@@ -55,6 +60,14 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
         args.env.as_deref().map(str::parse).transpose().map_err(|e| Refused(format!("--env: {e}")))?;
     let at: Option<Timestamp> = args.at.as_deref().map(|t| parse_at("--at", t)).transpose().map_err(Refused)?;
     let pinned = trust_anchor(&args.trust)?;
+    if pinned.is_none() && !args.trust_genesis_as_found {
+        return Err(Refused(
+            "no trust root: pin the genesis policy with --trust-root KEYID[,KEYID...] or --trust-root-hash HEX \
+             (learnt out of band), or pass --trust-genesis-as-found to trust whoever wrote the first commit"
+                .into(),
+        )
+        .into());
+    }
     let temp;
     let cache = match (&args.cache_dir, is_remote(&location)) {
         (Some(dir), _) => dir.clone(),
@@ -167,7 +180,12 @@ impl Replayed<'_> {
         let policy = &verified.state.policy.payload;
         if let Some(env) = only {
             if !policy.environments.contains_key(env) {
-                return Err(Refused(format!("--env {env}: the ledger's policy declares no such environment")).into());
+                let known: Vec<String> = policy.environments.keys().map(ToString::to_string).collect();
+                return Err(Refused(format!(
+                    "--env {env}: unknown environment; the ledger's policy declares {}",
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ))
+                .into());
             }
         }
         let repo = self.source.repository();

@@ -841,7 +841,7 @@ impl Provider for LocalProvider {
         // Not waiting for the balancer to apply it: an instance leaves only once the balancer reports a
         // config without it (the stopper checks), so nothing waits here on a slow or dead balancer.
         self.sync_balancer(env, group, &[])?;
-        tracing::info!(%env, %group, ?traffic, "traffic moved");
+        tracing::info!(%env, %group, %traffic, "traffic moved");
         Ok(())
     }
 }

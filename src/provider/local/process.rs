@@ -224,7 +224,11 @@ pub fn stop(h: &ProcessHandle, grace: Duration) -> io::Result<()> {
     if wait_until_stopped(h, grace)? {
         return Ok(());
     }
-    tracing::warn!(pid = h.pid, ?grace, "instance did not stop after SIGTERM; sending SIGKILL to its process group");
+    tracing::warn!(
+        pid = h.pid,
+        grace_seconds = grace.as_secs_f64(),
+        "instance did not stop after SIGTERM; sending SIGKILL to its process group"
+    );
     signal_instance(h, libc::SIGKILL)?;
     if wait_until_stopped(h, KILL_WAIT)? {
         return Ok(());

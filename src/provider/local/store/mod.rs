@@ -53,6 +53,7 @@
 //!
 //! For example: `{"command": "bin/stele-webapp", "args": [], "env": {"RUST_LOG": "info"}}`.
 
+mod check;
 mod collect;
 mod fetch;
 mod headers;
@@ -60,6 +61,7 @@ mod tree;
 mod unpack;
 
 use crate::image::{self, ImageDigest, ImageError};
+pub use check::{check_image_archive, check_image_dir, IMAGE_NEEDS};
 pub use collect::{Collected, Removal, Retention};
 use fetch::fetch;
 use headers::check_relative_path;
