@@ -157,11 +157,7 @@ impl World {
             // Until the agent first reports `staging` (another environment may be reported first), there
             // is nothing to judge yet.
             let out = self.ledger.stele(["status", "--json", "--env", "staging"]);
-            let s = if out.stderr.contains("no status for environment staging") {
-                Value::Null
-            } else {
-                self.status()
-            };
+            let s = if out.stderr.contains("no status for environment staging") { Value::Null } else { self.status() };
             if pred(&s) {
                 return s;
             }
