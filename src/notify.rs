@@ -157,6 +157,9 @@ impl Notifier {
 
     /// Queues `event` for every URL and returns at once.
     pub fn send(&self, event: &Event) {
+        if self.channels.is_empty() {
+            return;
+        }
         tracing::info!(
             event = event.event.name(),
             env = event.env.as_deref().unwrap_or("-"),

@@ -47,6 +47,21 @@ pub struct LedgerSync {
     last: Option<Verified>,
 }
 
+/// Whether a state directory recorded for `recorded` belongs to `location`: the same text, or two
+/// spellings of one local repository (relative and absolute, through a symbolic link).
+fn same_source(recorded: &str, location: &str) -> bool {
+    if recorded == location {
+        return true;
+    }
+    if crate::source::is_remote(recorded) || crate::source::is_remote(location) {
+        return false;
+    }
+    match (std::fs::canonicalize(recorded), std::fs::canonicalize(location)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 impl LedgerSync {
     /// Opens the source and the state directory. Refuses a state directory that belongs to another
     /// source or branch, and a first sync without a pinned trust root.
@@ -55,7 +70,7 @@ impl LedgerSync {
         let branch = source.branch().map(str::to_owned);
         let existing = state::load(state_dir)?;
         if let Some(s) = &existing {
-            if s.source != location || s.branch != branch {
+            if !same_source(&s.source, location) || s.branch != branch {
                 return Err(Refused(format!(
                     "{} holds the state of {} (branch {}); use another --state-dir for {location} (branch {})",
                     state_dir.display(),
@@ -145,5 +160,28 @@ impl LedgerSync {
             )
         });
         Ok(Synced { status, head, verified, outcome, reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_source;
+
+    #[test]
+    fn one_local_repository_spelled_two_ways_is_the_same_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = tmp.path().join("ledger");
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(&ledger).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::os::unix::fs::symlink(&ledger, tmp.path().join("link")).unwrap();
+        let abs = ledger.to_str().unwrap();
+        let dotted = format!("{}/../ledger", other.display());
+        assert!(same_source(abs, &dotted));
+        assert!(same_source(abs, tmp.path().join("link").to_str().unwrap()));
+        assert!(!same_source(abs, other.to_str().unwrap()));
+        assert!(!same_source("git://host/ledger", abs));
+        assert!(same_source("git://host/ledger", "git://host/ledger"));
+        assert!(!same_source(abs, tmp.path().join("missing").to_str().unwrap()));
     }
 }

@@ -57,11 +57,25 @@ pub fn load_config_with(repo_flag: Option<&Path>, args: &AgentSettingsArgs, crea
         }
         None => (AgentFile::default(), PathBuf::new()),
     };
+    // Absolute, so the same ledger is named the same way whatever the working directory (the state
+    // directory records which source it belongs to).
+    let base = std::path::absolute(if base.as_os_str().is_empty() { Path::new(".") } else { &base }).unwrap_or(base);
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
     let repo = match (repo_flag, file.repo) {
-        (Some(flag), _) => flag.to_str().ok_or_else(|| Refused(format!("{}: not UTF-8", flag.display())))?.to_owned(),
+        (Some(flag), _) if is_remote(&flag.to_string_lossy()) => {
+            flag.to_str().ok_or_else(|| Refused(format!("{}: not UTF-8", flag.display())))?.to_owned()
+        }
+        (Some(flag), _) => std::fs::canonicalize(flag)
+            .or_else(|_| std::path::absolute(flag))
+            .unwrap_or_else(|_| flag.to_owned())
+            .to_str()
+            .ok_or_else(|| Refused(format!("{}: not UTF-8", flag.display())))?
+            .to_owned(),
         (None, Some(r)) if is_remote(&r) => r,
-        (None, Some(r)) => resolve(PathBuf::from(r)).display().to_string(),
+        (None, Some(r)) => {
+            let path = resolve(PathBuf::from(r));
+            std::fs::canonicalize(&path).unwrap_or(path).display().to_string()
+        }
         (None, None) => return Err(Refused("no ledger: pass --repo DIR|URL or set repo in --config".into()).into()),
     };
     let state_dir = match (&args.state_dir, file.state_dir) {
