@@ -376,4 +376,14 @@ fn key_fingerprints_are_the_ones_ssh_keygen_shows() {
         .expect(OK);
     ledger.stele(["policy", "show"]).expect(OK).says(&[&format!("{}  alice  {alice_fp}", alice.id), &bob_fp]);
     assert!(ledger.git(["log", "-1", "--format=%B"]).contains(&bob_fp), "the add-signer commit names the fingerprint");
+    // The audit names every key of the policy with its fingerprint, and each signer in JSON carries it.
+    let audit = ledger.stele(["audit", "--trust-root", &alice.id]);
+    audit
+        .expect(OK)
+        .says(&[&format!("key alice {} {alice_fp}", &alice.id[..12]), &format!("key bob {} {bob_fp}", &bob.id[..12])]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ledger.stele(["audit", "--json", "--trust-root", &alice.id]).expect(OK).stdout)
+            .expect("JSON");
+    let text = json.to_string();
+    assert!(text.contains(&format!("\"fingerprint\":\"{alice_fp}\"")), "{json:#}");
 }

@@ -354,6 +354,23 @@ impl Audit<'_> {
         if !self.pinned {
             println!("trust root NOT PINNED: the genesis policy was taken as found (pin it with --trust-root or --trust-root-hash)");
         }
+        // Keys as people compare them: name, key id, and the fingerprint `ssh-keygen -lf` prints.
+        for (id, key) in &self.policy.keys {
+            println!("key {} {} {}", key.name, &id.to_hex()[..12], crate::keys::ssh_fingerprint(&key.public_key));
+        }
+    }
+
+    /// The SHA256 fingerprint of key `id` (as `ssh-keygen -lf` prints it), from the policy in force at
+    /// `version` or any other that names the key.
+    pub fn key_fingerprint(&self, version: u64, id: &KeyId) -> Option<String> {
+        let policies = &self.git.policies;
+        let find =
+            |p: &ledger_format::types::Policy| p.keys.get(id).map(|k| crate::keys::ssh_fingerprint(&k.public_key));
+        policies
+            .get(&version)
+            .and_then(|p| find(p))
+            .or_else(|| policies.values().find_map(|p| find(p)))
+            .or_else(|| find(self.policy))
     }
 
     /// The fields every JSON form starts with.
@@ -409,7 +426,11 @@ impl Audit<'_> {
     }
 
     pub fn keys_json(&self, version: u64, ids: &[KeyId]) -> Vec<serde_json::Value> {
-        ids.iter().map(|id| json!({"keyid": id, "name": self.key_name(version, id)})).collect()
+        ids.iter()
+            .map(|id| {
+                json!({"keyid": id, "name": self.key_name(version, id), "fingerprint": self.key_fingerprint(version, id)})
+            })
+            .collect()
     }
 }
 
