@@ -492,16 +492,33 @@ fn read_request_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&request).into_owned()
 }
 
+/// Serves each of `responses` to one connection in turn, keeping the request heads.
+fn serve_each(responses: Vec<String>) -> (SocketAddr, JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = thread::spawn(move || {
+        let mut requests = Vec::new();
+        for response in responses {
+            let (mut stream, _) = listener.accept().expect("accept");
+            requests.push(read_request_head(&mut stream));
+            stream.write_all(response.as_bytes()).expect("answer");
+        }
+        requests
+    });
+    (addr, server)
+}
+
 #[test]
 fn probe_http_succeeds_only_for_2xx() {
     let cases: [(&str, Result<(), &str>); 7] = [
         ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Ok(())),
         ("HTTP/1.1 204 No Content\r\n\r\n", Ok(())),
         ("HTTP/1.0 299 Whatever\r\n\r\n", Ok(())),
-        ("HTTP/1.1 301 Moved Permanently\r\nLocation: /x\r\n\r\n", Err("status 301")),
+        // A chunked body is read by the client like any other.
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", Ok(())),
         ("HTTP/1.1 404 Not Found\r\n\r\n", Err("status 404")),
         ("HTTP/1.1 503 Service Unavailable\r\n\r\n", Err("status 503 Service Unavailable")),
-        ("SSH-2.0-OpenSSH_9.2\r\n", Err("not an HTTP status line")),
+        ("SSH-2.0-OpenSSH_9.2\r\n", Err("GET http://")),
     ];
     for (response, expected) in cases {
         let (addr, server) = serve_once(response);
@@ -513,9 +530,69 @@ fn probe_http_succeeds_only_for_2xx() {
         }
         let request = server.join().expect("server thread");
         assert!(request.starts_with("GET /healthz HTTP/1.1\r\n"), "{request}");
-        assert!(request.contains(&format!("\r\nHost: {addr}\r\n")), "{request}");
-        assert!(request.contains("\r\nConnection: close\r\n"), "{request}");
+        assert!(request.to_lowercase().contains(&format!("\r\nhost: {addr}\r\n")), "{request}");
+        assert!(request.to_lowercase().contains("\r\nconnection: close\r\n"), "{request}");
     }
+}
+
+#[test]
+fn probe_http_follows_redirects_and_judges_where_they_lead() {
+    let (addr, server) = serve_each(vec![
+        "HTTP/1.1 301 Moved Permanently\r\nLocation: /ready\r\nContent-Length: 0\r\n\r\n".into(),
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".into(),
+    ]);
+    probe_http(addr, "/healthz", Duration::from_secs(5)).expect("the redirect leads to a 200");
+    let requests = server.join().expect("server thread");
+    assert!(requests[1].starts_with("GET /ready HTTP/1.1\r\n"), "{requests:?}");
+    let (addr, server) = serve_each(vec![
+        "HTTP/1.1 302 Found\r\nLocation: /down\r\nContent-Length: 0\r\n\r\n".into(),
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".into(),
+    ]);
+    let message = probe_http(addr, "/healthz", Duration::from_secs(5)).expect_err("the redirect leads to a 503");
+    assert!(message.contains("status 503"), "{message}");
+    server.join().expect("server thread");
+}
+
+#[test]
+fn probe_http_follows_a_redirect_to_https_on_a_self_signed_certificate() {
+    // A real TLS server: openssl s_server with a throwaway self-signed certificate, answering 200.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (needed for this test) makes a certificate");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let tls_port = free_port().expect("a free port");
+    let mut tls = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(tls_port.to_string())
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let until = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < until, "openssl s_server did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (addr, server) = serve_each(vec![format!(
+        "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://127.0.0.1:{tls_port}/\r\nContent-Length: 0\r\n\r\n"
+    )]);
+    let outcome = probe_http(addr, "/healthz", Duration::from_secs(5));
+    let _ = tls.kill();
+    let _ = tls.wait();
+    server.join().expect("server thread");
+    outcome.expect("the HTTPS endpoint answered 200");
 }
 
 #[test]
