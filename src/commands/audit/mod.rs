@@ -366,11 +366,7 @@ impl Audit<'_> {
         let policies = &self.git.policies;
         let find =
             |p: &ledger_format::types::Policy| p.keys.get(id).map(|k| crate::keys::ssh_fingerprint(&k.public_key));
-        policies
-            .get(&version)
-            .and_then(|p| find(p))
-            .or_else(|| policies.values().find_map(|p| find(p)))
-            .or_else(|| find(self.policy))
+        policies.get(&version).and_then(find).or_else(|| policies.values().find_map(find)).or_else(|| find(self.policy))
     }
 
     /// The fields every JSON form starts with.

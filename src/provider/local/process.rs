@@ -95,8 +95,6 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Start ticks written by the intermediate process when it could not read them.
 const UNKNOWN_TICKS: u64 = u64::MAX;
 
-/// The most bytes of an HTTP response read while looking for its status line.
-
 /// Starts `spec.program` as a detached instance (see the module documentation for how) and returns the
 /// handle that identifies it from now on, also after an agent restart.
 ///
