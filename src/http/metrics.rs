@@ -146,7 +146,7 @@ impl Metrics {
             "Seconds the target generation has been ahead of the observed one (0 when converged)",
             m.behind.clone(),
         );
-        registry.register("stele_env_stalled", "1 while an environment is stalled, with the reason", m.stalled.clone());
+        registry.register("stele_env_stall_info", "1 while an environment is stalled, with the reason", m.stalled.clone());
         registry.register(
             "stele_env_suspended",
             "1 while an operator has suspended convergence of the environment",
@@ -287,7 +287,7 @@ mod tests {
             "stele_env_phase{env=\"prod\",phase=\"Healthy\"} 0",
             "stele_env_target_generation{env=\"prod\"} 3",
             "stele_env_behind_seconds{env=\"prod\"} 4.5",
-            "stele_env_stalled{env=\"prod\",reason=\"P3: the policy expired\"} 1",
+            "stele_env_stall_info{env=\"prod\",reason=\"P3: the policy expired\"} 1",
             "stele_instances{env=\"prod\",generation=\"2\",health=\"healthy\"} 2",
             "stele_instances{env=\"prod\",generation=\"3\",health=\"starting\"} 1",
         ] {
@@ -295,7 +295,7 @@ mod tests {
         }
         m.pass(&[figures("Healthy", vec![(3, "healthy".into())])], 11.0);
         let text = m.render();
-        assert!(!text.contains("stele_env_stalled{"), "{text}");
+        assert!(!text.contains("stele_env_stall_info{"), "{text}");
         assert!(!text.contains("generation=\"2\""), "{text}");
         assert!(text.contains("stele_env_phase{env=\"prod\",phase=\"Healthy\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
