@@ -638,11 +638,12 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the BLAKE3 digest and size of a file, streamed.
+    /// Print the BLAKE3 digest and size of a file or of what a URL serves now, streamed: review it,
+    /// then release a URL with `--expect-blake3` set to it.
     Digest {
-        /// The file to hash.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
+        /// The file (or http:// or https:// URL) to hash.
+        #[arg(value_name = "FILE|URL")]
+        file: String,
         /// Print the digest and size as JSON.
         #[arg(long)]
         json: bool,
@@ -674,6 +675,7 @@ pub struct ReleaseArgs {
     #[arg(long, value_name = "URI")]
     pub uri: Option<String>,
     /// Refuse unless the image's BLAKE3 digest is this (hex), e.g. the digest your build recorded.
+    /// Required when --image is a URL: the entry signs only bytes someone reviewed.
     #[arg(long, value_name = "HEX")]
     pub expect_blake3: Option<String>,
     /// Refuse unless the image is exactly this many bytes.

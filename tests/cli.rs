@@ -387,3 +387,52 @@ fn key_fingerprints_are_the_ones_ssh_keygen_shows() {
     let text = json.to_string();
     assert!(text.contains(&format!("\"fingerprint\":\"{alice_fp}\"")), "{json:#}");
 }
+
+/// Serves `body` to every request on loopback (a release's image by URL).
+fn serve_file(body: Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.read(&mut [0u8; 4096]);
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(&body);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_release_from_a_url_signs_only_the_digest_someone_confirmed() {
+    let sb = Sandbox::new();
+    let alice = sb.key("alice");
+    let ledger = sb.ledger("ledger", "by-url", &alice, &["staging"]);
+    let tar = sb.image("app.tar", b"#!/bin/sh\n");
+    let addr = serve_file(std::fs::read(&tar).unwrap());
+    let url = format!("http://{addr}/app.tar");
+    let commits = ledger.commit_count();
+    let (secret, key_args) = (alice.secret(), ["release", "--env", "staging", "--version", "1.0.0", "--key"]);
+    let release = |extra: &[&str]| {
+        let mut args: Vec<&str> = key_args.to_vec();
+        args.extend([secret.as_str(), "--image", url.as_str()]);
+        args.extend(extra);
+        ledger.stele(&args)
+    };
+    release(&[]).expect(REFUSED).says(&["needs --expect-blake3", "stele image digest", "nothing was released"]);
+    assert_eq!(ledger.commit_count(), commits, "nothing was committed");
+    // What the server sends now, as a reviewer would see it.
+    let shown = sb.stele(sb.root(), ["image", "digest", &url, "--json"]);
+    let digest: serde_json::Value = serde_json::from_str(&shown.expect(OK).stdout).expect("JSON");
+    let hex = digest["blake3"].as_str().expect("a digest").to_owned();
+    let local: serde_json::Value =
+        serde_json::from_str(&sb.stele(sb.root(), ["image", "digest", &path_str(&tar), "--json"]).expect(OK).stdout)
+            .expect("JSON");
+    assert_eq!(local["blake3"], digest["blake3"], "the URL serves the packed file");
+    release(&["--expect-blake3", &"00".repeat(32)]).expect(REFUSED).says(&["expected", "nothing was released"]);
+    assert_eq!(ledger.commit_count(), commits);
+    release(&["--expect-blake3", &hex]).expect(OK);
+    assert_eq!(ledger.commit_count(), commits + 1);
+    let entry = ledger.git(["show", "HEAD", "--stat"]);
+    assert!(entry.contains("ledger/staging"), "{entry}");
+}

@@ -33,11 +33,15 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
             }
         }
         ImageCommand::Digest { file, json } => {
-            let digest = image::digest_file(&file, None)?;
+            let digest = if file.starts_with("http://") || file.starts_with("https://") {
+                image::digest_url(&file, None)?
+            } else {
+                image::digest_file(std::path::Path::new(&file), None)?
+            };
             if json {
                 println!("{}", json!({"file": file, "blake3": digest.blake3, "size": digest.size}));
             } else {
-                println!("{}  {}  ({} bytes)", digest.blake3, file.display(), digest.size);
+                println!("{}  {}  ({} bytes)", digest.blake3, file, digest.size);
             }
         }
     }

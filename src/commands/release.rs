@@ -104,6 +104,15 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
     let image = match (&args.image, &args.ami) {
         (Some(path_or_url), _) => {
             let (source, uri) = locate(path_or_url, args.uri.as_deref())?;
+            // A URL serves whatever its server holds at the moment it is fetched: the entry must sign
+            // the bytes a person reviewed, so the digest is confirmed, never taken on trust.
+            if matches!(source, Source::Url(_)) && args.expect_blake3.is_none() {
+                return Err(Refused(format!(
+                    "{path_or_url}: an image given by URL needs --expect-blake3 HEX, the digest you reviewed \
+                     (`stele image digest {path_or_url}` prints what the server sends now); nothing was released"
+                ))
+                .into());
+            }
             if matches!(state.spec.payload.provider, Provider::Local {}) {
                 check_local_image(&env, path_or_url, &source)?;
             }

@@ -146,7 +146,11 @@ impl Metrics {
             "Seconds the target generation has been ahead of the observed one (0 when converged)",
             m.behind.clone(),
         );
-        registry.register("stele_env_stall_info", "1 while an environment is stalled, with the reason", m.stalled.clone());
+        registry.register(
+            "stele_env_stall_info",
+            "1 while an environment is stalled, with the reason",
+            m.stalled.clone(),
+        );
         registry.register(
             "stele_env_suspended",
             "1 while an operator has suspended convergence of the environment",
