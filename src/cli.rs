@@ -265,6 +265,14 @@ pub struct AgentSettingsArgs {
     /// Do not write status to Git.
     #[arg(long)]
     pub no_status: bool,
+    /// Refuse a ledger whose head does not contain this commit (overrides `floor_commit`): a fresh
+    /// agent cannot then be fed a mirror reset below what you know exists.
+    #[arg(long, value_name = "COMMIT")]
+    pub floor_commit: Option<String>,
+    /// Refuse a ledger where environment ENV is below generation N (repeatable; adds to
+    /// `floor_generations`).
+    #[arg(long = "floor-generation", value_name = "ENV=N")]
+    pub floor_generations: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -27,6 +27,21 @@ pub enum SyncStatus {
     Stalled,
 }
 
+/// A reader's own freshness floor (never from the ledger): the head must contain `commit`, and each
+/// named environment must be at least at its generation. A fresh agent with a floor cannot be fed a
+/// mirror reset below what its operator knows to exist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Floor {
+    pub commit: Option<Oid>,
+    pub generations: std::collections::BTreeMap<ledger_format::types::EnvName, u64>,
+}
+
+impl Floor {
+    pub fn is_empty(&self) -> bool {
+        self.commit.is_none() && self.generations.is_empty()
+    }
+}
+
 pub struct Synced {
     pub status: SyncStatus,
     pub head: Oid,
@@ -45,6 +60,7 @@ pub struct LedgerSync {
     state_dir: PathBuf,
     anchor: Option<TrustAnchor>,
     last: Option<Verified>,
+    floor: Floor,
 }
 
 /// Whether a state directory recorded for `recorded` belongs to `location`: the same text, or two
@@ -93,7 +109,45 @@ impl LedgerSync {
             Some(s) => Some(Verified { commit: Oid::from_str(&s.commit)?, state: s.state }),
             None => None,
         };
-        Ok(Self { source, location: location.to_owned(), branch, state_dir: state_dir.to_owned(), anchor, last })
+        Ok(Self {
+            source,
+            location: location.to_owned(),
+            branch,
+            state_dir: state_dir.to_owned(),
+            anchor,
+            last,
+            floor: Floor::default(),
+        })
+    }
+
+    /// Refuses, from now on, any head below `floor` (see [`Floor`]).
+    pub fn with_floor(mut self, floor: Floor) -> Self {
+        self.floor = floor;
+        self
+    }
+
+    /// Why `head` (and the state verified up to it) is below the floor, if it is.
+    fn below_floor(&self, head: Oid, verified: Option<&Verified>) -> Option<String> {
+        if let Some(floor) = self.floor.commit {
+            let repo = self.source.repository();
+            let reaches = head == floor || repo.graph_descendant_of(head, floor).unwrap_or(false);
+            if !reaches {
+                return Some(format!(
+                    "H1: the ledger head {head} does not contain the pinned floor commit {floor} (a mirror reset \
+                     or a stale copy?); nothing below the floor is accepted"
+                ));
+            }
+        }
+        for (env, min) in &self.floor.generations {
+            let have = verified.and_then(|v| v.state.envs.get(env)).map_or(0, |h| h.generation);
+            if have < *min {
+                return Some(format!(
+                    "H1: environment {env} is at generation {have} at the ledger head {head}, below the pinned \
+                     floor {min} (a mirror reset or a stale copy?); nothing below the floor is accepted"
+                ));
+            }
+        }
+        None
     }
 
     pub fn branch(&self) -> Option<&str> {
@@ -111,6 +165,15 @@ impl LedgerSync {
     pub fn sync(&mut self, now: Timestamp, persist: bool) -> Result<Synced, SourceError> {
         let head = self.source.refresh()?;
         if let Some(v) = self.last.as_ref().filter(|v| v.commit == head) {
+            if let Some(reason) = self.below_floor(head, Some(v)) {
+                return Ok(Synced {
+                    status: SyncStatus::Stalled,
+                    head,
+                    verified: Some(v.clone()),
+                    outcome: Outcome::default(),
+                    reason: Some(reason),
+                });
+            }
             return Ok(Synced {
                 status: SyncStatus::UpToDate,
                 head,
@@ -133,6 +196,15 @@ impl LedgerSync {
             other => other?,
         };
         let verified = outcome.verified.clone();
+        if let Some(reason) = self.below_floor(head, verified.as_ref()) {
+            return Ok(Synced {
+                status: SyncStatus::Stalled,
+                head,
+                verified: self.last.clone(),
+                outcome: Outcome::default(),
+                reason: Some(reason),
+            });
+        }
         if let Some(v) = verified.as_ref().filter(|v| self.last.as_ref().map(|l| l.commit) != Some(v.commit)) {
             if persist {
                 let file =

@@ -70,26 +70,10 @@ fn configure(w: &World, text: &str) {
     std::fs::write(&w.config, config).expect("write agent.toml");
 }
 
-/// A ledger world polled through `git daemon` (started later by the caller, on `port`).
-fn served_world(port: u16, interval: u64) -> (World, std::path::PathBuf) {
-    let url = format!("git://127.0.0.1:{port}/ledger.git");
-    let w = World::build(Some(&url), &["staging"], interval);
-    let bare = w.sb.path("served");
-    std::fs::create_dir_all(&bare).expect("mkdir");
-    let status = std::process::Command::new("git")
-        .args(["init", "-q", "--bare", "-b", "main"])
-        .arg(bare.join("ledger.git"))
-        .status()
-        .expect("git init");
-    assert!(status.success());
-    w.ledger.git(["remote", "add", "origin", &path_str(&bare.join("ledger.git"))]);
-    (w, bare)
-}
-
 #[test]
 fn readiness_before_and_after_the_first_sync_and_metrics_after_a_rollout_and_a_failed_gate() {
     let port = free_port();
-    let (mut w, bare) = served_world(port, 1);
+    let (mut w, bare) = World::served(port, 1);
     let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     configure(&w, &format!("\n[http]\nlisten = \"{http}\"\n"));
     let v1 = w.image("1.0.0", false);
@@ -161,7 +145,7 @@ fn readiness_before_and_after_the_first_sync_and_metrics_after_a_rollout_and_a_f
 #[test]
 fn webhooks_trigger_a_sync_only_when_genuine_and_a_burst_coalesces() {
     let daemon_port = free_port();
-    let (mut w, bare) = served_world(daemon_port, 300);
+    let (mut w, bare) = World::served(daemon_port, 300);
     let _daemon = GitDaemon::serve_on(&w.sb, &bare, daemon_port);
     let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let secret = w.sb.path("hook-secret");

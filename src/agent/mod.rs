@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub http: Option<crate::http::HttpSettings>,
     /// Where notifications go (`[[notify]]`).
     pub notify: Vec<crate::notify::NotifyTarget>,
+    /// The operator's freshness floor (`floor_commit`, `floor_generations`): a head below it stalls.
+    pub floor: crate::sync::Floor,
     /// How the page reads the audit timeline (given by `stele agent`; none: no timeline on the page).
     pub timeline: Option<Timeline>,
 }
@@ -80,6 +82,8 @@ pub struct PassSummary {
     /// between polls.
     pub watch: Option<Duration>,
     pub retryable_failure: bool,
+    /// The ledger is stalled (a refused commit, a rewrite, a head below the floor).
+    pub ledger_stalled: bool,
 }
 
 /// Milliseconds since the Unix epoch: the planner's clock.
@@ -102,7 +106,7 @@ pub fn release_of(h: &EnvHistory) -> Option<Release> {
 
 /// Exit codes of `stele agent --once` (also in `exit.rs`).
 pub fn once_code(summary: &PassSummary) -> u8 {
-    if summary.phases.values().any(|p| *p == Phase::Stalled) {
+    if summary.ledger_stalled || summary.phases.values().any(|p| *p == Phase::Stalled) {
         crate::exit::VERIFY_FAILED
     } else if summary.phases.values().any(|p| *p == Phase::Degraded) {
         crate::exit::DEGRADED

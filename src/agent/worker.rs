@@ -67,7 +67,8 @@ impl Worker {
     pub fn new(cfg: AgentConfig, shared: Arc<Shared>) -> Result<Self> {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("{}: cannot create the state directory", cfg.state_dir.display()))?;
-        let ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?;
+        let ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?
+            .with_floor(cfg.floor.clone());
         let providers = Providers::new(&cfg)?;
         let status = match &cfg.status_branch {
             Some(b) => {
@@ -256,7 +257,8 @@ impl Worker {
     /// One pass: sync when due, then one tick per managed environment.
     pub fn pass(&mut self, force_sync: bool) -> PassSummary {
         self.maybe_sync(force_sync);
-        let mut summary = PassSummary { settled: true, ..PassSummary::default() };
+        let mut summary =
+            PassSummary { settled: true, ledger_stalled: self.ledger_stall.is_some(), ..PassSummary::default() };
         let Some(verified) = self.ledger.last().cloned() else {
             summary.settled = self.ledger_stall.is_some();
             return summary;

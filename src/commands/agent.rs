@@ -40,6 +40,36 @@ struct AgentFile {
     /// Notification targets (`[[notify]]`).
     #[serde(default)]
     notify: Vec<crate::notify::NotifyTarget>,
+    /// The freshness floor: a commit the ledger head must contain.
+    floor_commit: Option<String>,
+    /// The freshness floor: the least generation of each named environment.
+    #[serde(default)]
+    floor_generations: std::collections::BTreeMap<String, u64>,
+}
+
+/// The freshness floor from the file and the flags (flags win for the commit, add generations).
+fn floor(
+    file_commit: Option<String>,
+    file_generations: std::collections::BTreeMap<String, u64>,
+    args: &AgentSettingsArgs,
+) -> Result<crate::sync::Floor> {
+    let commit = args
+        .floor_commit
+        .clone()
+        .or(file_commit)
+        .map(|c| git2::Oid::from_str(&c).map_err(|e| Refused(format!("floor commit {c:?}: {e}"))))
+        .transpose()?;
+    let mut generations = std::collections::BTreeMap::new();
+    let flags = args.floor_generations.iter().map(|f| {
+        let (env, n) = f.split_once('=').ok_or_else(|| Refused(format!("--floor-generation {f:?}: expected ENV=N")))?;
+        let n = n.parse::<u64>().map_err(|e| Refused(format!("--floor-generation {f:?}: {e}")))?;
+        Ok::<_, anyhow::Error>((env.to_owned(), n))
+    });
+    for pair in file_generations.into_iter().map(Ok).chain(flags) {
+        let (env, n) = pair?;
+        generations.insert(env.parse::<EnvName>().map_err(Refused)?, n);
+    }
+    Ok(crate::sync::Floor { commit, generations })
 }
 
 pub fn load_config(repo_flag: Option<&Path>, args: &AgentSettingsArgs) -> Result<AgentConfig> {
@@ -126,6 +156,7 @@ pub fn load_config_with(repo_flag: Option<&Path>, args: &AgentSettingsArgs, crea
         }),
         notify: file.notify,
         timeline: None,
+        floor: floor(file.floor_commit, file.floor_generations, args)?,
         stele_exe: std::env::current_exe().context("cannot find the stele binary for `stele lb`")?,
         repo,
         state_dir,

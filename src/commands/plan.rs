@@ -30,7 +30,8 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
         cfg.state_dir = scratch.path().to_owned();
         Some(scratch)
     };
-    let mut ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?;
+    let mut ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?
+        .with_floor(cfg.floor.clone());
     let synced = ledger.sync(now(), false)?;
     let Some(verified) = synced.verified else {
         println!("no verified ledger yet at {}", cfg.repo);

@@ -64,6 +64,24 @@ impl World {
         Self { sb, ledger, alice, state, config, addr, agent: None, envs }
     }
 
+    /// A world whose agent polls `git://127.0.0.1:<port>/ledger.git`: the bare repository is made
+    /// under the returned directory (for the caller to serve with `GitDaemon::serve_on`, now or later)
+    /// and is the ledger's `origin`.
+    pub fn served(port: u16, interval: u64) -> (World, PathBuf) {
+        let url = format!("git://127.0.0.1:{port}/ledger.git");
+        let w = World::build(Some(&url), &["staging"], interval);
+        let bare = w.sb.path("served");
+        std::fs::create_dir_all(&bare).expect("mkdir");
+        let status = std::process::Command::new("git")
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(bare.join("ledger.git"))
+            .status()
+            .expect("git init");
+        assert!(status.success());
+        w.ledger.git(["remote", "add", "origin", &path_str(&bare.join("ledger.git"))]);
+        (w, bare)
+    }
+
     /// Releases `version` to `env` (not checked).
     pub fn release_to(&self, env: &str, version: &str, tar: &Path) -> Output {
         let key = self.alice.secret();
