@@ -7,7 +7,8 @@
 //! Owns: the payloads, one sending thread per URL, its queue and its retries: a failed delivery (no
 //! answer, a non-2xx status) is retried after 0.5 s, doubling up to 30 s, for up to an hour, in order;
 //! at most 1 000 events wait per URL (the oldest is dropped first, and counted). Must not: block the
-//! agent's loop (`send` only queues) or decide what is worth telling (the agent does).
+//! agent's loop (`send` only queues) or decide what is worth telling (the agent does). With a
+//! `secret_file`, every POST is signed (`X-Stele-Signature-256`, HMAC-SHA256 of the body).
 
 use ledger_format::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,11 @@ pub struct NotifyTarget {
     pub url: String,
     #[serde(default)]
     pub format: NotifyFormat,
+    /// A file holding a shared secret: each POST then carries `X-Stele-Signature-256: sha256=<hex>`,
+    /// the HMAC-SHA256 of the body (as GitHub signs its webhooks), so the receiver can tell Stele's
+    /// notifications from anyone else's. The body's `at` lets it refuse old ones.
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -119,6 +125,7 @@ struct Queue {
 
 struct Channel {
     target: NotifyTarget,
+    secret: Option<Vec<u8>>,
     queue: Mutex<Queue>,
     changed: Condvar,
 }
@@ -135,12 +142,19 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    pub fn start(targets: &[NotifyTarget]) -> Self {
-        let channels = targets
-            .iter()
-            .map(|target| {
+    /// Starts a sending thread per target; an unreadable secret file is an error naming it.
+    pub fn start(targets: &[NotifyTarget]) -> anyhow::Result<Self> {
+        let mut channels = Vec::new();
+        for target in targets {
+            let secret = target.secret_file.as_deref().map(crate::http::read_secret).transpose()?;
+            channels.push((target, secret));
+        }
+        let channels = channels
+            .into_iter()
+            .map(|(target, secret)| {
                 let channel = Arc::new(Channel {
                     target: target.clone(),
+                    secret,
                     queue: Mutex::new(Queue { events: VecDeque::new(), closing: false, stats: NotifyStats::default() }),
                     changed: Condvar::new(),
                 });
@@ -152,7 +166,7 @@ impl Notifier {
                 channel
             })
             .collect();
-        Notifier { channels }
+        Ok(Notifier { channels })
     }
 
     /// Queues `event` for every URL and returns at once.
@@ -217,11 +231,21 @@ fn deliver_loop(c: &Channel) {
                 None => return,
             }
         };
-        let body = payload(&event, c.target.format);
+        let body = payload(&event, c.target.format).to_string();
+        let signature =
+            c.secret.as_deref().map(|key| format!("sha256={}", crate::http::hooks::sign(key, body.as_bytes())));
         let first = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         let delivered = loop {
-            match client.post(&c.target.url).header("content-type", "application/json").body(body.to_string()).send() {
+            let mut request = client
+                .post(&c.target.url)
+                .header("content-type", "application/json")
+                .header("x-stele-event", event.event.name())
+                .body(body.clone());
+            if let Some(s) = &signature {
+                request = request.header("x-stele-signature-256", s);
+            }
+            match request.send() {
                 Ok(r) if r.status().is_success() => break true,
                 Ok(r) => tracing::warn!(url = %c.target.url, status = %r.status(), "notification refused; retrying"),
                 Err(e) => tracing::warn!(url = %c.target.url, "notification not delivered ({e}); retrying"),

@@ -216,8 +216,9 @@ fn webhooks_trigger_a_sync_only_when_genuine_and_a_burst_coalesces() {
     w.kill_agent();
 }
 
-/// Accepts POSTs on `listener` and keeps their bodies.
-fn receiver(listener: TcpListener, got: Arc<Mutex<Vec<Value>>>) {
+/// Accepts POSTs on `listener` and keeps their bodies, each with its `X-Stele-Signature-256` header
+/// checked against `secret`: a body whose signature is missing or wrong is kept as `{"bad": ...}`.
+fn receiver(listener: TcpListener, got: Arc<Mutex<Vec<Value>>>, secret: &'static [u8]) {
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
@@ -247,7 +248,13 @@ fn receiver(listener: TcpListener, got: Arc<Mutex<Vec<Value>>>) {
                 }
                 data.extend_from_slice(&buf[..n]);
             }
+            let head = String::from_utf8_lossy(&data[..start]).to_lowercase();
+            let signature =
+                head.lines().find_map(|l| l.strip_prefix("x-stele-signature-256:").map(|v| v.trim().to_owned()));
+            let expected = format!("sha256={}", stele::http::hooks::sign(secret, &data[start..]));
             if let Ok(v) = serde_json::from_slice::<Value>(&data[start..]) {
+                let v =
+                    if signature.as_deref() == Some(expected.as_str()) { v } else { serde_json::json!({ "bad": v }) };
                 got.lock().expect("lock").push(v);
             }
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -259,7 +266,12 @@ fn receiver(listener: TcpListener, got: Arc<Mutex<Vec<Value>>>) {
 fn notifications_reach_a_receiver_that_was_down_and_report_a_failed_gate() {
     let mut w = World::new();
     let port = free_port();
-    configure(&w, &format!("\n[[notify]]\nurl = \"http://127.0.0.1:{port}/hook\"\n"));
+    let secret = w.sb.path("notify-secret");
+    std::fs::write(&secret, "shared\n").expect("write the secret");
+    configure(
+        &w,
+        &format!("\n[[notify]]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = \"{}\"\n", path_str(&secret)),
+    );
     let v1 = w.image("1.0.0", false);
     w.release("1.0.0", &v1, &[]).expect(OK);
     w.spawn_agent();
@@ -268,7 +280,7 @@ fn notifications_reach_a_receiver_that_was_down_and_report_a_failed_gate() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(w.agent_log().contains("notification not delivered"), "{}", w.agent_log());
     let got = Arc::new(Mutex::new(Vec::new()));
-    receiver(TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver"), got.clone());
+    receiver(TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver"), got.clone(), b"shared");
     wait_for("the Healthy notification after the receiver came up", &w, Duration::from_secs(40), || {
         got.lock().unwrap().iter().any(|v| v["event"] == "phase_changed" && v["to"] == "Healthy")
     });
@@ -284,6 +296,8 @@ fn notifications_reach_a_receiver_that_was_down_and_report_a_failed_gate() {
         got.iter().any(|v| v["event"] == "gate_failed" && v["message"].as_str().unwrap_or("").contains("generation 2"))
             && got.iter().any(|v| v["event"] == "phase_changed" && v["to"] == "Degraded")
     });
+    let bad: Vec<Value> = got.lock().unwrap().iter().filter(|v| !v["bad"].is_null()).cloned().collect();
+    assert!(bad.is_empty(), "every notification carries a valid signature: {bad:?}");
     w.kill_agent();
 }
 

@@ -77,7 +77,7 @@ impl Worker {
             None => None,
         };
         let memory = load_memory(&cfg.state_dir)?;
-        let notifier = Notifier::start(&cfg.notify);
+        let notifier = Notifier::start(&cfg.notify)?;
         Ok(Self {
             cfg,
             ledger,

@@ -154,7 +154,14 @@ pub fn load_config_with(repo_flag: Option<&Path>, args: &AgentSettingsArgs, crea
             h.hook_secret_file = h.hook_secret_file.map(resolve);
             h
         }),
-        notify: file.notify,
+        notify: file
+            .notify
+            .into_iter()
+            .map(|mut n| {
+                n.secret_file = n.secret_file.map(resolve);
+                n
+            })
+            .collect(),
         timeline: None,
         floor: floor(file.floor_commit, file.floor_generations, args)?,
         stele_exe: std::env::current_exe().context("cannot find the stele binary for `stele lb`")?,
