@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod build_info;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod converge;
 pub mod exit;

@@ -41,7 +41,7 @@ pub fn read_all(state_dir: &Path) -> BTreeMap<EnvName, Suspension> {
             .unwrap_or_else(|e| Suspension {
                 reason: format!("{}: unreadable suspension ({e}); holding", path.display()),
                 by: "unknown".into(),
-                since: crate::commands::now(),
+                since: crate::clock::now(),
             });
         all.insert(env, suspension);
     }

@@ -130,7 +130,7 @@ impl Worker {
         }
         self.next_sync = Some(Instant::now() + jitter(self.cfg.interval));
         let started = Instant::now();
-        let result = self.ledger.sync(crate::commands::now(), true);
+        let result = self.ledger.sync(crate::clock::now(), true);
         let seconds = started.elapsed().as_secs_f64();
         let now_unix = now_ms() as f64 / 1000.0;
         match &result {
@@ -179,7 +179,7 @@ impl Worker {
         if let Some(v) = self.ledger.last() {
             let ledger = format!("{} at {}", v.state.policy.payload.ledger, v.commit);
             let stall = self.ledger_stall.clone();
-            let polled = self.ledger_error.is_none().then(crate::commands::now);
+            let polled = self.ledger_error.is_none().then(crate::clock::now);
             let commit = v.commit.to_string();
             self.shared.update_view(|view| {
                 view.ledger = Some(ledger);
@@ -223,7 +223,7 @@ impl Worker {
             to: to.map(|p| p.to_string()),
             message,
             agent: self.cfg.agent_id.clone(),
-            at: crate::commands::now(),
+            at: crate::clock::now(),
         });
     }
 
@@ -443,7 +443,7 @@ impl Worker {
                     .collect(),
                 last_error,
                 agent: self.cfg.agent_id.clone(),
-                updated_at: crate::commands::now(),
+                updated_at: crate::clock::now(),
                 suspended: suspension,
             };
             for (kind, message) in events.drain(..) {

@@ -36,7 +36,6 @@ use ledger_format::tree::{verify_snapshot_with, Expiry, Problem, Snapshot, Verif
 use ledger_format::types::Policy;
 use ledger_format::{KeyId, Timestamp};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Runs the parsed command line and returns the exit code.
 pub fn run(cli: Cli) -> Result<u8> {
@@ -70,11 +69,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-/// The current time, whole seconds. The only clock read in the CLI.
-pub fn now() -> Timestamp {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    Timestamp::from_unix(secs).expect("the system clock is between 1970 and 9999")
-}
+pub use crate::clock::now;
 
 /// Parses `WHEN`: an absolute timestamp, or a duration from `now` such as `90s`, `15m`, `12h`, `30d`.
 pub fn parse_when(text: &str, now: Timestamp) -> Result<Timestamp> {

@@ -151,7 +151,7 @@ async fn page(State(app): State<Arc<App>>) -> Response {
         let timeline = view.verified_commit.as_deref().and_then(|c| shared.timeline(c));
         let page = crate::report::PageView {
             title: format!("Stele agent {}", view.agent_id),
-            generated_at: crate::commands::now().to_string(),
+            generated_at: crate::clock::now().to_string(),
             ledger: view.ledger.clone(),
             agent: Some(crate::report::AgentView {
                 id: view.agent_id.clone(),
