@@ -196,6 +196,10 @@ fn webhooks_trigger_a_sync_only_when_genuine_and_a_burst_coalesces() {
         get(http, "/api/status").1.contains(&head)
     });
     eprintln!("webhook → verified commit: {:?}", sent.elapsed());
+    // The page's audit timeline is replayed from the agent's fetch cache of this served ledger.
+    let (code, page) = get(http, "/");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("data-signer") && page.contains(&head[..12]), "the timeline reaches the new head:\n{page}");
 
     // GitLab's token and Gitea's signature are accepted too.
     let gitlab = [("X-Gitlab-Event", "Push Hook".to_owned()), ("X-Gitlab-Token", "it's a secret".into())];
