@@ -6,7 +6,7 @@
 //!
 //! Owns: the payloads, one sending thread per URL, its queue and its retries: a failed delivery (no
 //! answer, a non-2xx status) is retried after 0.5 s, doubling up to 30 s, for up to an hour, in order;
-//! at most 1 000 events wait per URL (the oldest is dropped first, and counted). Must not: block the
+//! at most 1 000 events wait per URL (the oldest is dropped first). Must not: block the
 //! agent's loop (`send` only queues) or decide what is worth telling (the agent does). With a
 //! `secret_file`, every POST is signed (`X-Stele-Signature-256`, HMAC-SHA256 of the body).
 
@@ -101,16 +101,6 @@ pub fn payload(event: &Event, format: NotifyFormat) -> serde_json::Value {
     }
 }
 
-/// Deliveries the notifier made, for metrics and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NotifyStats {
-    pub delivered: u64,
-    /// Failed attempts that were retried.
-    pub retried: u64,
-    /// Events given up (queue overflow, or still failing after `GIVE_UP_AFTER`).
-    pub dropped: u64,
-}
-
 const QUEUE_LIMIT: usize = 1000;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -120,7 +110,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 struct Queue {
     events: VecDeque<Event>,
     closing: bool,
-    stats: NotifyStats,
 }
 
 struct Channel {
@@ -155,7 +144,7 @@ impl Notifier {
                 let channel = Arc::new(Channel {
                     target: target.clone(),
                     secret,
-                    queue: Mutex::new(Queue { events: VecDeque::new(), closing: false, stats: NotifyStats::default() }),
+                    queue: Mutex::new(Queue { events: VecDeque::new(), closing: false }),
                     changed: Condvar::new(),
                 });
                 let c = Arc::clone(&channel);
@@ -184,22 +173,10 @@ impl Notifier {
             let mut q = c.lock();
             if q.events.len() >= QUEUE_LIMIT {
                 q.events.pop_front();
-                q.stats.dropped += 1;
             }
             q.events.push_back(event.clone());
             c.changed.notify_all();
         }
-    }
-
-    /// The sums over every URL.
-    pub fn stats(&self) -> NotifyStats {
-        self.channels.iter().fold(NotifyStats::default(), |mut sum, c| {
-            let s = c.lock().stats;
-            sum.delivered += s.delivered;
-            sum.retried += s.retried;
-            sum.dropped += s.dropped;
-            sum
-        })
     }
 }
 
@@ -253,7 +230,6 @@ fn deliver_loop(c: &Channel) {
             if first.elapsed() > GIVE_UP_AFTER || c.lock().closing {
                 break false;
             }
-            c.lock().stats.retried += 1;
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
         };
@@ -262,10 +238,7 @@ fn deliver_loop(c: &Channel) {
         if q.events.front() == Some(&event) {
             q.events.pop_front();
         }
-        if delivered {
-            q.stats.delivered += 1;
-        } else {
-            q.stats.dropped += 1;
+        if !delivered {
             tracing::error!(url = %c.target.url, "notification given up: {}", event.message);
         }
     }

@@ -99,7 +99,6 @@ pub struct Metrics {
     provider_errors: Family<ClassLabels, Counter>,
     status_commits: Counter,
     webhooks: Family<ResultLabels, Counter>,
-    notifications: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -122,7 +121,6 @@ impl Metrics {
             provider_errors: Family::default(),
             status_commits: Counter::default(),
             webhooks: Family::default(),
-            notifications: Family::default(),
         };
         let build = Info::new(BuildLabels { version: version.to_owned(), commit: commit.to_owned() });
         registry.register("stele_build", "Version and commit of this stele binary", build);
@@ -189,7 +187,6 @@ impl Metrics {
             m.status_commits.clone(),
         );
         registry.register("stele_webhooks", "Webhook deliveries by result", m.webhooks.clone());
-        registry.register("stele_notifications", "Notifications by result", m.notifications.clone());
         Metrics { registry, ..m }
     }
 
@@ -249,10 +246,6 @@ impl Metrics {
 
     pub fn webhook(&self, result: &str) {
         self.webhooks.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
-    }
-
-    pub fn notification(&self, result: &str) {
-        self.notifications.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
     }
 
     /// The OpenMetrics text of every metric.
