@@ -89,13 +89,23 @@ fn tune_libgit2() {
     });
 }
 
+/// Where the ledger at `location` is read from: the bare repository a remote is fetched into under
+/// `cache_dir`, or the local repository itself.
+pub fn local_copy(location: &str, cache_dir: &Path) -> std::path::PathBuf {
+    if is_remote(location) {
+        cache_dir.join("ledger.git")
+    } else {
+        std::path::PathBuf::from(location)
+    }
+}
+
 impl GitSource {
     /// Opens `location`. A remote is fetched into a bare repository under `cache_dir`; a local path is
     /// read in place. `branch` defaults to the local repository's HEAD, or `main` for a remote.
     pub fn open(location: &str, branch: Option<&str>, cache_dir: &Path) -> Result<Self, SourceError> {
         tune_libgit2();
         if is_remote(location) {
-            let path = cache_dir.join("ledger.git");
+            let path = local_copy(location, cache_dir);
             let repo = match Repository::open_bare(&path) {
                 Ok(r) => r,
                 Err(_) => {

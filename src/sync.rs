@@ -52,6 +52,11 @@ pub struct Synced {
     pub reason: Option<String>,
 }
 
+/// Where a state directory keeps the fetched copy of a remote ledger.
+pub fn cache_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("cache")
+}
+
 /// A ledger source with its state directory.
 pub struct LedgerSync {
     source: GitSource,
@@ -82,7 +87,7 @@ impl LedgerSync {
     /// Opens the source and the state directory. Refuses a state directory that belongs to another
     /// source or branch, and a first sync without a pinned trust root.
     pub fn open(location: &str, branch: Option<&str>, state_dir: &Path, anchor: Option<TrustAnchor>) -> Result<Self> {
-        let source = GitSource::open(location, branch, &state_dir.join("cache"))?;
+        let source = GitSource::open(location, branch, &cache_dir(state_dir))?;
         let branch = source.branch().map(str::to_owned);
         let existing = state::load(state_dir)?;
         if let Some(s) = &existing {

@@ -193,8 +193,7 @@ pub fn run(repo: Option<&Path>, args: AgentArgs) -> Result<u8> {
     }
     // The page's audit timeline: replayed from the agent's own copy of the ledger (its fetch cache,
     // or the local repository), up to the commit the agent verified.
-    let repo_path =
-        if is_remote(&cfg.repo) { cfg.state_dir.join("cache/ledger.git") } else { PathBuf::from(&cfg.repo) };
+    let repo_path = crate::source::local_copy(&cfg.repo, &crate::sync::cache_dir(&cfg.state_dir));
     let anchor = cfg.anchor.clone().unwrap_or(ledger_format::history::TrustAnchor::UnpinnedTrustGenesisAsFound);
     cfg.timeline = Some(agent::Timeline(std::sync::Arc::new(move |commit: &str| {
         let head = git2::Oid::from_str(commit).map_err(|e| e.to_string())?;
