@@ -153,13 +153,11 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
     }
     if let Some(http) = cfg.http.clone() {
         let listener = crate::http::bind(&http).await?;
-        if let Some(path) = &http.hook_secret_file {
-            crate::http::read_secret(path)?;
-        }
+        let secret = http.hook_secret_file.as_deref().map(crate::http::read_secret).transpose()?;
         tracing::info!(listen = %listener.local_addr()?, "HTTP surface: /metrics /healthz /readyz /api/status /hooks/*");
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(listener, &http, shared).await {
+            if let Err(e) = crate::http::serve(listener, &http, secret, shared).await {
                 tracing::error!("the HTTP surface stopped: {e}");
             }
         });

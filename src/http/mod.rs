@@ -88,16 +88,14 @@ pub async fn bind(settings: &HttpSettings) -> anyhow::Result<tokio::net::TcpList
         .map_err(|e| anyhow::anyhow!("[http] listen = {}: cannot listen: {e}", settings.listen))
 }
 
-/// Serves until the process ends.
+/// Serves until the process ends. `secret`: the webhook secret read from `hook_secret_file`, if any
+/// ([`read_secret`], read once at start so that a bad file fails the agent's start).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     settings: &HttpSettings,
+    secret: Option<Vec<u8>>,
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
-    let secret = match &settings.hook_secret_file {
-        Some(path) => Some(read_secret(path).map_err(|e| std::io::Error::other(e.to_string()))?),
-        None => None,
-    };
     let app = Arc::new(App { shared, secret });
     let router = Router::new()
         .route("/metrics", get(metrics))
