@@ -417,7 +417,7 @@ fn push_children(dir: &Path, archive_path: &str, stack: &mut Vec<Pending>) -> Re
 /// A tar header with everything that could vary between hosts set to a fixed value. A fresh GNU header
 /// is all zeros apart from its magic, which already means empty user and group names, zero device
 /// numbers and no access or change times.
-fn normalised_header(entry_type: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+pub fn normalised_header(entry_type: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(entry_type);
     header.set_mode(mode);

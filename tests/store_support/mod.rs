@@ -25,15 +25,9 @@ pub enum Raw<'a> {
     Lying(&'a str, &'a [u8], u64),
 }
 
+/// A header as `stele image pack` writes them (owner, group and time fixed).
 pub fn header(entry_type: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(entry_type);
-    header.set_mode(mode);
-    header.set_size(size);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header
+    stele::image::normalised_header(entry_type, mode, size)
 }
 
 pub fn header_named(name: &[u8], entry_type: tar::EntryType, size: u64) -> tar::Header {
