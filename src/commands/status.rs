@@ -120,37 +120,8 @@ fn describe_release(t: &TargetStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{InstanceStatus, FORMAT};
+    use crate::status::tests::healthy;
     use ledger_format::Blake3Digest;
-
-    fn healthy(env: &str) -> EnvStatus {
-        let target = TargetStatus { version: "2.0.0".parse().unwrap(), seq: 2, blake3: Blake3Digest([0xab; 32]) };
-        EnvStatus {
-            format: FORMAT,
-            env: env.parse().unwrap(),
-            ledger: "acme".parse().unwrap(),
-            ledger_commit: "c".repeat(40),
-            target_generation: 3,
-            observed_generation: 3,
-            target: Some(target.clone()),
-            running: Some(target),
-            phase: Phase::Healthy,
-            message: String::new(),
-            instances: vec![InstanceStatus {
-                id: "web-1".into(),
-                group: "web".parse().unwrap(),
-                generation: 3,
-                blake3: Blake3Digest([0xab; 32]),
-                health: "healthy".into(),
-                since: "2026-01-01T00:00:00Z".parse().unwrap(),
-                drift: None,
-            }],
-            last_error: None,
-            agent: "host:/state".into(),
-            updated_at: "2026-01-02T00:00:00Z".parse().unwrap(),
-            suspended: None,
-        }
-    }
 
     #[test]
     fn the_table_shows_one_line_per_environment_and_per_instance() {

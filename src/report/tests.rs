@@ -2,38 +2,22 @@
 //! from a real audit is tested in tests/audit_html.rs.
 
 use super::*;
-use crate::status::{InstanceStatus, Phase, TargetStatus, FORMAT};
+use crate::status::{Phase, TargetStatus};
 use ledger_format::Blake3Digest;
 use scraper::{Html, Selector};
 use serde_json::json;
 
+/// `env` Degraded: target generation 3 (2.0.0) failed its gate, 1.0.0 runs at generation 2.
 fn status(env: &str) -> EnvStatus {
-    let target = TargetStatus { version: "2.0.0".parse().unwrap(), seq: 2, blake3: Blake3Digest([0xab; 32]) };
-    EnvStatus {
-        format: FORMAT,
-        env: env.parse().unwrap(),
-        ledger: "acme".parse().unwrap(),
-        ledger_commit: "c".repeat(40),
-        target_generation: 3,
-        observed_generation: 2,
-        target: Some(target),
-        running: Some(TargetStatus { version: "1.0.0".parse().unwrap(), seq: 1, blake3: Blake3Digest([1; 32]) }),
-        phase: Phase::Degraded,
-        message: "health gate failed".into(),
-        instances: vec![InstanceStatus {
-            id: "web-1".into(),
-            group: "web".parse().unwrap(),
-            generation: 2,
-            blake3: Blake3Digest([1; 32]),
-            health: "healthy".into(),
-            since: "2026-01-01T00:00:00Z".parse().unwrap(),
-            drift: None,
-        }],
-        last_error: None,
-        agent: "host:/state".into(),
-        updated_at: "2026-01-02T00:00:00Z".parse().unwrap(),
-        suspended: None,
-    }
+    let old = TargetStatus { version: "1.0.0".parse().unwrap(), seq: 1, blake3: Blake3Digest([1; 32]) };
+    let mut s = crate::status::tests::healthy(env);
+    s.observed_generation = 2;
+    s.running = Some(old);
+    s.phase = Phase::Degraded;
+    s.message = "health gate failed".into();
+    s.instances[0].generation = 2;
+    s.instances[0].blake3 = Blake3Digest([1; 32]);
+    s
 }
 
 fn select<'a>(doc: &'a Html, css: &str) -> Vec<scraper::ElementRef<'a>> {
