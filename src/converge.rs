@@ -178,6 +178,8 @@ pub fn tick<P: Provider + ?Sized>(
     Ok(Tick { observed, plan: current, retryable, preparing: None })
 }
 
-fn decide(spec: &Environment, target: Option<&Release>, memory: &Memory, observed: &Observed, now_ms: u64) -> Plan {
+/// The plan for what was observed, given the ledger's target and the gate memory: what a tick would
+/// carry out (the agent also asks it, acting on nothing, for a suspended environment).
+pub fn decide(spec: &Environment, target: Option<&Release>, memory: &Memory, observed: &Observed, now_ms: u64) -> Plan {
     plan(&memory.desired(spec, target), observed, now_ms)
 }

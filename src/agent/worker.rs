@@ -301,7 +301,7 @@ impl Worker {
                 // Suspended by an operator: observe and say what would be done, act on nothing.
                 let provider = provider.expect("checked above");
                 let observed = provider.observe(env, spec, now).unwrap_or_default();
-                let plan = crate::plan::plan(&memory.desired(spec, target.as_ref()), &observed, now);
+                let plan = converge::decide(spec, target.as_ref(), &memory, &observed, now);
                 let would = if plan.actions.is_empty() {
                     "nothing to do".to_owned()
                 } else {
