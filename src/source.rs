@@ -366,6 +366,7 @@ impl LedgerSource for GitSource {
         };
         Ok(CommitInfo {
             id: commit.to_string(),
+            parent: c.parent_id(0).ok().map(|p| p.to_string()),
             time: Timestamp::from_unix(c.time().seconds()),
             author: format!("{} <{}>", c.author().name().unwrap_or("?"), c.author().email().unwrap_or("?")),
             summary: c.summary().unwrap_or("").to_owned(),

@@ -21,7 +21,10 @@ macro_rules! checks {
 
             /// Whether the check judges a transition between trees (SPEC.md §8) rather than one tree.
             pub fn is_history(self) -> bool {
-                matches!(self, Check::P5 | Check::P6 | Check::P7 | Check::N5 | Check::N6 | Check::H1 | Check::H2 | Check::H3)
+                matches!(
+                    self,
+                    Check::P5 | Check::P6 | Check::P7 | Check::N5 | Check::N6 | Check::H1 | Check::H2 | Check::H3 | Check::F2
+                )
             }
 
             /// What the check requires, as SPEC.md states it.
@@ -67,6 +70,14 @@ checks! {
     H1 => "a new head descends, by first parents, from the last verified commit",
     H2 => "each first-parent step is an allowed transition",
     H3 => "a revert of a target is allowed by the environment's revert policy",
+    P8 => "agent keys are listed keys outside every role, for declared environments; the timestamp role's validity is in range",
+    F1 => "the timestamp document is signed by the policy's timestamp role and claims no longer validity than it allows",
+    F2 => "a new timestamp has a higher version and names the first parent of its commit",
+    F3 => "whoever acts holds a current timestamp: present, not expired, not issued in the future, not older than one seen",
+    O1 => "the observation is a well-formed status document with exactly one signature",
+    O2 => "the observation is signed by an agent key of the policy in force at its ledger commit",
+    O3 => "the agent key may report on the observation's environment",
+    O4 => "the observation names a verified commit of the ledger branch",
 }
 
 impl fmt::Display for Check {

@@ -8,19 +8,25 @@
 use crate::check::Check;
 use crate::crypto::{document_hash, pae, parse_hex_exact, Blake3Digest, CryptoError, KeyId, PublicKey, SecretKey};
 use crate::json::{self, to_file_form, to_jcs};
-use crate::types::{Entry, EntryType, Environment, EnvironmentType, Policy, PolicyType, Role};
+use crate::types::{
+    Entry, EntryType, Environment, EnvironmentType, Observation, Policy, PolicyType, Role, StatusType, TimestampDoc,
+    TimestampType,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-/// One of the three document kinds, with its payload type and size limit (SPEC.md §5.1).
+/// One of the document kinds, with its payload type and size limit (SPEC.md §5.1). The first four
+/// live on the ledger branch; observations live on status refs (§6.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DocKind {
     Policy,
     Environment,
     Entry,
+    Timestamp,
+    Observation,
 }
 
 impl DocKind {
@@ -29,6 +35,8 @@ impl DocKind {
             DocKind::Policy => PolicyType::VALUE,
             DocKind::Environment => EnvironmentType::VALUE,
             DocKind::Entry => EntryType::VALUE,
+            DocKind::Timestamp => TimestampType::VALUE,
+            DocKind::Observation => StatusType::VALUE,
         }
     }
 
@@ -37,7 +45,8 @@ impl DocKind {
         match self {
             DocKind::Policy => 1 << 20,
             DocKind::Environment => 64 << 10,
-            DocKind::Entry => 16 << 10,
+            DocKind::Entry | DocKind::Timestamp => 16 << 10,
+            DocKind::Observation => 4 << 20,
         }
     }
 }
@@ -55,6 +64,12 @@ impl Payload for Environment {
 }
 impl Payload for Entry {
     const KIND: DocKind = DocKind::Entry;
+}
+impl Payload for TimestampDoc {
+    const KIND: DocKind = DocKind::Timestamp;
+}
+impl Payload for Observation {
+    const KIND: DocKind = DocKind::Observation;
 }
 
 /// One signature in an envelope. `keyid` is a hint for finding the key; trust counts public keys.

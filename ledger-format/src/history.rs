@@ -12,7 +12,8 @@ use crate::tree::{
     check_environment, check_policy, classify, entry_path, verify_snapshot_with, Expiry, LayoutPath, Node, Problem,
     Snapshot, VerifiedTree, POLICY_PATH,
 };
-use crate::types::{Entry, EnvName, Environment, Image, Policy, ReleaseVersion, RevertPolicy};
+use crate::freshness::{check_renewal, check_timestamp, TIMESTAMP_PATH};
+use crate::types::{Entry, EnvName, Environment, Image, Policy, ReleaseVersion, RevertPolicy, TimestampDoc};
 use crate::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -32,6 +33,9 @@ pub enum TrustAnchor {
 #[derive(Clone, Debug, Default)]
 pub struct CommitInfo {
     pub id: String,
+    /// The commit's first parent as the commit records it (`None` for a root commit): what a
+    /// timestamp written by this commit must name (F2, SPEC.md §8.9).
+    pub parent: Option<String>,
     pub time: Option<Timestamp>,
     pub author: String,
     pub summary: String,
@@ -95,6 +99,9 @@ pub struct EnvHistory {
 pub struct LedgerState {
     pub policy: Document<Policy>,
     pub envs: BTreeMap<EnvName, EnvHistory>,
+    /// The ledger's timestamp document, when it has one (revision 4, SPEC.md §8.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Document<TimestampDoc>>,
 }
 
 impl<T: Payload> Serialize for Document<T> {
@@ -126,6 +133,8 @@ pub enum Action {
     Restore,
     PolicyChange,
     SpecChange,
+    /// The timestamp document was renewed (or added, or removed with the timestamp role).
+    Timestamp,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -191,7 +200,10 @@ pub fn genesis(
         }
         _ => {}
     }
-    let state = state_of(VerifiedTree { policy, environments: tree.environments });
+    if let Some(t) = &tree.timestamp {
+        check_renewal(None, t, commit.parent.as_deref()).map_err(|e| vec![doc_problem(TIMESTAMP_PATH, e)])?;
+    }
+    let state = state_of(VerifiedTree { policy, environments: tree.environments, timestamp: tree.timestamp });
     let policy_version = state.policy.payload.version;
     let mut events = vec![Event {
         action: Action::Genesis,
@@ -231,7 +243,7 @@ pub fn state_of(tree: VerifiedTree) -> LedgerState {
             (env, EnvHistory { spec: state.spec, target: tip.clone(), tip, generation, reverted: Vec::new() })
         })
         .collect();
-    LedgerState { policy: tree.policy, envs }
+    LedgerState { policy: tree.policy, envs, timestamp: tree.timestamp }
 }
 
 fn file_digest_of<T: Payload>(doc: &Document<T>) -> Blake3Digest {
@@ -296,9 +308,12 @@ pub fn apply_step(
     step: &Step,
     sigs: &impl SignatureCheck,
 ) -> Result<Vec<Event>, Vec<Problem>> {
-    let (new_policy, touched, events) = judge_step(state, step, sigs)?;
+    let (new_policy, touched, timestamp, events) = judge_step(state, step, sigs)?;
     if let Some(policy) = new_policy {
         state.policy = policy;
+    }
+    if let Some(timestamp) = timestamp {
+        state.timestamp = timestamp;
     }
     state.envs.extend(touched);
     Ok(events)
@@ -340,11 +355,17 @@ pub fn check_step_from(
     commit: CommitInfo,
 ) -> Result<Vec<Event>, Vec<Problem>> {
     let step = step_between(before, after, commit);
-    judge_step(state, &step, &crate::document::Direct).map(|(_, _, events)| events)
+    judge_step(state, &step, &crate::document::Direct).map(|(_, _, _, events)| events)
 }
 
-/// The copies a step would change, or its problems.
-type Judged = (Option<Document<Policy>>, BTreeMap<EnvName, EnvHistory>, Vec<Event>);
+/// The copies a step would change, or its problems: a new policy, the environments it touched, the
+/// timestamp when it changed (`Some(None)`: removed), and what it did.
+type Judged = (
+    Option<Document<Policy>>,
+    BTreeMap<EnvName, EnvHistory>,
+    Option<Option<Document<TimestampDoc>>>,
+    Vec<Event>,
+);
 
 fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> Result<Judged, Vec<Problem>> {
     let mut new_policy: Option<Document<Policy>> = None;
@@ -354,6 +375,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
 
     // Sort the changes into the layout; anything else under the owned directories is refused.
     let mut policy_change = None;
+    let mut timestamp_change: Option<&Option<Node>> = None;
     let mut spec_changes: BTreeMap<EnvName, (String, &PathChange)> = BTreeMap::new();
     let mut entry_changes: BTreeMap<EnvName, EnvChanges> = BTreeMap::new();
     for change in &step.changes {
@@ -364,6 +386,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
         match (classify(path), &change.before, &change.after) {
             (Some(LayoutPath::Policy), _, Some(after)) => policy_change = Some(after),
             (Some(LayoutPath::Policy), _, None) => problems.push(problem(path, Check::H2, "the policy was deleted")),
+            (Some(LayoutPath::Timestamp), _, after) => timestamp_change = Some(after),
             (Some(LayoutPath::Environment(env)), _, _) => {
                 spec_changes.insert(env, (path.to_owned(), change));
             }
@@ -386,7 +409,8 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
             (None, _, Some(_)) => problems.push(problem(
                 path,
                 Check::T2,
-                "does not match the layout (trust/policy.json, environments/<env>.json, ledger/<env>/<seq>.json)",
+                "does not match the layout (trust/policy.json, trust/timestamp.json, environments/<env>.json, \
+                 ledger/<env>/<seq>.json)",
             )),
         }
     }
@@ -430,6 +454,45 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
     }
     let policy = new_policy.as_ref().unwrap_or(&state.policy).payload.clone();
     let policy_version = policy.version;
+
+    // The timestamp (SPEC.md §8.9): a renewal names the commit it was made on and goes up in version;
+    // it is removed only together with the timestamp role. Judged under the policy after the step.
+    let mut new_timestamp = None;
+    match timestamp_change {
+        None => {}
+        Some(None) if policy.timestamp.is_some() => problems.push(problem(
+            TIMESTAMP_PATH,
+            Check::H2,
+            "the timestamp was deleted while the policy has a timestamp role (remove both in one commit)",
+        )),
+        Some(None) => new_timestamp = Some(None),
+        Some(Some(node)) => {
+            let judged = parse_doc::<TimestampDoc>(TIMESTAMP_PATH, node, &policy.ledger, |t| &t.ledger).and_then(|doc| {
+                check_timestamp(&policy, &doc).map_err(|e| doc_problem(TIMESTAMP_PATH, e))?;
+                // Same payload, other signatures: a re-signature (after a policy change), not a renewal.
+                if state.timestamp.as_ref().is_none_or(|t| t.hash() != doc.hash()) {
+                    check_renewal(state.timestamp.as_ref(), &doc, step.commit.parent.as_deref())
+                        .map_err(|e| doc_problem(TIMESTAMP_PATH, e))?;
+                }
+                Ok(doc)
+            });
+            match judged {
+                Ok(doc) => new_timestamp = Some(Some(doc)),
+                Err(p) => problems.push(p),
+            }
+        }
+    }
+    if new_timestamp.is_some() {
+        events.push(Event {
+            action: Action::Timestamp,
+            env: None,
+            generation: 0,
+            target: None,
+            entry: None,
+            policy_version,
+            revert_signed_by: None,
+        });
+    }
 
     // 2. Environment specs.
     for (env, (path, change)) in &spec_changes {
@@ -537,6 +600,12 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
     // 4. Revocation (SPEC.md §8.3.1): after a policy change every spec and tip must meet the new
     // policy in this same commit, so what only a removed key signed loses force at once.
     if new_policy.is_some() {
+        if let (None, Some(t)) = (&timestamp_change, &state.timestamp) {
+            if let Err(e) = check_timestamp(&policy, t) {
+                let reason = format!("{}; a policy change must carry the timestamp it affects, re-signed", e.reason);
+                problems.push(problem(TIMESTAMP_PATH, e.check, reason).with_cause(e.cause));
+            }
+        }
         for (env, before) in &state.envs {
             let h = touched.get(env).unwrap_or(before);
             let Some(role) = policy.env_role(env) else { continue };
@@ -562,7 +631,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
     }
 
     if problems.is_empty() {
-        Ok((new_policy, touched, events))
+        Ok((new_policy, touched, new_timestamp, events))
     } else {
         problems.sort_by(|a, b| (a.path.as_str(), a.check).cmp(&(b.path.as_str(), b.check)));
         problems.dedup_by(|a, b| a.path == b.path && a.check == b.check);

@@ -10,8 +10,10 @@
 pub mod check;
 pub mod crypto;
 pub mod document;
+pub mod freshness;
 pub mod history;
 pub mod json;
+pub mod observation;
 pub mod ranges;
 pub mod safety;
 pub mod time;

@@ -9,7 +9,8 @@ use crate::check::Check;
 use crate::crypto::Blake3Digest;
 use crate::document::{DocError, Document, ForeignSignatures, Payload, SignedBy};
 use crate::time::Timestamp;
-use crate::types::{Entry, EnvName, Environment, LedgerId, Policy, Role};
+use crate::freshness::{check_timestamp, MAX_VALIDITY_LIMIT, MIN_VALIDITY_LIMIT, TIMESTAMP_PATH};
+use crate::types::{Entry, EnvName, Environment, LedgerId, Policy, Role, TimestampDoc};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -76,6 +77,8 @@ impl fmt::Display for Problem {
 pub struct VerifiedTree {
     pub policy: Document<Policy>,
     pub environments: BTreeMap<EnvName, VerifiedEnv>,
+    /// `trust/timestamp.json`, when the tree has one (revision 4, SPEC.md §6.4).
+    pub timestamp: Option<Document<TimestampDoc>>,
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +104,7 @@ pub struct VerifiedEntry {
 #[derive(Debug, PartialEq, Eq)]
 pub enum LayoutPath {
     Policy,
+    Timestamp,
     Environment(EnvName),
     Entry(EnvName, u64),
 }
@@ -111,6 +115,7 @@ pub fn classify(path: &str) -> Option<LayoutPath> {
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
         ["trust", "policy.json"] => Some(LayoutPath::Policy),
+        ["trust", "timestamp.json"] => Some(LayoutPath::Timestamp),
         ["environments", file] => file.strip_suffix(".json")?.parse().ok().map(LayoutPath::Environment),
         ["ledger", env, file] => {
             let digits = file.strip_suffix(".json")?;
@@ -211,6 +216,7 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
 
     // T1, T2: sort every node into the layout.
     let mut policy_node = None;
+    let mut timestamp_node = None;
     let mut spec_nodes: BTreeMap<EnvName, (String, &Node)> = BTreeMap::new();
     let mut entry_nodes: BTreeMap<EnvName, BTreeMap<u64, (String, &Node)>> = BTreeMap::new();
     for (raw, node) in &snapshot.nodes {
@@ -231,6 +237,7 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
         }
         match classify(path) {
             Some(LayoutPath::Policy) => policy_node = Some(node),
+            Some(LayoutPath::Timestamp) => timestamp_node = Some(node),
             Some(LayoutPath::Environment(env)) => {
                 spec_nodes.insert(env, (path.to_owned(), node));
             }
@@ -240,7 +247,8 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
             None => problems.add(
                 path,
                 Check::T2,
-                "does not match the layout (trust/policy.json, environments/<env>.json, ledger/<env>/<seq>.json)",
+                "does not match the layout (trust/policy.json, trust/timestamp.json, environments/<env>.json, \
+                 ledger/<env>/<seq>.json)",
             ),
         }
     }
@@ -260,6 +268,19 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
         }
     };
     let ledger = &policy.payload.ledger;
+
+    // F1: the timestamp, when there is one. Its expiry is judged by whoever acts (F3), not here.
+    let timestamp = timestamp_node.and_then(|node| {
+        match parse_in_ledger::<TimestampDoc>(node, Some(ledger), |t| &t.ledger)
+            .and_then(|doc| check_timestamp(&policy.payload, &doc).map(|_| doc))
+        {
+            Ok(doc) => Some(doc),
+            Err(e) => {
+                problems.doc(TIMESTAMP_PATH, e);
+                None
+            }
+        }
+    });
 
     // N1-N4: environment specs.
     let mut specs = BTreeMap::new();
@@ -351,7 +372,7 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
             (env, VerifiedEnv { spec, entries })
         })
         .collect();
-    Ok(VerifiedTree { policy, environments })
+    Ok(VerifiedTree { policy, environments, timestamp })
 }
 
 /// P1-P4 (SPEC.md §6.1) for a policy judged on its own.
@@ -369,8 +390,10 @@ pub fn check_policy(doc: &Document<Policy>, expiry: Expiry) -> Result<SignedBy, 
             ));
         }
     }
+    let timestamp_role = p.timestamp.as_ref().map(|t| t.role());
     let roles = std::iter::once(("root".to_owned(), &p.root))
-        .chain(p.environments.iter().map(|(env, r)| (format!("environment {env}"), r)));
+        .chain(p.environments.iter().map(|(env, r)| (format!("environment {env}"), r)))
+        .chain(timestamp_role.as_ref().map(|r| ("the timestamp role".to_owned(), r)));
     for (what, role) in roles {
         let mut seen = BTreeSet::new();
         for id in &role.keys {
@@ -392,10 +415,59 @@ pub fn check_policy(doc: &Document<Policy>, expiry: Expiry) -> Result<SignedBy, 
             ));
         }
     }
+    check_agents_and_timestamp(p)?;
     if let Some(expires) = expiry.expired(p.expires_at) {
         return Err(DocError::new(Check::P3, format!("the policy expired at {expires}")));
     }
     doc.check_role(p, &p.root, ForeignSignatures::Skip).map_err(|e| e.caused(Check::P4))
+}
+
+/// P8 (SPEC.md §6.1, revision 4): every agent key is a listed key that is in no role (an agent never
+/// holds a key that signs releases, specs, policies or timestamps) and reports on declared
+/// environments, each named once; the timestamp role's validity is between a minute and a year.
+fn check_agents_and_timestamp(p: &Policy) -> Result<(), DocError> {
+    for (id, grant) in &p.agents {
+        let Some(info) = p.keys.get(id) else {
+            return Err(DocError::new(Check::P8, format!("agents lists key {id}, which is not in keys")));
+        };
+        let in_role = std::iter::once(("root".to_owned(), &p.root.keys))
+            .chain(p.environments.iter().map(|(env, r)| (format!("environment {env}"), &r.keys)))
+            .chain(p.timestamp.iter().map(|t| ("timestamp".to_owned(), &t.keys)))
+            .find(|(_, keys)| keys.contains(id));
+        if let Some((role, _)) = in_role {
+            return Err(DocError::new(
+                Check::P8,
+                format!("agent key {} ({id}) is also in the {role} role; an agent key signs observations only", info.name),
+            ));
+        }
+        if grant.environments.is_empty() {
+            return Err(DocError::new(Check::P8, format!("agent key {} lists no environment", info.name)));
+        }
+        let mut seen = BTreeSet::new();
+        for env in &grant.environments {
+            if !p.environments.contains_key(env) {
+                return Err(DocError::new(
+                    Check::P8,
+                    format!("agent key {} reports on {env}, which the policy does not declare", info.name),
+                ));
+            }
+            if !seen.insert(env) {
+                return Err(DocError::new(Check::P8, format!("agent key {} lists {env} twice", info.name)));
+            }
+        }
+    }
+    if let Some(t) = &p.timestamp {
+        if !(MIN_VALIDITY_LIMIT..=MAX_VALIDITY_LIMIT).contains(&t.max_validity_seconds) {
+            return Err(DocError::new(
+                Check::P8,
+                format!(
+                    "timestamp max_validity_seconds is {}, outside {MIN_VALIDITY_LIMIT}..={MAX_VALIDITY_LIMIT}",
+                    t.max_validity_seconds
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// N1, N3, N4 (SPEC.md §6.2) for the spec found at `environments/<env>.json`.

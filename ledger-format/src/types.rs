@@ -184,6 +184,15 @@ macro_rules! type_tag {
 type_tag!(PolicyType, "stele.policy/v1");
 type_tag!(EnvironmentType, "stele.environment/v1");
 type_tag!(EntryType, "stele.entry/v1");
+type_tag!(TimestampType, "stele.timestamp/v1");
+type_tag!(StatusType, "stele.status/v1");
+
+checked_string!(
+    /// A Git commit id as the ledger's host spells it: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+    CommitId, "commit id",
+    |s| (s.len() == 40 || s.len() == 64) && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+    "use the full commit id: 40 or 64 lowercase hex digits"
+);
 
 /// The trust policy, `trust/policy.json` (SPEC.md §6.1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -198,6 +207,67 @@ pub struct Policy {
     pub keys: BTreeMap<KeyId, KeyInfo>,
     pub root: Role,
     pub environments: BTreeMap<EnvName, Role>,
+    /// Agent keys and the environments each may report on (revision 4, SPEC.md §6.1). Omitted when
+    /// empty: an empty object is a second spelling of "no agents" and is refused (D5).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<KeyId, AgentGrant>,
+    /// Who renews the timestamp document and how long one may be valid (revision 4, SPEC.md §6.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<TimestampRole>,
+}
+
+/// What one agent key may sign: observations of these environments (SPEC.md §6.1, P8).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentGrant {
+    pub environments: Vec<EnvName>,
+}
+
+/// The timestamp role (SPEC.md §6.4): a role, and the longest validity a timestamp may claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampRole {
+    pub keys: Vec<KeyId>,
+    pub threshold: u64,
+    /// `expires_at - issued_at` of a timestamp is at most this (P8: 60 to 31,536,000).
+    pub max_validity_seconds: u64,
+}
+
+impl TimestampRole {
+    pub fn role(&self) -> Role {
+        Role { keys: self.keys.clone(), threshold: self.threshold }
+    }
+}
+
+/// The timestamp document, `trust/timestamp.json` (SPEC.md §6.4): the timestamp role vouches that the
+/// ledger branch had reached `ledger_commit` at `issued_at`, and that this claim is good until
+/// `expires_at`. Renewed every few hours by a low-privilege key; an agent refuses to act on a ledger
+/// whose timestamp expired (a frozen mirror) or went back (a replay).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampDoc {
+    #[serde(rename = "type")]
+    pub payload_type: TimestampType,
+    pub ledger: LedgerId,
+    pub version: u64,
+    /// The first parent of the commit that writes this document: the head it was renewed on.
+    pub ledger_commit: CommitId,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A signed observation, `status/<env>.json` on a status ref (SPEC.md §6.5): an agent's report of one
+/// environment as it acted on the verified ledger commit `ledger_commit`. `report` is the agent's
+/// status object; this format binds it and does not interpret it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observation {
+    #[serde(rename = "type")]
+    pub payload_type: StatusType,
+    pub ledger: LedgerId,
+    pub env: EnvName,
+    pub ledger_commit: CommitId,
+    pub report: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

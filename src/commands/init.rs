@@ -90,6 +90,8 @@ pub fn run(args: InitArgs) -> Result<u8> {
         keys: BTreeMap::from([(id, KeyInfo { name, public_key: key.key.public_key() })]),
         root: signers.clone(),
         environments: envs.iter().map(|e| (e.clone(), signers.clone())).collect(),
+        agents: BTreeMap::new(),
+        timestamp: None,
     };
     let mut policy_doc = Document::new(policy);
     policy_doc.sign(&key.key);

@@ -14,7 +14,7 @@ use anyhow::Result;
 use ledger_format::document::Payload;
 use ledger_format::history::{CommitInfo, LedgerState};
 use ledger_format::tree::{classify, verify_snapshot_with, Expiry, LayoutPath, Node, Problem, Snapshot, POLICY_PATH};
-use ledger_format::types::{Entry, EnvName, Environment, Policy};
+use ledger_format::types::{Entry, EnvName, Environment, Policy, TimestampDoc};
 use ledger_format::{Check, Document, KeyId};
 use std::path::Path;
 
@@ -195,6 +195,7 @@ fn add_signature(path: &str, bytes: &[u8], key: &LoadedSecret) -> Result<Vec<u8>
         Some(LayoutPath::Policy) => signed::<Policy>(path, bytes, key),
         Some(LayoutPath::Environment(_)) => signed::<Environment>(path, bytes, key),
         Some(LayoutPath::Entry(..)) => signed::<Entry>(path, bytes, key),
+        Some(LayoutPath::Timestamp) => signed::<TimestampDoc>(path, bytes, key),
         None => Err(Refused(format!("{path} is not a ledger document")).into()),
     }
 }
@@ -207,6 +208,7 @@ fn signers_of(path: &str, bytes: &[u8]) -> Vec<KeyId> {
         Some(LayoutPath::Policy) => ids::<Policy>(bytes),
         Some(LayoutPath::Environment(_)) => ids::<Environment>(bytes),
         Some(LayoutPath::Entry(..)) => ids::<Entry>(bytes),
+        Some(LayoutPath::Timestamp) => ids::<TimestampDoc>(bytes),
         None => Vec::new(),
     }
 }
@@ -247,6 +249,7 @@ pub fn may_sign(path: &str, before: &Snapshot, after: &Snapshot, key: &KeyId) ->
             in_role || (weakening && policy.root.keys.contains(key))
         }
         Some(LayoutPath::Entry(env, _)) => policy.env_role(&env).is_some_and(|r| r.keys.contains(key)),
+        Some(LayoutPath::Timestamp) => policy.timestamp.as_ref().is_some_and(|t| t.keys.contains(key)),
         None => false,
     })
 }

@@ -60,6 +60,12 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
             let role = env_role(&policy, &env)?;
             cosign::<Entry>(&file, &bytes, &policy, role, &key.key)?
         }
+        Some(LayoutPath::Timestamp) => {
+            return Err(Refused(format!(
+                "{file} is renewed, not co-signed: run `stele timestamp renew` with a key of the timestamp role"
+            ))
+            .into())
+        }
         None => return Err(Refused(format!("{file} is not a ledger document")).into()),
     };
 

@@ -462,6 +462,7 @@ pub(crate) fn action_word(a: &Action) -> &'static str {
         Action::Restore => "restore",
         Action::PolicyChange => "policy",
         Action::SpecChange => "spec",
+        Action::Timestamp => "timestamp",
     }
 }
 
@@ -475,6 +476,7 @@ pub(crate) fn how_word(a: &Action) -> &'static str {
         Action::Withdraw => "withdrawal",
         Action::PolicyChange => "policy change",
         Action::SpecChange => "spec change",
+        Action::Timestamp => "timestamp renewal",
     }
 }
 

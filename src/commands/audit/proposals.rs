@@ -13,7 +13,7 @@ use git2::{Delta, Oid, Repository};
 use ledger_format::document::Document;
 use ledger_format::history::{check_step_from, state_of, CommitInfo};
 use ledger_format::tree::{classify, verify_snapshot_with, Expiry, LayoutPath, Problem, OWNED_DIRS};
-use ledger_format::types::{Entry, EnvName, Environment, Policy, Role};
+use ledger_format::types::{Entry, EnvName, Environment, Policy, Role, TimestampDoc};
 use ledger_format::{KeyId, Timestamp};
 use serde_json::{json, Value};
 
@@ -136,6 +136,7 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
         }
         let info = CommitInfo {
             id: r.commit.to_string(),
+            parent: parent.map(|p| p.to_string()),
             time: Timestamp::from_unix(commit.time().seconds()),
             author: commit.author().to_string(),
             summary: commit.summary().unwrap_or("").to_owned(),
@@ -222,6 +223,19 @@ fn judge(policy: &Policy, path: &str, kind: LayoutPath, bytes: Option<&[u8]>) ->
                 p.what = format!("policy v{}", doc.payload.version);
                 let root = &policy.root;
                 count(&mut p, root, valid_signers(&doc, policy, |k| root.keys.contains(k)));
+            }
+            Err(e) => p.note = Some(format!("does not parse: {e}")),
+        },
+        LayoutPath::Timestamp => match Document::<TimestampDoc>::parse(bytes) {
+            Ok(doc) => {
+                p.what = format!("timestamp v{} (expires {})", doc.payload.version, doc.payload.expires_at);
+                match &policy.timestamp {
+                    Some(t) => {
+                        let role = t.role();
+                        count(&mut p, &role, valid_signers(&doc, policy, |k| role.keys.contains(k)))
+                    }
+                    None => p.note = Some("the ledger's policy has no timestamp role".into()),
+                }
             }
             Err(e) => p.note = Some(format!("does not parse: {e}")),
         },

@@ -225,6 +225,9 @@ fn describe(audit: &Audit, row: &Row) -> (String, String, String, Vec<String>) {
                     let entry = event.entry.as_ref().map(target_words).unwrap_or_default();
                     lines.push(format!("{entry} signed by {}", audit.keys_display(v, signed_by)));
                 }
+                Action::Timestamp => {
+                    lines.push("timestamp renewed (trust/timestamp.json), signed by the timestamp role".into());
+                }
             }
             if let Some(landed) = landed {
                 lines.push(landed);
