@@ -27,8 +27,9 @@ pub use publisher::{PublisherStats, StatusPublisher};
 pub use writer::{Published, StatusWriter, WriterStats};
 
 use git2::{ErrorCode, Oid, Repository, Tree};
-use ledger_format::types::{EnvName, GroupName, LedgerId, ReleaseVersion};
-use ledger_format::{Blake3Digest, Timestamp};
+use ledger_format::document::Document;
+use ledger_format::types::{EnvName, GroupName, LedgerId, Observation, ReleaseVersion, StatusType};
+use ledger_format::{Blake3Digest, SecretKey, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -91,6 +92,7 @@ pub struct InstanceStatus {
     /// When `health` last changed.
     pub since: Timestamp,
     /// How the instance differs from what was asked of it, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<String>,
 }
 
@@ -106,12 +108,15 @@ pub struct EnvStatus {
     pub target_generation: u64,
     /// The generation the instances fully run (reached when the phase is Healthy).
     pub observed_generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetStatus>,
     /// What the instances actually run now (for example the previous release while Degraded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<TargetStatus>,
     pub phase: Phase,
     pub message: String,
     pub instances: Vec<InstanceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// Which agent wrote this (host name and state directory, chosen by the agent).
     pub agent: String,
@@ -158,13 +163,64 @@ pub fn render(status: &EnvStatus) -> Vec<u8> {
     bytes
 }
 
-/// Parses a status file, refusing unknown fields and any format but [`FORMAT`].
+/// Parses a status file, signed or not, refusing unknown fields and any format but [`FORMAT`]. Says
+/// nothing about who wrote it: see [`decode`] and `ledger_format::observation` for that.
 pub fn parse(bytes: &[u8]) -> Result<EnvStatus, String> {
-    let status: EnvStatus = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    decode(bytes).map(|file| file.status)
+}
+
+/// A status file as read: the agent's report and, when the file is a signed status document (SPEC.md
+/// §6.5), that document. Whether the signature is one the ledger authorises is judged separately
+/// (`ledger_format::observation::verify_observation`), against the policy at the ledger commit.
+#[derive(Clone, Debug)]
+pub struct StatusFile {
+    pub status: EnvStatus,
+    pub signed: Option<Document<Observation>>,
+}
+
+/// Parses a status file: a signed `stele.status/v1` document whose `report` is the status, or (from
+/// agents without a key, and before revision 4) the bare status object. The document's own `env`,
+/// `ledger` and `ledger_commit` must say what its report says.
+pub fn decode(bytes: &[u8]) -> Result<StatusFile, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let (report, signed) = if value.get("payload").is_some() {
+        let doc = Document::<Observation>::parse(bytes).map_err(|e| format!("signed status document: {e}"))?;
+        (serde_json::Value::Object(doc.payload.report.clone()), Some(doc))
+    } else {
+        (value, None)
+    };
+    let status: EnvStatus = serde_json::from_value(report).map_err(|e| e.to_string())?;
     if status.format != FORMAT {
         return Err(format!("format {} is not the supported format {FORMAT}", status.format));
     }
-    Ok(status)
+    if let Some(doc) = &signed {
+        let o = &doc.payload;
+        if o.env != status.env || o.ledger != status.ledger || o.ledger_commit.as_str() != status.ledger_commit {
+            return Err("the signed document's env, ledger or ledger_commit differ from its report's".into());
+        }
+    }
+    Ok(StatusFile { status, signed })
+}
+
+/// The file bytes of `status` signed by the agent's `key`: a `stele.status/v1` document in canonical
+/// file form (SPEC.md §6.5) whose `report` is the status object.
+pub fn render_signed(status: &EnvStatus, key: &SecretKey) -> Result<Vec<u8>, String> {
+    let serde_json::Value::Object(report) = serde_json::to_value(status).map_err(|e| e.to_string())? else {
+        unreachable!("a status serializes to an object")
+    };
+    let observation = Observation {
+        payload_type: StatusType,
+        ledger: status.ledger.clone(),
+        env: status.env.clone(),
+        ledger_commit: status.ledger_commit.parse().map_err(|e| format!("ledger_commit: {e}"))?,
+        report,
+    };
+    let mut doc = Document::new(observation);
+    doc.sign(key);
+    let bytes = doc.to_file_bytes();
+    // The report must survive the strict parse a reader makes (no floats, no nulls, no huge numbers).
+    Document::<Observation>::parse(&bytes).map_err(|e| format!("the status is not a valid document: {e}"))?;
+    Ok(bytes)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -429,6 +485,20 @@ pub(crate) mod tests {
         let mut value: serde_json::Value = serde_json::from_slice(&render(&sample())).unwrap();
         value["instances"][0]["extra"] = true.into();
         assert!(parse(value.to_string().as_bytes()).is_err());
+    }
+    #[test]
+    fn a_signed_status_decodes_to_the_same_status_and_its_document() {
+        let key = SecretKey::from_seed(&[9; 32]);
+        let bytes = render_signed(&sample(), &key).unwrap();
+        let file = decode(&bytes).unwrap();
+        assert_eq!(file.status, sample());
+        let doc = file.signed.expect("signed");
+        assert_eq!(doc.signatures.len(), 1);
+        assert_eq!(doc.signatures[0].keyid, key.public_key().key_id());
+        assert_eq!(parse(&bytes).unwrap(), sample());
+        // A report that disagrees with its document is refused.
+        let text = String::from_utf8(bytes).unwrap().replacen("\"env\": \"staging\"", "\"env\": \"prod\"", 1);
+        assert!(decode(text.as_bytes()).is_err());
     }
     #[test]
     fn same_content_ignores_only_updated_at() {
