@@ -609,6 +609,53 @@ pub enum PolicyCommand {
         #[command(flatten)]
         root: RootKeys,
     },
+    /// Authorise an agent key (`stele key generate`) to sign status reports for environments, or
+    /// change which ones. An agent key may hold no other role: agents never sign releases.
+    SetAgent {
+        /// Public key file of the agent (OpenSSH .pub, or a secret key file).
+        #[arg(long, value_name = "FILE")]
+        pubkey: PathBuf,
+        /// The environments it reports on (comma-separated or repeated).
+        #[arg(long, value_name = "NAME", value_delimiter = ',', required = true)]
+        env: Vec<String>,
+        /// Name recorded for the key; default: the key's comment.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        root: RootKeys,
+    },
+    /// Withdraw an agent key: its reports are UNVERIFIED from this policy version on.
+    RemoveAgent {
+        /// Key id of the agent to remove.
+        #[arg(long, value_name = "KEYID", conflicts_with = "pubkey", required_unless_present = "pubkey")]
+        keyid: Option<String>,
+        /// Public key file of the agent to remove.
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+        #[command(flatten)]
+        root: RootKeys,
+    },
+    /// Set the timestamp role: the keys (for example a CI bot's) that renew trust/timestamp.json with
+    /// `stele timestamp renew`, and how long one timestamp may be valid. From the next commit on,
+    /// agents refuse to act on a ledger whose timestamp is missing or expired.
+    SetTimestamp {
+        /// Public key file of a timestamp key (repeat).
+        #[arg(long, value_name = "FILE", required = true)]
+        pubkey: Vec<PathBuf>,
+        /// How many of them must sign a timestamp.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        threshold: u64,
+        /// The longest a timestamp may be valid: 60s to 365d, such as 24h or 7d.
+        #[arg(long, value_name = "DURATION", default_value = "24h")]
+        max_validity: String,
+        #[command(flatten)]
+        root: RootKeys,
+    },
+    /// Remove the timestamp role and trust/timestamp.json (in one commit).
+    RemoveTimestamp {
+        #[command(flatten)]
+        root: RootKeys,
+    },
 }
 
 #[derive(Args, Debug)]

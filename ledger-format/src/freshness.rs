@@ -73,7 +73,10 @@ pub fn check_renewal(
         if t.version <= previous.payload.version {
             return Err(DocError::new(
                 Check::F2,
-                format!("version {} does not go above the previous timestamp's {}", t.version, previous.payload.version),
+                format!(
+                    "version {} does not go above the previous timestamp's {}",
+                    t.version, previous.payload.version
+                ),
             ));
         }
     }

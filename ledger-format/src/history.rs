@@ -8,11 +8,11 @@
 use crate::check::Check;
 use crate::crypto::{verify_sshsig, Blake3Digest, KeyId};
 use crate::document::{display_key, DocError, Document, ForeignSignatures, Payload, SignatureCheck};
+use crate::freshness::{check_renewal, check_timestamp, TIMESTAMP_PATH};
 use crate::tree::{
     check_environment, check_policy, classify, entry_path, verify_snapshot_with, Expiry, LayoutPath, Node, Problem,
     Snapshot, VerifiedTree, POLICY_PATH,
 };
-use crate::freshness::{check_renewal, check_timestamp, TIMESTAMP_PATH};
 use crate::types::{Entry, EnvName, Environment, Image, Policy, ReleaseVersion, RevertPolicy, TimestampDoc};
 use crate::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -360,12 +360,8 @@ pub fn check_step_from(
 
 /// The copies a step would change, or its problems: a new policy, the environments it touched, the
 /// timestamp when it changed (`Some(None)`: removed), and what it did.
-type Judged = (
-    Option<Document<Policy>>,
-    BTreeMap<EnvName, EnvHistory>,
-    Option<Option<Document<TimestampDoc>>>,
-    Vec<Event>,
-);
+type Judged =
+    (Option<Document<Policy>>, BTreeMap<EnvName, EnvHistory>, Option<Option<Document<TimestampDoc>>>, Vec<Event>);
 
 fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> Result<Judged, Vec<Problem>> {
     let mut new_policy: Option<Document<Policy>> = None;
@@ -460,22 +456,23 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
     let mut new_timestamp = None;
     match timestamp_change {
         None => {}
-        Some(None) if policy.timestamp.is_some() => problems.push(problem(
+        Some(None) if policy.timestamp.is_some() && new_policy.is_none() => problems.push(problem(
             TIMESTAMP_PATH,
             Check::H2,
-            "the timestamp was deleted while the policy has a timestamp role (remove both in one commit)",
+            "the timestamp was deleted without a policy change (only a policy change may withdraw it)",
         )),
         Some(None) => new_timestamp = Some(None),
         Some(Some(node)) => {
-            let judged = parse_doc::<TimestampDoc>(TIMESTAMP_PATH, node, &policy.ledger, |t| &t.ledger).and_then(|doc| {
-                check_timestamp(&policy, &doc).map_err(|e| doc_problem(TIMESTAMP_PATH, e))?;
-                // Same payload, other signatures: a re-signature (after a policy change), not a renewal.
-                if state.timestamp.as_ref().is_none_or(|t| t.hash() != doc.hash()) {
-                    check_renewal(state.timestamp.as_ref(), &doc, step.commit.parent.as_deref())
-                        .map_err(|e| doc_problem(TIMESTAMP_PATH, e))?;
-                }
-                Ok(doc)
-            });
+            let judged =
+                parse_doc::<TimestampDoc>(TIMESTAMP_PATH, node, &policy.ledger, |t| &t.ledger).and_then(|doc| {
+                    check_timestamp(&policy, &doc).map_err(|e| doc_problem(TIMESTAMP_PATH, e))?;
+                    // Same payload, other signatures: a re-signature (after a policy change), not a renewal.
+                    if state.timestamp.as_ref().is_none_or(|t| t.hash() != doc.hash()) {
+                        check_renewal(state.timestamp.as_ref(), &doc, step.commit.parent.as_deref())
+                            .map_err(|e| doc_problem(TIMESTAMP_PATH, e))?;
+                    }
+                    Ok(doc)
+                });
             match judged {
                 Ok(doc) => new_timestamp = Some(Some(doc)),
                 Err(p) => problems.push(p),

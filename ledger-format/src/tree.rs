@@ -8,8 +8,8 @@
 use crate::check::Check;
 use crate::crypto::Blake3Digest;
 use crate::document::{DocError, Document, ForeignSignatures, Payload, SignedBy};
-use crate::time::Timestamp;
 use crate::freshness::{check_timestamp, MAX_VALIDITY_LIMIT, MIN_VALIDITY_LIMIT, TIMESTAMP_PATH};
+use crate::time::Timestamp;
 use crate::types::{Entry, EnvName, Environment, LedgerId, Policy, Role, TimestampDoc};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -437,7 +437,10 @@ fn check_agents_and_timestamp(p: &Policy) -> Result<(), DocError> {
         if let Some((role, _)) = in_role {
             return Err(DocError::new(
                 Check::P8,
-                format!("agent key {} ({id}) is also in the {role} role; an agent key signs observations only", info.name),
+                format!(
+                    "agent key {} ({id}) is also in the {role} role; an agent key signs observations only",
+                    info.name
+                ),
             ));
         }
         if grant.environments.is_empty() {

@@ -12,9 +12,10 @@ use crate::keys::{self, LoadedSecret};
 use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::document::ForeignSignatures;
+use ledger_format::freshness::TIMESTAMP_PATH;
 use ledger_format::tree::{entry_path, environment_path, POLICY_PATH};
-use ledger_format::types::{EnvName, KeyInfo, KeyName, Policy, Role};
-use ledger_format::{Document, KeyId};
+use ledger_format::types::{AgentGrant, EnvName, KeyInfo, KeyName, Policy, Role, TimestampRole};
+use ledger_format::{Document, KeyId, Timestamp};
 use std::path::Path;
 
 pub fn run(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
@@ -44,6 +45,13 @@ fn show(repo_path: &Path, json: bool) -> Result<u8> {
     for (env, role) in &p.environments {
         println!("{env}: {} of {}", role.threshold, key_list(p, &role.keys));
     }
+    for (id, grant) in &p.agents {
+        let envs: Vec<&str> = grant.environments.iter().map(|e| e.as_str()).collect();
+        println!("agent {} reports on {}", key_list(p, &[*id]), envs.join(", "));
+    }
+    if let Some(t) = &p.timestamp {
+        println!("timestamp: {} of {}, valid up to {} s", t.threshold, key_list(p, &t.keys), t.max_validity_seconds);
+    }
     Ok(exit::OK)
 }
 
@@ -70,9 +78,22 @@ fn add_key(policy: &mut Policy, file: &Path, name: Option<&str>) -> Result<KeyId
 
 /// Drops keys that no role lists any more: a withdrawn key is revoked, not kept around.
 fn drop_unused_keys(policy: &mut Policy) {
-    let used: Vec<KeyId> =
-        policy.root.keys.iter().chain(policy.environments.values().flat_map(|r| r.keys.iter())).copied().collect();
+    let used: Vec<KeyId> = policy
+        .root
+        .keys
+        .iter()
+        .chain(policy.environments.values().flat_map(|r| r.keys.iter()))
+        .chain(policy.agents.keys())
+        .chain(policy.timestamp.iter().flat_map(|t| t.keys.iter()))
+        .copied()
+        .collect();
     policy.keys.retain(|id, _| used.contains(id));
+}
+
+/// Seconds in a duration such as `90s`, `15m`, `24h` or `7d`.
+fn parse_seconds(text: &str) -> Result<u64> {
+    let zero = Timestamp::from_unix(0).expect("the epoch is a timestamp");
+    Ok(parse_when(text, zero)?.unix() as u64)
 }
 
 fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
@@ -165,6 +186,60 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
             new.root = Role { keys: ids, threshold };
             drop_unused_keys(&mut new);
             (root, format!("rotate root to {} of {}", threshold, key_list(&new, &new.root.keys)))
+        }
+        PolicyCommand::SetAgent { pubkey, env, name, root } => {
+            let envs = env.iter().map(|e| parse_env(e)).collect::<Result<Vec<_>>>()?;
+            let id = add_key(&mut new, &pubkey, name.as_deref())?;
+            let mut envs = envs;
+            envs.sort();
+            envs.dedup();
+            let words: Vec<&str> = envs.iter().map(|e| e.as_str()).collect();
+            let words = words.join(", ");
+            new.agents.insert(id, AgentGrant { environments: envs });
+            (root, format!("agent {} reports on {words}", key_list(&new, &[id])))
+        }
+        PolicyCommand::RemoveAgent { keyid, pubkey, root } => {
+            let id: KeyId = match (keyid, pubkey) {
+                (Some(k), _) => k.parse().map_err(Refused)?,
+                (None, Some(file)) => keys::load_public(&file)?.key.key_id(),
+                (None, None) => unreachable!("clap requires --keyid or --pubkey"),
+            };
+            let who = key_list(&old, &[id]);
+            if new.agents.remove(&id).is_none() {
+                return Err(Refused(format!("{who} is not an agent key of the policy")).into());
+            }
+            drop_unused_keys(&mut new);
+            (root, format!("remove agent {who}"))
+        }
+        PolicyCommand::SetTimestamp { pubkey, threshold, max_validity, root } => {
+            let mut ids = pubkey.iter().map(|f| add_key(&mut new, f, None)).collect::<Result<Vec<_>>>()?;
+            ids.sort();
+            ids.dedup();
+            let max_validity_seconds = parse_seconds(&max_validity)?;
+            new.timestamp = Some(TimestampRole { keys: ids.clone(), threshold, max_validity_seconds });
+            drop_unused_keys(&mut new);
+            // A timestamp the new role would not accept goes in the same commit (F1, SPEC.md §8.9);
+            // agents then hold their state until the new keys renew it.
+            if let Some(t) = &tree.timestamp {
+                if ledger_format::freshness::check_timestamp(&new, t).is_err() {
+                    println!(
+                        "  removes trust/timestamp.json, which the new role does not sign: agents hold their \
+                         state until `stele timestamp renew` with a new timestamp key"
+                    );
+                    extra.push(Change::Remove { path: TIMESTAMP_PATH.into() });
+                }
+            }
+            (root, format!("timestamp role {threshold} of {}, valid up to {max_validity}", key_list(&new, &ids)))
+        }
+        PolicyCommand::RemoveTimestamp { root } => {
+            if new.timestamp.take().is_none() {
+                return Err(Refused("the policy has no timestamp role".into()).into());
+            }
+            drop_unused_keys(&mut new);
+            if tree.timestamp.is_some() {
+                extra.push(Change::Remove { path: TIMESTAMP_PATH.into() });
+            }
+            (root, "remove the timestamp role".to_owned())
         }
     };
     if let Some(when) = &root.expires {
