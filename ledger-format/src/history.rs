@@ -1003,6 +1003,8 @@ mod tests {
                     threshold: prod_threshold,
                 },
             )]),
+            agents: BTreeMap::new(),
+            timestamp: None,
         }
     }
 

@@ -5,8 +5,12 @@
 mod vectors;
 
 use ledger_format::check::Check;
+use ledger_format::freshness::{check_current, TIMESTAMP_PATH};
+use ledger_format::observation::verify_observation;
 use ledger_format::time::Timestamp;
 use ledger_format::tree::{entry_path, environment_path, verify_snapshot, POLICY_PATH};
+use ledger_format::types::{CommitId, EnvName, Policy, TimestampDoc};
+use ledger_format::Document;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,15 +58,19 @@ fn committed_vectors_match_the_generator() {
         .collect();
     assert!(differing.is_empty(), "test-vectors/ is out of date ({}); {REGENERATE}", differing.join(", "));
     // History vectors (tests/history_vectors.rs) have their own budget.
-    let total: usize = committed.iter().filter(|(name, _)| !name.starts_with("history/")).map(|(_, b)| b.len()).sum();
-    assert!(total < 400 << 10, "the tree vectors hold {total} bytes; keep the vectors small");
+    let total: usize = committed
+        .iter()
+        .filter(|(name, _)| name.starts_with("valid/") || name.starts_with("invalid/"))
+        .map(|(_, b)| b.len())
+        .sum();
+    assert!(total < 512 << 10, "the tree vectors hold {total} bytes; keep the vectors small");
 }
 
 /// The vector files as they are on disk, by name (`valid/basic.json`).
 fn load_vectors() -> BTreeMap<String, Vector> {
     let vectors: BTreeMap<String, Vector> = read_tree(&vectors_dir())
         .into_iter()
-        .filter(|(name, _)| name.ends_with(".json") && name.contains('/') && !name.starts_with("history/"))
+        .filter(|(name, _)| name.ends_with(".json") && (name.starts_with("valid/") || name.starts_with("invalid/")))
         .map(|(name, bytes)| {
             let vector = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
             (name, vector)
@@ -85,6 +93,9 @@ fn check_vector(name: &str, vector: &Vector) -> Result<(), String> {
             }
             let mut hashes = BTreeMap::new();
             hashes.insert(POLICY_PATH.to_owned(), tree.policy.hash().to_hex());
+            if let Some(t) = &tree.timestamp {
+                hashes.insert(TIMESTAMP_PATH.to_owned(), t.hash().to_hex());
+            }
             for (env, verified) in &tree.environments {
                 hashes.insert(environment_path(env), verified.spec.hash().to_hex());
                 for entry in &verified.entries {
@@ -134,9 +145,11 @@ fn every_check_has_a_vector() {
         .flat_map(|v| &v.expected.problems)
         .flat_map(|p| std::iter::once(p.check.as_str()).chain(p.cause.as_deref()))
         .collect();
-    // History checks judge transitions between trees; tests of `history` and the git suites cover them.
+    // History checks judge transitions between trees; the history vectors cover them. Observations (O)
+    // and the rule for whoever acts (F3) have vectors of their own, below.
+    let tree_check = |c: &&Check| !c.is_history() && **c != Check::F3 && !c.id().starts_with('O');
     let missing: Vec<&str> =
-        Check::ALL.iter().filter(|c| !c.is_history()).map(|c| c.id()).filter(|id| !covered.contains(id)).collect();
+        Check::ALL.iter().filter(tree_check).map(|c| c.id()).filter(|id| !covered.contains(id)).collect();
     assert!(missing.is_empty(), "no invalid vector expects checks {missing:?}; add cases to tests/support/vectors.rs");
 }
 
@@ -152,4 +165,64 @@ fn base64_round_trips_and_refuses_non_canonical_input() {
     for bad in ["Zm8", "Zm9=", "Z===", "Zm=8", "Zm8=Zm8=", "Zm8*"] {
         assert_eq!(vectors::base64_decode(bad), None, "{bad}");
     }
+}
+
+/// Vector files of one revision 4 kind (`observations/`, `freshness/`), by name.
+fn load_kind<T: serde::de::DeserializeOwned>(dir: &str) -> BTreeMap<String, T> {
+    let found: BTreeMap<String, T> = read_tree(&vectors_dir())
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(&format!("{dir}/")) && name.ends_with(".json"))
+        .map(|(name, bytes)| {
+            let vector = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name, vector)
+        })
+        .collect();
+    assert!(found.len() >= 5, "only {} {dir} vectors found; {REGENERATE}", found.len());
+    found
+}
+
+#[test]
+fn every_observation_vector_gets_its_verdict() {
+    let mut covered = BTreeSet::new();
+    for (name, v) in load_kind::<vectors::rev4::ObservationVector>("observations") {
+        let policy = Document::<Policy>::parse(v.policy.as_bytes()).unwrap_or_else(|e| panic!("{name}: policy: {e}"));
+        let env: EnvName = v.env.parse().unwrap_or_else(|e| panic!("{name}: env: {e}"));
+        let verified: Vec<CommitId> = v.verified_commits.iter().map(|c| c.parse().expect("commit ids")).collect();
+        let got = verify_observation(v.file.as_bytes(), &env, |c| verified.contains(c).then_some(&policy.payload));
+        match (got, &v.expected) {
+            (Ok(o), e) if e.verified => assert_eq!(Some(o.agent.to_hex()), e.agent, "{name}: signed by another agent"),
+            (Ok(_), e) => panic!("{name}: verified, expected {:?}", e.check),
+            (Err(err), e) if e.verified => panic!("{name}: {err}, expected verified"),
+            (Err(err), e) => {
+                assert_eq!(Some(err.check.id().to_owned()), e.check, "{name}: {err}");
+                covered.insert(err.check);
+            }
+        }
+    }
+    for check in [Check::O1, Check::O2, Check::O3, Check::O4] {
+        assert!(covered.contains(&check), "no observation vector expects {check}");
+    }
+}
+
+#[test]
+fn every_freshness_vector_gets_its_verdict() {
+    let mut refused = 0;
+    for (name, v) in load_kind::<vectors::rev4::FreshnessVector>("freshness") {
+        let policy = Document::<Policy>::parse(v.policy.as_bytes()).unwrap_or_else(|e| panic!("{name}: policy: {e}"));
+        let timestamp = v
+            .timestamp
+            .as_ref()
+            .map(|t| Document::<TimestampDoc>::parse(t.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}")));
+        let now: Timestamp = v.now.parse().expect("now");
+        let got = check_current(&policy.payload, timestamp.as_ref(), v.seen, now);
+        match got {
+            Ok(()) => assert!(v.expected.current, "{name}: current, expected {:?}", v.expected.check),
+            Err(e) => {
+                assert!(!v.expected.current, "{name}: {e}, expected current");
+                assert_eq!(Some(e.check.id().to_owned()), v.expected.check, "{name}: {e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 4, "the freshness vectors refuse only {refused} heads");
 }

@@ -4,15 +4,17 @@
 //!
 //! A child module of `history_vectors.rs`, which owns the file format and the replay driver.
 
-use super::super::{base64_encode, entry, env_spec, policy, role, signed, Keys, TestKey};
+use super::super::rev4::{rev4_policy, timestamp};
+use super::super::{base64_encode, entry, env_spec, lit, policy, role, signed, Keys, TestKey};
 use super::{
     node_of, Anchor, CommitVector, ExpectedEvent, ExpectedProblem, FileNode, HistoryCase, HistoryStep, HistoryVector,
     PolicyHashAnchor, RootKeysAnchor, SshSignatureVector, StepVerdict,
 };
 use ledger_format::crypto::Blake3Digest;
 use ledger_format::document::{Document, Payload};
+use ledger_format::freshness::TIMESTAMP_PATH;
 use ledger_format::tree::POLICY_PATH;
-use ledger_format::types::{Entry, Environment, HealthCheck, Policy, RevertPolicy};
+use ledger_format::types::{Entry, Environment, HealthCheck, Policy, RevertPolicy, TimestampDoc};
 use std::collections::BTreeMap;
 /// Signs `payload` the way `git commit -S` with `gpg.format=ssh` does (Ed25519 is deterministic).
 pub fn ssh_sign(key: &TestKey, payload: &[u8]) -> String {
@@ -34,6 +36,8 @@ struct History {
     set: BTreeMap<String, FileNode>,
     delete: Vec<String>,
     steps: Vec<HistoryStep>,
+    /// The first parent the next commit records, when a case states it.
+    parent: Option<String>,
 }
 
 impl History {
@@ -47,6 +51,7 @@ impl History {
             set: BTreeMap::new(),
             delete: Vec::new(),
             steps: Vec::new(),
+            parent: None,
         }
     }
 
@@ -72,6 +77,12 @@ impl History {
         self
     }
 
+    /// The next commit records `parent` as its first parent.
+    fn parent(&mut self, parent: &str) -> &mut Self {
+        self.parent = Some(parent.to_owned());
+        self
+    }
+
     fn genesis(&mut self) -> &mut Self {
         self.genesis = Some(self.tree.iter().map(|(p, b)| (p.clone(), node_of(b.clone()))).collect());
         self
@@ -92,7 +103,7 @@ impl History {
             let payload = commit_object(&self.name, index, key.label, summary);
             SshSignatureVector { armored: ssh_sign(key, &payload), signed_payload: base64_encode(&payload) }
         });
-        let commit = CommitVector { id: format!("c{index}: {summary}"), ssh_signature };
+        let commit = CommitVector { id: format!("c{index}: {summary}"), parent: self.parent.take(), ssh_signature };
         let set = std::mem::take(&mut self.set);
         let mut delete = std::mem::take(&mut self.delete);
         delete.sort();
@@ -279,6 +290,7 @@ pub fn build_cases() -> Vec<HistoryCase> {
     spec_cases(&k, &mut cases);
     recovery_cases(&k, &mut cases);
     transition_cases(&k, &mut cases);
+    timestamp_cases(&k, &mut cases);
     cases
 }
 
@@ -905,6 +917,117 @@ fn recovery_cases(k: &Keys, cases: &mut Vec<HistoryCase>) {
         "release 1.2.0",
         None,
         accepted(vec![promote("prod", 2, 2)]),
+    );
+    h.finish(cases);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Revision 4: the timestamp document (SPEC.md §8.9).
+
+/// A commit id for the cases' parents: `n` in 40 hex digits.
+fn commit_id(n: u64) -> String {
+    format!("{n:040x}")
+}
+
+fn timestamp_event() -> ExpectedEvent {
+    ExpectedEvent { action: "timestamp".into(), env: None, generation: None, target_seq: None, revert_signed_by: None }
+}
+
+/// prod and staging (alice, 1 of 1), an agent for prod, the timestamp role bot (up to a day).
+fn rev4_history(k: &Keys, name: &str, description: &str) -> History {
+    let mut h = History::new(k, name, description);
+    h.put(POLICY_PATH, &root_signed(rev4_policy(k), k))
+        .put(&spec_path("prod"), &signed(spec("prod", RevertPolicy::Signed), &[&k.alice]))
+        .put(&spec_path("staging"), &signed(spec("staging", RevertPolicy::Signed), &[&k.alice]))
+        .genesis();
+    h
+}
+
+fn ts(k: &Keys, version: u64, names: u64, seconds: i64, signer: &TestKey) -> Document<TimestampDoc> {
+    let _ = k;
+    signed(timestamp(version, &commit_id(names), "2026-05-31T12:00:00Z", seconds), &[signer])
+}
+
+fn timestamp_cases(k: &Keys, cases: &mut Vec<HistoryCase>) {
+    let (bot, a) = (&k.bot, &k.alice);
+    let mut h = rev4_history(
+        k,
+        "timestamp-renewals",
+        "Revision 4. The timestamp role (bot) renews trust/timestamp.json: each renewal names its commit's first \
+         parent and goes up in version. Refused: a version that does not go up (F2), naming another commit than \
+         the parent (F2), a renewal signed by a release key (F1, S2), deleting the timestamp without a policy \
+         change (H2), a validity longer than the role allows (F1). A renewal may come with a release.",
+    );
+    let path = TIMESTAMP_PATH;
+    h.parent(&commit_id(1)).put(path, &ts(k, 1, 1, 86_400, bot)).commit(
+        "timestamp v1",
+        None,
+        accepted(vec![timestamp_event()]),
+    );
+    h.parent(&commit_id(2)).put(path, &ts(k, 2, 2, 86_400, bot)).commit(
+        "timestamp v2",
+        None,
+        accepted(vec![timestamp_event()]),
+    );
+    h.parent(&commit_id(3)).put(path, &ts(k, 2, 3, 43_200, bot)).commit(
+        "timestamp v2 again",
+        None,
+        refused(&[(path, "F2", None)]),
+    );
+    h.parent(&commit_id(4)).put(path, &ts(k, 3, 2, 86_400, bot)).commit(
+        "timestamp v3 naming an older commit",
+        None,
+        refused(&[(path, "F2", None)]),
+    );
+    h.parent(&commit_id(5)).put(path, &ts(k, 3, 5, 86_400, a)).commit(
+        "timestamp v3 signed by alice",
+        None,
+        refused(&[(path, "F1", Some("S2"))]),
+    );
+    h.parent(&commit_id(6)).rm(path).commit("delete the timestamp", None, refused(&[(path, "H2", None)]));
+    h.parent(&commit_id(7)).put(path, &ts(k, 3, 7, 2 * 86_400, bot)).commit(
+        "timestamp v3 valid for two days",
+        None,
+        refused(&[(path, "F1", None)]),
+    );
+    let e1 = release("prod", 1, None, &[a]);
+    h.parent(&commit_id(8)).put(path, &ts(k, 3, 8, 86_400, bot)).put(&entry_path("prod", 1), &e1).commit(
+        "release 1.1.0 and timestamp v3",
+        None,
+        accepted(vec![timestamp_event(), promote("prod", 1, 1)]),
+    );
+    h.finish(cases);
+
+    let mut h = rev4_history(
+        k,
+        "timestamp-withdrawn-with-its-role",
+        "Revision 4. A policy change that keeps the timestamp role keeps the timestamp. One that removes the role \
+         while the timestamp stays is refused (F1: no role signs it); removing the role and deleting \
+         trust/timestamp.json in one commit is accepted.",
+    );
+    h.parent(&commit_id(1)).put(path, &ts(k, 1, 1, 86_400, bot)).commit(
+        "timestamp v1",
+        None,
+        accepted(vec![timestamp_event()]),
+    );
+    let mut v2 = rev4_policy(k);
+    v2.version = 2;
+    v2.agents.get_mut(&k.agent.id()).expect("the agent").environments.push(lit("staging"));
+    h.put(POLICY_PATH, &root_signed(v2.clone(), k)).commit(
+        "policy v2: the agent reports on staging too",
+        None,
+        accepted(vec![policy_change()]),
+    );
+    let v3 = Policy { version: 3, timestamp: None, ..v2 };
+    h.put(POLICY_PATH, &root_signed(v3, k)).commit(
+        "policy v3: no timestamp role",
+        None,
+        refused(&[(path, "F1", None)]),
+    );
+    h.rm(path).commit(
+        "policy v3: no timestamp role, timestamp deleted",
+        None,
+        accepted(vec![policy_change(), timestamp_event()]),
     );
     h.finish(cases);
 }

@@ -73,6 +73,10 @@ pub struct HistoryStep {
 pub struct CommitVector {
     /// A label standing for the commit id (only reasons quote it).
     pub id: String,
+    /// The id of the commit's first parent, as the commit records it: what a timestamp the commit
+    /// writes must name (F2, SPEC.md §8.9). Given only where a case needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_signature: Option<SshSignatureVector>,
 }
@@ -185,7 +189,13 @@ fn commit_info(c: &CommitVector) -> Result<CommitInfo, String> {
                 .ok_or_else(|| format!("commit {}: signed_payload is not valid base64", c.id))?,
         }),
     };
-    Ok(CommitInfo { id: c.id.clone(), summary: c.id.clone(), ssh_signature, ..CommitInfo::default() })
+    Ok(CommitInfo {
+        id: c.id.clone(),
+        parent: c.parent.clone(),
+        summary: c.id.clone(),
+        ssh_signature,
+        ..CommitInfo::default()
+    })
 }
 
 /// An implementation's event reduced to what a vector states.

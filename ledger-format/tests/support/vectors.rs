@@ -13,6 +13,8 @@
 
 #[path = "history_vectors.rs"]
 pub mod history;
+#[path = "rev4.rs"]
+pub mod rev4;
 
 use ledger_format::check::Check;
 use ledger_format::crypto::{self, Blake3Digest, CryptoError, KeyId, PublicKey, SecretKey, KEY_ID_CONTEXT};
@@ -160,6 +162,10 @@ pub struct Keys {
     pub carol: TestKey,
     /// Never in any policy.
     pub mallory: TestKey,
+    /// An agent key (revision 4): reports on prod, holds no role.
+    pub agent: TestKey,
+    /// The timestamp role's key (revision 4), such as a CI bot's.
+    pub bot: TestKey,
 }
 
 impl Default for Keys {
@@ -177,11 +183,13 @@ impl Keys {
             bob: TestKey::new("bob"),
             carol: TestKey::new("carol"),
             mallory: TestKey::new("mallory"),
+            agent: TestKey::new("agent"),
+            bot: TestKey::new("bot"),
         }
     }
 
-    pub fn all(&self) -> [&TestKey; 6] {
-        [&self.root, &self.old_root, &self.alice, &self.bob, &self.carol, &self.mallory]
+    pub fn all(&self) -> [&TestKey; 8] {
+        [&self.root, &self.old_root, &self.alice, &self.bob, &self.carol, &self.mallory, &self.agent, &self.bot]
     }
 }
 
@@ -210,6 +218,8 @@ fn policy(k: &Keys, keys: &[&TestKey], envs: &[(&str, Role)]) -> Policy {
         keys: std::iter::once(&k.root).chain(keys.iter().copied()).map(|k| (k.id(), k.info())).collect(),
         root: role(&[&k.root], 1),
         environments: envs.iter().map(|(name, role)| (lit(name), role.clone())).collect(),
+        agents: BTreeMap::new(),
+        timestamp: None,
     }
 }
 
@@ -551,6 +561,7 @@ pub fn build_cases() -> Vec<Case> {
     environment_cases(&k, &mut cases);
     chain_cases(&k, &mut cases);
     signature_cases(&k, &mut cases);
+    rev4::tree_cases(&k, &mut cases);
     cases.0
 }
 
@@ -1502,6 +1513,17 @@ pub fn render(cases: &[Case]) -> BTreeMap<String, Vec<u8>> {
     let history = history::build_cases();
     out.extend(history::render(&history));
     out.insert("history/README.md".to_owned(), history::readme(&history).into_bytes());
+    let k = Keys::new();
+    let mut rev4_readme = String::from(rev4::README);
+    for case in rev4::observation_cases(&k) {
+        rev4_readme.push_str(&format!("- `{}.json`: {}\n", case.name, case.vector.description));
+        out.insert(format!("{}.json", case.name), pretty(&case.vector));
+    }
+    for case in rev4::freshness_cases(&k) {
+        rev4_readme.push_str(&format!("- `{}.json`: {}\n", case.name, case.vector.description));
+        out.insert(format!("{}.json", case.name), pretty(&case.vector));
+    }
+    out.insert("observations/README.md".to_owned(), rev4_readme.into_bytes());
     out.insert("README.md".to_owned(), readme(cases).into_bytes());
     out
 }
