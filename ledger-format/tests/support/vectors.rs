@@ -1552,7 +1552,9 @@ exactly the problems in `expected.problems` (or, for a valid tree, none, and the
 ## Vector files
 
 Tree vectors (this section) are `valid/*.json` and `invalid/*.json`, one case each; history vectors
-(SPEC.md §8) are `history/*.json`, described in `history/README.md`. Invalid cases are named after
+(SPEC.md §8) are `history/*.json`, described in `history/README.md`; observation and freshness
+vectors (revision 4, SPEC.md §8.9, §8.10) are `observations/*.json` and `freshness/*.json`, described in
+`observations/README.md`. Invalid cases are named after
 the check they expect, e.g. `invalid/e5-threshold-not-met.json`. Vector files are ordinary JSON (not
 ledger documents):
 
