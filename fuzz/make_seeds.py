@@ -77,6 +77,15 @@ def main():
             kind, data = node_bytes(node)
             if kind == "file" and len(data) <= 16 * 1024:
                 documents.setdefault(hashlib.sha256(data).hexdigest()[:16], data)
+    # Revision 4: status documents and timestamps from the observation and freshness vectors.
+    for case in sorted(VECTORS.glob("observations/*.json")):
+        data = json.loads(case.read_text())["file"].encode()
+        documents.setdefault(hashlib.sha256(data).hexdigest()[:16], data)
+        write("status_file", "observation-" + case.stem, data)
+    for case in sorted(VECTORS.glob("freshness/*.json")):
+        t = json.loads(case.read_text()).get("timestamp")
+        if t:
+            documents.setdefault(hashlib.sha256(t.encode()).hexdigest()[:16], t.encode())
     for digest, data in sorted(documents.items()):
         write("json", digest, data)
         write("document", digest, data)

@@ -1,10 +1,11 @@
-//! Document parsing (SPEC.md §5.2, checks D1-D5) for each of the three kinds. What parses must render
+//! Document parsing (SPEC.md §5.2, checks D1-D5) for each of the five kinds (revision 4 adds the
+//! timestamp and the observation). What parses must render
 //! back to exactly the input (a document has one file form) and hash as its PAE says.
 #![no_main]
 
 use ledger_format::crypto::document_hash;
 use ledger_format::document::Payload;
-use ledger_format::types::{Entry, Environment, Policy};
+use ledger_format::types::{Entry, Environment, Observation, Policy, TimestampDoc};
 use ledger_format::Document;
 use libfuzzer_sys::fuzz_target;
 
@@ -20,4 +21,6 @@ fuzz_target!(|data: &[u8]| {
     check::<Policy>(data);
     check::<Environment>(data);
     check::<Entry>(data);
+    check::<TimestampDoc>(data);
+    check::<Observation>(data);
 });

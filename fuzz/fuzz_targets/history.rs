@@ -98,6 +98,7 @@ fn run(data: &[u8]) {
                 }
                 let mut c = info(commits + 1);
                 c.ssh_signature = step.signature.clone();
+                c.parent = step.parent.clone();
                 commit(&mut state, &mut verified, &current, c);
                 (commits, dirty) = (commits + 1, false);
             }

@@ -66,6 +66,8 @@ pub struct VectorStep {
     pub set: Vec<(Vec<u8>, Node)>,
     pub delete: Vec<Vec<u8>>,
     pub signature: Option<SshSigned>,
+    /// The first parent the commit records, when the vector states it (timestamps name it, F2).
+    pub parent: Option<String>,
 }
 
 /// Everything the history vectors hold, as building blocks for random histories.
@@ -137,7 +139,8 @@ pub fn load_history_material() -> HistoryMaterial {
             if let Some(sig) = &signature {
                 material.signatures.push(sig.clone());
             }
-            material.steps.push(VectorStep { set, delete, signature });
+            let parent = step["commit"]["parent"].as_str().map(str::to_owned);
+            material.steps.push(VectorStep { set, delete, signature, parent });
         }
     }
     material.paths = paths.into_iter().collect();
