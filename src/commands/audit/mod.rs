@@ -49,6 +49,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
 
+pub(crate) use git::blob_at;
 pub use time::parse_at;
 
 /// The status branch whose reports the audit shows beside the ledger's answers.
