@@ -43,7 +43,7 @@ pub fn run(repo: &Path, args: StatusArgs) -> Result<u8> {
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             println!(
-                "no status branch {} yet and no refs under {}: the agent has not reported",
+                "no status branch {} yet: the agent has not reported (no refs under {} either)",
                 args.branch,
                 status::STATUS_REFS
             );
