@@ -660,11 +660,7 @@ fn stele_status_prints_one_line_per_environment_and_per_instance() {
     assert_eq!(lines, want, "\n{}", out.stdout);
 
     let out = remote.sb.stele(&clone, ["status", "--env", "prod"]);
-    assert!(
-        out.expect(OK).stdout.contains("prod  UNVERIFIED  Degraded"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.expect(OK).stdout.contains("prod  UNVERIFIED  Degraded"), "{}", out.stdout);
     assert!(!out.stdout.contains("staging"), "{}", out.stdout);
 }
 

@@ -108,7 +108,10 @@ impl World {
         assert!(env["unverified_reason"].as_str().unwrap_or_default().contains(reason), "{case}: {status:#}");
         assert_eq!(env["agent_key"], Value::Null, "{case}");
         let text = self.ledger.stele(["status", "--trust-root", &self.alice.id]).expect(OK).stdout.clone();
-        assert!(text.contains("prod  UNVERIFIED  Healthy") || text.contains("prod  UNVERIFIED  unreadable"), "{case}:\n{text}");
+        assert!(
+            text.contains("prod  UNVERIFIED  Healthy") || text.contains("prod  UNVERIFIED  unreadable"),
+            "{case}:\n{text}"
+        );
         assert!(text.contains(&format!("unverified ({check}): ")), "{case}:\n{text}");
 
         let audit = self.audit_json(&[]);
@@ -123,7 +126,10 @@ impl World {
         let text = self.audit_text(&[]);
         assert!(!text.contains("generation 1 ran"), "{case}: a forged run is never a claim:\n{text}");
         assert!(text.contains("UNVERIFIED observations (1; not counted"), "{case}:\n{text}");
-        assert!(text.contains(&format!("on {refname} (")) && text.contains(&format!("UNVERIFIED ({check}): ")), "{case}:\n{text}");
+        assert!(
+            text.contains(&format!("on {refname} (")) && text.contains(&format!("UNVERIFIED ({check}): ")),
+            "{case}:\n{text}"
+        );
 
         let at = self.audit_json(&["--at", "2100-01-01"]);
         let prod = &at["environments"]["prod"];
@@ -140,7 +146,13 @@ fn forged_status_is_unverified_everywhere_and_a_signed_one_is_verified_by_its_ag
 
     let cases: [(&str, &str, Vec<u8>, &str, &str); 5] = [
         ("unsigned, on the legacy branch", "refs/heads/stele/status", stele::status::render(&forged), "O1", "unsigned"),
-        ("signed by an unknown key", "refs/stele/status/mallory", signed(&forged, &w.mallory), "O2", "not an agent key"),
+        (
+            "signed by an unknown key",
+            "refs/stele/status/mallory",
+            signed(&forged, &w.mallory),
+            "O2",
+            "not an agent key",
+        ),
         (
             "signed by the agent of another environment",
             "refs/stele/status/stagebot",
@@ -170,7 +182,10 @@ fn forged_status_is_unverified_everywhere_and_a_signed_one_is_verified_by_its_ag
     out.expect(OK).says(&["UNVERIFIED: no trust root given", "prod  UNVERIFIED  Healthy"]);
     let json: Value = serde_json::from_str(&w.ledger.stele(["status", "--json"]).expect(OK).stdout).expect("JSON");
     assert_eq!(json["environments"][0]["verified"], false);
-    assert!(json["environments"][0]["unverified_reason"].as_str().unwrap_or_default().starts_with("no trust root given"));
+    assert!(json["environments"][0]["unverified_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("no trust root given"));
 
     // Every forgery at once beside the real agent's report: the real one stands for prod, VERIFIED
     // by its agent, and the audit counts only it.
@@ -197,7 +212,8 @@ fn forged_status_is_unverified_everywhere_and_a_signed_one_is_verified_by_its_ag
     let promote = prod["events"].as_array().and_then(|e| e.iter().find(|e| e["action"] == "promote")).expect("promote");
     assert!(promote["observed"]["converged_at"].is_string(), "{promote:#}");
     assert_eq!(promote["observed"]["agent_key"]["keyid"], w.prod_agent.id.as_str());
-    let checks: Vec<&str> = prod["unverified"].as_array().expect("a list").iter().filter_map(|u| u["check"].as_str()).collect();
+    let checks: Vec<&str> =
+        prod["unverified"].as_array().expect("a list").iter().filter_map(|u| u["check"].as_str()).collect();
     let mut sorted = checks.clone();
     sorted.sort();
     assert_eq!(sorted, ["O1", "O1", "O2", "O3"], "the O4 report was replaced by the good one on its ref: {prod:#}");
@@ -210,4 +226,12 @@ fn forged_status_is_unverified_everywhere_and_a_signed_one_is_verified_by_its_ag
     let text = w.audit_text(&["--at", "2100-01-01"]);
     assert!(text.contains("observed     (VERIFIED claim by agent prod-agent ("), "{text}");
     assert!(!text.contains("running 6.6.6"), "a forged release is never the answer:\n{text}");
+
+    // Audited by URL, the status refs are fetched into the cache with the ledger branch.
+    let url = format!("file://{}", w.ledger.dir.display());
+    let remote = w.audit_json(&["--repo", &url, "--branch", "main"]);
+    let prod = &remote["environments"]["prod"];
+    let promote = prod["events"].as_array().and_then(|e| e.iter().find(|e| e["action"] == "promote")).expect("promote");
+    assert_eq!(promote["observed"]["agent_key"]["keyid"], w.prod_agent.id.as_str(), "{prod:#}");
+    assert_eq!(prod["unverified"].as_array().map(Vec::len), Some(4), "{prod:#}");
 }

@@ -28,7 +28,8 @@ pub fn policies_along(repo: &Repository, outcome: &Outcome) -> Result<BTreeMap<u
         let id: git2::Oid = report.commit.id.parse().with_context(|| format!("commit id {}", report.commit.id))?;
         let bytes = super::audit::blob_at(repo, id, POLICY_PATH)?
             .with_context(|| format!("commit {id} changed {POLICY_PATH} but holds none"))?;
-        let doc = Document::<Policy>::parse(&bytes).map_err(|e| anyhow::anyhow!("{POLICY_PATH} at commit {id}: {e}"))?;
+        let doc =
+            Document::<Policy>::parse(&bytes).map_err(|e| anyhow::anyhow!("{POLICY_PATH} at commit {id}: {e}"))?;
         out.insert(doc.payload.version, doc.payload);
     }
     Ok(out)
@@ -72,7 +73,10 @@ pub fn judging(repo: &Path, branch: Option<&str>, anchor: Option<&TrustAnchor>) 
     let Some(verified) = &outcome.verified else {
         let problems: Vec<String> =
             outcome.refusals.iter().flat_map(|r| r.problems.iter().map(ToString::to_string)).collect();
-        return why_not(format!("the ledger's genesis does not verify against the trust root: {}", problems.join("; ")));
+        return why_not(format!(
+            "the ledger's genesis does not verify against the trust root: {}",
+            problems.join("; ")
+        ));
     };
     let ledger = verified.state.policy.payload.ledger.clone();
     let policies = match policies_along(source.repository(), &outcome) {
@@ -84,7 +88,11 @@ pub fn judging(repo: &Path, branch: Option<&str>, anchor: Option<&TrustAnchor>) 
         "verified against ledger {ledger} at {} ({}{})",
         &head.to_string()[..12],
         if pinned { "trust root pinned" } else { "trust root NOT PINNED: genesis taken as found" },
-        if outcome.refusals.is_empty() { String::new() } else { format!(", {} refused commits", outcome.refusals.len()) }
+        if outcome.refusals.is_empty() {
+            String::new()
+        } else {
+            format!(", {} refused commits", outcome.refusals.len())
+        }
     );
     Judging { index: Some(LedgerIndex::new(&outcome.reports, policies)), summary }
 }

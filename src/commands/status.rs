@@ -231,10 +231,8 @@ mod tests {
             Some(TargetStatus { version: "1.0.0".parse().unwrap(), seq: 1, blake3: Blake3Digest([1; 32]) });
         degraded.last_error = Some("health gate failed".into());
         degraded.instances[0].drift = Some("stopped by hand".into());
-        let unsigned = status::Label::Unverified {
-            check: Some(ledger_format::check::Check::O1),
-            reason: "unsigned".into(),
-        };
+        let unsigned =
+            status::Label::Unverified { check: Some(ledger_format::check::Check::O1), reason: "unsigned".into() };
         let agent = ledger_format::SecretKey::from_seed(&[1; 32]).public_key().key_id();
         let verified = status::Label::Verified { agent, agent_display: "stg (0123456789ab)".into() };
         let (a, b) = (judged(degraded, unsigned), judged(healthy("staging"), verified));

@@ -70,11 +70,9 @@ fn unverified(h: &mut Html, t: &Value) {
         h.open("li", &[("data-env", env), ("data-verified", "false"), ("data-check", &check)]);
         h.elem("span", &[("class", "badge unverified")], "UNVERIFIED");
         let said = match o["phase"].as_str() {
-            Some(phase) => format!(
-                "{phase} generation {}/{}",
-                text(&o["observed_generation"]),
-                text(&o["target_generation"])
-            ),
+            Some(phase) => {
+                format!("{phase} generation {}/{}", text(&o["observed_generation"]), text(&o["target_generation"]))
+            }
             None => "unreadable".into(),
         };
         h.text(&format!(

@@ -164,7 +164,6 @@ pub fn history(repo: &Repository, branch: &str, env: &EnvName) -> Result<Vec<(Ti
     Ok(out)
 }
 
-
 /// One status file as found on a status ref: where it was, its bytes, and what it says when it
 /// parses. Not a verdict: see [`super::verify`].
 #[derive(Clone, Debug)]

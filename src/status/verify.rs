@@ -222,7 +222,9 @@ mod tests {
     #[test]
     fn unsigned_unparsable_and_unjudged_observations_are_unverified_with_the_check() {
         let unsigned = judge(candidate(render(&healthy("prod")), "prod"), &Trust::Without("no trust root".into()));
-        assert!(matches!(&unsigned.label, Label::Unverified { check: Some(Check::O1), reason } if reason.starts_with("unsigned")));
+        assert!(
+            matches!(&unsigned.label, Label::Unverified { check: Some(Check::O1), reason } if reason.starts_with("unsigned"))
+        );
         let junk = judge(candidate(b"{".to_vec(), "prod"), &Trust::Without("x".into()));
         assert!(matches!(&junk.label, Label::Unverified { check: Some(Check::O1), .. }));
         assert_eq!(junk.json()["verified"], false);

@@ -106,11 +106,7 @@ pub fn print(audit: &Audit, at: Timestamp, asked: Option<&str>) {
             Some((recorded, j)) => {
                 let s = j.status().expect("observed_at keeps readable reports");
                 let running = s.running.as_ref().map_or("nothing".into(), |r| format!("{} (seq {})", r.version, r.seq));
-                println!(
-                    "  observed     (VERIFIED claim by agent {}, read from {})",
-                    agent_of(j),
-                    j.candidate.refname
-                );
+                println!("  observed     (VERIFIED claim by agent {}, read from {})", agent_of(j), j.candidate.refname);
                 println!(
                     "               {}: running {running}, generation {} of target generation {}; recorded {recorded} by {}",
                     s.phase, s.observed_generation, s.target_generation, s.agent

@@ -392,8 +392,14 @@ pub fn json(audit: &Audit, open: &[Proposal]) -> Value {
                 .map(|r| row_json(audit, r))
                 .collect();
             debug_assert_eq!(events.len(), env_events(audit.outcome, env).count());
-            let unverified: Vec<Value> =
-                audit.unverified.get(env).map(Vec::as_slice).unwrap_or_default().iter().map(super::unverified_json).collect();
+            let unverified: Vec<Value> = audit
+                .unverified
+                .get(env)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(super::unverified_json)
+                .collect();
             (env.to_string(), json!({"events": events, "unverified": unverified}))
         })
         .collect();
