@@ -186,8 +186,10 @@ const PLAN_EXAMPLES: &str = "Examples:
   stele plan --repo ledger --state-dir state --trust-root KEYID --env prod --json";
 
 const STATUS_EXAMPLES: &str = "Examples:
-  stele status
-  stele status --env prod --json";
+  git fetch origin '+refs/stele/status/*:refs/stele/status/*'   # every agent's status ref
+  stele status --trust-root KEYID
+  stele status --env prod --json --trust-root-hash HEX
+  stele status                     # without a trust root: every observation shown UNVERIFIED";
 
 const ENV_SET_EXAMPLES: &str = "Examples:
   stele env show --env prod > prod.json      # edit prod.json, then:
@@ -402,9 +404,21 @@ pub struct StatusArgs {
     /// Only this environment.
     #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
-    /// The status branch to read (local branch first, then refs/remotes/origin/<branch>).
+    /// The legacy status branch to read besides every ref under refs/stele/status/ (local branch
+    /// first, then refs/remotes/origin/<branch>).
     #[arg(long, default_value = "stele/status", value_name = "BRANCH")]
     pub branch: String,
+    /// The ledger branch observations are verified against (default: HEAD).
+    #[arg(long, value_name = "NAME")]
+    pub ledger_branch: Option<String>,
+    /// Verify observations against the ledger replayed from this trust root (as `stele audit`).
+    /// Without one, every observation is shown UNVERIFIED ("no trust root given").
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Verify observations against the ledger taken as found: whoever wrote its first commit is
+    /// trusted (the heading says so).
+    #[arg(long, conflicts_with_all = ["trust_root", "trust_root_hash"])]
+    pub trust_genesis_as_found: bool,
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,

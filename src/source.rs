@@ -180,6 +180,20 @@ impl GitSource {
         self.repo.refname_to_id(&tracking).map_err(git_err(url, "read fetched ref"))
     }
 
+    /// Copies a remote's status refs into the cache for readers (`stele audit`): every ref under
+    /// `refs/stele/status/` and the legacy branch `legacy_branch`, forced (they are observations to
+    /// judge, never part of the ledger's verdict). Nothing to do for a local repository. Agents do
+    /// not call this: a poll transfers the ledger branch only.
+    pub fn fetch_status_refs(&self, legacy_branch: &str) -> Result<(), SourceError> {
+        let Some(url) = &self.remote_url else { return Ok(()) };
+        let network = |e: git2::Error| SourceError::Network { url: url.to_owned(), reason: e.message().to_owned() };
+        let mut remote = self.repo.remote_anonymous(url).map_err(network)?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks());
+        let legacy = format!("+refs/heads/{legacy_branch}:refs/heads/{legacy_branch}");
+        remote.fetch(&[crate::status::STATUS_REFSPEC, &legacy], Some(&mut opts), None).map_err(network)
+    }
+
     fn commit(&self, id: Oid) -> Result<Commit<'_>, SourceError> {
         self.repo.find_commit(id).map_err(git_err(&self.location, &format!("read commit {id}")))
     }

@@ -328,7 +328,7 @@ fn at_between_a_promotion_and_a_rollback_answers_the_earlier_release_labelled_ro
         "signed by    alice (",
         &format!("took effect  by rollback at commit {}", &s.rollback[..12]),
         "reverted 2.0.0 (seq 2); the revert was SSH-signed by alice (",
-        "observed     nothing recorded on the status branch stele/status by then",
+        "observed     no verified observation recorded by then",
     ]);
     assert!(!out.stdout.contains("TIME (UTC)"), "--at prints the answer, not the timeline\n{}", out.dump());
     assert!(!out.stdout.contains(&s.v2[..12]), "no row of other commits\n{}", out.dump());
@@ -339,10 +339,12 @@ fn at_between_a_promotion_and_a_rollback_answers_the_earlier_release_labelled_ro
     early.says(&["nothing was targeted yet: no release of staging had taken effect"]);
 }
 
-/// After the restore, the answer is 2.0.0 by restore (signed by bob); the status branch's report at
-/// that time is shown beside it, labelled as the agent's claim, and a time before any report says so.
+/// After the restore, the answer is 2.0.0 by restore (signed by bob). The status branch's reports
+/// are unsigned (an agent without a key): never the observed answer, listed apart as UNVERIFIED
+/// (O1) up to that time, newest first, and a time before any report lists none. (A verified claim
+/// beside the answer: tests/status_verify.rs.)
 #[test]
-fn at_after_a_restore_answers_the_restored_release_beside_the_status_branch_claim() {
+fn at_after_a_restore_answers_the_restored_release_and_lists_unsigned_reports_as_unverified() {
     let s = story("audit-at-restore");
     let f = &s.f;
     f.report_status("2030-01-03T06:00:00Z", &s.v2, 2, 2, "2.0.0");
@@ -356,25 +358,32 @@ fn at_after_a_restore_answers_the_restored_release_beside_the_status_branch_clai
         (Some("restore"), Some("2.0.0"), Some(4))
     );
     assert_eq!(env["at"]["commit"], s.restore.as_str());
-    let observed = &env["observed"];
-    assert_eq!(observed["source"], "stele/status");
-    assert_eq!(observed["signature_verified"], false);
-    assert_eq!(observed["recorded_at"], "2030-01-05T06:00:00Z");
-    assert_eq!((observed["phase"].as_str(), observed["running"]["version"].as_str()), (Some("Healthy"), Some("2.0.0")));
-    assert_eq!(observed["observed_generation"], 4);
+    assert_eq!(env["observed"], Value::Null, "an unsigned report is not a claim: {env:#}");
+    let unverified = env["unverified"].as_array().expect("a list");
+    assert_eq!(unverified.len(), 3, "{env:#}");
+    let newest = &unverified[0];
+    assert_eq!(
+        (newest["ref"].as_str(), newest["verified"].as_bool(), newest["check"].as_str()),
+        (Some("refs/heads/stele/status"), Some(false), Some("O1"))
+    );
+    assert_eq!(newest["recorded_at"], "2030-01-05T06:00:00Z");
+    assert_eq!((newest["phase"].as_str(), newest["running"]["version"].as_str()), (Some("Healthy"), Some("2.0.0")));
+    assert!(newest["unverified_reason"].as_str().unwrap_or_default().starts_with("unsigned"), "{newest:#}");
 
-    // Between two reports: the earlier one.
+    // Between two reports: the earlier ones only.
     let a = f.audit(&["--at", "2030-01-04T23:00:00Z"], OK);
-    assert_eq!(a["environments"]["staging"]["observed"]["running"]["version"], "1.0.0");
+    assert_eq!(a["environments"]["staging"]["unverified"][0]["running"]["version"], "1.0.0");
     assert_eq!(a["environments"]["staging"]["at"]["how"], "rollback");
     let a = f.audit(&["--at", "2030-01-03T05:59:59Z"], OK);
     assert_eq!(a["environments"]["staging"]["observed"], Value::Null);
+    assert_eq!(a["environments"]["staging"]["unverified"], json!([]));
     assert_eq!(a["environments"]["staging"]["at"]["target"]["version"], "2.0.0");
 
     f.audit_text(&["--at", "2030-01-05T12:00:00Z"], OK).says(&[
         "took effect  by restore",
-        "observed     (claim read from the status branch stele/status, not signature-verified)",
-        "Healthy: running 2.0.0 (seq 2), generation 4 of target generation 4; recorded 2030-01-05T06:00:00Z by agent-1",
+        "observed     no verified observation recorded by then",
+        "UNVERIFIED   Healthy generation 4/4 recorded 2030-01-05T06:00:00Z on refs/heads/stele/status (",
+        "UNVERIFIED (O1): unsigned",
     ]);
 }
 
@@ -402,7 +411,7 @@ fn at_json_shape_is_the_answer() {
         ]
     );
     let env = a["environments"]["staging"].as_object().expect("staging");
-    assert_eq!(env.keys().collect::<Vec<_>>(), ["at", "note", "observed"]);
+    assert_eq!(env.keys().collect::<Vec<_>>(), ["at", "note", "observed", "unverified"]);
     let answer = &a["environments"]["staging"]["at"];
     for key in ["generation", "target", "signed_by", "how", "action", "commit", "time", "summary", "policy_version"] {
         assert!(answer.get(key).is_some(), "the answer has {key}: {answer:#}");

@@ -1,8 +1,8 @@
 //! `stele audit --html FILE` on a ledger made by the real `stele` binary and the real `git` CLI,
 //! loaded in real headless Chromium: the DOM shows the environments as the status branch reports
 //! them (phase, target and observed generations, instances), every timeline row with who signed it,
-//! the refused commit marked with its check, the SSH-signed rollback, the co-signature, the failed
-//! health gate the status branch claims, and the open proposal. A screenshot of the report goes to
+//! the refused commit marked with its check, the SSH-signed rollback, the co-signature, the status
+//! branch's unsigned reports marked UNVERIFIED and never shown as claims, and the open proposal. A screenshot of the report goes to
 //! target/screenshots/audit-report.png. Also: the library's `timeline_json` gives exactly what
 //! `stele audit --json` prints, and how `--html` combines with `--json`, `--at` and `--env`.
 
@@ -250,7 +250,8 @@ fn the_html_report_loaded_in_chromium_shows_environments_signers_rollback_and_th
     assert!(text(&rollback).contains("reverted 2.0.0 (seq 2"), "{}", text(&rollback));
     assert!(text(&rollback).contains("target now 1.0.0 (seq 1"), "{}", text(&rollback));
     assert_eq!(attr(&rollback, "data-generation"), Some("3"));
-    assert_eq!(attrs_in(&rollback, "[data-gate]", "data-gate"), ["converged"], "staging reported gen 3 healthy");
+    let none: [&str; 0] = [];
+    assert_eq!(attrs_in(&rollback, "[data-gate]", "data-gate"), none, "staging's unsigned report of gen 3 is no claim");
 
     // The refused commit: marked, with its check and file, and its summary as text.
     let refused = one(&doc, &format!("#timeline tr[data-row-kind=refused][data-commit='{}']", s.bad));
@@ -262,12 +263,18 @@ fn the_html_report_loaded_in_chromium_shows_environments_signers_rollback_and_th
     assert!(text(&refused).contains("\"hand-written entry <b>bold</b>\" by Stele Test"), "{}", text(&refused));
     one(&doc, "#timeline tr[data-row-kind=recovered]");
 
-    // prod: carol's co-signature, the failed gate the status branch claims, the open proposal.
+    // prod: carol's co-signature, the open proposal. The status branch is unsigned (an agent
+    // without a key): its failed gate is no claim, its cards and reports are marked UNVERIFIED.
     let cosign = one(&doc, "#timeline tr[data-row-kind=co-sign][data-env=prod]");
     assert_eq!(attrs_in(&cosign, "[data-co-signer]", "data-co-signer"), ["carol"]);
     assert_eq!(attrs_in(&cosign, "td.signers [data-signer]", "data-signer"), ["alice", "carol"]);
     let failed = select(&doc, "#timeline tr[data-env=prod][data-generation='1'] [data-gate=failed]");
-    assert!(!failed.is_empty(), "prod's generation 1 failed its gate:\n{dom}");
+    assert!(failed.is_empty(), "an unsigned report is never shown as a claim:\n{dom}");
+    assert_eq!(attr(&prod, "data-verified"), Some("false"));
+    assert_eq!(text(&one(&doc, "article.env[data-env=prod] .badge.unverified")), "UNVERIFIED");
+    let unverified = one(&doc, "#unverified li[data-env=prod][data-verified=false]");
+    assert_eq!(attr(&unverified, "data-check"), Some("O1"));
+    assert!(text(&unverified).contains("Degraded generation 0/1"), "{}", text(&unverified));
     assert!(
         select(&doc, "#timeline tr[data-row-kind=spec] [data-gate]").is_empty(),
         "a spec change made no generation"

@@ -590,6 +590,18 @@ fn clone_with_two_environments() -> (Remote, PathBuf, String, [EnvStatus; 2]) {
     (remote, clone, tip, [prod, staging])
 }
 
+/// The reports `stele status --json` shows, without the verdict and where each was read.
+fn reports(json: &serde_json::Value) -> serde_json::Value {
+    let mut envs = json["environments"].clone();
+    for env in envs.as_array_mut().expect("a list") {
+        let env = env.as_object_mut().expect("an object");
+        for key in ["verified", "agent_key", "check", "unverified_reason", "ref", "status_commit", "recorded_at"] {
+            assert!(env.remove(key).is_some(), "stele status --json says {key}");
+        }
+    }
+    envs
+}
+
 #[test]
 fn stele_status_json_reads_the_branch_a_clone_has_only_as_origin() {
     let (remote, clone, tip, [prod, staging]) = clone_with_two_environments();
@@ -599,17 +611,22 @@ fn stele_status_json_reads_the_branch_a_clone_has_only_as_origin() {
     assert_eq!(json["branch"], BRANCH);
     assert_eq!(json["commit"], tip.as_str());
     let expected = serde_json::json!([prod, staging]);
-    assert_eq!(json["environments"], expected, "every environment, in name order, exactly as written");
+    assert_eq!(reports(&json), expected, "every environment, in name order, exactly as written");
+    // Unsigned and without a trust root: shown, labelled, where it was read.
+    for env in json["environments"].as_array().expect("a list") {
+        assert_eq!((env["verified"].as_bool(), env["check"].as_str()), (Some(false), Some("O1")), "{env:#}");
+        assert_eq!(env["ref"], format!("refs/remotes/origin/{BRANCH}"));
+    }
 
     let out = remote.sb.stele(&clone, ["status", "--json", "--env", "staging"]);
     let json: serde_json::Value = serde_json::from_str(&out.expect(OK).stdout).expect("JSON");
-    assert_eq!(json["environments"], serde_json::json!([staging]));
+    assert_eq!(reports(&json), serde_json::json!([staging]));
 
     // A local branch, when there is one, is read first.
     remote.sb.git(&clone, ["branch", BRANCH, &format!("origin/{BRANCH}~1")]);
     let out = remote.sb.stele(&clone, ["status", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&out.expect(OK).stdout).expect("JSON");
-    assert_eq!(json["environments"], serde_json::json!([staging]));
+    assert_eq!(reports(&json), serde_json::json!([staging]));
 }
 
 #[test]
@@ -620,27 +637,30 @@ fn stele_status_prints_one_line_per_environment_and_per_instance() {
     let lines: Vec<&str> = out.stdout.lines().collect();
     let expected_head = format!("status branch {BRANCH} at {}", &tip[..12]);
     let blake = |b: u8| format!("blake3:{}…", &Blake3Digest([b; 32]).to_hex()[..12]);
+    let unsigned = "  unverified (O1): unsigned: a bare status file, not a signed status document (an agent without \
+                    a key, or anyone with write access to the ref)";
     let want = [
         expected_head,
-        format!("prod     Degraded  generation 1/2  2.0.0 {}  (updated 2026-03-01T10:00:00Z)", blake(2)),
+        "UNVERIFIED: no trust root given (pin the ledger's genesis with --trust-root or --trust-root-hash, or pass \
+         --trust-genesis-as-found)"
+            .to_owned(),
+        format!("prod     UNVERIFIED  Degraded  generation 1/2  2.0.0 {}  (updated 2026-03-01T10:00:00Z)", blake(2)),
+        unsigned.to_owned(),
         format!("  running: 1.0.0 {}", blake(1)),
         "  message: replacing instances of prod".to_owned(),
         "  last error: health gate failed: 0/2 healthy after 300s".to_owned(),
         "  prod-web-1  web  generation 2  starting  since 2026-03-01T10:00:00Z".to_owned(),
-        format!("  agent host-prod:/var/lib/stele on ledger acme at {:040x}", 2),
-        format!("staging  Healthy   generation 3/3  3.0.0 {}  (updated 2026-03-01T10:00:00Z)", blake(3)),
+        format!("  agent host-prod:/var/lib/stele on ledger acme at {:040x} (ref refs/remotes/origin/{BRANCH})", 2),
+        format!("staging  UNVERIFIED  Healthy   generation 3/3  3.0.0 {}  (updated 2026-03-01T10:00:00Z)", blake(3)),
+        unsigned.to_owned(),
         "  staging-web-1  web  generation 3  healthy  since 2026-03-01T10:00:00Z  drift: tag changed by hand"
             .to_owned(),
-        format!("  agent host-staging:/var/lib/stele on ledger acme at {:040x}", 3),
+        format!("  agent host-staging:/var/lib/stele on ledger acme at {:040x} (ref refs/remotes/origin/{BRANCH})", 3),
     ];
     assert_eq!(lines, want, "\n{}", out.stdout);
 
     let out = remote.sb.stele(&clone, ["status", "--env", "prod"]);
-    assert!(
-        out.expect(OK).stdout.contains("prod     Degraded") || out.stdout.contains("prod  Degraded"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.expect(OK).stdout.contains("prod  UNVERIFIED  Degraded"), "{}", out.stdout);
     assert!(!out.stdout.contains("staging"), "{}", out.stdout);
 }
 

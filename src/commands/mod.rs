@@ -12,6 +12,7 @@ mod env;
 mod image_cmd;
 mod init;
 mod key;
+mod observed;
 mod plan;
 mod policy;
 mod poll;

@@ -166,6 +166,7 @@ async fn page(State(app): State<Arc<App>>) -> Response {
                         .as_ref()
                         .map(|s| format!("suspended by {} since {}: {}", s.by, s.since, s.reason)),
                     status: status.clone(),
+                    verified: None,
                 })
                 .collect(),
             timeline,

@@ -3,7 +3,7 @@
 
 use super::html::Html;
 use super::{AgentView, EnvView};
-use crate::status::TargetStatus;
+use crate::status::{Label, TargetStatus};
 
 pub fn agent(h: &mut Html, agent: &AgentView) {
     let ready = if agent.ready { "true" } else { "false" };
@@ -67,25 +67,39 @@ fn card(h: &mut Html, view: &EnvView) {
     let s = &view.status;
     let phase = s.phase.to_string();
     let suspended = if view.suspended.is_some() { "true" } else { "false" };
-    h.open(
-        "article",
-        &[
-            ("class", "env"),
-            ("data-env", s.env.as_str()),
-            ("data-phase", &phase),
-            ("data-target-generation", &s.target_generation.to_string()),
-            ("data-observed-generation", &s.observed_generation.to_string()),
-            ("data-suspended", suspended),
-        ],
-    );
+    let target_generation = s.target_generation.to_string();
+    let observed_generation = s.observed_generation.to_string();
+    let mut attrs = vec![
+        ("class", "env"),
+        ("data-env", s.env.as_str()),
+        ("data-phase", &phase),
+        ("data-target-generation", &target_generation),
+        ("data-observed-generation", &observed_generation),
+        ("data-suspended", suspended),
+    ];
+    if let Some(label) = &view.verified {
+        attrs.push(("data-verified", if label.is_verified() { "true" } else { "false" }));
+    }
+    h.open("article", &attrs);
     h.open("h2", &[]);
     h.elem("span", &[("class", "env-name")], s.env.as_str());
     h.elem("span", &[("class", &format!("badge phase-{phase}")), ("data-field", "phase")], &phase);
     if view.suspended.is_some() {
         h.elem("span", &[("class", "badge suspended")], "Suspended");
     }
+    if matches!(view.verified, Some(Label::Unverified { .. })) {
+        h.elem("span", &[("class", "badge unverified")], "UNVERIFIED");
+    }
     h.close("h2");
     h.open("dl", &[]);
+    match &view.verified {
+        Some(Label::Verified { agent_display, .. }) => field(h, "verified-by", "verified", agent_display, None),
+        Some(label @ Label::Unverified { .. }) => {
+            let words = format!("{} (not a claim: who wrote this is not established)", label.describe());
+            field(h, "unverified", "unverified", &words, Some("error"));
+        }
+        None => {}
+    }
     if let Some(reason) = &view.suspended {
         let text = format!("convergence frozen by an operator: {reason}");
         field(h, "suspended", "suspended", &text, None);

@@ -96,7 +96,7 @@ article.env[data-suspended="true"] { border-color: var(--frozen); }
 .badge.suspended { background: var(--frozen); }
 .badge.ready { background: var(--ok); }
 .badge.not-ready { background: var(--warn); }
-.badge.unpinned { background: var(--bad); }
+.badge.unpinned, .badge.unverified { background: var(--bad); }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: 0 0 8px; }
 dt { color: var(--muted); }
 dd { margin: 0; overflow-wrap: anywhere; }

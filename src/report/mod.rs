@@ -10,7 +10,9 @@
 //! Stable hooks (the DOM contract; texts may change, these may not without a test changing):
 //! - `#title`, `#generated-at`, `#ledger`; `#agent[data-agent][data-ready]` when an agent is shown.
 //! - `#environments article.env[data-env][data-phase][data-target-generation][data-observed-generation]
-//!   [data-suspended]`, inside it `[data-field=target|running|message|last-error|suspended|...]` and
+//!   [data-suspended]` (and `[data-verified=true|false]` when the report was read from a status ref:
+//!   an unverified one carries a visible `.badge.unverified` and `[data-field=unverified]` with the
+//!   check and reason; a verified one `[data-field=verified-by]`), inside it `[data-field=target|running|message|last-error|suspended|...]` and
 //!   `table.instances tr[data-instance][data-group][data-generation][data-health][data-drift]`.
 //!   An environment named by the timeline without a status report is `article.env[data-phase=unknown]`.
 //! - `#audit[data-ok][data-trust-root-pinned]`, `#timeline tr[data-row-kind][data-commit]` (the kind is
@@ -18,8 +20,9 @@
 //!   `policy`, `genesis`, `refused`, `recovered`), with `[data-env][data-generation]` on event rows;
 //!   signer cells `[data-signer][data-keyid]` (who signed the document the row is about), co-signers
 //!   `[data-co-signer]`, the SSH signer of a revert `[data-revert-signer]` and the reverted entry's
-//!   `[data-reverted-signer]`, refusal problems `li[data-check][data-path]`, the status branch's claim
-//!   `[data-gate=failed|converged]`.
+//!   `[data-reverted-signer]`, refusal problems `li[data-check][data-path]`, a verified agent's claim
+//!   `[data-gate=failed|converged]`; observations not counted
+//!   `#unverified li[data-env][data-verified=false][data-check]`.
 //! - `#proposals article.proposal[data-proposal][data-verifies]` with `tr[data-path][data-complete]`,
 //!   signers `[data-signer]` and keys that may still sign `[data-missing]`.
 
@@ -27,7 +30,7 @@ mod envs;
 mod html;
 mod timeline;
 
-use crate::status::EnvStatus;
+use crate::status::{EnvStatus, Label};
 
 /// Everything one page shows. Plain data: the agent fills it from memory, `stele audit --html` from
 /// the replay and the status branch.
@@ -63,6 +66,9 @@ pub struct EnvView {
     pub status: EnvStatus,
     /// The reason an operator gave when suspending convergence; `None` when not suspended.
     pub suspended: Option<String>,
+    /// The verdict on the observation when it was read from a status ref (`stele audit --html`);
+    /// `None` for the agent's own page, which shows what it observes itself.
+    pub verified: Option<Label>,
 }
 
 /// The page for `view`: a complete HTML5 document.

@@ -46,7 +46,7 @@ fn strings_from_reports_and_the_ledger_stay_text_in_content_and_attributes() {
     let view = PageView {
         title: "Stele <audit>".into(),
         generated_at: "now".into(),
-        environments: vec![EnvView { status: s.clone(), suspended: Some("<b>incident</b>".into()) }],
+        environments: vec![EnvView { status: s.clone(), suspended: Some("<b>incident</b>".into()), verified: None }],
         timeline: Some(timeline),
         ..PageView::default()
     };
@@ -75,7 +75,7 @@ fn strings_from_reports_and_the_ledger_stay_text_in_content_and_attributes() {
 fn the_environment_card_carries_phase_generations_and_instances_as_attributes() {
     let view = PageView {
         title: "t".into(),
-        environments: vec![EnvView { status: status("prod"), suspended: None }],
+        environments: vec![EnvView { status: status("prod"), suspended: None, verified: None }],
         timeline: Some(json!({"ok": true, "timeline": [], "environments": {"prod": {}, "staging": {}}})),
         ..PageView::default()
     };

@@ -1,8 +1,9 @@
 //! The audit section, rendered from the JSON `stele audit --json` prints for the timeline: the
 //! verdict, a table with one row per timeline row (who signed what, promotions, co-signatures,
-//! rollbacks, refused and recovering commits, the status branch's claim of a converged generation or
-//! a failed health gate), then the open proposals. Fields it does not know are ignored; fields that
-//! are missing render as nothing, so a page never fails for the shape of its input.
+//! rollbacks, refused and recovering commits, a verified agent's claim of a converged generation or
+//! a failed health gate), the observations not counted (labelled UNVERIFIED), then the open
+//! proposals. Fields it does not know are ignored; fields that are missing render as nothing, so a
+//! page never fails for the shape of its input.
 
 use super::html::Html;
 use serde_json::Value;
@@ -44,9 +45,48 @@ pub fn audit(h: &mut Html, t: &Value) {
     h.elem("p", &[("id", "verdict"), ("class", if ok { "gate-converged" } else { "gate-failed" })], &verdict);
     let names = key_names(t);
     rows(h, t, &names);
+    unverified(h, t);
     proposals(h, t);
     h.close("section");
     h.raw("\n");
+}
+
+/// The observations not counted as claims (`environments.<env>.unverified`), newest first, each
+/// with its check and reason.
+fn unverified(h: &mut Html, t: &Value) {
+    let Some(envs) = t["environments"].as_object() else { return };
+    let all: Vec<(&String, &Value)> = envs
+        .iter()
+        .flat_map(|(env, v)| v["unverified"].as_array().into_iter().flatten().rev().map(move |o| (env, o)))
+        .collect();
+    if all.is_empty() {
+        return;
+    }
+    h.open("div", &[("id", "unverified")]);
+    h.elem("h3", &[], &format!("UNVERIFIED observations ({}): not counted as claims of what ran", all.len()));
+    h.open("ul", &[]);
+    for (env, o) in all {
+        let check = text(&o["check"]);
+        h.open("li", &[("data-env", env), ("data-verified", "false"), ("data-check", &check)]);
+        h.elem("span", &[("class", "badge unverified")], "UNVERIFIED");
+        let said = match o["phase"].as_str() {
+            Some(phase) => {
+                format!("{phase} generation {}/{}", text(&o["observed_generation"]), text(&o["target_generation"]))
+            }
+            None => "unreadable".into(),
+        };
+        h.text(&format!(
+            " {env}: {said}, recorded {} on {} ({}){}: {}",
+            text(&o["recorded_at"]),
+            text(&o["ref"]),
+            short(&text(&o["status_commit"])),
+            if check.is_empty() { String::new() } else { format!(" check {check}") },
+            text(&o["unverified_reason"]),
+        ));
+        h.close("li");
+    }
+    h.close("ul");
+    h.close("div");
 }
 
 /// Key id → name, from every signer list the JSON carries: a target's signers are key ids only.
@@ -174,12 +214,13 @@ fn what(h: &mut Html, row: &Value, kind: &str, names: &BTreeMap<String, String>)
         return;
     }
     let observed = &row["observed"];
+    let by = observed["agent_key"]["display"].as_str().map(|a| format!(" by agent {a}")).unwrap_or_default();
     let generation = text(&row["generation"]);
     if let Some(at) = observed["converged_at"].as_str() {
-        let words = format!("status branch (agent's claim): generation {generation} ran {at}");
+        let words = format!("status (verified claim{by}): generation {generation} ran {at}");
         h.elem("div", &[("class", "gate-converged"), ("data-gate", "converged")], &words);
     } else if let Some(at) = observed["degraded_at"].as_str() {
-        let words = format!("status branch (agent's claim): generation {generation} FAILED its health gate {at}");
+        let words = format!("status (verified claim{by}): generation {generation} FAILED its health gate {at}");
         h.elem("div", &[("class", "gate-failed"), ("data-gate", "failed")], &words);
     }
 }

@@ -2,7 +2,8 @@
 //! (default `stele/status`) as one file per environment, `status/<env>.json`, and read back by
 //! `stele status` and `stele audit`.
 //!
-//! Owns: the status file format ([`EnvStatus`]) and reading the branch back (this file); which
+//! Owns: the status file format ([`EnvStatus`], this file); reading status refs back ([`read`]);
+//! judging each observation against the verified ledger ([`verify`]); which
 //! changes are worth a commit ([`quiet`]); building status commits and moving the branch with a
 //! compare-and-swap ([`writer`]); publishing off the agent's convergence path, with bounded,
 //! jittered retries ([`publisher`]).
@@ -21,18 +22,23 @@
 
 pub mod publisher;
 pub mod quiet;
+pub mod read;
+pub mod verify;
 pub mod writer;
 
 pub use publisher::{PublisherStats, StatusPublisher};
+pub(crate) use read::read_env_file;
+pub use read::{
+    history, open_repository, read_all, read_history, read_tips, status_refs, Candidate, STATUS_REFS, STATUS_REFSPEC,
+};
+pub use verify::{judge, newest_per_env, Judged, Label, LedgerIndex, Trust};
 pub use writer::{Published, StatusWriter, WriterStats};
 
-use git2::{ErrorCode, Oid, Repository, Tree};
 use ledger_format::document::Document;
 use ledger_format::types::{EnvName, GroupName, LedgerId, Observation, ReleaseVersion, StatusType};
 use ledger_format::{Blake3Digest, SecretKey, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::path::Path;
 
 /// The version of the status file format; a reader refuses any other.
 pub const FORMAT: u32 = 1;
@@ -253,151 +259,6 @@ impl StatusError {
 
 pub(crate) fn git_err<'a>(location: &'a str, context: &'a str) -> impl FnOnce(git2::Error) -> StatusError + 'a {
     move |source| StatusError::Git { location: location.to_owned(), context: context.to_owned(), source }
-}
-
-/// Reads `status/<env>.json` from `tree`, or `None` when there is none. Anything there that is not a
-/// status file for `env` is [`StatusError::Corrupt`].
-pub(crate) fn read_env_file(
-    repo: &Repository,
-    tree: &Tree,
-    env: &EnvName,
-    commit: &str,
-) -> Result<Option<EnvStatus>, StatusError> {
-    let Some(dir) = status_dir(repo, tree, commit)? else {
-        return Ok(None);
-    };
-    let name = format!("{env}.json");
-    let Some(entry) = dir.get_name(&name) else {
-        return Ok(None);
-    };
-    parse_entry(repo, &entry, &name, commit).map(Some)
-}
-
-/// The `status` directory of `tree`, or `None` when there is none.
-pub(crate) fn status_dir<'r>(repo: &'r Repository, tree: &Tree, commit: &str) -> Result<Option<Tree<'r>>, StatusError> {
-    let Some(entry) = tree.get_name(STATUS_DIR) else {
-        return Ok(None);
-    };
-    let corrupt = |reason: &str| StatusError::Corrupt {
-        file: STATUS_DIR.into(),
-        commit: commit.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if entry.kind() != Some(git2::ObjectType::Tree) {
-        return Err(corrupt("it is not a directory"));
-    }
-    repo.find_tree(entry.id()).map(Some).map_err(|e| corrupt(e.message()))
-}
-
-/// Parses the status file `status/<name>` and checks that it speaks for the environment it is named
-/// after.
-pub(crate) fn parse_entry(
-    repo: &Repository,
-    entry: &git2::TreeEntry,
-    name: &str,
-    commit: &str,
-) -> Result<EnvStatus, StatusError> {
-    let corrupt = |reason: String| StatusError::Corrupt {
-        file: format!("{STATUS_DIR}/{name}"),
-        commit: commit.to_owned(),
-        reason,
-    };
-    if entry.kind() != Some(git2::ObjectType::Blob) {
-        return Err(corrupt("it is not a regular file".into()));
-    }
-    let blob = repo.find_blob(entry.id()).map_err(|e| corrupt(e.message().to_owned()))?;
-    let status = parse(blob.content()).map_err(corrupt)?;
-    if format!("{}.json", status.env) != name {
-        return Err(corrupt(format!("it holds the status of environment {}", status.env)));
-    }
-    Ok(status)
-}
-
-/// The tip of the status branch as `repo` knows it: `refs/heads/<branch>`, else
-/// `refs/remotes/origin/<branch>` (a clone that never checked the branch out).
-pub(crate) fn branch_tip(repo: &Repository, branch: &str) -> Result<Option<Oid>, StatusError> {
-    for refname in [format!("refs/heads/{branch}"), format!("refs/remotes/origin/{branch}")] {
-        match repo.refname_to_id(&refname) {
-            Ok(id) => return Ok(Some(id)),
-            Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::InvalidSpec) => continue,
-            Err(e) => return Err(git_err(&repo_location(repo), "read the status branch")(e)),
-        }
-    }
-    Ok(None)
-}
-
-pub(crate) fn repo_location(repo: &Repository) -> String {
-    repo.workdir().unwrap_or_else(|| repo.path()).display().to_string()
-}
-
-/// Opens the repository containing `path` (bare or not), for reading the status branch.
-pub fn open_repository(path: &Path) -> Result<Repository, StatusError> {
-    Repository::discover(path).map_err(git_err(&path.display().to_string(), "open repository"))
-}
-
-/// Every status file at the tip of the status branch, in environment order, with that commit; `None`
-/// when the repository has no status branch. Files under `status/` not ending in `.json` are ignored.
-pub fn read_all(repo: &Repository, branch: &str) -> Result<Option<(String, Vec<EnvStatus>)>, StatusError> {
-    let Some(tip) = branch_tip(repo, branch)? else {
-        return Ok(None);
-    };
-    let commit = tip.to_string();
-    let tree = repo.find_commit(tip).and_then(|c| c.tree()).map_err(git_err(&repo_location(repo), "read tip"))?;
-    let Some(dir) = status_dir(repo, &tree, &commit)? else {
-        return Ok(Some((commit, Vec::new())));
-    };
-    let mut all = Vec::new();
-    for entry in dir.iter() {
-        let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
-        if name.ends_with(".json") {
-            all.push(parse_entry(repo, &entry, &name, &commit)?);
-        }
-    }
-    all.sort_by(|a, b| a.env.cmp(&b.env));
-    Ok(Some((commit, all)))
-}
-
-/// Each version of one environment's status file along the branch's first parents, newest first,
-/// with the time of the commit that wrote it: whether and when the agent reported converging.
-pub fn history(repo: &Repository, branch: &str, env: &EnvName) -> Result<Vec<(Timestamp, EnvStatus)>, StatusError> {
-    let location = repo_location(repo);
-    let Some(tip) = branch_tip(repo, branch)? else {
-        return Ok(Vec::new());
-    };
-    let path = status_path(env);
-    let blob_at = |commit: &git2::Commit| -> Result<Option<git2::TreeEntry<'static>>, git2::Error> {
-        match commit.tree()?.get_path(Path::new(&path)) {
-            Ok(entry) => Ok(Some(entry)),
-            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    };
-    let mut out = Vec::new();
-    let mut walk = repo.revwalk().map_err(git_err(&location, "walk the status branch"))?;
-    walk.push(tip).and_then(|()| walk.simplify_first_parent()).map_err(git_err(&location, "walk the status branch"))?;
-    for id in walk {
-        let read = |e| git_err(&location, "read the status branch")(e);
-        let commit = repo.find_commit(id.map_err(read)?).map_err(read)?;
-        let Some(entry) = blob_at(&commit).map_err(read)? else {
-            continue;
-        };
-        let before = match commit.parents().next() {
-            Some(parent) => blob_at(&parent).map_err(read)?.map(|e| e.id()),
-            None => None,
-        };
-        if before == Some(entry.id()) {
-            continue;
-        }
-        let name = format!("{env}.json");
-        let status = parse_entry(repo, &entry, &name, &commit.id().to_string())?;
-        let when = Timestamp::from_unix(commit.time().seconds()).ok_or_else(|| StatusError::Corrupt {
-            file: path.clone(),
-            commit: commit.id().to_string(),
-            reason: "the commit time is outside 1970-9999".into(),
-        })?;
-        out.push((when, status));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

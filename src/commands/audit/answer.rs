@@ -1,12 +1,12 @@
 //! `stele audit --at TIME`: the answer, not the timeline. Per environment: the target in force at
 //! TIME (the last verified step at or before TIME, by commit time, that set it), who signed it, the
 //! commit and time it took effect and how (promotion, rollback, restore); and, as a separate claim
-//! read from the status branch (written by agents, not signature-verified), what was observed
-//! running then.
+//! read from the status refs, what a verified agent observed running then. Unverified observations
+//! are never the answer: they are listed apart, labelled with the check and the reason.
 
 use super::{env_events, how_word, short, Audit};
 use crate::replay::CommitReport;
-use crate::status::EnvStatus;
+use crate::status::{Judged, Label};
 use ledger_format::history::{Action, Event};
 use ledger_format::types::EnvName;
 use ledger_format::Timestamp;
@@ -54,9 +54,26 @@ fn answer<'a>(audit: &Audit<'a>, env: &'a EnvName, at: Timestamp) -> Answer<'a> 
     }
 }
 
-/// The status branch's last report for `env` recorded at or before `at`.
-fn observed_at<'a>(audit: &Audit<'a>, env: &EnvName, at: Timestamp) -> Option<(Timestamp, &'a EnvStatus)> {
-    audit.observed.get(env)?.iter().rev().find(|(t, _)| *t <= at).map(|(t, s)| (*t, s))
+/// The last verified observation of `env` recorded at or before `at`.
+fn observed_at<'a>(audit: &Audit<'a>, env: &EnvName, at: Timestamp) -> Option<(Timestamp, &'a Judged)> {
+    audit.observed.get(env)?.iter().rev().find_map(|j| {
+        let t = j.candidate.recorded_at?;
+        (t <= at && j.status().is_some()).then_some((t, j))
+    })
+}
+
+/// The unverified observations of `env` recorded at or before `at`, newest first.
+fn unverified_by<'a>(audit: &Audit<'a>, env: &EnvName, at: Timestamp) -> Vec<&'a Judged> {
+    let list = audit.unverified.get(env).map(Vec::as_slice).unwrap_or_default();
+    list.iter().rev().filter(|j| j.candidate.recorded_at.is_none_or(|t| t <= at)).collect()
+}
+
+/// The agent's `name (keyid)` of a verified observation.
+fn agent_of(j: &Judged) -> &str {
+    match &j.label {
+        Label::Verified { agent_display, .. } => agent_display,
+        Label::Unverified { .. } => "",
+    }
 }
 
 fn when(r: &CommitReport) -> String {
@@ -86,12 +103,10 @@ pub fn print(audit: &Audit, at: Timestamp, asked: Option<&str>) {
             Answer::Target { report, event } => print_target(audit, report, event),
         }
         match observed_at(audit, env, at) {
-            Some((recorded, s)) => {
+            Some((recorded, j)) => {
+                let s = j.status().expect("observed_at keeps readable reports");
                 let running = s.running.as_ref().map_or("nothing".into(), |r| format!("{} (seq {})", r.version, r.seq));
-                println!(
-                    "  observed     (claim read from the status branch {}, not signature-verified)",
-                    super::STATUS_BRANCH
-                );
+                println!("  observed     (VERIFIED claim by agent {}, read from {})", agent_of(j), j.candidate.refname);
                 println!(
                     "               {}: running {running}, generation {} of target generation {}; recorded {recorded} by {}",
                     s.phase, s.observed_generation, s.target_generation, s.agent
@@ -100,7 +115,14 @@ pub fn print(audit: &Audit, at: Timestamp, asked: Option<&str>) {
                     println!("               \"{}\"", s.message);
                 }
             }
-            None => println!("  observed     nothing recorded on the status branch {} by then", super::STATUS_BRANCH),
+            None => println!("  observed     no verified observation recorded by then"),
+        }
+        let unverified = unverified_by(audit, env, at);
+        for j in unverified.iter().take(3) {
+            println!("  UNVERIFIED   {} (not counted)", super::unverified_words(j));
+        }
+        if unverified.len() > 3 {
+            println!("               ... and {} more unverified (see --json)", unverified.len() - 3);
         }
     }
     if !audit.outcome.refusals.is_empty() {
@@ -150,7 +172,8 @@ fn print_target(audit: &Audit, report: &CommitReport, event: &Event) {
 }
 
 /// The answer as JSON: `at`, and per environment `at` (the target answer, null when nothing was
-/// targeted yet, with `note` saying why) and `observed` (the status branch's claim, or null).
+/// targeted yet, with `note` saying why), `observed` (the last verified claim by then, or null) and
+/// `unverified` (what else was recorded by then, newest first, each with its check and reason).
 pub fn json(audit: &Audit, at: Timestamp, asked: Option<&str>) -> Value {
     let envs: serde_json::Map<String, Value> = audit
         .envs()
@@ -165,10 +188,16 @@ pub fn json(audit: &Audit, at: Timestamp, asked: Option<&str>) -> Value {
                 Answer::NothingTargeted => (Value::Null, Some(format!("no release of {env} had taken effect"))),
                 Answer::Target { report, event } => (target_json(audit, report, event), None),
             };
-            let observed = observed_at(audit, env, at).map(|(recorded, s)| {
+            let observed = observed_at(audit, env, at).map(|(recorded, j)| {
+                let s = j.status().expect("observed_at keeps readable reports");
+                let label = j.label.json();
                 json!({
-                    "source": super::STATUS_BRANCH,
-                    "signature_verified": false,
+                    "source": j.candidate.refname,
+                    "ref": j.candidate.refname,
+                    "status_commit": j.candidate.commit,
+                    "signature_verified": true,
+                    "verified": true,
+                    "agent_key": label["agent_key"],
                     "recorded_at": recorded,
                     "phase": s.phase.to_string(),
                     "running": s.running,
@@ -180,7 +209,9 @@ pub fn json(audit: &Audit, at: Timestamp, asked: Option<&str>) -> Value {
                     "updated_at": s.updated_at,
                 })
             });
-            (env.to_string(), json!({"at": target, "note": note, "observed": observed}))
+            let unverified: Vec<Value> =
+                unverified_by(audit, env, at).into_iter().map(super::unverified_json).collect();
+            (env.to_string(), json!({"at": target, "note": note, "observed": observed, "unverified": unverified}))
         })
         .collect();
     json!({"at": at, "asked": asked, "environments": envs})

@@ -38,7 +38,7 @@ use crate::exit::{self, Refused};
 use crate::replay::{replay, Outcome};
 use crate::report::{render_page, EnvView, PageView};
 use crate::source::{is_remote, GitSource, LedgerSource};
-use crate::status::{self, EnvStatus};
+use crate::status::{self, Judged, LedgerIndex, Trust};
 use anyhow::Result;
 use ledger_format::document::{Document, Payload};
 use ledger_format::history::{Action, Event, TrustAnchor};
@@ -49,6 +49,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
 
+pub(crate) use git::blob_at;
 pub use time::parse_at;
 
 /// The status branch whose reports the audit shows beside the ledger's answers.
@@ -79,6 +80,10 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
     };
     let mut source = GitSource::open(&location, args.branch.as_deref(), &cache)?;
     let head = source.refresh()?;
+    // The agents' observations, judged below; a failure to copy them is not a verdict on the ledger.
+    if let Err(e) = source.fetch_status_refs(STATUS_BRANCH) {
+        eprintln!("warning: the status refs cannot be fetched, so what was observed is not shown: {e}");
+    }
     let anchor = pinned.clone().unwrap_or(TrustAnchor::UnpinnedTrustGenesisAsFound);
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let mut last_shown = 0;
@@ -190,9 +195,13 @@ impl Replayed<'_> {
         }
         let repo = self.source.repository();
         let git = git::Facts::read(repo, self.head, self.outcome)?;
+        let index = LedgerIndex::new(&self.outcome.reports, git.policies.clone());
         let mut observed = BTreeMap::new();
+        let mut unverified = BTreeMap::new();
         for env in policy.environments.keys() {
-            observed.insert(env.clone(), observations(repo, env));
+            let (good, bad) = observations(repo, env, &index);
+            observed.insert(env.clone(), good);
+            unverified.insert(env.clone(), bad);
         }
         f(&Audit {
             location: self.shown,
@@ -203,6 +212,8 @@ impl Replayed<'_> {
             outcome: self.outcome,
             only,
             observed: &observed,
+            unverified: &unverified,
+            index: &index,
             git: &git,
         })
     }
@@ -258,21 +269,58 @@ fn verdict(outcome: &Outcome) -> String {
     )
 }
 
-/// The environments the audit shows as the status branch reports them now (what `stele status`
-/// prints); none, with a warning, when the branch cannot be read.
+/// The environments the audit shows as the status refs report them now (what `stele status`
+/// prints): per environment the newest verified observation, else the newest unverified one,
+/// labelled; none, with a warning, when the refs cannot be read.
 fn reported(repo: &git2::Repository, audit: &Audit) -> Vec<EnvView> {
-    match status::read_all(repo, STATUS_BRANCH) {
-        Ok(Some((_, all))) => all
-            .into_iter()
-            .filter(|s| audit.envs().any(|e| *e == s.env))
-            .map(|status| EnvView { status, suspended: None })
-            .collect(),
-        Ok(None) => Vec::new(),
+    let trust = Trust::Ledger(audit.index);
+    let judged: Vec<Judged> = match status::read_tips(repo, STATUS_BRANCH) {
+        Ok(found) => found.into_iter().map(|c| status::judge(c, &trust)).collect(),
         Err(e) => {
-            eprintln!("warning: the status branch cannot be read, so the environments are not shown: {e}");
-            Vec::new()
+            eprintln!("warning: the status refs cannot be read, so the environments are not shown: {e}");
+            return Vec::new();
         }
+    };
+    status::newest_per_env(&judged, Some(audit.index))
+        .into_values()
+        .filter(|j| audit.envs().any(|e| e.as_str() == j.candidate.env))
+        .filter_map(|j| {
+            let status = j.status()?.clone();
+            Some(EnvView { status, suspended: None, verified: Some(j.label.clone()) })
+        })
+        .collect()
+}
+
+/// The compact JSON of an unverified observation: where it was, what it claimed, and why it is
+/// not counted.
+pub(crate) fn unverified_json(j: &Judged) -> Value {
+    let c = &j.candidate;
+    let s = j.status();
+    let mut out = json!({
+        "ref": c.refname,
+        "status_commit": c.commit,
+        "recorded_at": c.recorded_at,
+        "phase": s.map(|s| s.phase.to_string()),
+        "observed_generation": s.map(|s| s.observed_generation),
+        "target_generation": s.map(|s| s.target_generation),
+        "running": s.and_then(|s| s.running.clone()),
+        "agent": s.map(|s| s.agent.clone()),
+    });
+    if let (Some(out), Value::Object(label)) = (out.as_object_mut(), j.label.json()) {
+        out.extend(label);
     }
+    out
+}
+
+/// One human line for an unverified observation.
+pub(crate) fn unverified_words(j: &Judged) -> String {
+    let c = &j.candidate;
+    let said = match j.status() {
+        Some(s) => format!("{} generation {}/{}", s.phase, s.observed_generation, s.target_generation),
+        None => "unreadable".into(),
+    };
+    let when = c.recorded_at.map_or_else(|| "?".to_owned(), |t| t.to_string());
+    format!("{said} recorded {when} on {} ({}): {}", c.refname, short(&c.commit), j.label.describe())
 }
 
 /// Writes the audit report: `timeline` (the `--json` body) and `environments` as one HTML page.
@@ -306,19 +354,22 @@ fn print_json(all: &Value) {
     println!("{}", serde_json::to_string_pretty(all).expect("JSON values serialize"));
 }
 
-/// Every report the status branch holds for `env`, oldest first, with the time of the status commit
-/// that recorded it. Empty (with a warning) when the branch cannot be read.
-fn observations(repo: &git2::Repository, env: &EnvName) -> Vec<(Timestamp, EnvStatus)> {
-    match status::history(repo, STATUS_BRANCH, env) {
-        Ok(mut h) => {
-            h.reverse();
-            h
-        }
+/// Every observation the status refs hold for `env` (every ref under `refs/stele/status/` and the
+/// legacy branch), judged against the verified history (`index`), split into the verified ones and
+/// the rest, each oldest first by when it was recorded. Empty (with a warning) when the refs cannot
+/// be read.
+fn observations(repo: &git2::Repository, env: &EnvName, index: &LedgerIndex) -> (Vec<Judged>, Vec<Judged>) {
+    let found = match status::read_history(repo, STATUS_BRANCH, env) {
+        Ok(found) => found,
         Err(e) => {
-            eprintln!("warning: the status branch cannot be read, so what was observed is not shown: {e}");
-            Vec::new()
+            eprintln!("warning: the status refs cannot be read, so what was observed is not shown: {e}");
+            return (Vec::new(), Vec::new());
         }
-    }
+    };
+    let trust = Trust::Ledger(index);
+    let mut judged: Vec<Judged> = found.into_iter().map(|c| status::judge(c, &trust)).collect();
+    judged.sort_by_key(|j| (j.candidate.recorded_at, j.status().map(|s| s.updated_at)));
+    judged.into_iter().partition(|j| j.label.is_verified())
 }
 
 /// Everything an audit prints, whichever the form.
@@ -331,8 +382,13 @@ pub(crate) struct Audit<'a> {
     pub policy: &'a Policy,
     pub outcome: &'a Outcome,
     pub only: Option<&'a EnvName>,
-    /// Per environment, the status branch's reports, oldest first.
-    pub observed: &'a BTreeMap<EnvName, Vec<(Timestamp, EnvStatus)>>,
+    /// Per environment, the verified observations of the status refs, oldest first: the only ones
+    /// counted as claims.
+    pub observed: &'a BTreeMap<EnvName, Vec<Judged>>,
+    /// Per environment, every other observation, oldest first, labelled with the check and reason.
+    pub unverified: &'a BTreeMap<EnvName, Vec<Judged>>,
+    /// The verified history observations were judged against.
+    pub index: &'a LedgerIndex,
     pub git: &'a git::Facts,
 }
 

@@ -5,11 +5,11 @@
 use super::proposals::Proposal;
 use super::{action_word, env_events, short, valid_signers, Audit};
 use crate::replay::CommitReport;
-use crate::status::{EnvStatus, Phase};
+use crate::status::{Judged, Label, Phase};
 use ledger_format::history::{Action, CommitInfo, Event, Link};
 use ledger_format::tree::Problem;
 use ledger_format::types::{EnvName, Policy};
-use ledger_format::{KeyId, Timestamp};
+use ledger_format::KeyId;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -155,15 +155,36 @@ fn target_words(l: &Link) -> String {
     format!("{} (seq {}, blake3:{})", l.version, l.seq, &l.image.digest().to_hex()[..12])
 }
 
-/// What the status branch says about a generation: when an agent first reported it healthy, or that
-/// its health gate failed.
-fn observed_generation(reports: Option<&Vec<(Timestamp, EnvStatus)>>, generation: u64) -> Option<Value> {
+/// What the verified observations say about a generation: when an agent first reported it healthy,
+/// or that its health gate failed, and which agent said so. Unverified observations never count.
+fn observed_generation(reports: Option<&Vec<Judged>>, generation: u64) -> Option<Value> {
     let reports = reports?;
-    let healthy =
-        reports.iter().find(|(_, s)| s.phase == Phase::Healthy && s.observed_generation == generation).map(|(t, _)| *t);
-    let degraded =
-        reports.iter().find(|(_, s)| s.phase == Phase::Degraded && s.target_generation == generation).map(|(t, _)| *t);
-    (healthy.is_some() || degraded.is_some()).then(|| json!({"converged_at": healthy, "degraded_at": degraded}))
+    let when = |j: &Judged| j.candidate.recorded_at.or(j.status().map(|s| s.updated_at));
+    let agent = |j: &Judged| match &j.label {
+        Label::Verified { agent, agent_display } => json!({"keyid": agent, "display": agent_display}),
+        Label::Unverified { .. } => Value::Null,
+    };
+    let healthy = reports.iter().find(|j| {
+        j.label.is_verified()
+            && j.status().is_some_and(|s| s.phase == Phase::Healthy && s.observed_generation == generation)
+    });
+    let degraded = reports.iter().find(|j| {
+        j.label.is_verified()
+            && j.status().is_some_and(|s| s.phase == Phase::Degraded && s.target_generation == generation)
+    });
+    (healthy.is_some() || degraded.is_some()).then(|| {
+        json!({
+            "converged_at": healthy.and_then(when),
+            "degraded_at": degraded.and_then(when),
+            "verified": true,
+            "agent_key": healthy.or(degraded).map(agent),
+        })
+    })
+}
+
+/// `by AGENT (KEYID)` of a verified claim's JSON.
+fn by_agent(o: &Value) -> String {
+    o["agent_key"]["display"].as_str().map(|a| format!(" (verified, agent {a})")).unwrap_or_default()
 }
 
 /// The human words of one row: (env, generation, action, what).
@@ -236,11 +257,14 @@ fn describe(audit: &Audit, row: &Row) -> (String, String, String, Vec<String>) {
                 if matches!(event.action, Action::Promote | Action::Rollback | Action::Restore | Action::CoSign) {
                     if let Some(o) = observed_generation(audit.observed.get(env), event.generation) {
                         let said = match (o["converged_at"].as_str(), o["degraded_at"].as_str()) {
-                            (Some(t), _) => {
-                                format!("status branch (agent's claim): generation {} ran {t}", event.generation)
-                            }
+                            (Some(t), _) => format!(
+                                "status (agent's claim{}): generation {} ran {t}",
+                                by_agent(&o),
+                                event.generation
+                            ),
                             (None, Some(t)) => format!(
-                                "status branch (agent's claim): generation {} FAILED its health gate {t}",
+                                "status (agent's claim{}): generation {} FAILED its health gate {t}",
+                                by_agent(&o),
                                 event.generation
                             ),
                             _ => String::new(),
@@ -250,6 +274,27 @@ fn describe(audit: &Audit, row: &Row) -> (String, String, String, Vec<String>) {
                 }
             }
             (env, generation, action_word(&event.action).into(), lines)
+        }
+    }
+}
+
+/// How many unverified observations per environment the human output lists (`--json` has all).
+const UNVERIFIED_SHOWN: usize = 5;
+
+/// The observations not counted as claims, newest first, per environment.
+pub(crate) fn print_unverified(audit: &Audit) {
+    let total: usize = audit.envs().map(|e| audit.unverified.get(e).map_or(0, Vec::len)).sum();
+    if total == 0 {
+        return;
+    }
+    println!("\nUNVERIFIED observations ({total}; not counted as claims of what ran):");
+    for env in audit.envs() {
+        let list = audit.unverified.get(env).map(Vec::as_slice).unwrap_or_default();
+        for j in list.iter().rev().take(UNVERIFIED_SHOWN) {
+            println!("  {env}  {}", super::unverified_words(j));
+        }
+        if list.len() > UNVERIFIED_SHOWN {
+            println!("  {env}  ... and {} more (see --json)", list.len() - UNVERIFIED_SHOWN);
         }
     }
 }
@@ -276,6 +321,7 @@ pub fn print(audit: &Audit, open: &[Proposal]) {
         }
     }
     super::proposals::print(audit, open);
+    print_unverified(audit);
     let outcome = audit.outcome;
     if outcome.refusals.is_empty() {
         println!("\nOK: every step verified");
@@ -320,8 +366,8 @@ fn row_json(audit: &Audit, row: &Row) -> Value {
                     "signed_by": event.revert_signed_by.map(|k| audit.keys_json(v, &[k])),
                 })),
                 "policy_version": v,
-                // From the status branch, an agent's claim: when it first reported this generation
-                // healthy, or that its health gate failed.
+                // From the status refs, a verified agent's claim: when it first reported this
+                // generation healthy, or that its health gate failed. Unverified ones never count.
                 "observed": observed,
             })
         }
@@ -346,7 +392,15 @@ pub fn json(audit: &Audit, open: &[Proposal]) -> Value {
                 .map(|r| row_json(audit, r))
                 .collect();
             debug_assert_eq!(events.len(), env_events(audit.outcome, env).count());
-            (env.to_string(), json!({"events": events}))
+            let unverified: Vec<Value> = audit
+                .unverified
+                .get(env)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(super::unverified_json)
+                .collect();
+            (env.to_string(), json!({"events": events, "unverified": unverified}))
         })
         .collect();
     let policy: Vec<Value> = rows
