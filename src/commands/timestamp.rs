@@ -139,8 +139,13 @@ fn renew(args: RenewArgs) -> Result<u8> {
     let message = format!("{subject}\n\nissued: {now}\nexpires: {expires_at}\n{trailers}");
     // `commit` builds on HEAD as it is now; git refuses to move the branch if HEAD moved meanwhile.
     let commit = repo.commit(&changes, &message)?;
-    let parent = repo.git().find_commit(commit)?.parent_id(0)?;
-    anyhow::ensure!(parent == head, "the renewal commit {commit} was made on {parent}, not on {head}");
+    // Only another writer moving HEAD between the read above and the commit could break F2 here.
+    let parent = repo.head_commit()?.and_then(|c| c.parent_ids().next());
+    anyhow::ensure!(
+        parent == Some(head),
+        "the renewal commit {commit} was not made on {head} (HEAD moved meanwhile?); agents would refuse it \
+         (F2): undo it (git reset --hard HEAD~1) and renew again"
+    );
 
     if args.json {
         println!(
