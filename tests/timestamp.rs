@@ -189,3 +189,22 @@ fn a_renewal_that_names_a_commit_other_than_its_parent_is_refused_by_poll() {
     let audit = w.ledger.stele(["audit", "--trust-root", &w.alice.id]);
     assert!(audit.code != OK && audit.dump().contains("F2"), "{}", audit.dump());
 }
+
+#[test]
+fn a_running_agent_stalls_when_its_timestamp_expires_between_polls() {
+    // Polls once an hour: only the agent's own clock can notice the expiry.
+    let mut w = World::build(None, &["staging"], 3600);
+    let bot = timestamp_role(&w, "1h");
+    let v1 = w.image("1.0.0", false);
+    w.release("1.0.0", &v1, &[]).expect(OK);
+    renew(&w, &bot, &["--expires", "8s"]).expect(OK);
+    w.spawn_agent();
+    w.wait_status("Healthy", |s| s["phase"] == "Healthy");
+    let running = pids(&w);
+    assert_eq!(running.len(), 2, "{running:?}");
+    let s = w.wait_status("Stalled by F3", |s| s["phase"] == "Stalled");
+    let message = s["message"].as_str().unwrap_or_default();
+    assert!(message.contains("F3") && message.contains("expired"), "{s:#}");
+    assert!(w.agent_log().contains("STALLED: F3"), "{}", w.agent_log());
+    assert_eq!(pids(&w), running, "the running instances are untouched");
+}
