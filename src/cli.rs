@@ -5,6 +5,9 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+mod timestamp;
+pub use timestamp::{RenewArgs, ShowArgs as TimestampShowArgs, TimestampArgs, TimestampCommand};
+
 /// What `stele --version` prints after the name: the version, the commit and how it was built.
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -124,6 +127,10 @@ pub enum Command {
     /// next pass, and nothing here checks for one.
     #[command(after_help = DOWN_EXAMPLES)]
     Down(DownArgs),
+    /// Renew or show the timestamp: a short-lived, signed claim that the ledger had reached a commit,
+    /// which agents require to be current (a frozen mirror or a replayed ledger stalls them).
+    #[command(subcommand_required = true)]
+    Timestamp(TimestampArgs),
     /// Show what runs where, as the agent last recorded it on the status branch.
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),

@@ -1,5 +1,6 @@
 //! The verified state on disk: the high-water mark (last verified commit) and the compact ledger
-//! state after it, in `<state-dir>/verified.json`, replaced atomically.
+//! state after it, in `<state-dir>/verified.json`, replaced atomically; also the highest timestamp
+//! version accepted so far (F3, SPEC.md §8.9), which files written before revision 4 lack.
 //!
 //! Owns: the state file's format and atomic replacement. Must not verify anything: what it loads was
 //! verified when saved, and the documents inside are re-parsed (strictly) on load.
@@ -24,6 +25,10 @@ pub struct StateFile {
     pub commit: String,
     pub verified_at: Timestamp,
     pub state: LedgerState,
+    /// The highest timestamp version accepted (F3's `seen`): a ledger whose timestamp is older is a
+    /// replay. Absent before the first timestamp (and in files of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_seen: Option<u64>,
 }
 
 impl StateFile {
@@ -34,8 +39,15 @@ impl StateFile {
             branch: branch.map(str::to_owned),
             commit,
             verified_at,
+            timestamp_seen: state.timestamp.as_ref().map(|t| t.payload.version),
             state,
         }
+    }
+
+    /// This state, remembering `seen` too when it is higher than its own timestamp's version.
+    pub fn with_seen(mut self, seen: Option<u64>) -> Self {
+        self.timestamp_seen = self.timestamp_seen.max(seen);
+        self
     }
 }
 

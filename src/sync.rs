@@ -2,8 +2,9 @@
 //! persist the new mark. `stele poll` runs it once; the agent runs it on every poll.
 //!
 //! Owns: the rules around the state directory (a state belongs to one source and branch; the first
-//! sync needs a pinned trust root) and the verdict of a sync. Must not contain verification rules
-//! (`ledger_format::history`) or print.
+//! sync needs a pinned trust root), the freshness rule for whoever acts (F3, applied with the clock and
+//! the highest timestamp version seen, which it persists) and the verdict of a sync. Must not contain
+//! verification rules (`ledger_format::history`, `ledger_format::freshness`) or print.
 
 use crate::exit::Refused;
 use crate::replay::{replay, Outcome, Verified};
@@ -11,7 +12,7 @@ use crate::source::{GitSource, LedgerSource, SourceError};
 use crate::state::{self, StateFile};
 use anyhow::Result;
 use git2::Oid;
-use ledger_format::history::TrustAnchor;
+use ledger_format::history::{LedgerState, TrustAnchor};
 use ledger_format::Timestamp;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,9 @@ pub struct Synced {
     pub outcome: Outcome,
     /// Why the sync stalled, when it did, in one line naming the commit and check.
     pub reason: Option<String>,
+    /// Why the ledger is not fresh (F3: its timestamp expired, is missing or went back), when it is
+    /// not: then the status is `Stalled` and whoever acts must act on nothing, not even `verified`.
+    pub stale: Option<String>,
 }
 
 /// Where a state directory keeps the fetched copy of a remote ledger.
@@ -66,6 +70,8 @@ pub struct LedgerSync {
     anchor: Option<TrustAnchor>,
     last: Option<Verified>,
     floor: Floor,
+    /// The highest timestamp version accepted before (F3's `seen`), persisted with the state.
+    seen: Option<u64>,
 }
 
 /// Whether a state directory recorded for `recorded` belongs to `location`: the same text, or two
@@ -110,6 +116,9 @@ impl LedgerSync {
             )
             .into());
         }
+        // A state file written before revision 4 has no `timestamp_seen`; its state's timestamp counts.
+        let seen =
+            existing.as_ref().and_then(|s| s.timestamp_seen.max(s.state.timestamp.as_ref().map(|t| t.payload.version)));
         let last = match existing {
             Some(s) => Some(Verified { commit: Oid::from_str(&s.commit)?, state: s.state }),
             None => None,
@@ -122,6 +131,7 @@ impl LedgerSync {
             anchor,
             last,
             floor: Floor::default(),
+            seen,
         })
     }
 
@@ -155,6 +165,29 @@ impl LedgerSync {
         None
     }
 
+    /// F3 for `state` at `now` (SPEC.md §8.9): why it must not be acted on, if it must not.
+    fn stale(&self, state: &LedgerState, commit: Oid, now: Timestamp) -> Option<String> {
+        let policy = &state.policy.payload;
+        ledger_format::freshness::check_current(policy, state.timestamp.as_ref(), self.seen, now).err().map(|e| {
+            format!(
+                "{}: {} (verified commit {commit}); keeping the last verified state and acting on nothing until \
+                 a renewal (stele timestamp renew) arrives",
+                e.check, e.reason
+            )
+        })
+    }
+
+    /// F3 for the last verified state at `now`: a timestamp that was fresh at the last poll expires
+    /// with time alone, so whoever acts asks again before acting.
+    pub fn stale_now(&self, now: Timestamp) -> Option<String> {
+        self.last.as_ref().and_then(|v| self.stale(&v.state, v.commit, now))
+    }
+
+    /// The highest timestamp version accepted so far.
+    pub fn timestamp_seen(&self) -> Option<u64> {
+        self.seen
+    }
+
     pub fn branch(&self) -> Option<&str> {
         self.branch.as_deref()
     }
@@ -177,14 +210,17 @@ impl LedgerSync {
                     verified: Some(v.clone()),
                     outcome: Outcome::default(),
                     reason: Some(reason),
+                    stale: None,
                 });
             }
+            let stale = self.stale(&v.state, v.commit, now);
             return Ok(Synced {
-                status: SyncStatus::UpToDate,
+                status: if stale.is_some() { SyncStatus::Stalled } else { SyncStatus::UpToDate },
                 head,
                 verified: Some(v.clone()),
                 outcome: Outcome::default(),
-                reason: None,
+                reason: stale.clone(),
+                stale,
             });
         }
         let anchor = self.anchor.clone().unwrap_or(TrustAnchor::UnpinnedTrustGenesisAsFound);
@@ -196,6 +232,7 @@ impl LedgerSync {
                     verified: self.last.clone(),
                     outcome: Outcome::default(),
                     reason: Some(format!("H1: {e}; keeping the last verified state")),
+                    stale: None,
                 });
             }
             other => other?,
@@ -208,12 +245,26 @@ impl LedgerSync {
                 verified: self.last.clone(),
                 outcome: Outcome::default(),
                 reason: Some(reason),
+                stale: None,
             });
         }
         if let Some(v) = verified.as_ref().filter(|v| self.last.as_ref().map(|l| l.commit) != Some(v.commit)) {
+            // A state that is not fresh is never the new high-water mark: the last good one holds.
+            if let Some(stale) = self.stale(&v.state, v.commit, now) {
+                return Ok(Synced {
+                    status: SyncStatus::Stalled,
+                    head,
+                    verified: self.last.clone(),
+                    outcome,
+                    reason: Some(stale.clone()),
+                    stale: Some(stale),
+                });
+            }
+            let seen = self.seen.max(v.state.timestamp.as_ref().map(|t| t.payload.version));
             if persist {
                 let file =
-                    StateFile::new(&self.location, self.branch.as_deref(), v.commit.to_string(), now, v.state.clone());
+                    StateFile::new(&self.location, self.branch.as_deref(), v.commit.to_string(), now, v.state.clone())
+                        .with_seen(seen);
                 state::save(&self.state_dir, &file).map_err(|e| SourceError::Git {
                     location: self.state_dir.display().to_string(),
                     context: "save the verified state".into(),
@@ -221,13 +272,16 @@ impl LedgerSync {
                 })?;
             }
             self.last = Some(v.clone());
+            self.seen = seen;
         }
+        let stale = verified.as_ref().and_then(|v| self.stale(&v.state, v.commit, now));
         let status = match &verified {
+            _ if stale.is_some() => SyncStatus::Stalled,
             Some(v) if v.commit == head => SyncStatus::Verified,
             None if outcome.refusals.is_empty() => SyncStatus::NoLedger,
             _ => SyncStatus::Stalled,
         };
-        let reason = outcome.refusals.first().map(|r| {
+        let refused = outcome.refusals.first().map(|r| {
             let problems: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
             format!(
                 "commit {} ({}) refused: {}",
@@ -236,7 +290,12 @@ impl LedgerSync {
                 problems.join("; ")
             )
         });
-        Ok(Synced { status, head, verified, outcome, reason })
+        let reason = match (&stale, refused) {
+            (Some(stale), Some(refused)) => Some(format!("{stale}; also {refused}")),
+            (Some(stale), None) => Some(stale.clone()),
+            (None, refused) => refused,
+        };
+        Ok(Synced { status, head, verified, outcome, reason, stale })
     }
 }
 

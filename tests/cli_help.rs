@@ -51,12 +51,16 @@ fn repo_is_offered_only_by_commands_that_read_a_ledger() {
         .collect();
     with_repo.sort();
     with_repo.dedup();
-    let policy = ["show", "add-signer", "remove-signer", "set-threshold", "add-env", "rotate-root"];
+    let policy = ["show", "add-signer", "remove-signer", "set-threshold", "add-env", "rotate-root", "set-agent"]
+        .into_iter()
+        .chain(["remove-agent", "set-timestamp", "remove-timestamp"]);
     let mut expected: Vec<String> = ["agent", "audit", "env", "env set", "env show", "plan", "poll", "policy"]
         .iter()
-        .chain(["promote", "release", "rollback", "sign", "status", "verify"].iter())
+        .chain(
+            ["promote", "release", "rollback", "sign", "status", "timestamp renew", "timestamp show", "verify"].iter(),
+        )
         .map(|c| format!("stele {c}"))
-        .chain(policy.iter().map(|c| format!("stele policy {c}")))
+        .chain(policy.map(|c| format!("stele policy {c}")))
         .collect();
     expected.sort();
     assert_eq!(with_repo, expected);

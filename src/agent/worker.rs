@@ -48,6 +48,9 @@ pub struct Worker {
     next_sync: Option<Instant>,
     /// Why the ledger is stalled (a refused commit or a rewrite), while it is.
     ledger_stall: Option<String>,
+    /// Why the ledger is not fresh (F3: its timestamp expired, is missing or went back), while it is
+    /// not: every environment is held, acted on in no way, until a renewal arrives.
+    ledger_stale: Option<String>,
     ledger_error: Option<String>,
     head_commit: Option<String>,
     /// When the local provider last collected garbage; `None` until the first pass.
@@ -87,6 +90,7 @@ impl Worker {
             published: BTreeMap::new(),
             next_sync: None,
             ledger_stall: None,
+            ledger_stale: None,
             ledger_error: None,
             head_commit: None,
             last_gc: None,
@@ -148,6 +152,7 @@ impl Worker {
         match result {
             Ok(s) => {
                 self.ledger_error = None;
+                self.ledger_stale = s.stale.clone();
                 self.head_commit = Some(s.head.to_string());
                 match s.status {
                     SyncStatus::Stalled => {
@@ -195,6 +200,28 @@ impl Worker {
         }
     }
 
+    /// F3 between polls: a timestamp fresh at the last poll expires with time alone. Stalls the ledger
+    /// loudly (log, notification, metric, the page) the moment it does; the next poll that brings a
+    /// renewal clears it.
+    fn check_fresh(&mut self) {
+        if self.ledger_stale.is_some() {
+            return;
+        }
+        let Some(reason) = self.ledger.stale_now(crate::clock::now()) else { return };
+        if self.ledger_stall.as_ref() != Some(&reason) {
+            tracing::error!("STALLED: {reason}");
+            self.notify(EventKind::CommitRefused, None, None, None, reason.clone());
+            if let Some(v) = self.ledger.last() {
+                if self.refusals_seen.insert((v.commit.to_string(), "F3".into())) {
+                    self.shared.metrics.refusal("F3");
+                }
+            }
+        }
+        self.ledger_stall = Some(reason.clone());
+        self.ledger_stale = Some(reason.clone());
+        self.shared.update_view(|view| view.ledger_stall = Some(reason));
+    }
+
     /// Counts each refused commit once per check in the metrics (a refused head is judged again at
     /// every poll until it changes).
     fn note_refusals(&mut self, s: &crate::sync::Synced) {
@@ -204,7 +231,10 @@ impl Worker {
                 seen.push((r.commit.id.clone(), p.check.to_string()));
             }
         }
-        if s.status == SyncStatus::Stalled && s.outcome.refusals.is_empty() {
+        if s.stale.is_some() {
+            // A ledger that is not fresh (F3): its timestamp expired, is missing or went back.
+            seen.push((s.head.to_string(), "F3".into()));
+        } else if s.status == SyncStatus::Stalled && s.outcome.refusals.is_empty() {
             // A rewritten history (H1) refuses the head itself.
             seen.push((s.head.to_string(), "H1".into()));
         }
@@ -240,6 +270,9 @@ impl Worker {
     /// Between ticks: lets every managed environment's provider repair what needs no plan (a dead
     /// balancer is started again). Cheap; never fetches or plans.
     pub fn heal(&mut self) {
+        if self.ledger_stale.is_some() {
+            return;
+        }
         let Some(verified) = self.ledger.last() else { return };
         for (env, h) in &verified.state.envs {
             if !self.cfg.envs.is_empty() && !self.cfg.envs.contains(env) || self.suspended.contains_key(env) {
@@ -257,6 +290,7 @@ impl Worker {
     /// One pass: sync when due, then one tick per managed environment.
     pub fn pass(&mut self, force_sync: bool) -> PassSummary {
         self.maybe_sync(force_sync);
+        self.check_fresh();
         let mut summary =
             PassSummary { settled: true, ledger_stalled: self.ledger_stall.is_some(), ..PassSummary::default() };
         let Some(verified) = self.ledger.last().cloned() else {
@@ -278,13 +312,15 @@ impl Worker {
             let now = now_ms();
             let mut last_error = self.ledger_error.clone();
             let stall = self.ledger_stall.clone();
+            let stale = self.ledger_stale.clone();
             // Nothing expired is acted on (SPEC.md §8.7): neither an expired target nor anything under an
             // expired policy. Observe only, and hold what runs.
             let past = |exp: ledger_format::Timestamp| exp.unix().saturating_mul(1000) <= now as i64;
             let policy_expired = verified.state.policy.payload.expires_at.filter(|e| past(*e)).map(|exp| {
                 format!("P3: the policy (version {}) expired at {exp}; holding", verified.state.policy.payload.version)
             });
-            let expired = policy_expired.or_else(|| {
+            // Nor anything on a ledger that is not fresh (F3): a frozen mirror or a replayed ledger.
+            let expired = stale.or(policy_expired).or_else(|| {
                 h.target.as_ref().and_then(|t| {
                     let exp = t.expires_at.filter(|e| past(*e))?;
                     Some(format!("E6: the target entry {} (seq {}) expired at {exp}; holding", t.version, t.seq))

@@ -23,6 +23,7 @@ mod rollback;
 mod sign;
 mod status;
 mod suspend;
+mod timestamp;
 mod verify;
 
 /// For the `agent_config` fuzz target.
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Poll(args) => poll::run(&args.repo.dir(), args),
         Command::Audit(args) => audit::run(&args.repo.dir(), args),
         Command::Status(args) => status::run(&args.repo.dir(), args),
+        Command::Timestamp(args) => timestamp::run(args),
         Command::Agent(args) => agent::run(args.repo.repo.clone().as_deref(), args),
         Command::Plan(args) => plan::run(args.repo.repo.clone().as_deref(), args),
         Command::Suspend(args) => suspend::suspend(args),

@@ -35,6 +35,9 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
     let synced = ledger.sync(now(), false)?;
     let Some(verified) = synced.verified else {
         println!("no verified ledger yet at {}", cfg.repo);
+        if let Some(reason) = &synced.reason {
+            eprintln!("STALLED: {reason}");
+        }
         return Ok(exit::VERIFY_FAILED);
     };
     let mut providers = Providers::observe_only(&cfg)?;
@@ -99,15 +102,28 @@ pub fn run(repo: Option<&Path>, args: PlanArgs) -> Result<u8> {
     }
     if synced.status == SyncStatus::Stalled {
         let reason = synced.reason.unwrap_or_default();
+        let fresh = synced.stale.is_none();
         if args.json {
-            println!("{}", json!({"stalled": reason, "commit": verified.commit.to_string(), "environments": out}));
-        } else {
+            println!(
+                "{}",
+                json!({"stalled": reason, "fresh": fresh, "commit": verified.commit.to_string(), "environments": out})
+            );
+        } else if fresh {
             eprintln!("STALLED: {reason}; the plans above act on the last verified commit {}", verified.commit);
+        } else {
+            eprintln!(
+                "STALLED: {reason}; the agent acts on nothing: the plans above are for the last verified commit {}, \
+                 once the ledger is fresh again",
+                verified.commit
+            );
         }
         return Ok(exit::VERIFY_FAILED);
     }
     if args.json {
-        println!("{}", json!({"stalled": null, "commit": verified.commit.to_string(), "environments": out}));
+        println!(
+            "{}",
+            json!({"stalled": null, "fresh": true, "commit": verified.commit.to_string(), "environments": out})
+        );
     }
     Ok(if unobserved { exit::IO } else { exit::OK })
 }

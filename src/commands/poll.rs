@@ -26,9 +26,10 @@ pub fn run(repo: &Path, args: PollArgs) -> Result<u8> {
         SyncStatus::NoLedger => "no_ledger",
         SyncStatus::Stalled => "stalled",
     };
-    // A rewrite is reported as the reason; a refused commit is reported with its problems.
-    let reason = synced.reason.as_deref().filter(|r| r.starts_with("H1:"));
-    report.print(status, reason, synced.verified.as_ref(), &synced.outcome);
+    // A rewrite or a ledger that is not fresh (F3) is reported as the reason; a refused commit is
+    // reported with its problems.
+    let reason = synced.reason.as_deref().filter(|r| r.starts_with("H1:") || synced.stale.is_some());
+    report.print(status, reason, synced.verified.as_ref(), &synced.outcome, synced.stale.is_some());
     Ok(if synced.status == SyncStatus::Stalled { exit::VERIFY_FAILED } else { exit::OK })
 }
 
@@ -49,7 +50,7 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
-    fn print(&self, status: &str, reason: Option<&str>, verified: Option<&Verified>, outcome: &Outcome) {
+    fn print(&self, status: &str, reason: Option<&str>, verified: Option<&Verified>, outcome: &Outcome, stale: bool) {
         let elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
         let state: Option<&LedgerState> = verified.map(|v| &v.state);
         let commit = verified.map(|v| v.commit.to_string());
@@ -73,6 +74,7 @@ impl Report<'_> {
                     "new_commits": self.new_commits, "ledger": state.map(|s| &s.policy.payload.ledger),
                     "policy_version": state.map(|s| s.policy.payload.version), "environments": envs,
                     "refusals": refusals_json(outcome), "recovered": recovered, "elapsed_ms": elapsed_ms,
+                    "fresh": !stale,
                 })
             );
             return;
@@ -100,6 +102,9 @@ impl Report<'_> {
         let commit = commit.unwrap_or_default();
         match status {
             "up_to_date" => println!("ledger {ledger}: up to date at {commit} ({elapsed_ms:.1} ms)"),
+            "stalled" if stale => println!(
+                "ledger {ledger}: STALLED at {commit}; the ledger is not fresh (F3), so an agent acts on nothing"
+            ),
             "stalled" => println!(
                 "ledger {ledger}: STALLED at {commit}; head {} is not verified; acting on the last verified state",
                 self.head
