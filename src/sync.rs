@@ -260,7 +260,12 @@ impl LedgerSync {
                     stale: Some(stale),
                 });
             }
-            let seen = self.seen.max(v.state.timestamp.as_ref().map(|t| t.payload.version));
+            // A policy without a timestamp role withdrew it (only the root can): versions of a role added
+            // later start again at 1, so what was seen under the old role is forgotten (SPEC.md §8.9).
+            let seen = match v.state.policy.payload.timestamp {
+                None => None,
+                Some(_) => self.seen.max(v.state.timestamp.as_ref().map(|t| t.payload.version)),
+            };
             if persist {
                 let file =
                     StateFile::new(&self.location, self.branch.as_deref(), v.commit.to_string(), now, v.state.clone())
