@@ -24,7 +24,7 @@ pub mod quiet;
 pub mod writer;
 
 pub use publisher::{PublisherStats, StatusPublisher};
-pub use writer::{Published, StatusWriter, WriterStats};
+pub use writer::{Published, StatusKey, StatusWriter, WriterStats};
 
 use git2::{ErrorCode, Oid, Repository, Tree};
 use ledger_format::document::Document;
