@@ -202,7 +202,9 @@ fn status_config(
             status_ref.unwrap_or_else(|| format!("refs/heads/{}", status_branch.as_deref().unwrap_or("stele/status")));
         tracing::warn!(
             status_ref = %refname,
-            "no key_file: status is written unsigned, and readers (`stele status`, `stele audit`) will label              its reports UNVERIFIED; give the agent a key of its own (`stele key generate --out agent.key`,              key_file = \"agent.key\") and declare it with `stele policy set-agent`"
+            "no key_file: status is written unsigned, and readers (`stele status`, `stele audit`) will label \
+             its reports UNVERIFIED; give the agent a key of its own (`stele key generate --out agent.key`, \
+             key_file = \"agent.key\") and declare it with `stele policy set-agent`"
         );
         return Ok(StatusConfig { refname, identity: None });
     };
