@@ -84,7 +84,7 @@ fn an_agent_with_a_key_writes_signed_status_to_its_own_ref_which_verifies_once_d
         out.dump()
     );
     let own = format!("refs/stele/status/{}", &agent_key.id[..16]);
-    assert_eq!(s.refs("refs/stele/status/"), [own.clone()]);
+    assert_eq!(s.refs("refs/stele/status/"), std::slice::from_ref(&own));
     assert!(s.refs("refs/heads/stele/").is_empty(), "the shared branch is not written by a signed agent");
 
     s.ledger

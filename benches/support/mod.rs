@@ -49,6 +49,8 @@ impl BenchLedger {
             keys: BTreeMap::from([(id, KeyInfo { name: "bench".parse().unwrap(), public_key: self.key.public_key() })]),
             root: role.clone(),
             environments: envs.iter().map(|e| (e.clone(), role.clone())).collect(),
+            agents: BTreeMap::new(),
+            timestamp: None,
         };
         let mut files = vec![(POLICY_PATH.to_owned(), self.signed(policy))];
         for env in envs {

@@ -214,7 +214,7 @@ fn status_config(
         None => identity::status_ref(agent_id.map_or_else(|| identity.default_id(), str::to_owned).as_str())
             .map_err(Refused)?,
     };
-    if let Some(branch) = status_branch {
+    if let Some(branch) = status_branch.filter(|b| b != "stele/status") {
         tracing::warn!(
             %branch,
             status_ref = %refname,
