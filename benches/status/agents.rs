@@ -1,8 +1,14 @@
 //! Many agents, one ledger, as whole processes: N real `stele agent` processes (default 20,
 //! `STELE_BENCH_AGENTS`), each owning `STELE_BENCH_ENVS` environments (default 2, one instance each on
-//! the local provider), all polling one ledger served by `git daemon` on loopback and all pushing to its
-//! `stele/status` branch. Phase 1 releases v1 to every environment; the agents are then stopped and
-//! started again (adopting their instances), and phase 2 releases v2 to every environment in one push.
+//! the local provider), all polling one ledger served by `git daemon` on loopback. Phase 1 releases v1
+//! to every environment; the agents are then stopped and started again (adopting their instances), and
+//! phase 2 releases v2 to every environment in one push.
+//!
+//! Two modes (`STELE_BENCH_STATUS_MODE=branch|refs`, default both, one after the other):
+//! - `branch` (before issue 13): agents without a key, all pushing unsigned status to the shared
+//!   `stele/status` branch;
+//! - `refs` (issue 13): each agent has its own key (`key_file`, declared with `stele policy
+//!   set-agent`) and pushes signed status to its own ref `refs/stele/status/<agent-id>`.
 //!
 //! Printed per phase, from the agents' own `status publisher stopped` log lines: statuses submitted,
 //! commits, pushes, lost races, retried rounds, and updates dropped; from the remote: the time from the
@@ -16,11 +22,97 @@ use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use stele::status::{history, open_repository, read_all, Phase};
+use stele::status::{decode, history, open_repository, read_all, EnvStatus, Phase};
 
 use crate::cli::{image, run as run_cmd, STELE};
 
 const BRANCH: &str = "stele/status";
+const REFS: &str = "refs/stele/status/";
+
+/// Where the agents write status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Unsigned, one shared branch (before issue 13).
+    Branch,
+    /// Signed, one ref per agent (issue 13).
+    Refs,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Branch => "shared branch",
+            Mode::Refs => "per-agent refs",
+        }
+    }
+
+    /// Every environment's latest status on the remote.
+    fn latest(self, repo: &git2::Repository) -> Vec<EnvStatus> {
+        match self {
+            Mode::Branch => read_all(repo, BRANCH).expect("read the status branch").map(|(_, s)| s).unwrap_or_default(),
+            Mode::Refs => {
+                let mut all = Vec::new();
+                for (_, tip) in status_refs(repo) {
+                    let tree = repo.find_commit(tip).and_then(|c| c.tree()).expect("tip tree");
+                    let Some(dir) = tree.get_name("status") else { continue };
+                    let dir = repo.find_tree(dir.id()).expect("status dir");
+                    for entry in dir.iter() {
+                        let blob = repo.find_blob(entry.id()).expect("blob");
+                        all.push(decode(blob.content()).expect("a status file").status);
+                    }
+                }
+                all
+            }
+        }
+    }
+
+    /// Whether `env` was ever Healthy at `generation` on the remote.
+    fn ever_healthy(self, repo: &git2::Repository, env: &str, generation: u64) -> bool {
+        let healthy = |s: &EnvStatus| s.phase == Phase::Healthy && s.target_generation == generation;
+        match self {
+            Mode::Branch => {
+                history(repo, BRANCH, &env.parse().expect("env")).expect("history").iter().any(|(_, s)| healthy(s))
+            }
+            Mode::Refs => status_refs(repo).into_iter().any(|(_, tip)| {
+                let mut walk = repo.revwalk().expect("revwalk");
+                walk.push(tip).expect("push");
+                walk.map(|id| repo.find_commit(id.expect("id")).expect("commit")).any(|c| {
+                    let tree = c.tree().expect("tree");
+                    let Ok(entry) = tree.get_path(Path::new(&format!("status/{env}.json"))) else { return false };
+                    let blob = repo.find_blob(entry.id()).expect("blob");
+                    let file = decode(blob.content()).expect("a status file");
+                    assert!(file.signed.is_some(), "per-agent refs hold signed files");
+                    healthy(&file.status)
+                })
+            }),
+        }
+    }
+
+    /// Commits the agents wrote, on every status ref of the remote.
+    fn commits(self, remote: &Path) -> u64 {
+        let count = |rev: &str| {
+            let out = Command::new("git").args(["rev-list", "--count", rev]).current_dir(remote).output().expect("git");
+            String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0)
+        };
+        match self {
+            Mode::Branch => count(BRANCH),
+            Mode::Refs => {
+                let repo = open_repository(remote).expect("open remote");
+                status_refs(&repo).iter().map(|(name, _)| count(name)).sum()
+            }
+        }
+    }
+}
+
+/// Every ref under `refs/stele/status/` and its tip.
+fn status_refs(repo: &git2::Repository) -> Vec<(String, git2::Oid)> {
+    let refs = repo.references_glob(&format!("{REFS}*")).expect("list refs");
+    refs.map(|r| {
+        let r = r.expect("ref");
+        (r.name().expect("utf-8").to_owned(), r.target().expect("direct"))
+    })
+    .collect()
+}
 
 fn env_name(agent: usize, e: usize) -> String {
     format!("region{agent:02}-env{e}")
@@ -120,6 +212,7 @@ fn counts(agents: &[Agent], offsets: &[u64]) -> Counts {
 /// environment first showed it there, and when each agent's own log first said so (both measured
 /// from `t0` by this process's clock, read every 20 ms).
 fn wait_consistent(
+    mode: Mode,
     remote: &Path,
     agents: &[Agent],
     offsets: &[u64],
@@ -132,11 +225,9 @@ fn wait_consistent(
     let want = format!("running {generation}.0.0");
     loop {
         let now = t0.elapsed();
-        if let Some((_, statuses)) = read_all(&repo, BRANCH).expect("read the status branch") {
-            for s in statuses {
-                if s.phase == Phase::Healthy && s.target_generation == generation {
-                    on_remote.entry(s.env.to_string()).or_insert(now);
-                }
+        for s in mode.latest(&repo) {
+            if s.phase == Phase::Healthy && s.target_generation == generation {
+                on_remote.entry(s.env.to_string()).or_insert(now);
             }
         }
         for (a, offset) in agents.iter().zip(offsets) {
@@ -173,9 +264,21 @@ fn spread(times: &BTreeMap<String, Duration>) -> String {
 pub fn run() {
     let n = env_usize("STELE_BENCH_AGENTS", 20);
     let per = env_usize("STELE_BENCH_ENVS", 2);
+    let modes = match std::env::var("STELE_BENCH_STATUS_MODE").as_deref() {
+        Ok("branch") => vec![Mode::Branch],
+        Ok("refs") => vec![Mode::Refs],
+        _ => vec![Mode::Branch, Mode::Refs],
+    };
+    for mode in modes {
+        run_mode(mode, n, per);
+    }
+}
+
+fn run_mode(mode: Mode, n: usize, per: usize) {
     println!(
         "\n{n} real agents, {per} environments each (1 instance, local provider), one git daemon remote; \
-         a release touches every environment in one push"
+         a release touches every environment in one push; status: {}",
+        mode.name()
     );
     let tmp = tempfile::tempdir().expect("tempdir");
     let work = tmp.path();
@@ -197,6 +300,17 @@ pub fn run() {
         run_cmd(&ledger, STELE, &["env", "set", "--env", name, "--spec", "../spec.json", "--key", "../k.key"]);
     }
     let root = run_cmd(work, STELE, &["key", "id", "k.key.pub"]).split_whitespace().next().expect("id").to_owned();
+    if mode == Mode::Refs {
+        // Each agent its own key, declared for its own environments.
+        for a in 0..n {
+            let key = format!("agent{a:02}.key");
+            run_cmd(work, STELE, &["key", "generate", "--out", &key]);
+            let envs: Vec<String> = (0..per).map(|e| env_name(a, e)).collect();
+            let pubkey = format!("../{key}.pub");
+            let envs = envs.join(",");
+            run_cmd(&ledger, STELE, &["policy", "set-agent", "--pubkey", &pubkey, "--env", &envs, "--key", "../k.key"]);
+        }
+    }
     run_cmd(work, "git", &["clone", "-q", "--bare", "ledger", "remote.git"]);
     let d = daemon(work);
     let url = format!("git://127.0.0.1:{}/remote.git", d.1);
@@ -216,11 +330,12 @@ pub fn run() {
         .map(|a| {
             let envs: Vec<String> = (0..per).map(|e| env_name(a, e)).collect();
             let config = work.join(format!("agent{a:02}.toml"));
+            let key = if mode == Mode::Refs { format!("key_file = \"agent{a:02}.key\"\n") } else { String::new() };
             std::fs::write(
                 &config,
                 format!(
                     "repo = \"{url}\"\nstate_dir = \"state{a:02}\"\ntrust_root = [\"{root}\"]\ninterval_seconds = 1\n\
-                     agent_id = \"agent-{a:02}\"\nenvironments = {envs:?}\n"
+                     agent_id = \"agent-{a:02}\"\nenvironments = {envs:?}\n{key}"
                 ),
             )
             .expect("write config");
@@ -242,7 +357,7 @@ pub fn run() {
         "remote showed Healthy"
     );
     // Commits on the branch when the agents were last started: their publishers count from there.
-    let mut commits_before = commit_count(&remote);
+    let mut commits_before = mode.commits(&remote);
     let mut offsets: Vec<u64> = agents.iter().map(Agent::log_len).collect();
     for a in &mut agents {
         a.start(work);
@@ -251,25 +366,19 @@ pub fn run() {
         release_all(version);
         let t0 = Instant::now();
         run_cmd(&ledger, "git", &["push", "-q", remote.to_str().expect("utf-8"), "HEAD:main"]);
-        let (on_remote, in_agent) = wait_consistent(&remote, &agents, &offsets, phase, t0);
+        let (on_remote, in_agent) = wait_consistent(mode, &remote, &agents, &offsets, phase, t0);
         let consistent = on_remote.values().max().copied().unwrap_or_default();
         for a in &mut agents {
             a.stop();
         }
         let c = counts(&agents, &offsets);
-        let lost = names
-            .iter()
-            .filter(|e| {
-                let seen = history(&open_repository(&remote).expect("open"), BRANCH, &e.parse().expect("env"))
-                    .expect("history");
-                !seen.iter().any(|(_, s)| s.phase == Phase::Healthy && s.target_generation == phase)
-            })
-            .count();
+        let repo = open_repository(&remote).expect("open");
+        let lost = names.iter().filter(|e| !mode.ever_healthy(&repo, e, phase)).count();
         assert_eq!(lost, 0, "every environment's Healthy status reached the branch");
         assert_eq!(c.dropped, 0, "no status dropped");
         assert_eq!(
             c.commits,
-            commit_count(&remote) - commits_before,
+            mode.commits(&remote) - commits_before,
             "every commit on the branch is one the agents counted"
         );
         println!(
@@ -288,12 +397,12 @@ pub fn run() {
         if phase == 1 {
             // Start again: phase 2's counts are those of fresh publishers (their first statuses after
             // the restart included).
-            commits_before = commit_count(&remote);
+            commits_before = mode.commits(&remote);
             offsets = agents.iter().map(Agent::log_len).collect();
             for a in &mut agents {
                 a.start(work);
             }
-            wait_quiet(&remote, Duration::from_secs(3));
+            wait_quiet(mode, &remote, Duration::from_secs(3));
         }
     }
     for a in &mut agents {
@@ -312,17 +421,12 @@ pub fn run() {
     }
 }
 
-fn commit_count(remote: &Path) -> u64 {
-    let out = Command::new("git").args(["rev-list", "--count", BRANCH]).current_dir(remote).output().expect("git");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
-}
-
-/// Waits until the status branch has not moved for `quiet`.
-fn wait_quiet(remote: &Path, quiet: Duration) {
-    let mut last = (commit_count(remote), Instant::now());
+/// Waits until the status refs have not moved for `quiet`.
+fn wait_quiet(mode: Mode, remote: &Path, quiet: Duration) {
+    let mut last = (mode.commits(remote), Instant::now());
     while last.1.elapsed() < quiet {
         std::thread::sleep(Duration::from_millis(100));
-        let now = commit_count(remote);
+        let now = mode.commits(remote);
         if now != last.0 {
             last = (now, Instant::now());
         }

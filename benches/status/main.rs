@@ -16,13 +16,18 @@
 //!   `STELE_BENCH_AGENTS`) on the local provider, each owning `STELE_BENCH_ENVS` environments, polling
 //!   and pushing status through `git daemon` (see agents.rs).
 //!
+//! - `agents` also runs with signed status on per-agent refs (issue 13; `STELE_BENCH_STATUS_MODE`).
+//! - `signing`: what signing costs per status write (render, decode, a whole local publish), unsigned
+//!   versus signed (see signing.rs).
+//!
 //! Run: `cargo bench --profile dev --bench status` (all parts), or `-- rollouts` / `-- writers` /
-//! `-- agents`.
+//! `-- agents` / `-- signing`.
 
 mod agents;
 #[path = "../support/cli.rs"]
 mod cli;
 mod rollouts;
+mod signing;
 mod writers;
 
 fn main() {
@@ -36,5 +41,8 @@ fn main() {
     }
     if wants("agents") {
         agents::run();
+    }
+    if wants("signing") {
+        signing::run();
     }
 }

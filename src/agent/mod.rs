@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod identity;
 mod providers;
 pub mod suspend;
 mod worker;
@@ -41,8 +42,8 @@ pub struct AgentConfig {
     /// Environments to manage; empty means every environment of the ledger.
     pub envs: Vec<EnvName>,
     pub interval: Duration,
-    /// Status branch, or `None` to not write status.
-    pub status_branch: Option<String>,
+    /// Where and how status is written, or `None` to not write status.
+    pub status: Option<StatusConfig>,
     pub agent_id: String,
     pub local: LocalSettings,
     pub aws: crate::provider::AwsSettings,
@@ -56,6 +57,16 @@ pub struct AgentConfig {
     pub floor: crate::sync::Floor,
     /// How the page reads the audit timeline (given by `stele agent`; none: no timeline on the page).
     pub timeline: Option<Timeline>,
+}
+
+/// Where the agent writes status, and with which key.
+#[derive(Clone, Debug)]
+pub struct StatusConfig {
+    /// The full ref: `refs/stele/status/<agent-id>` for an agent with a key (or `status_ref`),
+    /// `refs/heads/<status_branch>` (default `stele/status`, shared, unsigned) without one.
+    pub refname: String,
+    /// The agent's own key (`key_file`): every status file is then a signed status document.
+    pub identity: Option<identity::Identity>,
 }
 
 /// A function from a verified commit to its audit timeline (see `http::state::TimelineFn`).
@@ -84,6 +95,9 @@ pub struct PassSummary {
     pub retryable_failure: bool,
     /// The ledger is stalled (a refused commit, a rewrite, a head below the floor).
     pub ledger_stalled: bool,
+    /// The agent must stop: its configuration is unsafe under the verified policy (its key is in a
+    /// role). Nothing was acted on in this pass.
+    pub fatal: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch: the planner's clock.
@@ -183,6 +197,9 @@ async fn run_async(cfg: AgentConfig, once: bool, timeout: Duration) -> Result<u8
         passes += 1;
         worker = w;
         first = false;
+        if let Some(why) = summary.fatal {
+            return Err(crate::exit::Refused(why).into());
+        }
         if stop.load(Ordering::SeqCst) {
             tracing::info!("stopped between steps; instances keep running and are adopted on restart");
             return Ok(crate::exit::OK);

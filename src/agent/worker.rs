@@ -64,6 +64,8 @@ pub struct Worker {
     refusals_seen: BTreeSet<(String, String)>,
     /// Since when each environment's target generation has been ahead of its observed one.
     behind_since: BTreeMap<EnvName, (u64, Instant)>,
+    /// The policy version the agent's key was last judged against (warnings once per version).
+    judged_policy: Option<u64>,
 }
 
 impl Worker {
@@ -73,9 +75,14 @@ impl Worker {
         let ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?
             .with_floor(cfg.floor.clone());
         let providers = Providers::new(&cfg)?;
-        let status = match &cfg.status_branch {
-            Some(b) => {
-                Some(StatusPublisher::start(StatusWriter::open(&cfg.repo, b, &cfg.state_dir.join("status.git"))?))
+        let status = match &cfg.status {
+            Some(s) => {
+                let writer = StatusWriter::open_ref(&cfg.repo, &s.refname, &cfg.state_dir.join("status.git"))?;
+                let writer = match &s.identity {
+                    Some(identity) => writer.with_key(identity.key.clone()),
+                    None => writer,
+                };
+                Some(StatusPublisher::start(writer))
             }
             None => None,
         };
@@ -99,6 +106,7 @@ impl Worker {
             suspended: BTreeMap::new(),
             refusals_seen: BTreeSet::new(),
             behind_since: BTreeMap::new(),
+            judged_policy: None,
         })
     }
 
@@ -222,6 +230,31 @@ impl Worker {
         self.shared.update_view(|view| view.ledger_stall = Some(reason));
     }
 
+    /// Judges the agent's key against the verified `policy`: a key in a role is an error (the agent
+    /// stops before acting on anything); a key readers will not verify is warned about once per policy
+    /// version.
+    fn judge_key(&mut self, policy: &ledger_format::types::Policy) -> Result<(), String> {
+        use super::identity::Judgement;
+        let Some(identity) = self.cfg.status.as_ref().and_then(|s| s.identity.as_ref()) else {
+            return Ok(());
+        };
+        let judgement = identity.judge(policy, &self.cfg.envs);
+        if let Judgement::Refused(why) = judgement {
+            return Err(why);
+        }
+        if self.judged_policy.replace(policy.version) != Some(policy.version) {
+            match judgement {
+                Judgement::Unverified(why) => tracing::warn!(policy_version = policy.version, "{why}"),
+                _ => tracing::info!(
+                    policy_version = policy.version,
+                    key = %identity.key.key_id(),
+                    "the agent's key is an agent key of the policy; its status reports verify"
+                ),
+            }
+        }
+        Ok(())
+    }
+
     /// Counts each refused commit once per check in the metrics (a refused head is judged again at
     /// every poll until it changes).
     fn note_refusals(&mut self, s: &crate::sync::Synced) {
@@ -297,6 +330,11 @@ impl Worker {
             summary.settled = self.ledger_stall.is_some();
             return summary;
         };
+        if let Err(why) = self.judge_key(&verified.state.policy.payload) {
+            tracing::error!("{why}");
+            summary.fatal = Some(why);
+            return summary;
+        }
         let ledger_id = verified.state.policy.payload.ledger.clone();
         self.maybe_collect_garbage(&verified);
         self.suspended = suspend::read_all(&self.cfg.state_dir);

@@ -2,7 +2,8 @@
 //! Also used by `stele plan`, which needs the same configuration.
 
 use super::trust_anchor;
-use crate::agent::{self, default_agent_id, AgentConfig};
+use crate::agent::identity::{self, Identity};
+use crate::agent::{self, default_agent_id, AgentConfig, StatusConfig};
 use crate::cli::{AgentArgs, AgentSettingsArgs, TrustArgs};
 use crate::exit::Refused;
 use crate::provider::local::LocalSettings;
@@ -31,6 +32,11 @@ struct AgentFile {
     status_branch: Option<String>,
     write_status: Option<bool>,
     agent_id: Option<String>,
+    /// The agent's own Ed25519 key (`stele key generate`): status is then signed and written to the
+    /// agent's own ref.
+    key_file: Option<PathBuf>,
+    /// The full status ref (default `refs/stele/status/<agent-id>` with a key).
+    status_ref: Option<String>,
     #[serde(default)]
     local: LocalSettings,
     #[serde(default)]
@@ -140,14 +146,25 @@ pub fn load_config_with(repo_flag: Option<&Path>, args: &AgentSettingsArgs, crea
     let envs = names.iter().map(|e| e.parse::<EnvName>().map_err(Refused)).collect::<Result<Vec<_>, _>>()?;
     let interval = args.interval.or(file.interval_seconds).unwrap_or(30).max(1);
     let write_status = !args.no_status && file.write_status.unwrap_or(true);
-    let status_branch = args.status_branch.clone().or(file.status_branch).unwrap_or_else(|| "stele/status".into());
+    let status_branch = args.status_branch.clone().or(file.status_branch);
+    // `stele plan` (create false) writes nothing, so it neither needs nor reads the key.
+    let status = if write_status && create {
+        Some(status_config(file.key_file.map(resolve), file.status_ref, status_branch, file.agent_id.as_deref())?)
+    } else {
+        None
+    };
+    let agent_id = match (file.agent_id, status.as_ref().and_then(|s| s.identity.as_ref())) {
+        (Some(id), _) => id,
+        (None, Some(identity)) => identity.default_id(),
+        (None, None) => default_agent_id(&state_dir),
+    };
     Ok(AgentConfig {
         anchor: trust_anchor(&trust)?,
         branch: args.branch.clone().or(file.branch),
         envs,
         interval: Duration::from_secs(interval),
-        status_branch: write_status.then_some(status_branch),
-        agent_id: file.agent_id.unwrap_or_else(|| default_agent_id(&state_dir)),
+        status,
+        agent_id,
         local: file.local,
         aws: file.aws,
         http: file.http.map(|mut h| {
@@ -168,6 +185,44 @@ pub fn load_config_with(repo_flag: Option<&Path>, args: &AgentSettingsArgs, crea
         repo,
         state_dir,
     })
+}
+
+/// Where status goes: with `key_file`, signed to `status_ref` or `refs/stele/status/<agent-id>` (the
+/// id being `agent_id` or the first 16 hex digits of the key id); without, unsigned to `status_ref`
+/// or the shared branch `refs/heads/<status_branch>` (default `stele/status`), with a warning that
+/// readers will label those reports UNVERIFIED.
+fn status_config(
+    key_file: Option<PathBuf>,
+    status_ref: Option<String>,
+    status_branch: Option<String>,
+    agent_id: Option<&str>,
+) -> Result<StatusConfig> {
+    let Some(key_file) = key_file else {
+        let refname =
+            status_ref.unwrap_or_else(|| format!("refs/heads/{}", status_branch.as_deref().unwrap_or("stele/status")));
+        tracing::warn!(
+            status_ref = %refname,
+            "no key_file: status is written unsigned, and readers (`stele status`, `stele audit`) will label \
+             its reports UNVERIFIED; give the agent a key of its own (`stele key generate --out agent.key`, \
+             key_file = \"agent.key\") and declare it with `stele policy set-agent`"
+        );
+        return Ok(StatusConfig { refname, identity: None });
+    };
+    let identity = Identity::load(&key_file)?;
+    let refname = match status_ref {
+        Some(r) => r,
+        None => identity::status_ref(agent_id.map_or_else(|| identity.default_id(), str::to_owned).as_str())
+            .map_err(Refused)?,
+    };
+    if let Some(branch) = status_branch.filter(|b| b != "stele/status") {
+        tracing::warn!(
+            %branch,
+            status_ref = %refname,
+            "status_branch is ignored: an agent with a key writes signed status to its own ref"
+        );
+    }
+    tracing::info!(key = %identity.key.key_id(), status_ref = %refname, "status is signed with the agent's key");
+    Ok(StatusConfig { refname, identity: Some(identity) })
 }
 
 /// Parses the text of a configuration file and checks what [`load_config`] checks without the file

@@ -27,12 +27,12 @@ pub mod verify;
 pub mod writer;
 
 pub use publisher::{PublisherStats, StatusPublisher};
-pub(crate) use read::read_env_file;
+pub(crate) use read::{read_env_file, status_dir};
 pub use read::{
     history, open_repository, read_all, read_history, read_tips, status_refs, Candidate, STATUS_REFS, STATUS_REFSPEC,
 };
 pub use verify::{judge, newest_per_env, Judged, Label, LedgerIndex, Trust};
-pub use writer::{Published, StatusWriter, WriterStats};
+pub use writer::{Published, StatusKey, StatusWriter, WriterStats};
 
 use ledger_format::document::Document;
 use ledger_format::types::{EnvName, GroupName, LedgerId, Observation, ReleaseVersion, StatusType};

@@ -5,17 +5,22 @@
 //! Must not touch: anything on the branch but the files of the environments it is handed; the
 //! ledger branch; a branch a work tree has checked out.
 
-use super::{git_err, read_env_file, render, status_path, EnvStatus, StatusError, STATUS_DIR};
+use super::{
+    decode, git_err, read_env_file, render, render_signed, status_dir, status_path, EnvStatus, StatusError, STATUS_DIR,
+};
 use crate::source::{callbacks, is_remote};
 use git2::{ErrorCode, FileMode, Oid, PushOptions, Repository, Signature, Tree};
+use ledger_format::crypto::KeyId;
 use ledger_format::types::EnvName;
+use ledger_format::SecretKey;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Written at the root of the branch by its first commit, so a person browsing it knows what it is.
+/// Written at the root of the ref by its first commit, so a person browsing it knows what it is.
 const README_NAME: &str = "README.md";
 const README: &str = "\
 # Stele status branch
@@ -27,6 +32,19 @@ and the release the instances actually run, the rollout phase and every instance
 A commit is made only when an environment's observed state changes, and agents move this branch
 with a compare-and-swap (never a force push), so its history is the audit trail of what ran where.
 Read it with `stele status` from any clone. Do not commit here by hand.
+";
+/// The README of a signed agent's own ref (`refs/stele/status/<agent-id>`).
+const README_SIGNED: &str = "\
+# Stele status of one agent
+
+This ref is written by one Stele agent, not by people. Each file `status/<environment>.json` is a
+signed status document (`stele.status/v1`, SPEC.md): what the agent last observed of that
+environment, signed with the agent's own key. Readers (`stele status`, `stele audit`) check the
+signature against the agent keys the ledger's policy declares, and label anything else UNVERIFIED.
+
+A commit is made only when an environment's observed state changes; the agent moves this ref with a
+compare-and-swap (never a force push), so its history is the audit trail of what ran where. Fetch it
+with `git fetch origin '+refs/stele/status/*:refs/stele/status/*'`. Do not commit here by hand.
 ";
 /// How many times [`StatusWriter::publish_all`] builds and offers a commit before giving up on a
 /// branch that keeps moving.
@@ -87,12 +105,44 @@ enum Offer {
     Refused(String),
 }
 
-/// Writes status files to the status branch of one ledger repository.
+/// The key a writer signs its status files with (an agent's own key, never a release key).
+#[derive(Clone)]
+pub struct StatusKey {
+    key: Arc<SecretKey>,
+    key_id: KeyId,
+}
+
+impl StatusKey {
+    pub fn new(key: SecretKey) -> Self {
+        let key_id = key.public_key().key_id();
+        Self { key: Arc::new(key), key_id }
+    }
+
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+
+    pub fn secret(&self) -> &SecretKey {
+        &self.key
+    }
+}
+
+impl std::fmt::Debug for StatusKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StatusKey({})", self.key_id)
+    }
+}
+
+/// Writes status files to the status branch (or an agent's own status ref) of one ledger repository.
 pub struct StatusWriter {
     target: Target,
+    /// What log lines and errors call the ref: the branch name for `refs/heads/<branch>`, otherwise
+    /// the full ref name.
     branch: String,
     refname: String,
     location: String,
+    /// With a key, every file is a signed status document; without one, the bare status object.
+    key: Option<StatusKey>,
     before_update: Option<Box<dyn FnMut(u32) + Send>>,
     stats: WriterStats,
 }
@@ -103,13 +153,24 @@ impl StatusWriter {
     /// bare cache a remote is mirrored into (for example `<state-dir>/status.git`); it is neither
     /// created nor used for a repository on this machine.
     pub fn open(location: &str, branch: &str, work_dir: &Path) -> Result<Self, StatusError> {
-        let refname = format!("refs/heads/{branch}");
-        if !git2::Reference::is_valid_name(&refname) {
-            return Err(StatusError::Refused {
-                location: location.to_owned(),
-                reason: format!("{branch:?} is not a valid branch name"),
-            });
-        }
+        Self::open_ref(location, &format!("refs/heads/{branch}"), work_dir)
+    }
+
+    /// [`StatusWriter::open`] for a full ref name: `refs/heads/<branch>` (the legacy shared branch)
+    /// or an agent's own `refs/stele/status/<agent-id>`. Only refs under `refs/heads/` and
+    /// `refs/stele/` are written (never tags, notes or remote-tracking refs).
+    pub fn open_ref(location: &str, refname: &str, work_dir: &Path) -> Result<Self, StatusError> {
+        let refused = |reason: String| StatusError::Refused { location: location.to_owned(), reason };
+        let branch = match refname.strip_prefix("refs/heads/") {
+            Some(branch) if git2::Reference::is_valid_name(refname) => branch.to_owned(),
+            Some(branch) => return Err(refused(format!("{branch:?} is not a valid branch name"))),
+            None if refname.starts_with("refs/stele/") && git2::Reference::is_valid_name(refname) => refname.to_owned(),
+            None => {
+                return Err(refused(format!(
+                    "{refname:?} is not a status ref: expected refs/heads/<branch> or refs/stele/<name>"
+                )))
+            }
+        };
         let target = match local_path(location) {
             Some(path) => {
                 let repo = Repository::discover(&path).map_err(git_err(location, "open repository"))?;
@@ -132,9 +193,10 @@ impl StatusWriter {
         };
         let writer = Self {
             target,
-            branch: branch.to_owned(),
-            refname,
+            branch,
+            refname: refname.to_owned(),
             location: location.to_owned(),
+            key: None,
             before_update: None,
             stats: WriterStats::default(),
         };
@@ -144,9 +206,22 @@ impl StatusWriter {
         Ok(writer)
     }
 
-    /// The branch written to.
+    /// Signs every status file written from now on with `key` (a signed status document, SPEC.md
+    /// §6.5). A file already on the ref that says the same to an auditor but is not signed by this key
+    /// is written again, so the ref ends up saying everything under this key.
+    pub fn with_key(mut self, key: StatusKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// The branch written to (the full ref name when it is not under `refs/heads/`).
     pub fn branch(&self) -> &str {
         &self.branch
+    }
+
+    /// The full name of the ref written to.
+    pub fn refname(&self) -> &str {
+        &self.refname
     }
 
     /// What this writer did since it was opened.
@@ -254,7 +329,9 @@ impl StatusWriter {
                     _ => None,
                 },
             };
-            if before.as_ref().is_some_and(|b| b.same_for_audit(status)) {
+            if before.as_ref().is_some_and(|b| b.same_for_audit(status))
+                && !self.resign(&said, status, &tip_tree, tip)?
+            {
                 said.insert(&status.env, before);
                 continue;
             }
@@ -264,6 +341,43 @@ impl StatusWriter {
             chain.push(commit);
         }
         Ok(chain)
+    }
+
+    /// Whether the tip's file of `status.env` (which says the same to an auditor) must be written
+    /// again because this writer signs and the file is not signed by its key: unsigned, or by another
+    /// key (the agent's key was replaced). Not for a file written earlier in this chain.
+    fn resign(
+        &self,
+        said: &BTreeMap<&EnvName, Option<EnvStatus>>,
+        status: &EnvStatus,
+        tip_tree: &Option<Tree>,
+        tip: Option<Oid>,
+    ) -> Result<bool, StatusError> {
+        match (&self.key, tip_tree, tip) {
+            (Some(key), Some(tree), Some(id)) if !said.contains_key(&status.env) => {
+                Ok(self.signer(tree, &status.env, &id.to_string())? != Some(key.key_id))
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The key that signed `status/<env>.json` in `tree` (`None` for an unsigned file). Called only
+    /// after [`read_env_file`] read the file as a status file.
+    fn signer(&self, tree: &Tree, env: &EnvName, commit: &str) -> Result<Option<KeyId>, StatusError> {
+        let repo = self.repo();
+        let Some(dir) = status_dir(repo, tree, commit)? else {
+            return Ok(None);
+        };
+        let Some(entry) = dir.get_name(&format!("{env}.json")) else {
+            return Ok(None);
+        };
+        let blob = repo.find_blob(entry.id()).map_err(git_err(&self.location, "read status file"))?;
+        let file = decode(blob.content()).map_err(|reason| StatusError::Corrupt {
+            file: status_path(env),
+            commit: commit.to_owned(),
+            reason,
+        })?;
+        Ok(file.signed.and_then(|doc| doc.signatures.first().map(|s| s.keyid)))
     }
 
     fn repo(&self) -> &Repository {
@@ -313,8 +427,14 @@ impl StatusWriter {
         }
     }
 
+    /// The cache's mirror of the remote ref: `refs/stele/remote/<branch>` for a branch (as before
+    /// revision 4), `refs/stele/tracking/<refname>` for any other ref (a name that cannot clash with
+    /// a branch's directory).
     fn tracking_ref(&self) -> String {
-        format!("refs/stele/remote/{}", self.branch)
+        match self.refname.strip_prefix("refs/heads/") {
+            Some(branch) => format!("refs/stele/remote/{branch}"),
+            None => format!("refs/stele/tracking/{}", self.refname),
+        }
     }
 
     /// The remote's branch tip (`None` when the branch does not exist yet), refusing when it is the
@@ -377,16 +497,27 @@ impl StatusWriter {
         let err = |context: &'static str| git_err(&self.location, context);
         let parent = parent.map(|id| repo.find_commit(id)).transpose().map_err(err("read tip"))?;
         let base = parent.as_ref().map(|c| c.tree()).transpose().map_err(err("read tip tree"))?;
-        let blob = repo.blob(&render(status)).map_err(err("write status file"))?;
-        let tree = build_tree(repo, base.as_ref(), &status.env, blob).map_err(err("write tree"))?;
+        let bytes = match &self.key {
+            Some(key) => render_signed(status, key.secret()).map_err(|reason| StatusError::Refused {
+                location: self.location.clone(),
+                reason: format!("cannot sign the status of {}: {reason}", status.env),
+            })?,
+            None => render(status),
+        };
+        let blob = repo.blob(&bytes).map_err(err("write status file"))?;
+        let readme = if self.key.is_some() { README_SIGNED } else { README };
+        let tree = build_tree(repo, base.as_ref(), &status.env, blob, readme).map_err(err("write tree"))?;
         let tree = repo.find_tree(tree).map_err(err("write tree"))?;
         // libgit2 reads user.name and user.email from the repository's and the user's git config;
         // without them the agent signs as itself.
         let signature =
             repo.signature().or_else(|_| Signature::now(DEFAULT_NAME, DEFAULT_EMAIL)).map_err(err("make signature"))?;
         let parents: Vec<&git2::Commit> = parent.iter().collect();
-        repo.commit(None, &signature, &signature, &commit_message(status, file), &tree, &parents)
-            .map_err(err("write commit"))
+        let mut message = commit_message(status, file);
+        if let Some(key) = &self.key {
+            message.push_str(&format!("signed: {}\n", key.key_id));
+        }
+        repo.commit(None, &signature, &signature, &message, &tree, &parents).map_err(err("write commit"))
     }
 
     /// Offers `commit` as the new tip in place of `expected`.
@@ -511,7 +642,13 @@ pub(super) fn random_u64() -> u64 {
 
 /// The root tree of the new commit: `base` with only `status/<env>.json` replaced (and a README on
 /// the first commit).
-fn build_tree(repo: &Repository, base: Option<&Tree>, env: &EnvName, blob: Oid) -> Result<Oid, git2::Error> {
+fn build_tree(
+    repo: &Repository,
+    base: Option<&Tree>,
+    env: &EnvName,
+    blob: Oid,
+    readme: &str,
+) -> Result<Oid, git2::Error> {
     let status_dir = base
         .and_then(|t| t.get_name(STATUS_DIR))
         .map(|entry| entry.to_object(repo).and_then(|o| o.peel_to_tree()))
@@ -522,7 +659,7 @@ fn build_tree(repo: &Repository, base: Option<&Tree>, env: &EnvName, blob: Oid) 
     let mut root = repo.treebuilder(base)?;
     root.insert(STATUS_DIR, dir, FileMode::Tree.into())?;
     if base.is_none() {
-        let readme = repo.blob(README.as_bytes())?;
+        let readme = repo.blob(readme.as_bytes())?;
         root.insert(README_NAME, readme, FileMode::Blob.into())?;
     }
     root.write()
