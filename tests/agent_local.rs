@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn rolling_update_and_revert_lose_no_request_through_the_balancer() {
-    let w = World::new();
+    // With its own key, the agent's reports are signed and verify: audit counts them as observed.
+    let w = World::new().with_agent_key();
     let v1 = w.image("1.0.0", false);
     let v2 = w.image("2.0.0", false);
     w.release("1.0.0", &v1, &[]).expect(OK);
@@ -56,7 +57,7 @@ fn rolling_update_and_revert_lose_no_request_through_the_balancer() {
     assert_eq!(live.len(), 2, "exactly capacity instances run: {live:?}");
     assert!(live.iter().all(|(_, v)| v == "1.0.0"), "{live:?}");
 
-    // The auditor sees, beside each target, that the agent ran it (from the status branch).
+    // The auditor sees, beside each target, that the agent ran it (from its verified status ref).
     let audit = w.ledger.stele(["audit", "--env", "staging", "--json", "--trust-root", &w.alice.id]);
     let v: Value = serde_json::from_str(&audit.expect(OK).stdout).expect("audit JSON");
     let events = v["environments"]["staging"]["events"].as_array().expect("events").clone();

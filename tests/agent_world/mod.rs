@@ -88,6 +88,21 @@ impl World {
         self.ledger.stele(["release", "--env", env, "--version", version, "--image", &path_str(tar), "--key", &key])
     }
 
+    /// Gives the agent a key of its own (`key_file`) that the policy declares as the agent key of every
+    /// environment: its reports are then signed, on `refs/stele/status/<agent-id>`, and verify.
+    pub fn with_agent_key(self) -> Self {
+        let agent = self.sb.key("agent");
+        let alice = path_str(&self.alice.secret);
+        let (pubkey, envs) = (path_str(&agent.public), self.envs.join(","));
+        self.ledger
+            .stele(["policy", "set-agent", "--pubkey", &pubkey, "--env", &envs, "--key", &alice])
+            .expect(OK);
+        let mut config = std::fs::read_to_string(&self.config).expect("read agent.toml");
+        config = format!("key_file = \"{}\"\n{config}", path_str(&agent.secret));
+        std::fs::write(&self.config, config).expect("write agent.toml");
+        self
+    }
+
     /// `env`'s status from the status branch.
     pub fn status_of(&self, env: &str) -> Value {
         let out = self.ledger.stele(["status", "--json", "--env", env]);
