@@ -39,7 +39,10 @@ fn policy(root: &SecretKey, agent: &SecretKey, bot: &SecretKey) -> Policy {
         ]),
         root: role.clone(),
         environments: BTreeMap::from([("prod".parse().unwrap(), role)]),
-        agents: BTreeMap::from([(agent.public_key().key_id(), AgentGrant { environments: vec!["prod".parse().unwrap()] })]),
+        agents: BTreeMap::from([(
+            agent.public_key().key_id(),
+            AgentGrant { environments: vec!["prod".parse().unwrap()] },
+        )]),
         timestamp: Some(TimestampRole {
             keys: vec![bot.public_key().key_id()],
             threshold: 1,
@@ -133,7 +136,7 @@ fn main() {
     };
     let current = stamp(7, &commit);
     let check = time(rounds * 10, || {
-        black_box(check_current(black_box(&p), Some(&current), Some(6), now).unwrap());
+        black_box(check_current(black_box(&p), Some(&current), Some(6), now)).unwrap();
     });
     println!("  check_current (F3, per poll): {check:.3} us");
 

@@ -27,10 +27,10 @@ pub mod verify;
 pub mod writer;
 
 pub use publisher::{PublisherStats, StatusPublisher};
-pub(crate) use read::{read_env_file, status_dir};
 pub use read::{
     history, open_repository, read_all, read_history, read_tips, status_refs, Candidate, STATUS_REFS, STATUS_REFSPEC,
 };
+pub(crate) use read::{read_env_file, status_dir};
 pub use verify::{judge, newest_per_env, Judged, Label, LedgerIndex, Trust};
 pub use writer::{Published, StatusKey, StatusWriter, WriterStats};
 

@@ -94,9 +94,7 @@ impl World {
         let agent = self.sb.key("agent");
         let alice = path_str(&self.alice.secret);
         let (pubkey, envs) = (path_str(&agent.public), self.envs.join(","));
-        self.ledger
-            .stele(["policy", "set-agent", "--pubkey", &pubkey, "--env", &envs, "--key", &alice])
-            .expect(OK);
+        self.ledger.stele(["policy", "set-agent", "--pubkey", &pubkey, "--env", &envs, "--key", &alice]).expect(OK);
         let mut config = std::fs::read_to_string(&self.config).expect("read agent.toml");
         config = format!("key_file = \"{}\"\n{config}", path_str(&agent.secret));
         std::fs::write(&self.config, config).expect("write agent.toml");
