@@ -20,10 +20,14 @@
 //! - `signing`: what signing costs per status write (render, decode, a whole local publish), unsigned
 //!   versus signed (see signing.rs).
 //!
+//! - `observations`: what a reader's `verify_observation`, the freshness rule (F3) and a timestamp
+//!   renewal step cost (see observations.rs).
+//!
 //! Run: `cargo bench --profile dev --bench status` (all parts), or `-- rollouts` / `-- writers` /
-//! `-- agents` / `-- signing`.
+//! `-- agents` / `-- signing` / `-- observations`.
 
 mod agents;
+mod observations;
 #[path = "../support/cli.rs"]
 mod cli;
 mod rollouts;
@@ -44,5 +48,8 @@ fn main() {
     }
     if wants("signing") {
         signing::run();
+    }
+    if wants("observations") {
+        observations::run();
     }
 }

@@ -14,6 +14,11 @@ use stele::status::{
 };
 
 fn typical(generation: u64) -> EnvStatus {
+    with_instances(3, generation)
+}
+
+/// A Healthy status of `instances` instances at `generation` (also the `observations` part's fixture).
+pub fn with_instances(instances: usize, generation: u64) -> EnvStatus {
     let target = TargetStatus { version: "2.0.0".parse().unwrap(), seq: 4, blake3: Blake3Digest([7; 32]) };
     EnvStatus {
         format: FORMAT,
@@ -26,7 +31,7 @@ fn typical(generation: u64) -> EnvStatus {
         running: Some(target),
         phase: Phase::Healthy,
         message: String::new(),
-        instances: (1..=3)
+        instances: (1..=instances)
             .map(|i| InstanceStatus {
                 id: format!("web-{i}"),
                 group: "web".parse().unwrap(),

@@ -5,8 +5,8 @@
 //! - per poll: the freshness rule `check_current` (F3) and applying one timestamp renewal step
 //!   (`apply_step`: parse, F1 signature, F2), the work a renewal adds to a replay.
 //!
-//! Run: `cargo bench --profile dev --bench observations` (or without `--profile dev` for optimised
-//! figures). `STELE_BENCH_ROUNDS` (default 2000) sets the iterations per figure.
+//! Run: `cargo bench --profile dev --bench status -- observations` (or without `--profile dev` for
+//! optimised figures). `STELE_BENCH_ROUNDS` (default 2000) sets the iterations per figure.
 
 use ledger_format::document::Direct;
 use ledger_format::freshness::{check_current, TIMESTAMP_PATH};
@@ -14,11 +14,11 @@ use ledger_format::history::{apply_step, state_of, CommitInfo, PathChange, Step}
 use ledger_format::observation::verify_observation;
 use ledger_format::tree::{verify_snapshot_with, Expiry, Node, Snapshot, POLICY_PATH};
 use ledger_format::types::*;
-use ledger_format::{Blake3Digest, Document, SecretKey, Timestamp};
+use ledger_format::{Document, SecretKey, Timestamp};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
-use stele::status::{self, EnvStatus, InstanceStatus, Phase, TargetStatus};
+use stele::status::{self, EnvStatus};
 
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed(&[n; 32])
@@ -51,37 +51,6 @@ fn policy(root: &SecretKey, agent: &SecretKey, bot: &SecretKey) -> Policy {
     }
 }
 
-fn status_of(instances: usize, commit: &str) -> EnvStatus {
-    let target = TargetStatus { version: "2.0.0".parse().unwrap(), seq: 2, blake3: Blake3Digest([0xab; 32]) };
-    EnvStatus {
-        format: status::FORMAT,
-        env: "prod".parse().unwrap(),
-        ledger: "bench".parse().unwrap(),
-        ledger_commit: commit.into(),
-        target_generation: 3,
-        observed_generation: 3,
-        target: Some(target.clone()),
-        running: Some(target),
-        phase: Phase::Healthy,
-        message: String::new(),
-        instances: (0..instances)
-            .map(|i| InstanceStatus {
-                id: format!("web-{i}"),
-                group: "web".parse().unwrap(),
-                generation: 3,
-                blake3: Blake3Digest([0xab; 32]),
-                health: "healthy".into(),
-                since: "2026-01-01T00:00:00Z".parse().unwrap(),
-                drift: None,
-            })
-            .collect(),
-        last_error: None,
-        agent: "host:/var/lib/stele".into(),
-        updated_at: "2026-01-02T00:00:00Z".parse().unwrap(),
-        suspended: None,
-    }
-}
-
 /// Mean time per call of `f` over `rounds` calls, in microseconds.
 fn time(rounds: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -92,14 +61,14 @@ fn time(rounds: usize, mut f: impl FnMut()) -> f64 {
     start.elapsed().as_secs_f64() * 1e6 / rounds as f64
 }
 
-fn main() {
+pub fn run() {
     let rounds: usize = std::env::var("STELE_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let (root, agent, bot) = (key(1), key(2), key(3));
     let p = policy(&root, &agent, &bot);
     let commit = "1".repeat(40);
     println!("signed observations and timestamps, {rounds} rounds per figure (mean per call)");
     for instances in [3usize, 1000] {
-        let s = status_of(instances, &commit);
+        let s = EnvStatus { ledger_commit: commit.clone(), ..super::signing::with_instances(instances, 3) };
         let unsigned = time(rounds, || {
             black_box(status::render(black_box(&s)));
         });
