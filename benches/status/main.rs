@@ -27,9 +27,9 @@
 //! `-- agents` / `-- signing` / `-- observations`.
 
 mod agents;
-mod observations;
 #[path = "../support/cli.rs"]
 mod cli;
+mod observations;
 mod rollouts;
 mod signing;
 mod writers;

@@ -1,7 +1,8 @@
 //! The numbered verification checks of SPEC.md §7. Every refusal names one, so a message can be looked
 //! up in the spec and an independent implementation can match verdicts check by check.
 //!
-//! Owns: check identifiers and their one-line summaries. Must not contain verification logic.
+//! Owns: check identifiers and their one-line summaries, and a problem (path, check, reason, cause).
+//! Must not contain verification logic.
 
 use serde::Serialize;
 use std::fmt;
@@ -83,5 +84,29 @@ checks! {
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.id())
+    }
+}
+
+/// One refusal: which file, which check of SPEC.md, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub check: Check,
+    pub reason: String,
+    /// The signature check (S1-S3) that made a P4, N4, E5 or P6 check fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Check>,
+}
+
+impl Problem {
+    /// The same problem, with the signature check that caused it.
+    pub fn with_cause(self, cause: Option<Check>) -> Self {
+        Self { cause, ..self }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.path, self.check, self.reason)
     }
 }

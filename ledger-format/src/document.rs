@@ -126,8 +126,8 @@ impl DocError {
     }
 
     /// This error as a problem at `path`.
-    pub fn at(self, path: &str) -> crate::tree::Problem {
-        crate::tree::Problem { path: path.to_owned(), check: self.check, reason: self.reason, cause: self.cause }
+    pub fn at(self, path: &str) -> crate::check::Problem {
+        crate::check::Problem { path: path.to_owned(), check: self.check, reason: self.reason, cause: self.cause }
     }
 
     /// Reports a signature failure `self` under the document's own `check`, keeping the S-check as

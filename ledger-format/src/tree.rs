@@ -6,14 +6,13 @@
 //! must not judge transitions between trees (that is the history verifier's job).
 
 use crate::check::Check;
+pub use crate::check::Problem;
 use crate::crypto::Blake3Digest;
 use crate::document::{DocError, Document, ForeignSignatures, Payload, SignedBy};
 use crate::freshness::{check_timestamp, MAX_VALIDITY_LIMIT, MIN_VALIDITY_LIMIT, TIMESTAMP_PATH};
 use crate::time::Timestamp;
 use crate::types::{Entry, EnvName, Environment, LedgerId, Policy, Role, TimestampDoc};
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 /// Path of the policy document.
 pub const POLICY_PATH: &str = "trust/policy.json";
@@ -45,30 +44,6 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn insert_file(&mut self, path: &str, bytes: Vec<u8>) {
         self.nodes.insert(path.as_bytes().to_vec(), Node::File(bytes));
-    }
-}
-
-/// One refusal: which file, which check of SPEC.md, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    pub path: String,
-    pub check: Check,
-    pub reason: String,
-    /// The signature check (S1-S3) that made a P4, N4, E5 or P6 check fail.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cause: Option<Check>,
-}
-
-impl Problem {
-    /// The same problem, with the signature check that caused it.
-    pub fn with_cause(self, cause: Option<Check>) -> Self {
-        Self { cause, ..self }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.path, self.check, self.reason)
     }
 }
 
