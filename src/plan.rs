@@ -37,7 +37,7 @@
 use ledger_format::types::{DriftMode, Environment, GroupName, HealthCheck, Image, ReleaseVersion, Strategy};
 use ledger_format::Blake3Digest;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// A target generation number (DESIGN.md "Target generation").
@@ -307,8 +307,13 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: u64) -> Plan {
         effective: effective.clone(),
         relaunch: vec![],
     };
+    // Each instance is sorted into its group once: O(instances + groups), not instances x groups.
+    let mut by_group: HashMap<&GroupName, Vec<&Instance>> = HashMap::with_capacity(spec.groups.len());
+    for i in &observed.instances {
+        by_group.entry(&i.group).or_default().push(i);
+    }
     for group in &spec.groups {
-        let mut members: Vec<&Instance> = observed.instances.iter().filter(|i| i.group == group.name).collect();
+        let mut members: Vec<&Instance> = by_group.remove(&group.name).unwrap_or_default();
         members.sort_by(|a, b| (a.launched_ms, &a.id).cmp(&(b.launched_ms, &b.id)));
         let traffic =
             observed.traffic.get(&group.name).cloned().unwrap_or(GroupTraffic { traffic: Traffic::Even, since_ms: 0 });
@@ -335,8 +340,8 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: u64) -> Plan {
         }
     }
     // Instances of groups the spec no longer has are stale too (in a fixed order, whatever the provider's).
-    let mut strays: Vec<&Instance> =
-        observed.instances.iter().filter(|i| !spec.groups.iter().any(|g| g.name == i.group)).collect();
+    // What is left is of groups the spec does not have (a group named twice was taken once: N3).
+    let mut strays: Vec<&Instance> = by_group.into_values().flatten().collect();
     strays.sort_by(|a, b| (&a.group, a.launched_ms, &a.id).cmp(&(&b.group, b.launched_ms, &b.id)));
     let stopping = strays.iter().filter(|i| i.stopping()).count();
     if stopping > 0 {
