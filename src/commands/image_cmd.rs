@@ -36,7 +36,7 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
             let digest = if file.starts_with("http://") || file.starts_with("https://") {
                 image::digest_url(&file, None)?
             } else {
-                image::digest_file(std::path::Path::new(&file), None)?
+                image::digest_file_parallel(std::path::Path::new(&file), None)?
             };
             if json {
                 println!("{}", json!({"file": file, "blake3": digest.blake3, "size": digest.size}));

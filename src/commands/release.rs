@@ -118,7 +118,7 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
             }
             eprintln!("hashing {path_or_url} ...");
             let digest = match &source {
-                Source::File(path) => image::digest_file(path, Some(args.max_size))?,
+                Source::File(path) => image::digest_file_parallel(path, Some(args.max_size))?,
                 Source::Url(url) => image::digest_url(url, Some(args.max_size))?,
             };
             check_expectations(&args, path_or_url, &digest)?;
