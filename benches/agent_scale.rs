@@ -54,12 +54,15 @@ fn rollout(worker: &mut Worker, envs: usize) -> (usize, Duration) {
 }
 
 fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(|_| "?".into(), |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    std::fs::read_to_string("/proc/loadavg")
+        .map_or_else(|_| "?".into(), |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn main() {
     let capacity = env_var_list("STELE_BENCH_CAPACITY", "2")[0] as u64;
-    println!("agent pass at scale, in process on the simulated provider (no Git); {capacity} instance(s) per environment");
+    println!(
+        "agent pass at scale, in process on the simulated provider (no Git); {capacity} instance(s) per environment"
+    );
     println!("load average before: {}", load());
     for n in env_var_list("STELE_BENCH_ENVS", "1000") {
         let envs: Vec<EnvName> = (0..n).map(|i| format!("env-{i:05}").parse().expect("a valid name")).collect();
@@ -116,7 +119,11 @@ fn main() {
 
         let (median, min, max) = stats(passes);
         let (floor, _, _) = stats(floors);
-        println!("\n{n} environments ({} instances), ledger generated and verified in {:.0} ms", n as u64 * capacity, ms(setup));
+        println!(
+            "\n{n} environments ({} instances), ledger generated and verified in {:.0} ms",
+            n as u64 * capacity,
+            ms(setup)
+        );
         println!(
             "  rollout 1.0.0 from nothing: {first_passes} passes, {:.0} ms ({:.1} ms/pass), all {n} Healthy",
             ms(first),

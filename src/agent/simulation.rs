@@ -67,7 +67,12 @@ impl SimLedger {
                 provider: Provider::Local {},
                 groups: vec![Group { name: "web".parse().expect("a valid group name"), capacity }],
                 strategy: Strategy::Rolling { max_surge: capacity, max_unavailable: 0, min_ready_seconds: 0 },
-                health: HealthCheck::Tcp { interval_ms: 100, timeout_ms: 100, healthy_threshold: 1, deadline_seconds: 30 },
+                health: HealthCheck::Tcp {
+                    interval_ms: 100,
+                    timeout_ms: 100,
+                    healthy_threshold: 1,
+                    deadline_seconds: 30,
+                },
                 drift: DriftMode::Correct,
                 revert: RevertPolicy::Allow,
                 max_instance_age_seconds: None,
@@ -112,7 +117,10 @@ impl SimLedger {
 
     /// The state verified up to the last commit.
     pub fn verified(&self) -> Verified {
-        Verified { commit: git2::Oid::from_bytes(&oid_bytes(self.commit)).expect("20 bytes"), state: self.state.clone() }
+        Verified {
+            commit: git2::Oid::from_bytes(&oid_bytes(self.commit)).expect("20 bytes"),
+            state: self.state.clone(),
+        }
     }
 }
 

@@ -34,6 +34,8 @@ fn health_word(health: &str) -> String {
 const PREPARING_TICK: Duration = Duration::from_millis(250);
 
 /// Where a worker's verified state comes from.
+// One per worker, made once: the size of the Git variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Ledger {
     /// The ledger's Git source, fetched and verified at every poll: what `stele agent` runs.
     Git(LedgerSync),
@@ -48,6 +50,15 @@ impl Ledger {
             Ledger::Git(sync) => sync.last(),
             #[cfg(any(test, feature = "sim"))]
             Ledger::Given(v) => Some(v),
+        }
+    }
+
+    /// The Git source, when the state comes from one.
+    fn git(&mut self) -> Option<&mut LedgerSync> {
+        match self {
+            Ledger::Git(sync) => Some(sync),
+            #[cfg(any(test, feature = "sim"))]
+            Ledger::Given(_) => None,
         }
     }
 }
@@ -192,7 +203,7 @@ impl Worker {
         if !force && self.next_sync.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let Ledger::Git(ledger) = &mut self.ledger else { return };
+        let Some(ledger) = self.ledger.git() else { return };
         self.next_sync = Some(Instant::now() + jitter(self.cfg.interval));
         let started = Instant::now();
         let result = ledger.sync(crate::clock::now(), true);
@@ -268,7 +279,7 @@ impl Worker {
         if self.ledger_stale.is_some() {
             return;
         }
-        let Ledger::Git(ledger) = &self.ledger else { return };
+        let Some(ledger) = self.ledger.git() else { return };
         let Some(reason) = ledger.stale_now(crate::clock::now()) else { return };
         if self.ledger_stall.as_ref() != Some(&reason) {
             tracing::error!("STALLED: {reason}");

@@ -195,7 +195,8 @@ impl Provider for Sim {
         release: &Release,
         now_ms: u64,
     ) -> Result<String, ProviderError> {
-        let error_rate = self.envs.get(env).map_or(self.config.launch_error_rate, |e| self.config_of(e).launch_error_rate);
+        let error_rate =
+            self.envs.get(env).map_or(self.config.launch_error_rate, |e| self.config_of(e).launch_error_rate);
         if self.chance(error_rate) {
             return Err(ProviderError::Retryable("simulated launch failure".into()));
         }
@@ -206,7 +207,12 @@ impl Provider for Sim {
             .or_default()
             .instances
             .insert(id.clone(), SimInstance { group: group.clone(), release: release.clone(), launched_ms: now_ms });
-        self.event(SimEvent::Launched { at_ms: now_ms, env: env.clone(), id: id.clone(), generation: release.generation });
+        self.event(SimEvent::Launched {
+            at_ms: now_ms,
+            env: env.clone(),
+            id: id.clone(),
+            generation: release.generation,
+        });
         Ok(id)
     }
 
@@ -231,7 +237,12 @@ impl Provider for Sim {
             .or_default()
             .traffic
             .insert(group.clone(), GroupTraffic { traffic: traffic.clone(), since_ms: now_ms });
-        self.event(SimEvent::Traffic { at_ms: now_ms, env: env.clone(), group: group.clone(), traffic: traffic.clone() });
+        self.event(SimEvent::Traffic {
+            at_ms: now_ms,
+            env: env.clone(),
+            group: group.clone(),
+            traffic: traffic.clone(),
+        });
         Ok(())
     }
 }
@@ -279,7 +290,10 @@ mod tests {
         let web: GroupName = "web".parse().expect("group");
         let mut sim = Sim::new(SimConfig { boot_ms: 10, ..SimConfig::default() });
         // Version 1.0.0 never becomes healthy in beta only.
-        sim.set_env_config(&b, SimConfig { boot_ms: 10, unhealthy: ["1.0.0".parse().expect("v")].into(), ..SimConfig::default() });
+        sim.set_env_config(
+            &b,
+            SimConfig { boot_ms: 10, unhealthy: ["1.0.0".parse().expect("v")].into(), ..SimConfig::default() },
+        );
         let in_a = sim.launch(&a, &spec(&a), &web, &release("1.0.0"), 0).expect("launch");
         let in_b = sim.launch(&b, &spec(&b), &web, &release("1.0.0"), 0).expect("launch");
         assert_ne!(in_a, in_b, "instance ids are unique across the simulation");
