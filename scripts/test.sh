@@ -27,7 +27,7 @@ scripts/moto-venv.sh >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo clippy --workspace --all-targets --features aws --quiet -- -D warnings
+cargo clippy --workspace --all-targets --features aws,sim --quiet -- -D warnings
 cargo test --workspace
 # The AWS provider against moto: its unit tests, the provider suite and the agent end to end. (The rest
 # of the suite does not depend on the feature and ran above.)

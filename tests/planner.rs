@@ -372,11 +372,11 @@ impl World {
             !tick.plan.actions.iter().any(|a| matches!(a, Action::FailGate { .. })),
             "a FailGate is recorded, not carried out"
         );
-        let after = self.sim.snapshot(self.now);
+        let after = self.sim.snapshot(&env_name(), self.now);
         for g in &self.spec.groups {
             // A plan never terminates the last instances of a generation that still has traffic
             // (unless the environment has no target at all).
-            let traffic = self.sim.traffic(&g.name).filter(|_| tick.plan.effective.is_some());
+            let traffic = self.sim.traffic(&env_name(), &g.name).filter(|_| tick.plan.effective.is_some());
             if let Some(GroupTraffic { traffic: Traffic::Weighted(w), .. }) = traffic {
                 for (generation, _) in w.iter().filter(|(_, w)| **w > 0) {
                     let had = tick.observed.instances.iter().any(|i| i.group == g.name && i.generation == *generation);
@@ -432,7 +432,7 @@ impl World {
 
     /// Instances in the simulation now.
     fn instances(&self) -> Vec<Instance> {
-        self.sim.snapshot(self.now)
+        self.sim.snapshot(&env_name(), self.now)
     }
 
     fn generations(&self) -> BTreeMap<Generation, usize> {
@@ -452,7 +452,7 @@ impl World {
     }
 
     fn traffic(&self) -> Option<Traffic> {
-        self.sim.traffic(&web()).map(|t| t.traffic.clone())
+        self.sim.traffic(&env_name(), &web()).map(|t| t.traffic.clone())
     }
 
     /// (time, traffic) of every traffic change so far.

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod identity;
 mod providers;
+#[cfg(any(test, feature = "sim"))]
+pub mod simulation;
 pub mod suspend;
 mod worker;
 

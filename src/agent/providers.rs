@@ -1,5 +1,9 @@
 //! The providers an agent (or `stele plan`) drives, made when first needed, chosen per environment by
 //! its spec's `provider.kind`. Must not decide anything.
+//!
+//! For scale runs and tests only (the `sim` cargo feature, or `cfg(test)`): `Providers::simulated`
+//! maps every environment, whatever its spec's kind, to one in-process simulated provider that keeps
+//! environments apart. No ledger spec names it and the default binary cannot reach it.
 
 use super::AgentConfig;
 use crate::provider::local::LocalProvider;
@@ -16,6 +20,9 @@ pub(crate) struct Providers {
     aws_settings: crate::provider::AwsSettings,
     #[cfg(feature = "aws")]
     observe_only: bool,
+    /// Set only by `simulated`: every environment runs here.
+    #[cfg(any(test, feature = "sim"))]
+    sim: Option<crate::provider::sim::Sim>,
 }
 
 impl Providers {
@@ -28,7 +35,21 @@ impl Providers {
             aws_settings: cfg.aws.clone(),
             #[cfg(feature = "aws")]
             observe_only: false,
+            #[cfg(any(test, feature = "sim"))]
+            sim: None,
         })
+    }
+
+    /// Providers that run every environment on `sim`, whatever its spec's `provider.kind`.
+    #[cfg(any(test, feature = "sim"))]
+    pub(super) fn simulated(cfg: &AgentConfig, sim: crate::provider::sim::Sim) -> Result<Self> {
+        Ok(Self { sim: Some(sim), ..Self::new(cfg)? })
+    }
+
+    /// The simulation, when these providers are simulated.
+    #[cfg(any(test, feature = "sim"))]
+    pub(super) fn sim(&self) -> Option<&crate::provider::sim::Sim> {
+        self.sim.as_ref()
     }
 
     /// Providers that only observe and refuse every action: for `stele plan`.
@@ -41,10 +62,16 @@ impl Providers {
             aws_settings: cfg.aws.clone(),
             #[cfg(feature = "aws")]
             observe_only: true,
+            #[cfg(any(test, feature = "sim"))]
+            sim: None,
         })
     }
 
     pub(crate) fn for_spec(&mut self, spec: &ledger_format::types::Environment) -> Result<&mut dyn Provider, String> {
+        #[cfg(any(test, feature = "sim"))]
+        if let Some(sim) = &mut self.sim {
+            return Ok(sim);
+        }
         match &spec.provider {
             ledger_format::types::Provider::Local {} => Ok(&mut self.local),
             #[cfg(feature = "aws")]

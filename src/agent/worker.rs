@@ -33,10 +33,40 @@ fn health_word(health: &str) -> String {
 /// How soon an environment whose image is being prepared in the background is ticked again.
 const PREPARING_TICK: Duration = Duration::from_millis(250);
 
+/// Where a worker's verified state comes from.
+// One per worker, made once: the size of the Git variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Ledger {
+    /// The ledger's Git source, fetched and verified at every poll: what `stele agent` runs.
+    Git(LedgerSync),
+    /// A verified state handed over in memory (scale runs and tests: no Git, no fetch, no F3).
+    #[cfg(any(test, feature = "sim"))]
+    Given(crate::replay::Verified),
+}
+
+impl Ledger {
+    fn last(&self) -> Option<&crate::replay::Verified> {
+        match self {
+            Ledger::Git(sync) => sync.last(),
+            #[cfg(any(test, feature = "sim"))]
+            Ledger::Given(v) => Some(v),
+        }
+    }
+
+    /// The Git source, when the state comes from one.
+    fn git(&mut self) -> Option<&mut LedgerSync> {
+        match self {
+            Ledger::Git(sync) => Some(sync),
+            #[cfg(any(test, feature = "sim"))]
+            Ledger::Given(_) => None,
+        }
+    }
+}
+
 /// The long-lived, synchronous part of the agent: it runs on a blocking thread, one pass at a time.
 pub struct Worker {
     cfg: AgentConfig,
-    ledger: LedgerSync,
+    ledger: Ledger,
     providers: Providers,
     /// Writes status on a thread of its own: a pass never waits on Git. Dropped with the worker, it
     /// flushes within a bounded budget (`status::publisher::FLUSH_BUDGET`).
@@ -75,6 +105,39 @@ impl Worker {
         let ledger = LedgerSync::open(&cfg.repo, cfg.branch.as_deref(), &cfg.state_dir, cfg.anchor.clone())?
             .with_floor(cfg.floor.clone());
         let providers = Providers::new(&cfg)?;
+        Self::with(cfg, shared, Ledger::Git(ledger), providers)
+    }
+
+    /// A worker on a verified state held in memory, running every environment on the simulated
+    /// provider `sim` (whatever its spec's kind): for scale runs and tests, never for `stele agent`.
+    /// Its passes never fetch; `set_verified` hands it a newer state. Status is published only when
+    /// `cfg.status` asks for it.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn simulated(
+        cfg: AgentConfig,
+        shared: Arc<Shared>,
+        verified: crate::replay::Verified,
+        sim: crate::provider::sim::Sim,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("{}: cannot create the state directory", cfg.state_dir.display()))?;
+        let providers = Providers::simulated(&cfg, sim)?;
+        Self::with(cfg, shared, Ledger::Given(verified), providers)
+    }
+
+    /// Replaces the verified state of a `simulated` worker (a new release, as a poll would bring).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn set_verified(&mut self, verified: crate::replay::Verified) {
+        self.ledger = Ledger::Given(verified);
+    }
+
+    /// The simulation of a `simulated` worker.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn sim(&self) -> Option<&crate::provider::sim::Sim> {
+        self.providers.sim()
+    }
+
+    fn with(cfg: AgentConfig, shared: Arc<Shared>, ledger: Ledger, providers: Providers) -> Result<Self> {
         let status = match &cfg.status {
             Some(s) => {
                 let writer = StatusWriter::open_ref(&cfg.repo, &s.refname, &cfg.state_dir.join("status.git"))?;
@@ -140,9 +203,10 @@ impl Worker {
         if !force && self.next_sync.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        let Some(ledger) = self.ledger.git() else { return };
         self.next_sync = Some(Instant::now() + jitter(self.cfg.interval));
         let started = Instant::now();
-        let result = self.ledger.sync(crate::clock::now(), true);
+        let result = ledger.sync(crate::clock::now(), true);
         let seconds = started.elapsed().as_secs_f64();
         let now_unix = now_ms() as f64 / 1000.0;
         match &result {
@@ -215,7 +279,8 @@ impl Worker {
         if self.ledger_stale.is_some() {
             return;
         }
-        let Some(reason) = self.ledger.stale_now(crate::clock::now()) else { return };
+        let Some(ledger) = self.ledger.git() else { return };
+        let Some(reason) = ledger.stale_now(crate::clock::now()) else { return };
         if self.ledger_stall.as_ref() != Some(&reason) {
             tracing::error!("STALLED: {reason}");
             self.notify(EventKind::CommitRefused, None, None, None, reason.clone());
@@ -292,7 +357,11 @@ impl Worker {
 
     /// The branch the agent follows (`main` when the source does not say).
     pub fn branch(&self) -> String {
-        self.ledger.branch().unwrap_or("main").to_owned()
+        match &self.ledger {
+            Ledger::Git(ledger) => ledger.branch().unwrap_or("main").to_owned(),
+            #[cfg(any(test, feature = "sim"))]
+            Ledger::Given(_) => "main".to_owned(),
+        }
     }
 
     /// How long until the ledger is due to be fetched again.

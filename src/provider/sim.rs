@@ -2,6 +2,11 @@
 //! boots, releases that never become healthy or crash, launch errors, instances that vanish). Planner
 //! property tests, the agent's tests and large-scale simulations run against it.
 //!
+//! One simulation holds any number of environments, kept apart as real providers keep them: each
+//! environment has its own instances and traffic settings, and may have its own failure injection
+//! (`Sim::set_env_config`; environments without one follow `Sim::config`). Instance ids are unique
+//! across the whole simulation.
+//!
 //! Owns: an in-memory model of instances and traffic. Must not read the clock or do I/O: time is the
 //! `now_ms` each call passes in.
 
@@ -52,26 +57,58 @@ struct SimInstance {
 /// What happened, for assertions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SimEvent {
-    Launched { at_ms: u64, id: String, generation: u64 },
-    Terminated { id: String },
-    Traffic { at_ms: u64, group: GroupName, traffic: Traffic },
-    Vanished { id: String },
+    Launched { at_ms: u64, env: EnvName, id: String, generation: u64 },
+    Terminated { env: EnvName, id: String },
+    Traffic { at_ms: u64, env: EnvName, group: GroupName, traffic: Traffic },
+    Vanished { env: EnvName, id: String },
+}
+
+/// One simulated environment: what runs in it and where its traffic goes.
+#[derive(Debug, Default)]
+struct SimEnv {
+    instances: BTreeMap<String, SimInstance>,
+    traffic: BTreeMap<GroupName, GroupTraffic>,
+    /// This environment's own failure injection and timings, when it has some.
+    config: Option<SimConfig>,
 }
 
 #[derive(Debug)]
 pub struct Sim {
+    /// Failure injection and timings of every environment without its own (`set_env_config`).
     pub config: SimConfig,
-    instances: BTreeMap<String, SimInstance>,
-    traffic: BTreeMap<GroupName, GroupTraffic>,
+    envs: BTreeMap<EnvName, SimEnv>,
     next_id: u64,
     rng: u64,
+    /// Recording every event costs memory in long runs; `record_events(false)` turns it off.
+    record: bool,
     pub events: Vec<SimEvent>,
 }
 
 impl Sim {
     pub fn new(config: SimConfig) -> Self {
         let rng = config.seed.max(1);
-        Self { config, instances: BTreeMap::new(), traffic: BTreeMap::new(), next_id: 1, rng, events: vec![] }
+        Self { config, envs: BTreeMap::new(), next_id: 1, rng, record: true, events: vec![] }
+    }
+
+    /// Whether events are recorded in `events` (on by default). Large, long simulations turn it off.
+    pub fn record_events(mut self, on: bool) -> Self {
+        self.record = on;
+        self
+    }
+
+    /// Gives `env` failure injection and timings of its own, in place of `config`.
+    pub fn set_env_config(&mut self, env: &EnvName, config: SimConfig) {
+        self.envs.entry(env.clone()).or_default().config = Some(config);
+    }
+
+    fn config_of<'a>(&'a self, e: &'a SimEnv) -> &'a SimConfig {
+        e.config.as_ref().unwrap_or(&self.config)
+    }
+
+    fn event(&mut self, event: SimEvent) {
+        if self.record {
+            self.events.push(event);
+        }
     }
 
     /// xorshift64*: reproducible from the seed, good enough to scatter failures.
@@ -86,23 +123,25 @@ impl Sim {
         ((x >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 
-    fn health(&self, i: &SimInstance, now_ms: u64) -> Health {
-        let boot = self.config.boot_ms + self.config.slow_boot.get(&i.release.version).copied().unwrap_or(0);
+    fn health(config: &SimConfig, i: &SimInstance, now_ms: u64) -> Health {
+        let boot = config.boot_ms + config.slow_boot.get(&i.release.version).copied().unwrap_or(0);
         let ready_at = i.launched_ms + boot;
         if now_ms < ready_at {
             Health::Starting
-        } else if self.config.crashing.contains(&i.release.version) {
+        } else if config.crashing.contains(&i.release.version) {
             Health::Gone { reason: "exited with status 1".into() }
-        } else if self.config.unhealthy.contains(&i.release.version) {
+        } else if config.unhealthy.contains(&i.release.version) {
             Health::Unhealthy { since_ms: ready_at, reason: "GET /healthz: status 503".into() }
         } else {
             Health::Healthy { since_ms: ready_at }
         }
     }
 
-    /// Instances alive now (for assertions), with their health.
-    pub fn snapshot(&self, now_ms: u64) -> Vec<Instance> {
-        self.instances
+    /// The instances alive in `env` now (for assertions), with their health.
+    pub fn snapshot(&self, env: &EnvName, now_ms: u64) -> Vec<Instance> {
+        let Some(e) = self.envs.get(env) else { return Vec::new() };
+        let config = self.config_of(e);
+        e.instances
             .iter()
             .map(|(id, i)| Instance {
                 id: id.clone(),
@@ -110,14 +149,20 @@ impl Sim {
                 generation: i.release.generation,
                 digest: *i.release.digest(),
                 launched_ms: i.launched_ms,
-                health: self.health(i, now_ms),
+                health: Self::health(config, i, now_ms),
                 drift: None,
             })
             .collect()
     }
 
-    pub fn traffic(&self, group: &GroupName) -> Option<&GroupTraffic> {
-        self.traffic.get(group)
+    /// Where `group` of `env` sends its traffic, once set.
+    pub fn traffic(&self, env: &EnvName, group: &GroupName) -> Option<&GroupTraffic> {
+        self.envs.get(env).and_then(|e| e.traffic.get(group))
+    }
+
+    /// The environments that hold instances or traffic settings.
+    pub fn envs(&self) -> impl Iterator<Item = &EnvName> {
+        self.envs.iter().filter(|(_, e)| !e.instances.is_empty() || !e.traffic.is_empty()).map(|(env, _)| env)
     }
 }
 
@@ -126,52 +171,151 @@ impl Provider for Sim {
         Ok(Readiness::Ready)
     }
 
-    fn observe(&mut self, _env: &EnvName, _spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError> {
-        let ids: Vec<String> = self.instances.keys().cloned().collect();
-        for id in ids {
-            if self.chance(self.config.vanish_rate) {
-                self.instances.remove(&id);
-                self.events.push(SimEvent::Vanished { id });
+    fn observe(&mut self, env: &EnvName, _spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError> {
+        let Some(e) = self.envs.get(env) else { return Ok(Observed::default()) };
+        let vanish_rate = self.config_of(e).vanish_rate;
+        if vanish_rate > 0.0 {
+            let ids: Vec<String> = e.instances.keys().cloned().collect();
+            for id in ids {
+                if self.chance(vanish_rate) {
+                    self.envs.get_mut(env).expect("looked up above").instances.remove(&id);
+                    self.event(SimEvent::Vanished { env: env.clone(), id });
+                }
             }
         }
-        Ok(Observed { instances: self.snapshot(now_ms), traffic: self.traffic.clone(), probes: None })
+        let traffic = self.envs.get(env).map(|e| e.traffic.clone()).unwrap_or_default();
+        Ok(Observed { instances: self.snapshot(env, now_ms), traffic, probes: None })
     }
 
     fn launch(
         &mut self,
-        _env: &EnvName,
+        env: &EnvName,
         _spec: &Environment,
         group: &GroupName,
         release: &Release,
         now_ms: u64,
     ) -> Result<String, ProviderError> {
-        if self.chance(self.config.launch_error_rate) {
+        let error_rate =
+            self.envs.get(env).map_or(self.config.launch_error_rate, |e| self.config_of(e).launch_error_rate);
+        if self.chance(error_rate) {
             return Err(ProviderError::Retryable("simulated launch failure".into()));
         }
         let id = format!("sim-{:04}", self.next_id);
         self.next_id += 1;
-        self.instances
+        self.envs
+            .entry(env.clone())
+            .or_default()
+            .instances
             .insert(id.clone(), SimInstance { group: group.clone(), release: release.clone(), launched_ms: now_ms });
-        self.events.push(SimEvent::Launched { at_ms: now_ms, id: id.clone(), generation: release.generation });
+        self.event(SimEvent::Launched {
+            at_ms: now_ms,
+            env: env.clone(),
+            id: id.clone(),
+            generation: release.generation,
+        });
         Ok(id)
     }
 
-    fn terminate(&mut self, _env: &EnvName, _group: &GroupName, id: &str) -> Result<(), ProviderError> {
-        if self.instances.remove(id).is_some() {
-            self.events.push(SimEvent::Terminated { id: id.to_owned() });
+    /// Stops `id` if it runs in `env`; an id of another environment is left alone, as a real provider
+    /// scoped to one environment would.
+    fn terminate(&mut self, env: &EnvName, _group: &GroupName, id: &str) -> Result<(), ProviderError> {
+        if self.envs.get_mut(env).and_then(|e| e.instances.remove(id)).is_some() {
+            self.event(SimEvent::Terminated { env: env.clone(), id: id.to_owned() });
         }
         Ok(())
     }
 
     fn set_traffic(
         &mut self,
-        _env: &EnvName,
+        env: &EnvName,
         group: &GroupName,
         traffic: &Traffic,
         now_ms: u64,
     ) -> Result<(), ProviderError> {
-        self.traffic.insert(group.clone(), GroupTraffic { traffic: traffic.clone(), since_ms: now_ms });
-        self.events.push(SimEvent::Traffic { at_ms: now_ms, group: group.clone(), traffic: traffic.clone() });
+        self.envs
+            .entry(env.clone())
+            .or_default()
+            .traffic
+            .insert(group.clone(), GroupTraffic { traffic: traffic.clone(), since_ms: now_ms });
+        self.event(SimEvent::Traffic {
+            at_ms: now_ms,
+            env: env.clone(),
+            group: group.clone(),
+            traffic: traffic.clone(),
+        });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_format::types::{
+        DriftMode, Group, HealthCheck, Image, LedgerId, Provider as ProviderKind, RevertPolicy, Strategy,
+    };
+    use ledger_format::Blake3Digest;
+
+    fn spec(env: &EnvName) -> Environment {
+        Environment {
+            payload_type: ledger_format::types::EnvironmentType,
+            ledger: "sim".parse::<LedgerId>().expect("a ledger id"),
+            name: env.clone(),
+            version: 1,
+            provider: ProviderKind::Local {},
+            groups: vec![Group { name: "web".parse().expect("a group"), capacity: 1 }],
+            strategy: Strategy::Rolling { max_surge: 1, max_unavailable: 0, min_ready_seconds: 0 },
+            health: HealthCheck::Tcp { interval_ms: 500, timeout_ms: 500, healthy_threshold: 1, deadline_seconds: 30 },
+            drift: DriftMode::Correct,
+            revert: RevertPolicy::Allow,
+            max_instance_age_seconds: None,
+        }
+    }
+
+    fn release(version: &str) -> Release {
+        Release {
+            generation: 1,
+            version: version.parse().expect("a version"),
+            seq: 1,
+            image: Image::Artifact {
+                uri: format!("https://images.example/{version}.tar").parse().expect("a uri"),
+                blake3: Blake3Digest([7; 32]),
+                size: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn environments_are_kept_apart() {
+        let (a, b): (EnvName, EnvName) = ("alpha".parse().expect("env"), "beta".parse().expect("env"));
+        let web: GroupName = "web".parse().expect("group");
+        let mut sim = Sim::new(SimConfig { boot_ms: 10, ..SimConfig::default() });
+        // Version 1.0.0 never becomes healthy in beta only.
+        sim.set_env_config(
+            &b,
+            SimConfig { boot_ms: 10, unhealthy: ["1.0.0".parse().expect("v")].into(), ..SimConfig::default() },
+        );
+        let in_a = sim.launch(&a, &spec(&a), &web, &release("1.0.0"), 0).expect("launch");
+        let in_b = sim.launch(&b, &spec(&b), &web, &release("1.0.0"), 0).expect("launch");
+        assert_ne!(in_a, in_b, "instance ids are unique across the simulation");
+        sim.set_traffic(&a, &web, &Traffic::Weighted([(1, 100)].into()), 5).expect("traffic");
+
+        let seen_a = sim.observe(&a, &spec(&a), 20).expect("observe");
+        let seen_b = sim.observe(&b, &spec(&b), 20).expect("observe");
+        assert_eq!(seen_a.instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), [in_a.as_str()]);
+        assert_eq!(seen_b.instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), [in_b.as_str()]);
+        assert!(matches!(seen_a.instances[0].health, Health::Healthy { .. }), "{:?}", seen_a.instances[0].health);
+        assert!(matches!(seen_b.instances[0].health, Health::Unhealthy { .. }), "{:?}", seen_b.instances[0].health);
+        assert_eq!(seen_a.traffic.len(), 1);
+        assert!(seen_b.traffic.is_empty(), "beta sees alpha's traffic: {:?}", seen_b.traffic);
+        assert!(sim.traffic(&b, &web).is_none());
+
+        // Terminating alpha's instance through beta touches nothing; through alpha it stops it.
+        sim.terminate(&b, &web, &in_a).expect("terminate");
+        assert_eq!(sim.snapshot(&a, 30).len(), 1, "an instance of alpha was stopped through beta");
+        sim.terminate(&a, &web, &in_a).expect("terminate");
+        assert!(sim.snapshot(&a, 30).is_empty());
+        assert_eq!(sim.snapshot(&b, 30).len(), 1);
+        let unknown: EnvName = "gamma".parse().expect("env");
+        assert!(sim.observe(&unknown, &spec(&unknown), 30).expect("observe").instances.is_empty());
     }
 }
