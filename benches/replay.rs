@@ -1,7 +1,8 @@
 //! History replay and polling cost, in figures printed to stdout (run: `cargo bench --bench replay`;
 //! `STELE_BENCH_SIZES=1000,10000` to choose sizes, default 1000,10000,100000;
 //! `STELE_BENCH_SHAPES=1000,one` to choose how many entries each environment holds, where `one` puts
-//! every entry in one environment; default 1000,one).
+//! every entry in one environment; default 1000,one; `STELE_BENCH_STELE=PATH` to measure another build
+//! of the binary, e.g. a baseline kept aside).
 //!
 //! For each size and shape it writes a real Git repository (with `git fast-import`, one commit per
 //! entry), then measures in one run: the raw strict-verification rate on one core and on all cores, a
@@ -86,6 +87,7 @@ fn generate(dir: &Path, entries: usize, per_env: usize) -> String {
 
 /// Runs `command` to the end; returns its wall time in seconds and its peak RSS in MiB (from
 /// `wait4`'s rusage, which covers that process alone).
+#[allow(clippy::zombie_processes)] // reaped by `wait4`, which clippy does not see
 fn timed(command: &mut Command, out_dir: &Path) -> (f64, f64) {
     let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
     let start = Instant::now();
