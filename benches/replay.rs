@@ -1,10 +1,13 @@
 //! History replay and polling cost, in figures printed to stdout (run: `cargo bench --bench replay`;
-//! `STELE_BENCH_SIZES=1000,10000` to choose sizes, default 1000,10000,100000).
+//! `STELE_BENCH_SIZES=1000,10000` to choose sizes, default 1000,10000,100000;
+//! `STELE_BENCH_SHAPES=1000,one` to choose how many entries each environment holds, where `one` puts
+//! every entry in one environment; default 1000,one; `STELE_BENCH_STELE=PATH` to measure another build
+//! of the binary, e.g. a baseline kept aside).
 //!
-//! For each size it writes a real Git repository (with `git fast-import`, one commit per entry,
-//! entries spread over environments of at most 1 000 entries each), then measures in one run:
-//! the raw strict-verification rate on one core and on all cores, a full `replay` (what `stele audit`
-//! does, in process), and the first and a no-change `stele poll` (the binary, end to end).
+//! For each size and shape it writes a real Git repository (with `git fast-import`, one commit per
+//! entry), then measures in one run: the raw strict-verification rate on one core and on all cores, a
+//! full `replay` (what `stele audit` does, in process) with its peak RSS, and the first and a no-change
+//! `stele poll` and a `stele audit` (the binaries, end to end) with their peak RSS.
 
 mod support;
 
@@ -16,8 +19,6 @@ use std::time::Instant;
 use stele::replay::replay;
 use stele::source::{GitSource, LedgerSource};
 use support::{raw_verify_rates, BenchLedger};
-
-const PER_ENV: usize = 1_000;
 
 /// Streams commits into `git fast-import`, which writes a delta-compressed pack like a fetched
 /// repository's.
@@ -67,15 +68,16 @@ impl Importer {
     }
 }
 
-/// Writes a ledger of `entries` entries, one commit each; returns the key id that roots it.
-fn generate(dir: &Path, entries: usize) -> String {
+/// Writes a ledger of `entries` entries, `per_env` per environment, one commit each; returns the key
+/// id that roots it.
+fn generate(dir: &Path, entries: usize, per_env: usize) -> String {
     let mut gen = BenchLedger::new();
     let envs: Vec<EnvName> =
-        (0..entries.div_ceil(PER_ENV).max(1)).map(|i| format!("env{i}").parse().unwrap()).collect();
+        (0..entries.div_ceil(per_env).max(1)).map(|i| format!("env{i}").parse().unwrap()).collect();
     let mut import = Importer::start(dir);
     import.commit("init", &gen.genesis(&envs));
     for n in 0..entries {
-        let env = &envs[n / PER_ENV];
+        let env = &envs[n / per_env];
         let (path, bytes) = gen.next_entry(env);
         import.commit(&format!("release {path}"), &[(path, bytes)]);
     }
@@ -83,18 +85,51 @@ fn generate(dir: &Path, entries: usize) -> String {
     gen.root().to_hex()
 }
 
-fn poll(stele: &str, repo: &Path, state: &Path, root: &str) -> f64 {
+/// Runs `command` to the end; returns its wall time in seconds and its peak RSS in MiB (from
+/// `wait4`'s rusage, which covers that process alone).
+#[allow(clippy::zombie_processes)] // reaped by `wait4`, which clippy does not see
+fn timed(command: &mut Command, out_dir: &Path) -> (f64, f64) {
+    let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
     let start = Instant::now();
-    let out = Command::new(stele)
-        .args(["poll", "--json", "--trust-root", root, "--repo"])
-        .arg(repo)
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .unwrap();
+    let child = command
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("the stele binary runs");
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value; wait4 writes into both out-parameters.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let elapsed = start.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    elapsed
+    assert_eq!(waited, pid, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{:?} failed: {}{}",
+        command,
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    (elapsed, usage.ru_maxrss as f64 / 1024.0)
+}
+
+fn poll(stele: &str, repo: &Path, state: &Path, root: &str) -> (f64, f64) {
+    let mut cmd = Command::new(stele);
+    cmd.args(["poll", "--json", "--trust-root", root, "--repo"]).arg(repo).arg("--state-dir").arg(state);
+    timed(&mut cmd, state.parent().unwrap())
+}
+
+/// Resets this process's peak RSS to its current RSS (Linux `clear_refs`, value 5).
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("write /proc/self/clear_refs");
+}
+
+/// A `/proc/self/status` figure in MiB (`VmHWM`: peak RSS; `VmRSS`: current).
+fn proc_status_mib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field}"));
+    let kib: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024.0
 }
 
 fn main() {
@@ -103,67 +138,107 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("sizes are numbers"))
         .collect();
+    let shapes: Vec<Option<usize>> = std::env::var("STELE_BENCH_SHAPES")
+        .unwrap_or_else(|_| "1000,one".into())
+        .split(',')
+        .map(|s| match s.trim() {
+            "one" => None,
+            n => Some(n.parse().expect("shapes are numbers or `one`")),
+        })
+        .collect();
     let (one, all) = raw_verify_rates();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("raw verify_strict: {one:.0}/s on one core, {all:.0}/s on {threads} threads");
-    let stele = env!("CARGO_BIN_EXE_stele");
+    // STELE_BENCH_STELE=PATH measures another build of the binary (a baseline kept aside).
+    let stele = std::env::var("STELE_BENCH_STELE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stele").to_owned());
+    let stele = stele.as_str();
     for n in sizes {
-        // STELE_BENCH_KEEP=DIR keeps generated repositories there and reuses them (for profiling).
-        let dir = tempfile::tempdir().unwrap();
-        let repo_dir = match std::env::var("STELE_BENCH_KEEP") {
-            Ok(keep) => Path::new(&keep).join(format!("ledger-{n}.git")),
-            Err(_) => dir.path().join("ledger.git"),
-        };
-        let start = Instant::now();
-        let root =
-            if repo_dir.join("HEAD").exists() { BenchLedger::new().root().to_hex() } else { generate(&repo_dir, n) };
-        let gen_s = start.elapsed().as_secs_f64();
-
-        let mut source = GitSource::open(repo_dir.to_str().unwrap(), Some("main"), dir.path()).unwrap();
-        let head = source.refresh().unwrap();
-        let anchor = TrustAnchor::RootKeys { keys: vec![root.parse().unwrap()], threshold: 1 };
-        let start = Instant::now();
-        let outcome = replay(&source, None, head, &anchor, &mut |_, _| {}).unwrap();
-        let replay_s = start.elapsed().as_secs_f64();
-        assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals.first());
-        let generations: u64 = outcome.verified.as_ref().unwrap().state.envs.values().map(|h| h.generation).sum();
-        assert_eq!(generations, n as u64, "every entry is one generation");
-        let t = outcome.timings;
-        println!(
-            "  replay phases: walk {:.0} ms, read {:.0} ms, verify signatures {:.0} ms, judge steps {:.0} ms",
-            t.walk.as_secs_f64() * 1e3,
-            t.read.as_secs_f64() * 1e3,
-            t.verify.as_secs_f64() * 1e3,
-            t.apply.as_secs_f64() * 1e3
-        );
-        let rate = n as f64 / replay_s;
-        println!(
-            "{n} entries ({} commits, generated in {gen_s:.1} s): replay {replay_s:.2} s = {rate:.0} entries/s = {:.0}% of raw verify on {threads} threads",
-            n + 1,
-            100.0 * rate / all
-        );
-
-        // In process, as the agent polls: refresh the source and compare with the verified head.
-        let verified = outcome.verified.as_ref().unwrap().commit;
-        let mut best = f64::MAX;
-        for _ in 0..20 {
-            let start = Instant::now();
-            let head = source.refresh().unwrap();
-            let todo = source.first_parents(Some(verified), head).unwrap();
-            best = best.min(start.elapsed().as_secs_f64());
-            assert!(todo.is_empty());
+        let mut done = Vec::new();
+        for shape in &shapes {
+            let per_env = shape.unwrap_or(n).min(n);
+            if done.contains(&per_env) {
+                continue; // the same ledger as a shape already measured at this size
+            }
+            done.push(per_env);
+            measure(stele, n, per_env, all, threads);
         }
-        println!("  no-change poll in process (agent): {:.3} ms (best of 20)", best * 1e3);
-
-        let state = dir.path().join("state");
-        let first = poll(stele, &repo_dir, &state, &root);
-        let mut unchanged = f64::MAX;
-        for _ in 0..5 {
-            unchanged = unchanged.min(poll(stele, &repo_dir, &state, &root));
-        }
-        println!(
-            "  stele poll: first (full verification) {first:.2} s; no-change poll {:.1} ms (best of 5)",
-            unchanged * 1e3
-        );
     }
+}
+
+fn measure(stele: &str, n: usize, per_env: usize, all: f64, threads: usize) {
+    // STELE_BENCH_KEEP=DIR keeps generated repositories there and reuses them (for profiling).
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = match std::env::var("STELE_BENCH_KEEP") {
+        Ok(keep) => Path::new(&keep).join(format!("ledger-{n}-{per_env}.git")),
+        Err(_) => dir.path().join("ledger.git"),
+    };
+    let start = Instant::now();
+    let root = if repo_dir.join("HEAD").exists() {
+        BenchLedger::new().root().to_hex()
+    } else {
+        generate(&repo_dir, n, per_env)
+    };
+    let gen_s = start.elapsed().as_secs_f64();
+    let envs = n.div_ceil(per_env);
+
+    let mut source = GitSource::open(repo_dir.to_str().unwrap(), Some("main"), dir.path()).unwrap();
+    let head = source.refresh().unwrap();
+    let anchor = TrustAnchor::RootKeys { keys: vec![root.parse().unwrap()], threshold: 1 };
+    let rss_before = proc_status_mib("VmRSS:");
+    reset_peak_rss();
+    let start = Instant::now();
+    let outcome = replay(&source, None, head, &anchor, &mut |_, _| {}).unwrap();
+    let replay_s = start.elapsed().as_secs_f64();
+    let peak = proc_status_mib("VmHWM:");
+    assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals.first());
+    let generations: u64 = outcome.verified.as_ref().unwrap().state.envs.values().map(|h| h.generation).sum();
+    assert_eq!(generations, n as u64, "every entry is one generation");
+    let t = outcome.timings;
+    let rate = n as f64 / replay_s;
+    println!(
+        "{n} entries in {envs} env(s) of {per_env} ({} commits, generated in {gen_s:.1} s): replay {replay_s:.2} s = \
+         {rate:.0} entries/s = {:.0}% of raw verify on {threads} threads; {:.1} us per entry",
+        n + 1,
+        100.0 * rate / all,
+        replay_s * 1e6 / n as f64
+    );
+    println!(
+        "  replay phases: walk {:.0} ms, read {:.0} ms ({:.0} us per commit), verify signatures {:.0} ms, judge \
+         steps {:.0} ms",
+        t.walk.as_secs_f64() * 1e3,
+        t.read.as_secs_f64() * 1e3,
+        t.read.as_secs_f64() * 1e6 / n as f64,
+        t.verify.as_secs_f64() * 1e3,
+        t.apply.as_secs_f64() * 1e3
+    );
+    println!("  replay in process: peak RSS {peak:.0} MiB ({rss_before:.0} MiB before it)");
+    drop(outcome);
+
+    // In process, as the agent polls: refresh the source and compare with the verified head.
+    let verified = head;
+    let mut best = f64::MAX;
+    for _ in 0..20 {
+        let start = Instant::now();
+        let head = source.refresh().unwrap();
+        let todo = source.first_parents(Some(verified), head).unwrap();
+        best = best.min(start.elapsed().as_secs_f64());
+        assert!(todo.is_empty());
+    }
+    println!("  no-change poll in process (agent): {:.3} ms (best of 20)", best * 1e3);
+
+    let state = dir.path().join("state");
+    let (first, first_rss) = poll(stele, &repo_dir, &state, &root);
+    let mut unchanged = f64::MAX;
+    for _ in 0..5 {
+        unchanged = unchanged.min(poll(stele, &repo_dir, &state, &root).0);
+    }
+    println!(
+        "  stele poll: first (full verification) {first:.2} s, peak RSS {first_rss:.0} MiB; no-change poll {:.1} ms \
+         (best of 5)",
+        unchanged * 1e3
+    );
+    let mut audit = Command::new(stele);
+    audit.args(["audit", "--json", "--trust-root", &root, "--repo"]).arg(&repo_dir);
+    let (audit_s, audit_rss) = timed(&mut audit, dir.path());
+    println!("  stele audit: {audit_s:.2} s = {:.0} entries/s, peak RSS {audit_rss:.0} MiB", n as f64 / audit_s);
 }

@@ -1,5 +1,6 @@
-//! Replays Git history through the pure history verifier: gathers the first-parent steps once,
-//! verifies every signature they carry in parallel, then judges the steps in order.
+//! Replays Git history through the pure history verifier as a stream: reads the first-parent steps
+//! [`CHUNK`] commits at a time, verifies every signature a chunk carries in parallel, judges its steps
+//! in order and drops it, so memory is bounded by the verified state and one chunk, not by the history.
 //!
 //! Owns: the order of work and the recovery rule after a refused commit. Must not contain
 //! verification rules (those are `ledger_format::history`) or git2 calls (those are `source`).
@@ -13,6 +14,10 @@ use ledger_format::tree::{classify, LayoutPath, Node, Problem};
 use ledger_format::types::{Entry, Environment, Policy};
 use ledger_format::{Blake3Digest, KeyId, PublicKey};
 use std::collections::{HashMap, HashSet};
+
+/// How many commits are read and pre-verified together. Large enough that starting the reading and
+/// verifying threads costs nothing measurable, small enough that a chunk's steps take a few MiB.
+pub const CHUNK: usize = 512;
 
 /// A verified point in history.
 #[derive(Clone, Debug)]
@@ -39,12 +44,14 @@ pub struct Refusal {
 pub struct Outcome {
     /// The last verified point (the input one when nothing new verified).
     pub verified: Option<Verified>,
+    /// What each verified commit did, oldest first ([`replay`]; [`replay_with`] hands them over instead).
     pub reports: Vec<CommitReport>,
     pub refusals: Vec<Refusal>,
     /// Commits judged together with a later one after a refusal (see [`replay`]).
     pub recovered: Vec<(String, String)>,
     pub commits_seen: usize,
-    /// Where the time went: walking first parents, reading steps, verifying signatures, judging steps.
+    /// Where the time went: walking first parents, reading steps, verifying signatures, judging steps
+    /// (each summed over the chunks).
     pub timings: Timings,
 }
 
@@ -83,19 +90,26 @@ pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
     if let Some(p) = initial {
         add_keys(p);
     }
-    let mut docs: Vec<&[u8]> = Vec::new();
+    let mut docs: Vec<(&[u8], Kind)> = Vec::new();
     for change in steps.iter().flat_map(|s| &s.changes) {
         let (Some(Node::File(bytes)), Some(kind)) =
             (&change.after, std::str::from_utf8(&change.path).ok().and_then(classify))
         else {
             continue;
         };
-        if kind == LayoutPath::Policy {
-            if let Ok(doc) = Document::<Policy>::parse(bytes) {
-                add_keys(&doc.payload);
+        let kind = match kind {
+            LayoutPath::Policy => {
+                if let Ok(doc) = Document::<Policy>::parse(bytes) {
+                    add_keys(&doc.payload);
+                }
+                Kind::Policy
             }
-        }
-        docs.push(bytes);
+            LayoutPath::Entry(..) => Kind::Entry,
+            LayoutPath::Environment(_) => Kind::Environment,
+            // Timestamps and stray files: verified directly when judged.
+            _ => continue,
+        };
+        docs.push((bytes, kind));
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = docs.len().div_ceil(threads).max(1);
@@ -106,8 +120,8 @@ pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
             .map(|part| {
                 scope.spawn(move || {
                     let mut valid = Vec::new();
-                    for bytes in part {
-                        let Some((hash, pae, sigs)) = parse_any(bytes) else { continue };
+                    for (bytes, kind) in part {
+                        let Some((hash, pae, sigs)) = parse_as(bytes, *kind) else { continue };
                         for s in sigs {
                             if let Some(key) = keys.get(&s.keyid) {
                                 if key.verify(&pae, &s.sig.0).is_ok() {
@@ -125,19 +139,28 @@ pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
     Preverified(valid)
 }
 
-/// The hash, PAE and signatures of a document of any kind (tried as entry, spec, then policy).
-fn parse_any(bytes: &[u8]) -> Option<(Blake3Digest, Vec<u8>, Vec<SignatureEntry>)> {
+/// What a changed file is, by its path in the layout.
+#[derive(Clone, Copy)]
+enum Kind {
+    Entry,
+    Environment,
+    Policy,
+}
+
+/// The hash, PAE and signatures of a document of the kind its path says it is.
+fn parse_as(bytes: &[u8], kind: Kind) -> Option<(Blake3Digest, Vec<u8>, Vec<SignatureEntry>)> {
     fn parts<T>(d: Document<T>) -> (Blake3Digest, Vec<u8>, Vec<SignatureEntry>) {
         (d.hash(), d.pae().to_vec(), d.signatures)
     }
-    Document::<Entry>::parse(bytes)
-        .map(parts)
-        .or_else(|_| Document::<Environment>::parse(bytes).map(parts))
-        .or_else(|_| Document::<Policy>::parse(bytes).map(parts))
-        .ok()
+    match kind {
+        Kind::Entry => Document::<Entry>::parse(bytes).map(parts).ok(),
+        Kind::Environment => Document::<Environment>::parse(bytes).map(parts).ok(),
+        Kind::Policy => Document::<Policy>::parse(bytes).map(parts).ok(),
+    }
 }
 
-/// Replays the first-parent history from `from` (or from the root) up to `head`.
+/// Replays the first-parent history from `from` (or from the root) up to `head`, keeping every
+/// commit's report in [`Outcome::reports`].
 ///
 /// After a refused commit the state stays at the last good one, and each later commit is judged as one
 /// step from that last good commit: a bad commit followed by its revert is thereby recovered from
@@ -148,6 +171,23 @@ pub fn replay(
     head: Oid,
     anchor: &TrustAnchor,
     progress: &mut dyn FnMut(usize, usize),
+) -> Result<Outcome, SourceError> {
+    let mut reports = Vec::new();
+    let mut out = replay_with(source, from, head, anchor, progress, &mut |r| reports.push(r))?;
+    out.reports = reports;
+    Ok(out)
+}
+
+/// [`replay`], handing each verified commit's report to `report` as it is judged instead of keeping
+/// it: for callers that need only the verified state (a poll), memory then stays bounded by the state
+/// and one [`CHUNK`] of steps, whatever the length of the history.
+pub fn replay_with(
+    source: &dyn LedgerSource,
+    from: Option<Verified>,
+    head: Oid,
+    anchor: &TrustAnchor,
+    progress: &mut dyn FnMut(usize, usize),
+    report: &mut dyn FnMut(CommitReport),
 ) -> Result<Outcome, SourceError> {
     let clock = std::time::Instant::now();
     let commits = source.first_parents(from.as_ref().map(|v| v.commit), head)?;
@@ -164,7 +204,7 @@ pub fn replay(
             let info = source.commit_info(id)?;
             match genesis(&snapshot, anchor, &info) {
                 Ok((state, events)) => {
-                    out.reports.push(CommitReport { commit: info, events });
+                    report(CommitReport { commit: info, events });
                     current = Some(Verified { commit: id, state });
                 }
                 Err(problems) => {
@@ -180,41 +220,46 @@ pub fn replay(
         return Ok(out);
     };
 
-    let clock = std::time::Instant::now();
-    let steps: Vec<Step> = source.steps(rest)?;
-    out.timings.read = clock.elapsed();
-    let clock = std::time::Instant::now();
-    let sigs = preverify(Some(&good.state.policy.payload), &steps);
-    out.timings.verify = clock.elapsed();
-    let clock = std::time::Instant::now();
+    let total = rest.len();
+    let mut done = 0;
     let mut refused_since: Option<String> = None;
-    for (i, (id, step)) in rest.iter().zip(&steps).enumerate() {
-        progress(i + 1, steps.len());
-        let recovery;
-        let step = match &refused_since {
-            None => step,
-            Some(_) => {
-                recovery = source.step(*id, Some(good.commit))?;
-                &recovery
-            }
-        };
-        match apply_step(&mut good.state, step, &sigs) {
-            Ok(events) => {
-                if let Some(first_bad) = refused_since.take() {
-                    out.recovered.push((first_bad, id.to_string()));
+    for chunk in rest.chunks(CHUNK) {
+        let clock = std::time::Instant::now();
+        let steps: Vec<Step> = source.steps(chunk)?;
+        out.timings.read += clock.elapsed();
+        let clock = std::time::Instant::now();
+        let sigs = preverify(Some(&good.state.policy.payload), &steps);
+        out.timings.verify += clock.elapsed();
+        let clock = std::time::Instant::now();
+        for (id, step) in chunk.iter().zip(&steps) {
+            done += 1;
+            progress(done, total);
+            let recovery;
+            let step = match &refused_since {
+                None => step,
+                Some(_) => {
+                    recovery = source.step(*id, Some(good.commit))?;
+                    &recovery
                 }
-                out.reports.push(CommitReport { commit: step.commit.clone(), events });
-                good.commit = *id;
-            }
-            Err(problems) => {
-                if refused_since.is_none() {
-                    refused_since = Some(id.to_string());
-                    out.refusals.push(Refusal { commit: step.commit.clone(), problems });
+            };
+            match apply_step(&mut good.state, step, &sigs) {
+                Ok(events) => {
+                    if let Some(first_bad) = refused_since.take() {
+                        out.recovered.push((first_bad, id.to_string()));
+                    }
+                    report(CommitReport { commit: step.commit.clone(), events });
+                    good.commit = *id;
+                }
+                Err(problems) => {
+                    if refused_since.is_none() {
+                        refused_since = Some(id.to_string());
+                        out.refusals.push(Refusal { commit: step.commit.clone(), problems });
+                    }
                 }
             }
         }
+        out.timings.apply += clock.elapsed();
     }
-    out.timings.apply = clock.elapsed();
     out.verified = Some(good);
     Ok(out)
 }

@@ -65,6 +65,9 @@ pub struct GitSource {
     branch: Option<String>,
     remote_url: Option<String>,
     location: String,
+    /// The parallel step readers' own handles on the same repository (git2 handles are not shared
+    /// across threads), opened on first use and kept with their caches from one chunk to the next.
+    readers: std::sync::Mutex<Vec<GitSource>>,
 }
 
 /// Whether `location` names a remote (fetched into a cache) rather than a local repository.
@@ -72,7 +75,17 @@ pub fn is_remote(location: &str) -> bool {
     location.contains("://") || (location.contains('@') && location.contains(':') && !Path::new(location).exists())
 }
 
-/// Process-wide libgit2 settings for replay speed, applied once before the first repository opens.
+/// The most libgit2 may keep in its object caches, all repositories together (its default: 256 MiB,
+/// which a long replay fills with trees it never reads again).
+const OBJECT_CACHE_BYTES: usize = 16 << 20;
+/// Pack files are read through memory maps of this size, and at most [`PACK_MAPPED_BYTES`] of them
+/// stay mapped (libgit2's defaults on 64-bit: 1 GiB windows, 8 GiB in all), so reading a long history
+/// does not leave the whole pack resident.
+const PACK_WINDOW_BYTES: usize = 4 << 20;
+const PACK_MAPPED_BYTES: usize = 32 << 20;
+
+/// Process-wide libgit2 settings for replay speed and bounded memory, applied once before the first
+/// repository opens.
 fn tune_libgit2() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -81,6 +94,17 @@ fn tune_libgit2() {
         // SAFETY: called once, before any repository is opened by this process.
         let cached = unsafe { git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 4 << 20) };
         debug_assert!(cached.is_ok());
+        // SAFETY: as above; libgit2 reads these options when it maps a pack or caches an object.
+        unsafe {
+            let capped = libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_SET_CACHE_MAX_SIZE as libc::c_int,
+                OBJECT_CACHE_BYTES as libc::ssize_t,
+            );
+            debug_assert_eq!(capped, 0);
+            let window = git2::opts::set_mwindow_size(PACK_WINDOW_BYTES);
+            let mapped = git2::opts::set_mwindow_mapped_limit(PACK_MAPPED_BYTES);
+            debug_assert!(window.is_ok() && mapped.is_ok());
+        }
         // Do not re-hash every object on every read: fetched objects were hashed when their pack was
         // indexed, and a local object store is inside the same trust boundary as the state directory
         // (whoever can write one can write the other). Commit ids, which the high-water mark pins,
@@ -122,6 +146,7 @@ impl GitSource {
                 branch: Some(branch.unwrap_or("main").to_owned()),
                 remote_url: Some(location.to_owned()),
                 location: location.to_owned(),
+                readers: Default::default(),
             })
         } else {
             let repo = Repository::discover(location).map_err(git_err(location, "open repository"))?;
@@ -131,7 +156,7 @@ impl GitSource {
                 Some(b) => Some(b.to_owned()),
                 None => repo.head().ok().filter(|h| h.is_branch()).and_then(|h| h.shorthand().map(str::to_owned)),
             };
-            Ok(Self { repo, branch, remote_url: None, location: location.to_owned() })
+            Ok(Self { repo, branch, remote_url: None, location: location.to_owned(), readers: Default::default() })
         }
     }
 
@@ -340,29 +365,29 @@ impl LedgerSource for GitSource {
         if threads < 2 || commits.len() < 64 {
             return commits.iter().map(|id| self.step(*id, None)).collect();
         }
-        // git2 handles are not shared across threads: each worker opens its own on the same repository.
-        let path = self.repo.path().to_owned();
-        let (location, branch) = (self.location.as_str(), self.branch.as_ref());
+        // Each worker reads one contiguous run of commits with its own handle, so the tree a step's
+        // parent read is still in that handle's cache.
+        let mut readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|e| e.into_inner()));
+        while readers.len() < threads {
+            let repo = Repository::open(self.repo.path()).map_err(git_err(&self.location, "open repository"))?;
+            readers.push(GitSource {
+                repo,
+                branch: self.branch.clone(),
+                remote_url: None,
+                location: self.location.clone(),
+                readers: Default::default(),
+            });
+        }
         let chunk = commits.len().div_ceil(threads);
         let parts: Vec<Result<Vec<Step>, SourceError>> = std::thread::scope(|scope| {
             let workers: Vec<_> = commits
                 .chunks(chunk)
-                .map(|part| {
-                    let path = &path;
-                    scope.spawn(move || {
-                        let repo = Repository::open(path).map_err(git_err(location, "open repository"))?;
-                        let worker = GitSource {
-                            repo,
-                            branch: branch.cloned(),
-                            remote_url: None,
-                            location: location.to_owned(),
-                        };
-                        part.iter().map(|id| worker.step(*id, None)).collect()
-                    })
-                })
+                .zip(readers.iter_mut())
+                .map(|(part, worker)| scope.spawn(move || part.iter().map(|id| worker.step(*id, None)).collect()))
                 .collect();
             workers.into_iter().map(|w| w.join().expect("step readers do not panic")).collect()
         });
+        *self.readers.lock().unwrap_or_else(|e| e.into_inner()) = readers;
         let mut steps = Vec::with_capacity(commits.len());
         for part in parts {
             steps.extend(part?);

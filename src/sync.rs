@@ -7,7 +7,7 @@
 //! verification rules (`ledger_format::history`, `ledger_format::freshness`) or print.
 
 use crate::exit::Refused;
-use crate::replay::{replay, Outcome, Verified};
+use crate::replay::{replay_with, Outcome, Verified};
 use crate::source::{GitSource, LedgerSource, SourceError};
 use crate::state::{self, StateFile};
 use anyhow::Result;
@@ -224,7 +224,8 @@ impl LedgerSync {
             });
         }
         let anchor = self.anchor.clone().unwrap_or(TrustAnchor::UnpinnedTrustGenesisAsFound);
-        let outcome = match replay(&self.source, self.last.clone(), head, &anchor, &mut |_, _| {}) {
+        // Reports are not kept: a poll needs the verified state, and its memory stays bounded.
+        let outcome = match replay_with(&self.source, self.last.clone(), head, &anchor, &mut |_, _| {}, &mut drop) {
             Err(e @ SourceError::Rewritten { .. }) => {
                 return Ok(Synced {
                     status: SyncStatus::Stalled,

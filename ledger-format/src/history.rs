@@ -448,7 +448,8 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
         });
         new_policy = Some(policy);
     }
-    let policy = new_policy.as_ref().unwrap_or(&state.policy).payload.clone();
+    // Borrowed, not copied: a step that changes the policy judges the rest against its new one.
+    let policy: &Policy = &new_policy.as_ref().unwrap_or(&state.policy).payload;
     let policy_version = policy.version;
 
     // The timestamp (SPEC.md §8.9): a renewal names the commit it was made on and goes up in version;
@@ -465,7 +466,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
         Some(Some(node)) => {
             let judged =
                 parse_doc::<TimestampDoc>(TIMESTAMP_PATH, node, &policy.ledger, |t| &t.ledger).and_then(|doc| {
-                    check_timestamp(&policy, &doc).map_err(|e| doc_problem(TIMESTAMP_PATH, e))?;
+                    check_timestamp(policy, &doc).map_err(|e| doc_problem(TIMESTAMP_PATH, e))?;
                     // Same payload, other signatures: a re-signature (after a policy change), not a renewal.
                     if state.timestamp.as_ref().is_none_or(|t| t.hash() != doc.hash()) {
                         check_renewal(state.timestamp.as_ref(), &doc, step.commit.parent.as_deref())
@@ -498,7 +499,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
             continue;
         };
         let result = parse_doc::<Environment>(path, after, &policy.ledger, |e| &e.ledger).and_then(|doc| {
-            check_environment(&policy, env, &doc).map_err(|e| doc_problem(path, e))?;
+            check_environment(policy, env, &doc).map_err(|e| doc_problem(path, e))?;
             Ok(doc)
         });
         let doc = match result {
@@ -521,7 +522,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
             Some(h) => {
                 let weakened = crate::safety::weakenings(&h.spec.payload, &doc.payload);
                 if !weakened.is_empty() {
-                    if let Err(e) = doc.check_role_with(&policy, &policy.root, ForeignSignatures::Skip, sigs) {
+                    if let Err(e) = doc.check_role_with(policy, &policy.root, ForeignSignatures::Skip, sigs) {
                         let e = e.caused(Check::N6);
                         problems.push(
                             problem(
@@ -581,9 +582,8 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
             continue;
         };
         let revert_rule = before.spec.payload.revert;
-        let role = role.clone();
         let Some(history) = env_copy(state, &mut touched, env) else { continue };
-        match apply_entry_changes(env, history, changes, &policy, &role, revert_rule, step, sigs) {
+        match apply_entry_changes(env, history, changes, policy, role, revert_rule, step, sigs) {
             Ok(mut e) => {
                 for ev in &mut e {
                     ev.policy_version = policy_version;
@@ -598,7 +598,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
     // policy in this same commit, so what only a removed key signed loses force at once.
     if new_policy.is_some() {
         if let (None, Some(t)) = (&timestamp_change, &state.timestamp) {
-            if let Err(e) = check_timestamp(&policy, t) {
+            if let Err(e) = check_timestamp(policy, t) {
                 let reason = format!("{}; a policy change must carry the timestamp it affects, re-signed", e.reason);
                 problems.push(problem(TIMESTAMP_PATH, e.check, reason).with_cause(e.cause));
             }
@@ -608,7 +608,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
             let Some(role) = policy.env_role(env) else { continue };
             if !spec_changes.contains_key(env) {
                 let path = crate::tree::environment_path(env);
-                if let Err(e) = check_environment(&policy, env, &h.spec) {
+                if let Err(e) = check_environment(policy, env, &h.spec) {
                     let reason = format!(
                         "{}; a policy change must carry the specs it affects, re-signed, in the same commit",
                         e.reason
@@ -620,7 +620,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
                 continue;
             }
             if let Some(tip) = h.tip.as_ref().filter(|t| t.complete) {
-                if let Err(p) = tip_meets(env, tip, &policy, role) {
+                if let Err(p) = tip_meets(env, tip, policy, role) {
                     problems.push(p);
                 }
             }
