@@ -189,6 +189,20 @@ pub fn replay_with(
     progress: &mut dyn FnMut(usize, usize),
     report: &mut dyn FnMut(CommitReport),
 ) -> Result<Outcome, SourceError> {
+    replay_chunked(source, from, head, anchor, progress, report, CHUNK)
+}
+
+/// [`replay_with`] reading `chunk` commits at a time (at least one). The outcome does not depend on
+/// `chunk`: a refusal and its recovery may fall in different chunks (`tests/history.rs` checks this).
+pub fn replay_chunked(
+    source: &dyn LedgerSource,
+    from: Option<Verified>,
+    head: Oid,
+    anchor: &TrustAnchor,
+    progress: &mut dyn FnMut(usize, usize),
+    report: &mut dyn FnMut(CommitReport),
+    chunk: usize,
+) -> Result<Outcome, SourceError> {
     let clock = std::time::Instant::now();
     let commits = source.first_parents(from.as_ref().map(|v| v.commit), head)?;
     let mut out = Outcome { commits_seen: commits.len(), ..Outcome::default() };
@@ -223,7 +237,7 @@ pub fn replay_with(
     let total = rest.len();
     let mut done = 0;
     let mut refused_since: Option<String> = None;
-    for chunk in rest.chunks(CHUNK) {
+    for chunk in rest.chunks(chunk.max(1)) {
         let clock = std::time::Instant::now();
         let steps: Vec<Step> = source.steps(chunk)?;
         out.timings.read += clock.elapsed();

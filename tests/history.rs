@@ -373,6 +373,34 @@ fn revert_of_a_non_tip_entry_is_refused_and_reverting_it_recovers() {
     assert_eq!(problem_list(&a["refusals"][0]["problems"]), [("ledger/staging/1.json", "H2")]);
     assert_eq!(a["recovered"], serde_json::json!([{"refused": bad, "recovered_at": fix}]));
     assert_eq!(timeline(&a, "staging").len(), 2, "neither the bad commit nor its revert moved the target");
+
+    // Replay reads history in chunks: wherever a chunk ends (between the refusal and its recovery, or
+    // not), the outcome is the same.
+    let mut source =
+        stele::source::GitSource::open(&path_str(&l.dir), None, &f.sb.path("chunk-cache")).expect("source");
+    let head = stele::source::LedgerSource::refresh(&mut source).expect("head");
+    let anchor =
+        ledger_format::history::TrustAnchor::RootKeys { keys: vec![f.alice.id.parse().unwrap()], threshold: 1 };
+    let outcome = |chunk: usize| {
+        let mut events = 0;
+        let out = stele::replay::replay_chunked(
+            &source,
+            None,
+            head,
+            &anchor,
+            &mut |_, _| {},
+            &mut |r| events += r.events.len(),
+            chunk,
+        )
+        .expect("replay");
+        let refused: Vec<String> = out.refusals.iter().map(|r| r.commit.id.clone()).collect();
+        (out.verified.map(|v| v.commit.to_string()), refused, out.recovered, events)
+    };
+    let whole = outcome(stele::replay::CHUNK);
+    assert_eq!(whole, (Some(fix.clone()), vec![bad.clone()], vec![(bad.clone(), fix.clone())], whole.3));
+    for chunk in [1, 2, 3] {
+        assert_eq!(outcome(chunk), whole, "chunks of {chunk} commits");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
