@@ -156,6 +156,13 @@ pub struct Event {
     pub revert_signed_by: Option<KeyId>,
 }
 
+impl Event {
+    /// An event of the whole ledger (genesis, a policy change, a timestamp): no environment, no target.
+    fn of_ledger(action: Action, policy_version: u64) -> Self {
+        Event { action, env: None, generation: 0, target: None, entry: None, policy_version, revert_signed_by: None }
+    }
+}
+
 fn problem(path: &str, check: Check, reason: impl Into<String>) -> Problem {
     Problem { path: path.to_owned(), check, reason: reason.into(), cause: None }
 }
@@ -205,15 +212,7 @@ pub fn genesis(
     }
     let state = state_of(VerifiedTree { policy, environments: tree.environments, timestamp: tree.timestamp });
     let policy_version = state.policy.payload.version;
-    let mut events = vec![Event {
-        action: Action::Genesis,
-        env: None,
-        generation: 0,
-        target: None,
-        entry: None,
-        policy_version,
-        revert_signed_by: None,
-    }];
+    let mut events = vec![Event::of_ledger(Action::Genesis, policy_version)];
     for (env, h) in &state.envs {
         if let Some(tip) = &h.tip {
             events.push(Event {
@@ -437,15 +436,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
                 ),
             )]);
         }
-        events.push(Event {
-            action: Action::PolicyChange,
-            env: None,
-            generation: 0,
-            target: None,
-            entry: None,
-            policy_version: policy.payload.version,
-            revert_signed_by: None,
-        });
+        events.push(Event::of_ledger(Action::PolicyChange, policy.payload.version));
         new_policy = Some(policy);
     }
     // Borrowed, not copied: a step that changes the policy judges the rest against its new one.
@@ -481,15 +472,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
         }
     }
     if new_timestamp.is_some() {
-        events.push(Event {
-            action: Action::Timestamp,
-            env: None,
-            generation: 0,
-            target: None,
-            entry: None,
-            policy_version,
-            revert_signed_by: None,
-        });
+        events.push(Event::of_ledger(Action::Timestamp, policy_version));
     }
 
     // 2. Environment specs.

@@ -76,6 +76,15 @@ fn add_key(policy: &mut Policy, file: &Path, name: Option<&str>) -> Result<KeyId
     Ok(id)
 }
 
+/// The key a command names by `--keyid`, or by `--pubkey FILE` (clap requires one of them).
+fn key_id_given(keyid: Option<String>, pubkey: Option<&Path>) -> Result<KeyId> {
+    Ok(match (keyid, pubkey) {
+        (Some(k), _) => k.parse().map_err(Refused)?,
+        (None, Some(file)) => keys::load_public(file)?.key.key_id(),
+        (None, None) => unreachable!("clap requires --keyid or --pubkey"),
+    })
+}
+
 /// Drops keys that no role lists any more: a withdrawn key is revoked, not kept around.
 fn drop_unused_keys(policy: &mut Policy) {
     let used: Vec<KeyId> = policy
@@ -122,11 +131,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
         }
         PolicyCommand::RemoveSigner { env, keyid, pubkey, root } => {
             let env = parse_env(&env)?;
-            let id: KeyId = match (keyid, pubkey) {
-                (Some(k), _) => k.parse().map_err(Refused)?,
-                (None, Some(file)) => keys::load_public(&file)?.key.key_id(),
-                (None, None) => unreachable!("clap requires --keyid or --pubkey"),
-            };
+            let id = key_id_given(keyid, pubkey.as_deref())?;
             let who = key_list(&old, &[id]);
             let role = role_mut(&mut new, &env)?;
             if !role.keys.contains(&id) {
@@ -199,11 +204,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
             (root, format!("agent {} reports on {words}", key_list(&new, &[id])))
         }
         PolicyCommand::RemoveAgent { keyid, pubkey, root } => {
-            let id: KeyId = match (keyid, pubkey) {
-                (Some(k), _) => k.parse().map_err(Refused)?,
-                (None, Some(file)) => keys::load_public(&file)?.key.key_id(),
-                (None, None) => unreachable!("clap requires --keyid or --pubkey"),
-            };
+            let id = key_id_given(keyid, pubkey.as_deref())?;
             let who = key_list(&old, &[id]);
             if new.agents.remove(&id).is_none() {
                 return Err(Refused(format!("{who} is not an agent key of the policy")).into());
