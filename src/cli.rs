@@ -557,6 +557,11 @@ pub struct InitArgs {
     /// Name recorded for the key in the policy; default: the key's comment.
     #[arg(long)]
     pub name: Option<String>,
+    /// Where entries live: `flat` (every verifier since revision 1 reads it) or `buckets` (revision 5:
+    /// a thousand entries per directory, for ledgers that will hold many thousands of entries per
+    /// environment). `stele policy set-layout` changes it later.
+    #[arg(long, value_enum, value_name = "LAYOUT", default_value = "flat")]
+    pub layout: LayoutName,
 }
 
 #[derive(Subcommand, Debug)]
@@ -677,6 +682,35 @@ pub enum PolicyCommand {
         #[command(flatten)]
         root: RootKeys,
     },
+    /// Move every entry into another layout, in one commit with the policy that names it (SPEC.md
+    /// revision 5). `buckets` puts entry N of an environment at ledger/<env>/<N / 1000>/<N>.json, so no
+    /// Git tree grows past a thousand entries and reading a long history costs the same per entry at any
+    /// length; `flat` (ledger/<env>/<N>.json) is the layout of revision 1. Entries move byte for byte,
+    /// so nothing any agent runs changes. Upgrade every verifier to revision 5 before using `buckets`.
+    SetLayout {
+        #[arg(value_enum, value_name = "LAYOUT")]
+        layout: LayoutName,
+        #[command(flatten)]
+        root: RootKeys,
+    },
+}
+
+/// Where entry files live (SPEC.md §2.3).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutName {
+    /// ledger/<env>/<seq>.json (revision 1).
+    Flat,
+    /// ledger/<env>/<seq / 1000>/<seq>.json (revision 5).
+    Buckets,
+}
+
+impl LayoutName {
+    pub fn policy_value(self) -> Option<ledger_format::types::LedgerLayout> {
+        match self {
+            LayoutName::Flat => None,
+            LayoutName::Buckets => Some(ledger_format::types::LedgerLayout::Buckets),
+        }
+    }
 }
 
 #[derive(Args, Debug)]

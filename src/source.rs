@@ -9,7 +9,7 @@
 use crate::repo::{node_of, tree_snapshot};
 use git2::{Commit, Cred, CredentialType, FetchOptions, Oid, RemoteCallbacks, Repository};
 use ledger_format::history::{CommitInfo, PathChange, SshSigned, Step};
-use ledger_format::tree::{classify, entry_path, LayoutPath, Node, Snapshot, OWNED_DIRS};
+use ledger_format::tree::{classify, Layout, LayoutPath, Node, Snapshot, OWNED_DIRS};
 use ledger_format::Timestamp;
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
@@ -347,8 +347,11 @@ impl LedgerSource for GitSource {
                 continue;
             };
             if seq > 1 {
-                let below = entry_path(&env, seq - 1);
-                if let Ok(entry) = new_tree.get_path(Path::new(&below)) {
+                // In the layout of the commit's tree: a step never moves entries and reverts at once.
+                let paths = [Layout::Flat, Layout::Buckets].map(|l| l.entry_path(&env, seq - 1));
+                if let Some((below, entry)) =
+                    paths.into_iter().find_map(|p| new_tree.get_path(Path::new(&p)).ok().map(|e| (p, e)))
+                {
                     let node = node_of(&self.repo, entry.filemode() as u32, entry.id())
                         .map_err(git_err(&self.location, "read blob"))?;
                     if let Some(node) = node {

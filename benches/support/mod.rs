@@ -51,6 +51,7 @@ impl BenchLedger {
             environments: envs.iter().map(|e| (e.clone(), role.clone())).collect(),
             agents: BTreeMap::new(),
             timestamp: None,
+            ledger_layout: None,
         };
         let mut files = vec![(POLICY_PATH.to_owned(), self.signed(policy))];
         for env in envs {

@@ -10,8 +10,8 @@ use crate::crypto::{verify_sshsig, Blake3Digest, KeyId};
 use crate::document::{display_key, DocError, Document, ForeignSignatures, Payload, SignatureCheck};
 use crate::freshness::{check_renewal, check_timestamp, TIMESTAMP_PATH};
 use crate::tree::{
-    check_environment, check_policy, classify, entry_path, verify_snapshot_with, Expiry, LayoutPath, Node, Problem,
-    Snapshot, VerifiedTree, POLICY_PATH,
+    check_environment, check_policy, classify, verify_snapshot_with, wrong_layout, Expiry, Layout, LayoutPath, Node,
+    Problem, Snapshot, VerifiedTree, NOT_IN_LAYOUT, POLICY_PATH,
 };
 use crate::types::{Entry, EnvName, Environment, Image, Policy, ReleaseVersion, RevertPolicy, TimestampDoc};
 use crate::Timestamp;
@@ -334,9 +334,11 @@ pub fn step_between(before: &Snapshot, after: &Snapshot, commit: CommitInfo) -> 
         let Some(LayoutPath::Entry(env, seq)) = std::str::from_utf8(&change.path).ok().and_then(classify) else {
             continue;
         };
-        let below = entry_path(&env, seq.saturating_sub(1));
-        if let Some(node) = after.nodes.get(below.as_bytes()) {
-            context.insert(below.into_bytes(), node.clone());
+        for layout in [Layout::Flat, Layout::Buckets] {
+            let below = layout.entry_path(&env, seq.saturating_sub(1));
+            if let Some(node) = after.nodes.get(below.as_bytes()) {
+                context.insert(below.into_bytes(), node.clone());
+            }
         }
     }
     Step { commit, changes, context }
@@ -372,7 +374,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
     let mut policy_change = None;
     let mut timestamp_change: Option<&Option<Node>> = None;
     let mut spec_changes: BTreeMap<EnvName, (String, &PathChange)> = BTreeMap::new();
-    let mut entry_changes: BTreeMap<EnvName, EnvChanges> = BTreeMap::new();
+    let mut entry_paths: BTreeMap<(EnvName, u64), Vec<(&str, &PathChange)>> = BTreeMap::new();
     for change in &step.changes {
         let Ok(path) = std::str::from_utf8(&change.path) else {
             problems.push(problem(&String::from_utf8_lossy(&change.path), Check::T2, "path is not valid UTF-8"));
@@ -385,28 +387,11 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
             (Some(LayoutPath::Environment(env)), _, _) => {
                 spec_changes.insert(env, (path.to_owned(), change));
             }
-            (Some(LayoutPath::Entry(env, seq)), before, after) => {
-                let c = entry_changes.entry(env).or_default();
-                match (before, after) {
-                    (None, Some(node)) => {
-                        c.added.insert(seq, (path.to_owned(), node));
-                    }
-                    (Some(_), None) => {
-                        c.removed.insert(seq, path.to_owned());
-                    }
-                    (Some(_), Some(node)) => {
-                        c.modified.insert(seq, (path.to_owned(), node));
-                    }
-                    (None, None) => {}
-                }
+            (Some(LayoutPath::Entry(env, seq)), _, _) => {
+                entry_paths.entry((env, seq)).or_default().push((path, change));
             }
             (None, _, None) => {} // removing a stray file is harmless
-            (None, _, Some(_)) => problems.push(problem(
-                path,
-                Check::T2,
-                "does not match the layout (trust/policy.json, trust/timestamp.json, environments/<env>.json, \
-                 ledger/<env>/<seq>.json)",
-            )),
+            (None, _, Some(_)) => problems.push(problem(path, Check::T2, NOT_IN_LAYOUT)),
         }
     }
     if !problems.is_empty() {
@@ -442,6 +427,9 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
     // Borrowed, not copied: a step that changes the policy judges the rest against its new one.
     let policy: &Policy = &new_policy.as_ref().unwrap_or(&state.policy).payload;
     let policy_version = policy.version;
+
+    // Entries sit where the policy after the step says (revision 5); a layout change moves them all.
+    let entry_changes = sort_entry_changes(state, policy, entry_paths, &mut problems);
 
     // The timestamp (SPEC.md §8.9): a renewal names the commit it was made on and goes up in version;
     // it is removed only together with the timestamp role. Judged under the policy after the step.
@@ -623,7 +611,7 @@ fn judge_step(state: &LedgerState, step: &Step, sigs: &impl SignatureCheck) -> R
 /// role (S2) and enough of them (S3). The tip's signatures all verified when it was added and key ids
 /// bind public keys, so its signers are exactly the keys that counted then.
 fn tip_meets(env: &EnvName, tip: &Link, policy: &Policy, role: &crate::types::Role) -> Result<(), Problem> {
-    let path = entry_path(env, tip.seq);
+    let path = policy.layout().entry_path(env, tip.seq);
     let listed = |k: &KeyId| role.keys.contains(k) && policy.keys.contains_key(k);
     if let Some(k) = tip.signed_by.iter().find(|k| !listed(k)) {
         return Err(problem(
@@ -685,6 +673,80 @@ fn next_policy(old: &Document<Policy>, node: &Node, sigs: &impl SignatureCheck) 
 }
 
 /// The entry transitions of one environment (SPEC.md §8.3.3): append, co-sign, revert of the tip,
+/// Sorts a step's entry changes per environment into added, removed and rewritten, and judges where
+/// they are (revision 5, SPEC.md §8.3): what the step writes must be in the layout of the policy after
+/// it, and a step that changes the layout must move every entry of every environment, each removed from
+/// its old path and added, byte for byte the same, at its new one. A move changes nothing else; an
+/// entry moved and rewritten at once (a co-signature) counts as moved and is judged as a rewrite.
+fn sort_entry_changes<'a>(
+    state: &LedgerState,
+    policy: &Policy,
+    entry_paths: BTreeMap<(EnvName, u64), Vec<(&'a str, &'a PathChange)>>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<EnvName, EnvChanges<'a>> {
+    let layout = policy.layout();
+    let mut entry_changes: BTreeMap<EnvName, EnvChanges> = BTreeMap::new();
+    let mut moved: BTreeMap<EnvName, u64> = BTreeMap::new();
+    for ((env, seq), mut paths) in entry_paths {
+        let c = entry_changes.entry(env.clone()).or_default();
+        if let [(_, a), (_, b)] = paths.as_slice() {
+            if a.after.is_none() != b.after.is_none() {
+                paths.sort_by_key(|(_, change)| change.after.is_some());
+                let [(_, gone), (path, new)] = paths.as_slice() else { unreachable!("two paths") };
+                if let (Some(_), None, None, Some(node)) = (&gone.before, &gone.after, &new.before, &new.after) {
+                    *moved.entry(env.clone()).or_default() += 1;
+                    if Layout::of_entry_path(path) != layout {
+                        problems.push(problem(path, Check::T2, wrong_layout(layout, &env, seq)));
+                    } else if gone.before != new.after {
+                        c.modified.insert(seq, (path.to_string(), node));
+                    }
+                    continue;
+                }
+            }
+        }
+        for (path, change) in paths {
+            if change.after.is_some() && Layout::of_entry_path(path) != layout {
+                problems.push(problem(path, Check::T2, wrong_layout(layout, &env, seq)));
+                continue;
+            }
+            match (&change.before, &change.after) {
+                (None, Some(node)) => {
+                    c.added.insert(seq, (path.to_owned(), node));
+                }
+                (Some(_), None) => {
+                    c.removed.insert(seq, path.to_owned());
+                }
+                (Some(_), Some(node)) => {
+                    c.modified.insert(seq, (path.to_owned(), node));
+                }
+                (None, None) => {}
+            }
+        }
+    }
+    entry_changes.retain(|_, c| !(c.added.is_empty() && c.removed.is_empty() && c.modified.is_empty()));
+    let before = state.policy.payload.layout();
+    if before != layout {
+        for (env, h) in &state.envs {
+            let Some(tip) = &h.tip else { continue };
+            let count = moved.get(env).copied().unwrap_or(0);
+            if count != tip.seq {
+                problems.push(problem(
+                    &before.entry_path(env, tip.seq),
+                    Check::T2,
+                    format!(
+                        "the policy changes ledger_layout from {} to {}, which moves every entry in the same commit: \
+                         {count} of the {} entries of {env} moved",
+                        before.name(),
+                        layout.name(),
+                        tip.seq
+                    ),
+                ));
+            }
+        }
+    }
+    entry_changes
+}
+
 /// and re-adding what a revert removed. Anything else is refused.
 #[allow(clippy::too_many_arguments)]
 fn apply_entry_changes(
@@ -709,7 +771,7 @@ fn apply_entry_changes(
             .copied()
             .unwrap_or(tip_seq.max(1));
         return Err(vec![problem(
-            &entry_path(env, first),
+            &policy.layout().entry_path(env, first),
             Check::H2,
             format!("one step both adds, removes or rewrites entries of {env}; make each its own commit"),
         )]);
@@ -791,7 +853,7 @@ fn apply_entry_changes(
             revert_signed_by = check_revert(env, path, revert_rule, policy, role, &step.commit)?;
         }
         let below = if *seq > 1 {
-            let below_path = entry_path(env, seq - 1);
+            let below_path = policy.layout().entry_path(env, seq - 1);
             let node = step.context.get(below_path.as_bytes()).ok_or_else(|| {
                 vec![problem(&below_path, Check::H2, "the entry below a reverted tip is missing from the commit")]
             })?;
@@ -988,6 +1050,7 @@ mod tests {
             )]),
             agents: BTreeMap::new(),
             timestamp: None,
+            ledger_layout: None,
         }
     }
 

@@ -85,28 +85,103 @@ pub enum LayoutPath {
 }
 
 /// Parses a path against the layout: `trust/policy.json`, `environments/<env>.json`,
-/// `ledger/<env>/<seq>.json` with `seq` in canonical decimal (no sign, no leading zero).
+/// `ledger/<env>/<seq>.json` or (revision 5) `ledger/<env>/<seq / 1000>/<seq>.json`, with numbers in
+/// canonical decimal (no sign, no leading zero). Which of the two entry forms a tree may use is the
+/// policy's call ([`Layout::of_entry_path`], checked in V4 and by the history verifier).
 pub fn classify(path: &str) -> Option<LayoutPath> {
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
         ["trust", "policy.json"] => Some(LayoutPath::Policy),
         ["trust", "timestamp.json"] => Some(LayoutPath::Timestamp),
         ["environments", file] => file.strip_suffix(".json")?.parse().ok().map(LayoutPath::Environment),
-        ["ledger", env, file] => {
-            let digits = file.strip_suffix(".json")?;
-            let canonical = !digits.is_empty()
-                && digits.len() <= 15
-                && digits.bytes().all(|b| b.is_ascii_digit())
-                && !digits.starts_with('0');
-            let seq = digits.parse::<u64>().ok().filter(|_| canonical)?;
+        ["ledger", env, file] => Some(LayoutPath::Entry(env.parse().ok()?, seq_of(file)?)),
+        ["ledger", env, bucket, file] => {
+            let seq = seq_of(file)?;
+            let canonical = *bucket == "0" || (canonical_number(bucket) && bucket.len() <= 12);
+            if !canonical || bucket.parse::<u64>().ok()? != seq / BUCKET {
+                return None;
+            }
             Some(LayoutPath::Entry(env.parse().ok()?, seq))
         }
         _ => None,
     }
 }
 
+/// `<seq>.json` with `<seq>` 1 to 15 digits in canonical decimal.
+fn seq_of(file: &str) -> Option<u64> {
+    let digits = file.strip_suffix(".json")?;
+    digits.parse::<u64>().ok().filter(|_| digits.len() <= 15 && canonical_number(digits))
+}
+
+/// Digits only, at least one, and no leading zero.
+fn canonical_number(digits: &str) -> bool {
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
+}
+
+/// How many entries share a bucket directory in the `buckets` layout.
+pub const BUCKET: u64 = 1000;
+
+/// Where entry files live (SPEC.md §2.3): the policy's `ledger_layout` decides for the whole tree.
+///
+/// `Flat` puts every entry of an environment in one directory, so one Git tree object that each
+/// release rewrites and every reader re-reads: reading one environment's history costs O(n²).
+/// `Buckets` (revision 5) fans entries out by `seq / 1000`, so a release rewrites a bucket of at most
+/// a thousand entries and a directory of `n / 1000` buckets (ARCHITECTURE.md has the measurements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Flat,
+    Buckets,
+}
+
+impl Layout {
+    pub fn entry_path(self, env: &EnvName, seq: u64) -> String {
+        match self {
+            Layout::Flat => format!("ledger/{env}/{seq}.json"),
+            Layout::Buckets => format!("ledger/{env}/{}/{seq}.json", seq / BUCKET),
+        }
+    }
+
+    /// The form of a path that [`classify`] took for an entry.
+    pub fn of_entry_path(path: &str) -> Layout {
+        if path.bytes().filter(|b| *b == b'/').count() == 3 {
+            Layout::Buckets
+        } else {
+            Layout::Flat
+        }
+    }
+
+    /// The policy's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Flat => "flat",
+            Layout::Buckets => "buckets",
+        }
+    }
+}
+
+/// Why a path under the owned directories is refused (T2).
+pub const NOT_IN_LAYOUT: &str = "does not match the layout (trust/policy.json, trust/timestamp.json, \
+                                 environments/<env>.json, ledger/<env>/<seq>.json or, with ledger_layout \
+                                 buckets, ledger/<env>/<seq / 1000>/<seq>.json)";
+
+/// Why an entry in the other form than the policy's layout is refused (T2).
+pub fn wrong_layout(layout: Layout, env: &EnvName, seq: u64) -> String {
+    match layout {
+        Layout::Flat => format!(
+            "entries are at ledger/<env>/<seq>.json unless the policy's ledger_layout says buckets: this one \
+             belongs at {}",
+            layout.entry_path(env, seq)
+        ),
+        Layout::Buckets => format!(
+            "the policy's ledger_layout is buckets, so this entry belongs at {}",
+            layout.entry_path(env, seq)
+        ),
+    }
+}
+
+/// The path of entry `seq` of `env` in the flat layout (revision 1; the default).
 pub fn entry_path(env: &EnvName, seq: u64) -> String {
-    format!("ledger/{env}/{seq}.json")
+    Layout::Flat.entry_path(env, seq)
 }
 
 pub fn environment_path(env: &EnvName) -> String {
@@ -193,7 +268,7 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
     let mut policy_node = None;
     let mut timestamp_node = None;
     let mut spec_nodes: BTreeMap<EnvName, (String, &Node)> = BTreeMap::new();
-    let mut entry_nodes: BTreeMap<EnvName, BTreeMap<u64, (String, &Node)>> = BTreeMap::new();
+    let mut entry_candidates: Vec<(EnvName, u64, String, &Node)> = Vec::new();
     for (raw, node) in &snapshot.nodes {
         let Ok(path) = std::str::from_utf8(raw) else {
             problems.add(&String::from_utf8_lossy(raw), Check::T2, "path is not valid UTF-8");
@@ -216,15 +291,8 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
             Some(LayoutPath::Environment(env)) => {
                 spec_nodes.insert(env, (path.to_owned(), node));
             }
-            Some(LayoutPath::Entry(env, seq)) => {
-                entry_nodes.entry(env).or_default().insert(seq, (path.to_owned(), node));
-            }
-            None => problems.add(
-                path,
-                Check::T2,
-                "does not match the layout (trust/policy.json, trust/timestamp.json, environments/<env>.json, \
-                 ledger/<env>/<seq>.json)",
-            ),
+            Some(LayoutPath::Entry(env, seq)) => entry_candidates.push((env, seq, path.to_owned(), node)),
+            None => problems.add(path, Check::T2, NOT_IN_LAYOUT),
         }
     }
 
@@ -279,6 +347,17 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
         }
     }
 
+    // T2: entries in the other layout than the policy's take no further part (revision 5).
+    let layout = policy.payload.layout();
+    let mut entry_nodes: BTreeMap<EnvName, BTreeMap<u64, (String, &Node)>> = BTreeMap::new();
+    for (env, seq, path, node) in entry_candidates {
+        if Layout::of_entry_path(&path) == layout {
+            entry_nodes.entry(env).or_default().insert(seq, (path, node));
+        } else {
+            problems.add(&path, Check::T2, wrong_layout(layout, &env, seq));
+        }
+    }
+
     // E1-E6: chains.
     let mut chains: BTreeMap<EnvName, Vec<VerifiedEntry>> = BTreeMap::new();
     let any_listed_key = Role { keys: policy.payload.keys.keys().copied().collect(), threshold: 0 };
@@ -328,7 +407,7 @@ pub fn verify_snapshot_with(snapshot: &Snapshot, expiry: Expiry) -> Result<Verif
         if let Some(tip) = chain.last().filter(|_| chain.len() == files.len()) {
             if let Some(expires) = expiry.expired(tip.doc.payload.expires_at) {
                 problems.add(
-                    &entry_path(env, tip.doc.payload.seq),
+                    &layout.entry_path(env, tip.doc.payload.seq),
                     Check::E6,
                     format!("the tip entry expired at {expires}; nothing expired is acted on"),
                 );

@@ -214,6 +214,19 @@ pub struct Policy {
     /// Who renews the timestamp document and how long one may be valid (revision 4, SPEC.md §6.4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<TimestampRole>,
+    /// Where entries live (revision 5, SPEC.md §2.3): absent for `ledger/<env>/<seq>.json`, `buckets` for
+    /// `ledger/<env>/<seq / 1000>/<seq>.json`. "flat" is spelled by omitting it, so only `buckets` parses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_layout: Option<LedgerLayout>,
+}
+
+/// The one value of a policy's `ledger_layout` (revision 5): entries fanned out into buckets of
+/// [`crate::tree::BUCKET`] by sequence number, so no Git tree of the ledger grows past about a thousand
+/// entries however long an environment's history is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerLayout {
+    Buckets,
 }
 
 /// What one agent key may sign: observations of these environments (SPEC.md §6.1, P8).
@@ -286,6 +299,14 @@ pub struct Role {
 }
 
 impl Policy {
+    /// Where this policy puts entry files (revision 5).
+    pub fn layout(&self) -> crate::tree::Layout {
+        match self.ledger_layout {
+            None => crate::tree::Layout::Flat,
+            Some(LedgerLayout::Buckets) => crate::tree::Layout::Buckets,
+        }
+    }
+
     /// The role that signs documents of `env` (entries and the environment spec).
     pub fn env_role(&self, env: &EnvName) -> Option<&Role> {
         self.environments.get(env)

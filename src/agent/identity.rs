@@ -144,6 +144,7 @@ mod tests {
             environments,
             agents,
             timestamp: None,
+            ledger_layout: None,
         }
     }
 

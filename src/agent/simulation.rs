@@ -55,6 +55,7 @@ impl SimLedger {
             environments: envs.iter().map(|e| (e.clone(), role.clone())).collect(),
             agents: BTreeMap::new(),
             timestamp: None,
+            ledger_layout: None,
         };
         let mut snapshot = Snapshot::default();
         snapshot.insert_file(POLICY_PATH, signed(&key, policy));

@@ -92,6 +92,7 @@ pub fn run(args: InitArgs) -> Result<u8> {
         environments: envs.iter().map(|e| (e.clone(), signers.clone())).collect(),
         agents: BTreeMap::new(),
         timestamp: None,
+        ledger_layout: args.layout.policy_value(),
     };
     let mut policy_doc = Document::new(policy);
     policy_doc.sign(&key.key);

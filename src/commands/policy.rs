@@ -13,7 +13,7 @@ use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::document::ForeignSignatures;
 use ledger_format::freshness::TIMESTAMP_PATH;
-use ledger_format::tree::{entry_path, environment_path, POLICY_PATH};
+use ledger_format::tree::{environment_path, Node, POLICY_PATH};
 use ledger_format::types::{AgentGrant, EnvName, KeyInfo, KeyName, Policy, Role, TimestampRole};
 use ledger_format::{Document, KeyId, Timestamp};
 use std::path::Path;
@@ -242,6 +242,28 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
             }
             (root, "remove the timestamp role".to_owned())
         }
+        PolicyCommand::SetLayout { layout, root } => {
+            new.ledger_layout = layout.policy_value();
+            let (from, to) = (old.layout(), new.layout());
+            if from == to {
+                return Err(Refused(format!("the ledger already uses the {} layout", to.name())).into());
+            }
+            // Every entry moves, byte for byte, in the policy's commit (SPEC.md §8.3.4).
+            let mut moved = 0usize;
+            for (env, state) in &tree.environments {
+                for entry in &state.entries {
+                    let seq = entry.doc.payload.seq;
+                    let (old_path, new_path) = (from.entry_path(env, seq), to.entry_path(env, seq));
+                    let Some(Node::File(bytes)) = snapshot.nodes.get(old_path.as_bytes()) else {
+                        unreachable!("a verified tree holds every entry of its chains at its layout's path")
+                    };
+                    extra.push(Change::Remove { path: old_path });
+                    extra.push(Change::Write { path: new_path, bytes: bytes.clone() });
+                    moved += 1;
+                }
+            }
+            (root, format!("ledger layout {} (moves {moved} entries from the {} layout)", to.name(), from.name()))
+        }
     };
     if let Some(when) = &root.expires {
         new.expires_at = Some(parse_when(when, now)?);
@@ -300,7 +322,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
             if tip.doc.check_role(new, role, ForeignSignatures::Refuse).is_err() {
                 let allowed = |id: &KeyId| role.keys.contains(id);
                 let bytes = resigned(&tip.doc, &allowed, role, &signers);
-                carried.push(Change::Write { path: entry_path(env, tip.doc.payload.seq), bytes });
+                carried.push(Change::Write { path: new.layout().entry_path(env, tip.doc.payload.seq), bytes });
             }
         }
     }

@@ -8,7 +8,6 @@ use crate::image::{self, ImageDigest};
 use crate::keys;
 use crate::repo::{Change, LedgerRepo, PROPOSAL_PREFIX};
 use anyhow::{Context, Result};
-use ledger_format::tree::entry_path;
 use ledger_format::types::{ArtifactUri, EntryType, EnvName, Image, Provider};
 use ledger_format::{Blake3Digest, Document};
 use std::path::{Path, PathBuf};
@@ -150,7 +149,7 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
     };
     let mut doc = Document::new(entry);
     doc.sign(&key.key);
-    let file = entry_path(&env, seq);
+    let file = policy.layout().entry_path(&env, seq);
     let bytes = doc.to_file_bytes();
 
     let signer = key_list(policy, &[key.key_id()]);

@@ -7,7 +7,7 @@ use crate::exit::{self, Refused};
 use crate::keys;
 use crate::repo::{apply_to, Change, LedgerRepo};
 use anyhow::Result;
-use ledger_format::tree::{entry_path, verify_snapshot_with, Expiry};
+use ledger_format::tree::{verify_snapshot_with, Expiry};
 use ledger_format::types::{EnvName, RevertPolicy};
 use std::path::Path;
 
@@ -18,7 +18,7 @@ pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
     let state = tree.environments.get(&env).ok_or_else(|| Refused(format!("environment {env} is not declared")))?;
     let tip = state.tip().ok_or_else(|| Refused(format!("{env} has no release to roll back")))?;
     let seq = tip.doc.payload.seq;
-    let file = entry_path(&env, seq);
+    let file = tree.policy.payload.layout().entry_path(&env, seq);
     if seq == 1 {
         return Err(Refused(format!(
             "{file} is {env}'s only entry: an environment that had a target keeps one (SPEC.md §8, H2); release the \

@@ -10,7 +10,7 @@ use crate::keys;
 use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::document::{DocError, ForeignSignatures, Payload};
-use ledger_format::tree::{classify, entry_path, verify_snapshot_with, Expiry, LayoutPath, Node, Problem, Snapshot};
+use ledger_format::tree::{classify, verify_snapshot_with, Expiry, LayoutPath, Node, Problem, Snapshot};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, Role};
 use ledger_format::{Check, Document, SecretKey};
 use std::path::Path;
@@ -34,7 +34,7 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
                 })
                 .max()
                 .ok_or_else(|| Refused(format!("environment {env} has no entries to sign")))?;
-            entry_path(&env, tip)
+            policy.layout().entry_path(&env, tip)
         }
         (None, Some(file)) => file.trim_start_matches("./").to_owned(),
         (None, None) => unreachable!("clap requires --env, --file or --proposal"),
@@ -50,7 +50,7 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
             cosign::<Environment>(&file, &bytes, &policy, role, &key.key)?
         }
         Some(LayoutPath::Entry(env, seq)) => {
-            let is_tip = !snapshot.nodes.contains_key(entry_path(&env, seq + 1).as_bytes());
+            let is_tip = !snapshot.nodes.contains_key(policy.layout().entry_path(&env, seq + 1).as_bytes());
             if !is_tip {
                 return Err(Refused(format!(
                     "{file} is not the tip of {env}; only the tip is co-signed (it covers earlier entries through prev)"

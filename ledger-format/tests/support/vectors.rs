@@ -220,6 +220,7 @@ fn policy(k: &Keys, keys: &[&TestKey], envs: &[(&str, Role)]) -> Policy {
         environments: envs.iter().map(|(name, role)| (lit(name), role.clone())).collect(),
         agents: BTreeMap::new(),
         timestamp: None,
+        ledger_layout: None,
     }
 }
 
