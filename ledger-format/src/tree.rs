@@ -172,10 +172,9 @@ pub fn wrong_layout(layout: Layout, env: &EnvName, seq: u64) -> String {
              belongs at {}",
             layout.entry_path(env, seq)
         ),
-        Layout::Buckets => format!(
-            "the policy's ledger_layout is buckets, so this entry belongs at {}",
-            layout.entry_path(env, seq)
-        ),
+        Layout::Buckets => {
+            format!("the policy's ledger_layout is buckets, so this entry belongs at {}", layout.entry_path(env, seq))
+        }
     }
 }
 
@@ -578,6 +577,44 @@ fn check_entry_position(entry: &Entry, env: &EnvName, seq: u64, link: Link) -> R
         Link::Expect(_) | Link::AfterGap => Ok(()),
         Link::Broken => {
             Err(DocError::new(Check::E4, format!("cannot check prev: entry {} of {env} is invalid", seq - 1)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> Option<(String, u64)> {
+        match classify(path)? {
+            LayoutPath::Entry(env, seq) => Some((env.to_string(), seq)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn bucket_paths_name_their_bucket_in_canonical_decimal() {
+        assert_eq!(entry("ledger/prod/0/1.json"), Some(("prod".into(), 1)));
+        assert_eq!(entry("ledger/prod/0/999.json"), Some(("prod".into(), 999)));
+        assert_eq!(entry("ledger/prod/1/1000.json"), Some(("prod".into(), 1000)));
+        assert_eq!(entry("ledger/prod/123/123456.json"), Some(("prod".into(), 123_456)));
+        for wrong in [
+            "ledger/prod/0/1000.json",
+            "ledger/prod/1/999.json",
+            "ledger/prod/00/1.json",
+            "ledger/prod/01/1000.json",
+            "ledger/prod/+1/1000.json",
+            "ledger/prod//1.json",
+            "ledger/prod/0/0/1.json",
+        ] {
+            assert_eq!(entry(wrong), None, "{wrong}");
+        }
+        let env: EnvName = "prod".parse().unwrap();
+        for seq in [1, 999, 1000, 1001, 999_999_999_999_999] {
+            let path = Layout::Buckets.entry_path(&env, seq);
+            assert_eq!(entry(&path), Some(("prod".into(), seq)), "{path}");
+            assert_eq!(Layout::of_entry_path(&path), Layout::Buckets);
+            assert_eq!(Layout::of_entry_path(&Layout::Flat.entry_path(&env, seq)), Layout::Flat);
         }
     }
 }

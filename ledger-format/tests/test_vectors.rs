@@ -8,7 +8,7 @@ use ledger_format::check::Check;
 use ledger_format::freshness::{check_current, TIMESTAMP_PATH};
 use ledger_format::observation::verify_observation;
 use ledger_format::time::Timestamp;
-use ledger_format::tree::{entry_path, environment_path, verify_snapshot, POLICY_PATH};
+use ledger_format::tree::{environment_path, verify_snapshot, POLICY_PATH};
 use ledger_format::types::{CommitId, EnvName, Policy, TimestampDoc};
 use ledger_format::Document;
 use std::collections::{BTreeMap, BTreeSet};
@@ -99,7 +99,10 @@ fn check_vector(name: &str, vector: &Vector) -> Result<(), String> {
             for (env, verified) in &tree.environments {
                 hashes.insert(environment_path(env), verified.spec.hash().to_hex());
                 for entry in &verified.entries {
-                    hashes.insert(entry_path(env, entry.doc.payload.seq), entry.doc.hash().to_hex());
+                    hashes.insert(
+                        tree.policy.payload.layout().entry_path(env, entry.doc.payload.seq),
+                        entry.doc.hash().to_hex(),
+                    );
                 }
             }
             if hashes != vector.expected.hashes {

@@ -291,6 +291,7 @@ pub fn build_cases() -> Vec<HistoryCase> {
     recovery_cases(&k, &mut cases);
     transition_cases(&k, &mut cases);
     timestamp_cases(&k, &mut cases);
+    layout_cases(&k, &mut cases);
     cases
 }
 
@@ -1028,6 +1029,93 @@ fn timestamp_cases(k: &Keys, cases: &mut Vec<HistoryCase>) {
         "policy v3: no timestamp role, timestamp deleted",
         None,
         accepted(vec![policy_change(), timestamp_event()]),
+    );
+    h.finish(cases);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Revision 5: the buckets layout (SPEC.md §2.3, §8.3.4).
+
+fn bucket_path(env: &str, seq: u64) -> String {
+    format!("ledger/{env}/{}/{seq}.json", seq / 1000)
+}
+
+fn layout_cases(k: &Keys, cases: &mut Vec<HistoryCase>) {
+    let a = &k.alice;
+    let buckets = |version| Policy {
+        ledger_layout: Some(ledger_format::types::LedgerLayout::Buckets),
+        ..policy_v(k, version, &[a], &[("prod", &[a], 1)])
+    };
+
+    let (mut h, chain) = prod_history(
+        k,
+        "layout-migration",
+        "Revision 5. prod holds entries 1-3 in the flat layout. A root-signed policy (v2) that says \
+         ledger_layout buckets but moves only entries 1 and 2 is refused (T2, at the entry left behind). With \
+         entry 3 moved as well, judged from the last verified tree, it is accepted: a move changes no target. \
+         Then: entry 4 at its bucket path is a promotion; entry 5 at the flat path is refused (T2); at its \
+         bucket path it is accepted; a revert of it (revert allowed) makes entry 4, read from its bucket path, \
+         the target again.",
+        Prod { role: &[a], threshold: 1, revert: RevertPolicy::Allow, signers: &[a], entries: 3 },
+    );
+    h.put(POLICY_PATH, &root_signed(buckets(2), k));
+    for seq in 1..=2 {
+        h.rm(&entry_path("prod", seq)).put(&bucket_path("prod", seq), &chain[seq as usize - 1]);
+    }
+    h.commit("policy: buckets layout, entries 1 and 2 moved", None, refused(&[("ledger/prod/3.json", "T2", None)]));
+    h.rm(&entry_path("prod", 3)).put(&bucket_path("prod", 3), &chain[2]);
+    h.commit("move entry 3 as well", None, accepted(vec![policy_change()]));
+    let e4 = release("prod", 4, Some(&chain[2]), &[a]);
+    h.put(&bucket_path("prod", 4), &e4).commit("release 1.4.0", None, accepted(vec![promote("prod", 2, 4)]));
+    let e5 = release("prod", 5, Some(&e4), &[a]);
+    h.put(&entry_path("prod", 5), &e5).commit(
+        "release 1.5.0 in the flat layout",
+        None,
+        refused(&[("ledger/prod/5.json", "T2", None)]),
+    );
+    h.rm(&entry_path("prod", 5)).put(&bucket_path("prod", 5), &e5).commit(
+        "release 1.5.0 at its bucket path",
+        None,
+        accepted(vec![promote("prod", 3, 5)]),
+    );
+    h.rm(&bucket_path("prod", 5)).commit(
+        "Revert \"release 1.5.0\"",
+        None,
+        accepted(vec![rollback("prod", 4, 4, None)]),
+    );
+    h.finish(cases);
+
+    let (mut h, chain) = prod_history(
+        k,
+        "layout-move-without-policy",
+        "Revision 5. Moving prod's entries to bucket paths without a policy that says ledger_layout buckets \
+         is refused: each moved entry is in the wrong layout (T2). A move that also changes an entry's bytes \
+         under a layout change is judged as a rewrite: moving entry 2 with a signature added (a co-signature \
+         of the tip) is accepted, moving entry 1 with its payload changed is not (H2).",
+        Prod { role: &[a, &k.bob], threshold: 1, revert: RevertPolicy::Signed, signers: &[a], entries: 2 },
+    );
+    for seq in 1..=2 {
+        h.rm(&entry_path("prod", seq)).put(&bucket_path("prod", seq), &chain[seq as usize - 1]);
+    }
+    h.commit(
+        "move entries to buckets",
+        None,
+        refused(&[("ledger/prod/0/1.json", "T2", None), ("ledger/prod/0/2.json", "T2", None)]),
+    );
+    let with_bob = Policy {
+        ledger_layout: Some(ledger_format::types::LedgerLayout::Buckets),
+        ..policy_v(k, 2, &[a, &k.bob], &[("prod", &[a, &k.bob], 1)])
+    };
+    let mut altered = chain[0].payload.clone();
+    altered.version = lit("9.9.9");
+    h.put(POLICY_PATH, &root_signed(with_bob.clone(), k))
+        .put(&bucket_path("prod", 1), &signed_by(altered, &[a]))
+        .put(&bucket_path("prod", 2), &resigned(&chain[1], &[a, &k.bob]))
+        .commit("policy: buckets, entry 1 changed on the way", None, refused(&[("ledger/prod/0/1.json", "H2", None)]));
+    h.put(&bucket_path("prod", 1), &chain[0]).commit(
+        "policy: buckets, entry 2 co-signed by bob on the way",
+        None,
+        accepted(vec![policy_change(), co_sign("prod", 1, 2)]),
     );
     h.finish(cases);
 }

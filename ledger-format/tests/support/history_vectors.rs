@@ -13,7 +13,7 @@
 use super::{base64_decode, base64_encode, path_bytes, ExpectedProblem, FileNode};
 use ledger_format::document::Direct;
 use ledger_format::history::{apply_step, genesis, CommitInfo, PathChange, SshSigned, Step, TrustAnchor};
-use ledger_format::tree::{classify, LayoutPath, Node, Problem, Snapshot};
+use ledger_format::tree::{classify, Layout, LayoutPath, Node, Problem, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -170,9 +170,12 @@ pub fn context(changes: &[PathChange], after: &Snapshot) -> BTreeMap<Vec<u8>, No
         let Ok(path) = std::str::from_utf8(&change.path) else { continue };
         if let Some(LayoutPath::Entry(env, seq)) = classify(path) {
             if seq > 1 {
-                let below = ledger_format::tree::entry_path(&env, seq - 1).into_bytes();
-                if let Some(node) = after.nodes.get(&below) {
-                    out.insert(below, node.clone());
+                // Whichever layout the commit's tree uses (revision 5).
+                for layout in [Layout::Flat, Layout::Buckets] {
+                    let below = layout.entry_path(&env, seq - 1).into_bytes();
+                    if let Some(node) = after.nodes.get(&below) {
+                        out.insert(below, node.clone());
+                    }
                 }
             }
         }

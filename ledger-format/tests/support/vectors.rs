@@ -15,6 +15,8 @@
 pub mod history;
 #[path = "rev4.rs"]
 pub mod rev4;
+#[path = "rev5.rs"]
+pub mod rev5;
 
 use ledger_format::check::Check;
 use ledger_format::crypto::{self, Blake3Digest, CryptoError, KeyId, PublicKey, SecretKey, KEY_ID_CONTEXT};
@@ -563,6 +565,7 @@ pub fn build_cases() -> Vec<Case> {
     chain_cases(&k, &mut cases);
     signature_cases(&k, &mut cases);
     rev4::tree_cases(&k, &mut cases);
+    rev5::tree_cases(&k, &mut cases);
     cases.0
 }
 
