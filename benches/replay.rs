@@ -1,8 +1,10 @@
 //! History replay and polling cost, in figures printed to stdout (run: `cargo bench --bench replay`;
 //! `STELE_BENCH_SIZES=1000,10000` to choose sizes, default 1000,10000,100000;
 //! `STELE_BENCH_SHAPES=1000,one` to choose how many entries each environment holds, where `one` puts
-//! every entry in one environment; default 1000,one; `STELE_BENCH_STELE=PATH` to measure another build
-//! of the binary, e.g. a baseline kept aside).
+//! every entry in one environment; default 1000,10000,one; `STELE_BENCH_LAYOUTS=flat,buckets` to choose
+//! the entry layouts (SPEC.md §2.3.1; default both, except that the flat layout is not generated with more
+//! than 10 000 entries in one environment: writing it is itself O(n²)); `STELE_BENCH_STELE=PATH` to
+//! measure another build of the binary, e.g. a baseline kept aside).
 //!
 //! For each size and shape it writes a real Git repository (with `git fast-import`, one commit per
 //! entry), then measures in one run: the raw strict-verification rate on one core and on all cores, a
@@ -12,6 +14,7 @@
 mod support;
 
 use ledger_format::history::TrustAnchor;
+use ledger_format::tree::Layout;
 use ledger_format::types::EnvName;
 use std::path::Path;
 use std::process::Command;
@@ -70,8 +73,8 @@ impl Importer {
 
 /// Writes a ledger of `entries` entries, `per_env` per environment, one commit each; returns the key
 /// id that roots it.
-fn generate(dir: &Path, entries: usize, per_env: usize) -> String {
-    let mut gen = BenchLedger::new();
+fn generate(dir: &Path, entries: usize, per_env: usize, layout: Layout) -> String {
+    let mut gen = BenchLedger::new().with_layout(layout);
     let envs: Vec<EnvName> =
         (0..entries.div_ceil(per_env).max(1)).map(|i| format!("env{i}").parse().unwrap()).collect();
     let mut import = Importer::start(dir);
@@ -139,11 +142,20 @@ fn main() {
         .map(|s| s.trim().parse().expect("sizes are numbers"))
         .collect();
     let shapes: Vec<Option<usize>> = std::env::var("STELE_BENCH_SHAPES")
-        .unwrap_or_else(|_| "1000,one".into())
+        .unwrap_or_else(|_| "1000,10000,one".into())
         .split(',')
         .map(|s| match s.trim() {
             "one" => None,
             n => Some(n.parse().expect("shapes are numbers or `one`")),
+        })
+        .collect();
+    let layouts: Vec<Layout> = std::env::var("STELE_BENCH_LAYOUTS")
+        .unwrap_or_else(|_| "flat,buckets".into())
+        .split(',')
+        .map(|s| match s.trim() {
+            "flat" => Layout::Flat,
+            "buckets" => Layout::Buckets,
+            other => panic!("layouts are flat or buckets, not {other}"),
         })
         .collect();
     let (one, all) = raw_verify_rates();
@@ -160,23 +172,29 @@ fn main() {
                 continue; // the same ledger as a shape already measured at this size
             }
             done.push(per_env);
-            measure(stele, n, per_env, all, threads);
+            for layout in &layouts {
+                if *layout == Layout::Flat && per_env > 10_000 {
+                    println!("{n} entries in one env, flat layout: not generated (O(n²) to write; see SPEC.md §2.3.1)");
+                    continue;
+                }
+                measure(stele, n, per_env, *layout, all, threads);
+            }
         }
     }
 }
 
-fn measure(stele: &str, n: usize, per_env: usize, all: f64, threads: usize) {
+fn measure(stele: &str, n: usize, per_env: usize, layout: Layout, all: f64, threads: usize) {
     // STELE_BENCH_KEEP=DIR keeps generated repositories there and reuses them (for profiling).
     let dir = tempfile::tempdir().unwrap();
     let repo_dir = match std::env::var("STELE_BENCH_KEEP") {
-        Ok(keep) => Path::new(&keep).join(format!("ledger-{n}-{per_env}.git")),
+        Ok(keep) => Path::new(&keep).join(format!("ledger-{n}-{per_env}-{}.git", layout.name())),
         Err(_) => dir.path().join("ledger.git"),
     };
     let start = Instant::now();
     let root = if repo_dir.join("HEAD").exists() {
         BenchLedger::new().root().to_hex()
     } else {
-        generate(&repo_dir, n, per_env)
+        generate(&repo_dir, n, per_env, layout)
     };
     let gen_s = start.elapsed().as_secs_f64();
     let envs = n.div_ceil(per_env);
@@ -196,8 +214,10 @@ fn measure(stele: &str, n: usize, per_env: usize, all: f64, threads: usize) {
     let t = outcome.timings;
     let rate = n as f64 / replay_s;
     println!(
-        "{n} entries in {envs} env(s) of {per_env} ({} commits, generated in {gen_s:.1} s): replay {replay_s:.2} s = \
+        "{n} entries in {envs} env(s) of {per_env}, {} layout ({} commits, generated in {gen_s:.1} s): replay \
+         {replay_s:.2} s = \
          {rate:.0} entries/s = {:.0}% of raw verify on {threads} threads; {:.1} us per entry",
+        layout.name(),
         n + 1,
         100.0 * rate / all,
         replay_s * 1e6 / n as f64

@@ -3,7 +3,7 @@
 
 use ledger_format::crypto::SecretKey;
 use ledger_format::document::Document;
-use ledger_format::tree::{entry_path, environment_path, POLICY_PATH};
+use ledger_format::tree::{environment_path, Layout, POLICY_PATH};
 use ledger_format::types::*;
 use ledger_format::{Blake3Digest, KeyId, Timestamp};
 use std::collections::BTreeMap;
@@ -15,11 +15,24 @@ pub struct BenchLedger {
     ledger: LedgerId,
     prev: BTreeMap<EnvName, (u64, Blake3Digest)>,
     made: i64,
+    layout: Layout,
 }
 
 impl BenchLedger {
     pub fn new() -> Self {
-        Self { key: SecretKey::from_seed(&[5; 32]), ledger: "bench".parse().unwrap(), prev: BTreeMap::new(), made: 0 }
+        Self {
+            key: SecretKey::from_seed(&[5; 32]),
+            ledger: "bench".parse().unwrap(),
+            prev: BTreeMap::new(),
+            made: 0,
+            layout: Layout::Flat,
+        }
+    }
+
+    /// Entries in `layout` (SPEC.md §2.3.1), which the genesis policy names.
+    #[allow(dead_code)] // used by some harnesses only
+    pub fn with_layout(self, layout: Layout) -> Self {
+        Self { layout, ..self }
     }
 
     /// Writes the generator's signing key (root and every environment's signer) as an OpenSSH key file,
@@ -51,7 +64,7 @@ impl BenchLedger {
             environments: envs.iter().map(|e| (e.clone(), role.clone())).collect(),
             agents: BTreeMap::new(),
             timestamp: None,
-            ledger_layout: None,
+            ledger_layout: (self.layout == Layout::Buckets).then_some(LedgerLayout::Buckets),
         };
         let mut files = vec![(POLICY_PATH.to_owned(), self.signed(policy))];
         for env in envs {
@@ -100,7 +113,7 @@ impl BenchLedger {
         let mut doc = Document::new(entry);
         doc.sign(&self.key);
         self.prev.insert(env.clone(), (seq, doc.hash()));
-        (entry_path(env, seq), doc.to_file_bytes())
+        (self.layout.entry_path(env, seq), doc.to_file_bytes())
     }
 
     fn signed<T: ledger_format::document::Payload>(&self, payload: T) -> Vec<u8> {

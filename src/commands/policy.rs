@@ -34,6 +34,8 @@ fn show(repo_path: &Path, json: bool) -> Result<u8> {
         return Ok(exit::OK);
     }
     println!("ledger {} policy version {}", p.ledger, p.version);
+    let example = p.layout().entry_path(&"prod".parse().expect("a name"), 1234);
+    println!("layout: {} (entry 1234 of prod at {example})", p.layout().name());
     if let Some(t) = p.expires_at {
         println!("expires {t}");
     }
