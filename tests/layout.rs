@@ -1,0 +1,238 @@
+//! The buckets layout of ledger-format revision 5 met for real: `stele init --layout`, `stele policy
+//! set-layout` migrating a ledger made flat, releases, co-signatures, `git revert` and `stele rollback`
+//! after the move, and agents (`stele poll`) whose high-water mark predates the migration replaying it.
+//! Every repository and commit is made by the `stele` binary or the `git` CLI; a hand-made migration
+//! that leaves an entry behind is refused (T2) and the agent keeps its last good state.
+//!
+//! Each test owns a [`Sandbox`] (its own `HOME`), so tests run in parallel.
+
+mod common;
+
+use common::*;
+use ledger_format::types::{Environment, RevertPolicy};
+use ledger_format::Document;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers
+
+/// A ledger whose root and signer of every environment is alice.
+struct Fixture {
+    sb: Sandbox,
+    alice: Key,
+    ledger: Ledger,
+}
+
+/// `stele init` with `--layout` when given (else the default, flat).
+fn fixture(ledger_id: &str, envs: &[&str], layout: Option<&str>) -> Fixture {
+    let sb = Sandbox::new();
+    let alice = sb.key("alice");
+    let ledger = match layout {
+        None => sb.ledger("ledger", ledger_id, &alice, envs),
+        Some(layout) => sb.ledger_with("ledger", ledger_id, &alice, envs, &["--layout", layout]),
+    };
+    Fixture { sb, alice, ledger }
+}
+
+impl Fixture {
+    /// `stele release` of `version` to `env` signed by `key`, with an image of its own; returns HEAD.
+    fn promote(&self, env: &str, version: &str, key: &Key) -> String {
+        let image = self.sb.image(&format!("app-{env}-{version}.tar"), format!("app {version}\n").as_bytes());
+        self.ledger.release(env, version, &image, key);
+        self.head()
+    }
+
+    fn head(&self) -> String {
+        self.ledger.git(["rev-parse", "HEAD"]).trim().to_owned()
+    }
+
+    /// The blob id of `path` at `rev`.
+    fn blob(&self, rev: &str, path: &str) -> String {
+        self.ledger.git(["rev-parse", &format!("{rev}:{path}")]).trim().to_owned()
+    }
+
+    /// Every file under `ledger/` at `rev`, sorted.
+    fn entry_files(&self, rev: &str) -> Vec<String> {
+        let out = self.ledger.git(["ls-tree", "-r", "--name-only", rev, "--", "ledger"]);
+        out.lines().map(str::to_owned).collect()
+    }
+
+    /// An agent polling this ledger in place, pinned to alice as the root.
+    fn agent(&self, name: &str) -> Agent {
+        Agent { repo: path_str(&self.ledger.dir), state_dir: self.sb.path(&format!("agent-{name}")), root: self.alice.id.clone() }
+    }
+
+    /// `env`'s `revert` rule set to `rule`: the spec's next version, signed by alice (root and signer).
+    fn set_revert_policy(&self, env: &str, rule: RevertPolicy) -> String {
+        let rel = format!("environments/{env}.json");
+        let old = Document::<Environment>::parse(&self.ledger.read(&rel)).expect("the spec parses");
+        let mut payload = old.payload.clone();
+        payload.version += 1;
+        payload.revert = rule;
+        let mut doc = Document::new(payload);
+        doc.sign(&stele::keys::load_secret(&self.alice.secret).expect("alice's key").key);
+        self.ledger.write(&rel, doc.to_file_bytes());
+        self.ledger.commit_all(&format!("{env}: revert {rule:?}"));
+        self.head()
+    }
+
+    /// `stele audit --json --trust-root alice`, exit code checked.
+    #[track_caller]
+    fn audit(&self, code: i32) -> Value {
+        let out = self.ledger.stele(["audit", "--json", "--trust-root", &self.alice.id]);
+        out.expect(code);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("audit printed no JSON: {e}\n{}", out.dump()))
+    }
+
+    /// `stele policy set-layout LAYOUT --key KEYS...`, not checked.
+    fn set_layout(&self, layout: &str, keys: &[&Key]) -> Output {
+        let mut args = vec!["policy".to_owned(), "set-layout".to_owned(), layout.to_owned()];
+        for k in keys {
+            args.extend(["--key".to_owned(), k.secret()]);
+        }
+        self.ledger.stele(&args)
+    }
+}
+
+/// `stele poll` with one state directory.
+struct Agent {
+    repo: String,
+    state_dir: PathBuf,
+    root: String,
+}
+
+struct Poll {
+    out: Output,
+    json: Value,
+}
+
+impl Agent {
+    fn poll(&self, sb: &Sandbox) -> Poll {
+        let state = path_str(&self.state_dir);
+        let args = ["poll", "--repo", &self.repo, "--state-dir", &state, "--trust-root", &self.root, "--json"];
+        let out = sb.stele(sb.root(), args);
+        let json = match out.stdout.trim() {
+            "" => Value::Null,
+            text => serde_json::from_str(text).unwrap_or_else(|e| panic!("poll printed no JSON: {e}\n{}", out.dump())),
+        };
+        Poll { out, json }
+    }
+
+    fn state_bytes(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.state_dir.join("verified.json")).ok()
+    }
+}
+
+impl Poll {
+    /// Exit 0, `verified` or `up_to_date` at `commit`, nothing refused.
+    #[track_caller]
+    fn expect_verified(&self, commit: &str) -> &Self {
+        self.out.expect(OK);
+        let status = self.json["status"].as_str().unwrap_or_default();
+        assert!(matches!(status, "verified" | "up_to_date"), "status {status}\n{}", self.out.dump());
+        assert_eq!(self.json["commit"], commit, "{}", self.out.dump());
+        assert_eq!(self.json["refusals"], json!([]), "{}", self.out.dump());
+        self
+    }
+
+    /// `env`'s target generation, version and seq.
+    #[track_caller]
+    fn expect_target(&self, env: &str, generation: u64, version: &str, seq: u64) -> &Self {
+        let e = &self.json["environments"][env];
+        assert_eq!(e["generation"], generation, "generation of {env}\n{}", self.out.dump());
+        assert_eq!(e["target"]["version"], version, "target of {env}\n{}", self.out.dump());
+        assert_eq!(e["target"]["seq"], seq, "target seq of {env}\n{}", self.out.dump());
+        self
+    }
+}
+
+/// `(path, check)` of each problem in a JSON list of problems.
+fn problem_list(problems: &Value) -> Vec<(String, String)> {
+    let list = problems.as_array().cloned().unwrap_or_default();
+    list.iter().map(|p| (p["path"].as_str().unwrap_or("?").to_owned(), p["check"].as_str().unwrap_or("?").to_owned())).collect()
+}
+
+/// The audit's timeline rows made by `commit`, as `(action, environment)`.
+fn rows_of(audit: &Value, commit: &str) -> Vec<(String, Option<String>)> {
+    let rows = audit["timeline"].as_array().expect("a timeline");
+    rows.iter()
+        .filter(|r| r["commit"] == commit)
+        .map(|r| (r["action"].as_str().unwrap_or("?").to_owned(), r["env"].as_str().map(str::to_owned)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Migration of a flat ledger, replayed by agents whose mark predates it
+
+/// A flat ledger with releases to two environments; agent `a` polls (its mark predates everything
+/// below), then `stele policy set-layout buckets` moves every entry, byte for byte, in one commit with
+/// the policy; `stele verify` passes; agent `b` replays the migration alone with no new generation; a
+/// release lands at `ledger/<env>/0/<n>.json`; agent `a` replays migration and release in one poll
+/// and its generation goes up by one; the audit shows the migration as a policy change only.
+#[test]
+fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
+    let f = fixture("layout-migrate", &["staging", "prod"], None);
+    let l = &f.ledger;
+    f.promote("staging", "1.0.0", &f.alice);
+    f.promote("prod", "1.0.0", &f.alice);
+    f.promote("staging", "2.0.0", &f.alice);
+    let before = f.promote("staging", "3.0.0", &f.alice);
+    let (a, b) = (f.agent("a"), f.agent("b"));
+    for agent in [&a, &b] {
+        let poll = agent.poll(&f.sb);
+        poll.expect_verified(&before).expect_target("staging", 3, "3.0.0", 3).expect_target("prod", 1, "1.0.0", 1);
+    }
+    let flat = ["ledger/prod/1.json", "ledger/staging/1.json", "ledger/staging/2.json", "ledger/staging/3.json"];
+    assert_eq!(f.entry_files("HEAD"), flat, "stele init makes a flat ledger by default");
+
+    f.set_layout("buckets", &[&f.alice]).expect(OK).says(&["ledger layout buckets", "moves 4 entries"]);
+    let migration = f.head();
+    assert_eq!(l.git(["rev-parse", "HEAD~1"]).trim(), before, "one commit");
+    let bucketed = ["ledger/prod/0/1.json", "ledger/staging/0/1.json", "ledger/staging/0/2.json", "ledger/staging/0/3.json"];
+    assert_eq!(f.entry_files("HEAD"), bucketed, "every entry in its bucket, no old path left");
+    for (old, new) in flat.iter().zip(bucketed) {
+        assert_eq!(f.blob(&before, old), f.blob(&migration, new), "{old} moved to {new} byte for byte");
+    }
+    // Git sees exact renames and the policy edit, nothing else.
+    let diff = l.git(["diff", "--name-status", "--find-renames=100%", &before, &migration]);
+    let mut lines: Vec<&str> = diff.lines().collect();
+    lines.sort();
+    let mut expected: Vec<String> = flat
+        .iter()
+        .zip(bucketed)
+        .map(|(old, new)| format!("R100\t{old}\t{new}"))
+        .chain(["M\ttrust/policy.json".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(lines, expected, "{diff}");
+    assert_eq!(l.json("trust/policy.json")["payload"]["ledger_layout"], "buckets");
+    l.expect_valid(&[]);
+    l.expect_valid(&["--rev", &before]);
+
+    b.poll(&f.sb).expect_verified(&migration).expect_target("staging", 3, "3.0.0", 3).expect_target("prod", 1, "1.0.0", 1);
+
+    let out = l.release("staging", "4.0.0", &f.sb.image("app-4.tar", b"app 4\n"), &f.alice);
+    out.says(&["ledger/staging/0/4.json"]);
+    let v4 = f.head();
+    assert_eq!(l.git(["show", "--name-status", "--format=", "HEAD"]), "A\tledger/staging/0/4.json\n");
+    l.expect_valid(&[]);
+
+    for agent in [&a, &b] {
+        let poll = agent.poll(&f.sb);
+        poll.expect_verified(&v4).expect_target("staging", 4, "4.0.0", 4).expect_target("prod", 1, "1.0.0", 1);
+    }
+    let poll = a.poll(&f.sb);
+    assert_eq!(poll.expect_verified(&v4).json["status"], "up_to_date");
+
+    let audit = f.audit(OK);
+    assert_eq!(audit["ok"], true, "{audit:#}");
+    assert_eq!(rows_of(&audit, &migration), [("policy".to_owned(), None)], "the migration is a policy change only");
+    let row = audit["timeline"].as_array().unwrap().iter().find(|r| r["commit"] == migration.as_str()).unwrap();
+    assert_eq!(row["policy_version"], 2, "{row:#}");
+    let detail = row["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("ledger layout buckets"), "the policy row names the layout: {row:#}");
+    assert_eq!(rows_of(&audit, &v4), [("promote".to_owned(), Some("staging".to_owned()))]);
+    let promote = audit["timeline"].as_array().unwrap().iter().find(|r| r["commit"] == v4.as_str()).unwrap();
+    assert_eq!(promote["generation"], 4, "{promote:#}");
+}
