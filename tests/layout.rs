@@ -125,6 +125,11 @@ impl Agent {
 }
 
 impl Poll {
+    /// Whether the first refusal's reasons contain `words`.
+    fn json_reason_mentions(&self, words: &str) -> bool {
+        self.json["refusals"][0]["problems"].to_string().contains(words)
+    }
+
     /// Exit 0, `verified` or `up_to_date` at `commit`, nothing refused.
     #[track_caller]
     fn expect_verified(&self, commit: &str) -> &Self {
@@ -235,4 +240,62 @@ fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
     assert_eq!(rows_of(&audit, &v4), [("promote".to_owned(), Some("staging".to_owned()))]);
     let promote = audit["timeline"].as_array().unwrap().iter().find(|r| r["commit"] == v4.as_str()).unwrap();
     assert_eq!(promote["generation"], 4, "{promote:#}");
+}
+
+/// A migration made by hand that leaves `ledger/staging/1.json` behind (`stele policy set-layout`,
+/// then `git mv` of that entry back to its flat path and `git commit --amend`) is refused by `stele
+/// poll` (T2, naming the entry left behind, at that commit), and the agent keeps its last good state;
+/// `git mv` of the entry to its bucket in the next commit completes the migration and the agent
+/// recovers there, with no new generation.
+#[test]
+fn a_migration_that_leaves_an_entry_behind_is_refused_and_its_completion_recovers() {
+    let f = fixture("layout-incomplete", &["staging"], None);
+    let l = &f.ledger;
+    f.promote("staging", "1.0.0", &f.alice);
+    let v2 = f.promote("staging", "2.0.0", &f.alice);
+    let agent = f.agent("a");
+    agent.poll(&f.sb).expect_verified(&v2).expect_target("staging", 2, "2.0.0", 2);
+    let state = agent.state_bytes();
+
+    f.set_layout("buckets", &[&f.alice]).expect(OK);
+    l.git(["mv", "ledger/staging/0/1.json", "ledger/staging/1.json"]);
+    l.git(["commit", "-q", "--amend", "--no-edit"]);
+    let bad = f.head();
+    assert_eq!(f.entry_files(&bad), ["ledger/staging/0/2.json", "ledger/staging/1.json"]);
+    let mut poll = agent.poll(&f.sb);
+    for _ in 0..2 {
+        poll = agent.poll(&f.sb);
+        poll.out.expect(VERIFY_FAILED);
+        assert_eq!(poll.json["status"], "stalled", "{}", poll.out.dump());
+        assert_eq!(poll.json["commit"], v2.as_str(), "the last verified commit is kept\n{}", poll.out.dump());
+        let refusal = &poll.json["refusals"][0];
+        assert_eq!(refusal["commit"], bad.as_str(), "{}", poll.out.dump());
+        let problems = problem_list(&refusal["problems"]);
+        assert!(
+            problems.iter().any(|(path, check)| path == "ledger/staging/1.json" && check == "T2"),
+            "T2 names the entry left behind\n{}",
+            poll.out.dump()
+        );
+        assert!(problems.iter().all(|(_, check)| check == "T2"), "{}", poll.out.dump());
+        assert_eq!(agent.state_bytes(), state, "a stalled agent keeps its verified state");
+    }
+    assert!(
+        poll.json_reason_mentions("not moved to ledger/staging/0/1.json"),
+        "the refusal says where the entry belongs"
+    );
+    // The tree alone: the entry is in the wrong form (T2), so the chain in buckets has a gap (E3).
+    let t2: &[&str] = &["buckets", "belongs at ledger/staging/0/1.json"];
+    l.expect_problems(&[], &[("ledger/staging/1.json", "T2", t2), ("ledger/staging/0/2.json", "E3", &["missing"])]);
+
+    l.git(["mv", "ledger/staging/1.json", "ledger/staging/0/1.json"]);
+    l.git(["commit", "-q", "-m", "finish the move"]);
+    let fix = f.head();
+    l.expect_valid(&[]);
+    let poll = agent.poll(&f.sb);
+    poll.out.expect(OK);
+    assert_eq!((poll.json["status"].as_str(), poll.json["commit"].as_str()), (Some("verified"), Some(fix.as_str())));
+    poll.expect_target("staging", 2, "2.0.0", 2);
+    assert_eq!(poll.json["policy_version"], 2, "{}", poll.out.dump());
+    assert_eq!(poll.json["refusals"][0]["commit"], bad.as_str(), "the poll still names what it skipped");
+    assert_eq!(poll.json["recovered"], json!([{"refused": bad, "recovered_at": fix}]), "{}", poll.out.dump());
 }
