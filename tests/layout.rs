@@ -299,3 +299,85 @@ fn a_migration_that_leaves_an_entry_behind_is_refused_and_its_completion_recover
     assert_eq!(poll.json["refusals"][0]["commit"], bad.as_str(), "the poll still names what it skipped");
     assert_eq!(poll.json["recovered"], json!([{"refused": bad, "recovered_at": fix}]), "{}", poll.out.dump());
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Reverts, rollback and moving back
+
+/// After a migration (revert: allow), `git revert` of the release made after it rolls back to the entry
+/// below, read from its bucket; the revert of that revert restores it; `stele rollback` removes the
+/// tip at its bucket path. Each is one generation for an agent whose mark predates the migration.
+#[test]
+fn git_revert_and_stele_rollback_after_a_migration_read_the_entry_below_from_its_bucket() {
+    let f = fixture("layout-revert", &["staging"], None);
+    let l = &f.ledger;
+    f.set_revert_policy("staging", RevertPolicy::Allow);
+    f.promote("staging", "1.0.0", &f.alice);
+    let v2 = f.promote("staging", "2.0.0", &f.alice);
+    let agent = f.agent("a");
+    agent.poll(&f.sb).expect_verified(&v2).expect_target("staging", 2, "2.0.0", 2);
+
+    f.set_layout("buckets", &[&f.alice]).expect(OK);
+    let v3 = f.promote("staging", "3.0.0", &f.alice);
+    l.git(["revert", "--no-edit", &v3]);
+    let rollback = f.head();
+    assert_eq!(f.entry_files("HEAD"), ["ledger/staging/0/1.json", "ledger/staging/0/2.json"]);
+    agent.poll(&f.sb).expect_verified(&rollback).expect_target("staging", 4, "2.0.0", 2);
+
+    l.git(["revert", "--no-edit", &rollback]);
+    let restore = f.head();
+    agent.poll(&f.sb).expect_verified(&restore).expect_target("staging", 5, "3.0.0", 3);
+
+    l.stele(["rollback", "--env", "staging"]).expect(OK).says(&["target is now 2.0.0"]);
+    let by_stele = f.head();
+    assert_eq!(l.git(["show", "--name-status", "--format=", "HEAD"]), "D\tledger/staging/0/3.json\n");
+    agent.poll(&f.sb).expect_verified(&by_stele).expect_target("staging", 6, "2.0.0", 2);
+    l.expect_valid(&[]);
+
+    let audit = f.audit(OK);
+    assert_eq!(rows_of(&audit, &rollback), [("rollback".to_owned(), Some("staging".to_owned()))]);
+    assert_eq!(rows_of(&audit, &restore), [("restore".to_owned(), Some("staging".to_owned()))]);
+    assert_eq!(rows_of(&audit, &by_stele), [("rollback".to_owned(), Some("staging".to_owned()))]);
+}
+
+/// `set-layout buckets` on a buckets ledger is refused (exit 3, nothing committed); `set-layout flat`
+/// moves every entry back byte for byte, the next release lands flat, and an agent that saw neither
+/// move replays both. `git revert` of a migration brings back an older policy version: refused (P5).
+#[test]
+fn set_layout_to_the_current_layout_is_refused_and_flat_moves_back() {
+    let f = fixture("layout-back", &["staging"], None);
+    let l = &f.ledger;
+    let v1 = f.promote("staging", "1.0.0", &f.alice);
+    let agent = f.agent("a");
+    agent.poll(&f.sb).expect_verified(&v1).expect_target("staging", 1, "1.0.0", 1);
+    f.set_layout("flat", &[&f.alice]).expect(REFUSED).says(&["already uses the flat layout"]);
+    assert_eq!(f.head(), v1, "nothing committed");
+
+    f.set_layout("buckets", &[&f.alice]).expect(OK);
+    let v2 = f.promote("staging", "2.0.0", &f.alice);
+    let out = f.set_layout("buckets", &[&f.alice]);
+    out.expect(REFUSED).says(&["already uses the buckets layout"]);
+    assert_eq!(f.head(), v2, "nothing committed");
+    assert_eq!(l.git(["status", "--porcelain"]), "", "nothing written");
+
+    f.set_layout("flat", &[&f.alice]).expect(OK).says(&["ledger layout flat", "moves 2 entries"]);
+    let back = f.head();
+    assert_eq!(f.entry_files(&back), ["ledger/staging/1.json", "ledger/staging/2.json"]);
+    assert_eq!(f.blob(&v2, "ledger/staging/0/2.json"), f.blob(&back, "ledger/staging/2.json"));
+    assert_eq!(l.json("trust/policy.json")["payload"].get("ledger_layout"), None, "flat is spelled by omission");
+    let v3 = f.promote("staging", "3.0.0", &f.alice);
+    assert_eq!(l.git(["show", "--name-status", "--format=", "HEAD"]), "A\tledger/staging/3.json\n");
+    agent.poll(&f.sb).expect_verified(&v3).expect_target("staging", 3, "3.0.0", 3);
+    let audit = f.audit(OK);
+    let row = audit["timeline"].as_array().unwrap().iter().find(|r| r["commit"] == back.as_str()).unwrap();
+    assert!(row["detail"].as_str().is_some_and(|d| d.contains("ledger layout flat")), "{row:#}");
+
+    l.git(["revert", "--no-edit", &back]);
+    let reverted = f.head();
+    let state = agent.state_bytes();
+    let poll = agent.poll(&f.sb);
+    poll.out.expect(VERIFY_FAILED);
+    assert_eq!(poll.json["refusals"][0]["commit"], reverted.as_str(), "{}", poll.out.dump());
+    let problems = problem_list(&poll.json["refusals"][0]["problems"]);
+    assert!(problems.contains(&("trust/policy.json".to_owned(), "P5".to_owned())), "{}", poll.out.dump());
+    assert_eq!(agent.state_bytes(), state, "a stalled agent keeps its verified state");
+}
