@@ -60,7 +60,11 @@ impl Fixture {
 
     /// An agent polling this ledger in place, pinned to alice as the root.
     fn agent(&self, name: &str) -> Agent {
-        Agent { repo: path_str(&self.ledger.dir), state_dir: self.sb.path(&format!("agent-{name}")), root: self.alice.id.clone() }
+        Agent {
+            repo: path_str(&self.ledger.dir),
+            state_dir: self.sb.path(&format!("agent-{name}")),
+            root: self.alice.id.clone(),
+        }
     }
 
     /// `env`'s `revert` rule set to `rule`: the spec's next version, signed by alice (root and signer).
@@ -155,7 +159,9 @@ impl Poll {
 /// `(path, check)` of each problem in a JSON list of problems.
 fn problem_list(problems: &Value) -> Vec<(String, String)> {
     let list = problems.as_array().cloned().unwrap_or_default();
-    list.iter().map(|p| (p["path"].as_str().unwrap_or("?").to_owned(), p["check"].as_str().unwrap_or("?").to_owned())).collect()
+    list.iter()
+        .map(|p| (p["path"].as_str().unwrap_or("?").to_owned(), p["check"].as_str().unwrap_or("?").to_owned()))
+        .collect()
 }
 
 /// The audit's timeline rows made by `commit`, as `(action, environment)`.
@@ -194,7 +200,8 @@ fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
     f.set_layout("buckets", &[&f.alice]).expect(OK).says(&["ledger layout buckets", "moves 4 entries"]);
     let migration = f.head();
     assert_eq!(l.git(["rev-parse", "HEAD~1"]).trim(), before, "one commit");
-    let bucketed = ["ledger/prod/0/1.json", "ledger/staging/0/1.json", "ledger/staging/0/2.json", "ledger/staging/0/3.json"];
+    let bucketed =
+        ["ledger/prod/0/1.json", "ledger/staging/0/1.json", "ledger/staging/0/2.json", "ledger/staging/0/3.json"];
     assert_eq!(f.entry_files("HEAD"), bucketed, "every entry in its bucket, no old path left");
     for (old, new) in flat.iter().zip(bucketed) {
         assert_eq!(f.blob(&before, old), f.blob(&migration, new), "{old} moved to {new} byte for byte");
@@ -215,7 +222,10 @@ fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
     l.expect_valid(&[]);
     l.expect_valid(&["--rev", &before]);
 
-    b.poll(&f.sb).expect_verified(&migration).expect_target("staging", 3, "3.0.0", 3).expect_target("prod", 1, "1.0.0", 1);
+    b.poll(&f.sb)
+        .expect_verified(&migration)
+        .expect_target("staging", 3, "3.0.0", 3)
+        .expect_target("prod", 1, "1.0.0", 1);
 
     let out = l.release("staging", "4.0.0", &f.sb.image("app-4.tar", b"app 4\n"), &f.alice);
     out.says(&["ledger/staging/0/4.json"]);
@@ -380,4 +390,91 @@ fn set_layout_to_the_current_layout_is_refused_and_flat_moves_back() {
     let problems = problem_list(&poll.json["refusals"][0]["problems"]);
     assert!(problems.contains(&("trust/policy.json".to_owned(), "P5".to_owned())), "{}", poll.out.dump());
     assert_eq!(agent.state_bytes(), state, "a stalled agent keeps its verified state");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A ledger made in buckets; co-signatures and proposals
+
+/// `stele init --layout buckets`: the first release lands at `ledger/staging/0/1.json`; `stele sign
+/// --env` co-signs the tip at its bucket path; with staging 2 of 2, a release is a proposal whose entry
+/// sits at `ledger/staging/0/2.json`, co-signed by `stele sign --proposal` and landed by `stele
+/// promote`. An agent follows every step.
+#[test]
+fn init_layout_buckets_releases_cosigns_and_promotes_at_bucket_paths() {
+    let f = fixture("layout-init", &["staging"], Some("buckets"));
+    let l = &f.ledger;
+    let bob = f.sb.key("bob");
+    let agent = f.agent("a");
+    assert_eq!(l.json("trust/policy.json")["payload"]["ledger_layout"], "buckets");
+    let genesis = f.head();
+    l.expect_valid(&[]);
+
+    let out = l.release("staging", "1.0.0", &f.sb.image("app-1.tar", b"app 1\n"), &f.alice);
+    out.says(&["ledger/staging/0/1.json"]);
+    let v1 = f.head();
+    assert_eq!(f.entry_files("HEAD"), ["ledger/staging/0/1.json"]);
+    agent.poll(&f.sb).expect_verified(&v1).expect_target("staging", 1, "1.0.0", 1);
+    assert_ne!(genesis, v1);
+
+    l.stele(["policy", "add-signer", "--env", "staging", "--pubkey", &bob.public(), "--key", &f.alice.secret()])
+        .expect(OK);
+    l.stele(["sign", "--env", "staging", "--key", &bob.secret()]).expect(OK).says(&["signed ledger/staging/0/1.json"]);
+    let cosigned = f.head();
+    assert_eq!(l.git(["show", "--name-status", "--format=", "HEAD"]), "M\tledger/staging/0/1.json\n");
+    assert_eq!(l.json("ledger/staging/0/1.json")["signatures"].as_array().map(Vec::len), Some(2));
+    agent.poll(&f.sb).expect_verified(&cosigned).expect_target("staging", 1, "1.0.0", 1);
+
+    // Both keys: the tip, at its bucket path, is carried re-signed in the same commit (R5).
+    let raise = ["policy", "set-threshold", "--env", "staging", "--threshold", "2", "--key", &f.alice.secret()];
+    l.stele(raise.iter().copied().chain(["--key", &bob.secret()])).expect(OK);
+    l.expect_valid(&[]);
+    let image = f.sb.image("app-2.tar", b"app 2\n");
+    l.release("staging", "2.0.0", &image, &f.alice).says(&["proposed staging 2.0.0 as ledger/staging/0/2.json"]);
+    let head = f.head();
+    l.stele(["sign", "--proposal", "staging-2.0.0", "--key", &bob.secret()])
+        .expect(OK)
+        .says(&["every threshold is met"]);
+    l.stele(["promote", "staging-2.0.0"]).expect(OK);
+    let v2 = f.head();
+    assert_ne!(v2, head);
+    assert_eq!(f.entry_files("HEAD"), ["ledger/staging/0/1.json", "ledger/staging/0/2.json"]);
+    l.expect_valid(&[]);
+    agent.poll(&f.sb).expect_verified(&v2).expect_target("staging", 2, "2.0.0", 2);
+    f.audit(OK);
+}
+
+/// Root 2 of 2 (alice and bob, bob also a signer of staging that signed no entry): `set-layout
+/// buckets` by alice is a proposal; bob's `stele sign --proposal` signs the policy and leaves the moved
+/// entries as they are (a move is byte for byte); `stele promote` lands it and an agent accepts it.
+#[test]
+fn a_migration_needing_two_root_signatures_goes_through_a_proposal() {
+    let f = fixture("layout-proposal", &["staging"], None);
+    let l = &f.ledger;
+    let bob = f.sb.key("bob");
+    f.promote("staging", "1.0.0", &f.alice);
+    l.stele(["policy", "add-signer", "--env", "staging", "--pubkey", &bob.public(), "--key", &f.alice.secret()])
+        .expect(OK);
+    let rotate = ["policy", "rotate-root", "--new-root", &f.alice.public(), "--new-root", &bob.public()];
+    l.stele(rotate.iter().copied().chain(["--threshold", "2", "--key", &f.alice.secret(), "--key", &bob.secret()]))
+        .expect(OK);
+    let v2 = f.promote("staging", "2.0.0", &f.alice);
+    let agent = f.agent("a");
+    agent.poll(&f.sb).expect_verified(&v2).expect_target("staging", 2, "2.0.0", 2);
+
+    f.set_layout("buckets", &[&f.alice]).expect(OK).says(&["policy-v4"]);
+    assert_eq!(f.head(), v2, "a proposal, not a commit on main");
+    l.stele(["sign", "--proposal", "policy-v4", "--key", &bob.secret()])
+        .expect(OK)
+        .says(&["signed trust/policy.json as bob", "every threshold is met"]);
+    let branch = "stele/proposals/policy-v4";
+    for (old, new) in
+        [("ledger/staging/1.json", "ledger/staging/0/1.json"), ("ledger/staging/2.json", "ledger/staging/0/2.json")]
+    {
+        assert_eq!(f.blob(&v2, old), f.blob(branch, new), "{new} is {old} byte for byte");
+    }
+    l.stele(["promote", "policy-v4"]).expect(OK);
+    let migration = f.head();
+    assert_eq!(f.entry_files(&migration), ["ledger/staging/0/1.json", "ledger/staging/0/2.json"]);
+    l.expect_valid(&[]);
+    agent.poll(&f.sb).expect_verified(&migration).expect_target("staging", 2, "2.0.0", 2);
 }
