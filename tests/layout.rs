@@ -6,6 +6,7 @@
 //!
 //! Each test owns a [`Sandbox`] (its own `HOME`), so tests run in parallel.
 
+mod agent_world;
 mod common;
 
 use common::*;
@@ -477,4 +478,37 @@ fn a_migration_needing_two_root_signatures_goes_through_a_proposal() {
     assert_eq!(f.entry_files(&migration), ["ledger/staging/0/1.json", "ledger/staging/0/2.json"]);
     l.expect_valid(&[]);
     agent.poll(&f.sb).expect_verified(&migration).expect_target("staging", 2, "2.0.0", 2);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A real agent
+
+/// `stele agent --once` on the local provider runs 1.0.0; the ledger migrates to buckets and 2.0.0 is
+/// released at `ledger/staging/0/2.json`; the same agent (state from before the migration) rolls it
+/// out as generation 2. An SSH-signed `git revert` (the default `revert: signed`) rolls back to 1.0.0,
+/// read from its bucket, as generation 3.
+#[test]
+fn a_real_agent_replays_the_migration_rolls_out_after_it_and_rolls_back() {
+    let w = agent_world::World::new();
+    let (v1, v2) = (w.image("1.0.0", false), w.image("2.0.0", false));
+    w.release("1.0.0", &v1, &[]).expect(OK);
+    w.agent_once().expect(OK);
+    assert!(w.get("/version").expect("the balancer answers").starts_with("1.0.0 "));
+
+    w.ledger.stele(["policy", "set-layout", "buckets", "--key", &w.alice.secret()]).expect(OK);
+    w.release("2.0.0", &v2, &[]).expect(OK).says(&["ledger/staging/0/2.json"]);
+    w.agent_once().expect(OK);
+    let s = w.status();
+    assert_eq!((s["target_generation"].as_u64(), s["observed_generation"].as_u64()), (Some(2), Some(2)), "{s:#}");
+    assert_eq!((s["phase"].as_str(), s["target"]["version"].as_str()), (Some("Healthy"), Some("2.0.0")), "{s:#}");
+    assert!(w.live_instances().iter().all(|(_, v)| v == "2.0.0"), "{:?}", w.live_instances());
+
+    let signing = format!("user.signingkey={}", w.alice.secret());
+    w.ledger.git(["-c", "gpg.format=ssh", "-c", &signing, "revert", "-S", "--no-edit", "HEAD"]);
+    w.agent_once().expect(OK);
+    let s = w.status();
+    assert_eq!((s["target_generation"].as_u64(), s["observed_generation"].as_u64()), (Some(3), Some(3)), "{s:#}");
+    assert_eq!(s["target"]["version"], "1.0.0", "{s:#}");
+    let live = w.live_instances();
+    assert!(!live.is_empty() && live.iter().all(|(_, v)| v == "1.0.0"), "{live:?}");
 }
