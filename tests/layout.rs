@@ -464,6 +464,22 @@ fn a_migration_needing_two_root_signatures_goes_through_a_proposal() {
 
     f.set_layout("buckets", &[&f.alice]).expect(OK).says(&["policy-v4"]);
     assert_eq!(f.head(), v2, "a proposal, not a commit on main");
+    // The audit lists the open proposal as the policy and two moves, not as releases and rollbacks.
+    let audit = f.audit(OK);
+    let documents = audit["proposals"][0]["documents"].as_array().cloned().unwrap_or_default();
+    let whats: Vec<(&str, &str, Value)> = documents
+        .iter()
+        .map(|d| (d["path"].as_str().unwrap_or("?"), d["what"].as_str().unwrap_or("?"), d["required"].clone()))
+        .collect();
+    let moved =
+        |seq: u64| format!("staging: entry {seq} moved from ledger/staging/{seq}.json, byte for byte (ledger layout)");
+    let (m1, m2) = (moved(1), moved(2));
+    let expected = [
+        ("ledger/staging/0/1.json", m1.as_str(), Value::Null),
+        ("ledger/staging/0/2.json", m2.as_str(), Value::Null),
+        ("trust/policy.json", "policy v4", json!(2)),
+    ];
+    assert_eq!(whats, expected, "{:#}", audit["proposals"]);
     l.stele(["sign", "--proposal", "policy-v4", "--key", &bob.secret()])
         .expect(OK)
         .says(&["signed trust/policy.json as bob", "every threshold is met"]);
