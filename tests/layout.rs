@@ -220,6 +220,9 @@ fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
     expected.sort();
     assert_eq!(lines, expected, "{diff}");
     assert_eq!(l.json("trust/policy.json")["payload"]["ledger_layout"], "buckets");
+    l.stele(["policy", "show"])
+        .expect(OK)
+        .says(&["ledger layout: buckets (entries at ledger/<env>/<seq / 1000>/<seq>.json)"]);
     l.expect_valid(&[]);
     l.expect_valid(&["--rev", &before]);
 
@@ -358,6 +361,7 @@ fn set_layout_to_the_current_layout_is_refused_and_flat_moves_back() {
     let f = fixture("layout-back", &["staging"], None);
     let l = &f.ledger;
     let v1 = f.promote("staging", "1.0.0", &f.alice);
+    l.stele(["policy", "show"]).expect(OK).says(&["ledger layout: flat (entries at ledger/<env>/<seq>.json)"]);
     let agent = f.agent("a");
     agent.poll(&f.sb).expect_verified(&v1).expect_target("staging", 1, "1.0.0", 1);
     f.set_layout("flat", &[&f.alice]).expect(REFUSED).says(&["already uses the flat layout"]);
@@ -527,4 +531,27 @@ fn a_real_agent_replays_the_migration_rolls_out_after_it_and_rolls_back() {
     assert_eq!(s["target"]["version"], "1.0.0", "{s:#}");
     let live = w.live_instances();
     assert!(!live.is_empty() && live.iter().all(|(_, v)| v == "1.0.0"), "{live:?}");
+}
+
+/// A release proposal made before a migration still writes the flat path: after the move, `stele
+/// promote` refuses it (exit 3, T2 naming where the entry belongs) and commits nothing.
+#[test]
+fn a_release_proposal_made_before_a_migration_is_refused_by_promote() {
+    let f = fixture("layout-stale-proposal", &["staging"], None);
+    let l = &f.ledger;
+    let bob = f.sb.key("bob");
+    f.promote("staging", "1.0.0", &f.alice);
+    l.two_of_two("staging", &f.alice, &bob);
+    let image = f.sb.image("app-2.tar", b"app 2\n");
+    l.release("staging", "2.0.0", &image, &f.alice).says(&["proposed staging 2.0.0 as ledger/staging/2.json"]);
+    l.stele(["sign", "--proposal", "staging-2.0.0", "--key", &bob.secret()]).expect(OK);
+    f.set_layout("buckets", &[&f.alice, &bob]).expect(OK);
+    let migration = f.head();
+    l.stele(["promote", "staging-2.0.0"]).expect(REFUSED).says(&[
+        "nothing was promoted",
+        "ledger/staging/2.json: T2",
+        "belongs at ledger/staging/0/2.json",
+    ]);
+    assert_eq!(f.head(), migration, "nothing committed");
+    l.expect_valid(&[]);
 }
