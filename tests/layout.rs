@@ -555,3 +555,50 @@ fn a_release_proposal_made_before_a_migration_is_refused_by_promote() {
     assert_eq!(f.head(), migration, "nothing committed");
     l.expect_valid(&[]);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Across a bucket boundary
+
+/// 1001 entries (the first by `stele release`, 1000 more appended in one commit through the
+/// `ledger_format` API and the git CLI): `set-layout buckets` puts 1..999 in bucket 0 and 1000, 1001
+/// in bucket 1, every blob unchanged; the next release lands at `ledger/staging/1/1002.json`; an agent
+/// whose mark predates the migration replays it and the release.
+#[test]
+fn a_migration_across_the_bucket_boundary_puts_entry_1000_in_bucket_1() {
+    use ledger_format::types::{Entry, ReleaseVersion};
+    let f = fixture("layout-boundary", &["staging"], None);
+    let l = &f.ledger;
+    f.promote("staging", "1.0.0", &f.alice);
+    let key = stele::keys::load_secret(&f.alice.secret).expect("alice's key").key;
+    let mut tip = Document::<Entry>::parse(&l.read("ledger/staging/1.json")).expect("the tip parses");
+    for seq in 2..=1001u64 {
+        let mut payload = tip.payload.clone();
+        payload.seq = seq;
+        payload.prev = tip.hash();
+        payload.version = format!("1.0.{seq}").parse::<ReleaseVersion>().expect("a version");
+        let mut doc = Document::new(payload);
+        doc.sign(&key);
+        l.write(&format!("ledger/staging/{seq}.json"), doc.to_file_bytes());
+        tip = doc;
+    }
+    l.commit_all("staging: 1000 releases at once");
+    let before = f.head();
+    let agent = f.agent("a");
+    agent.poll(&f.sb).expect_verified(&before).expect_target("staging", 2, "1.0.1001", 1001);
+
+    f.set_layout("buckets", &[&f.alice]).expect(OK).says(&["moves 1001 entries"]);
+    let migration = f.head();
+    let files = f.entry_files(&migration);
+    assert_eq!(files.len(), 1001);
+    for (seq, bucket) in [(1, 0), (999, 0), (1000, 1), (1001, 1)] {
+        let new = format!("ledger/staging/{bucket}/{seq}.json");
+        assert!(files.contains(&new), "{new} in {files:?}");
+        assert_eq!(f.blob(&before, &format!("ledger/staging/{seq}.json")), f.blob(&migration, &new));
+    }
+    assert_eq!(files.iter().filter(|p| p.starts_with("ledger/staging/1/")).count(), 2);
+    l.expect_valid(&[]);
+
+    l.release("staging", "2.0.0", &f.sb.image("app-2.tar", b"app 2\n"), &f.alice).says(&["ledger/staging/1/1002.json"]);
+    let next = f.head();
+    agent.poll(&f.sb).expect_verified(&next).expect_target("staging", 3, "2.0.0", 1002);
+}
