@@ -688,6 +688,7 @@ pub enum PolicyCommand {
     /// length; `flat` (ledger/<env>/<N>.json) is the layout of revision 1. Entries move byte for byte,
     /// so nothing any agent runs changes. Upgrade every verifier to revision 5 before using `buckets`.
     SetLayout {
+        /// The layout to move every entry into: `buckets` or `flat`.
         #[arg(value_enum, value_name = "LAYOUT")]
         layout: LayoutName,
         #[command(flatten)]

@@ -53,7 +53,7 @@ fn repo_is_offered_only_by_commands_that_read_a_ledger() {
     with_repo.dedup();
     let policy = ["show", "add-signer", "remove-signer", "set-threshold", "add-env", "rotate-root", "set-agent"]
         .into_iter()
-        .chain(["remove-agent", "set-timestamp", "remove-timestamp"]);
+        .chain(["remove-agent", "set-timestamp", "remove-timestamp", "set-layout"]);
     let mut expected: Vec<String> = ["agent", "audit", "env", "env set", "env show", "plan", "poll", "policy"]
         .iter()
         .chain(

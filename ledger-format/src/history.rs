@@ -16,7 +16,7 @@ use crate::tree::{
 use crate::types::{Entry, EnvName, Environment, Image, Policy, ReleaseVersion, RevertPolicy, TimestampDoc};
 use crate::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the verifier trusts before it has seen anything: never the first policy it happens to find.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -686,7 +686,7 @@ fn sort_entry_changes<'a>(
 ) -> BTreeMap<EnvName, EnvChanges<'a>> {
     let layout = policy.layout();
     let mut entry_changes: BTreeMap<EnvName, EnvChanges> = BTreeMap::new();
-    let mut moved: BTreeMap<EnvName, u64> = BTreeMap::new();
+    let mut moved: BTreeMap<EnvName, BTreeSet<u64>> = BTreeMap::new();
     for ((env, seq), mut paths) in entry_paths {
         let c = entry_changes.entry(env.clone()).or_default();
         if let [(_, a), (_, b)] = paths.as_slice() {
@@ -694,7 +694,7 @@ fn sort_entry_changes<'a>(
                 paths.sort_by_key(|(_, change)| change.after.is_some());
                 let [(_, gone), (path, new)] = paths.as_slice() else { unreachable!("two paths") };
                 if let (Some(_), None, None, Some(node)) = (&gone.before, &gone.after, &new.before, &new.after) {
-                    *moved.entry(env.clone()).or_default() += 1;
+                    moved.entry(env.clone()).or_default().insert(seq);
                     if Layout::of_entry_path(path) != layout {
                         problems.push(problem(path, Check::T2, wrong_layout(layout, &env, seq)));
                     } else if gone.before != new.after {
@@ -728,16 +728,19 @@ fn sort_entry_changes<'a>(
     if before != layout {
         for (env, h) in &state.envs {
             let Some(tip) = &h.tip else { continue };
-            let count = moved.get(env).copied().unwrap_or(0);
-            if count != tip.seq {
+            // Named at the first entry left behind (its old path), with how many moved.
+            let done = moved.get(env);
+            let count = done.map_or(0, |m| m.range(1..=tip.seq).count() as u64);
+            if let Some(left) = (1..=tip.seq).find(|seq| !done.is_some_and(|m| m.contains(seq))) {
                 problems.push(problem(
-                    &before.entry_path(env, tip.seq),
+                    &before.entry_path(env, left),
                     Check::T2,
                     format!(
                         "the policy changes ledger_layout from {} to {}, which moves every entry in the same commit: \
-                         {count} of the {} entries of {env} moved",
+                         this one was not moved to {} ({count} of the {} entries of {env} moved)",
                         before.name(),
                         layout.name(),
+                        layout.entry_path(env, left),
                         tip.seq
                     ),
                 ));

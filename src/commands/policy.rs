@@ -34,8 +34,11 @@ fn show(repo_path: &Path, json: bool) -> Result<u8> {
         return Ok(exit::OK);
     }
     println!("ledger {} policy version {}", p.ledger, p.version);
-    let example = p.layout().entry_path(&"prod".parse().expect("a name"), 1234);
-    println!("layout: {} (entry 1234 of prod at {example})", p.layout().name());
+    let form = match p.layout() {
+        ledger_format::tree::Layout::Flat => "ledger/<env>/<seq>.json",
+        ledger_format::tree::Layout::Buckets => "ledger/<env>/<seq / 1000>/<seq>.json",
+    };
+    println!("ledger layout: {} (entries at {form})", p.layout().name());
     if let Some(t) = p.expires_at {
         println!("expires {t}");
     }

@@ -13,7 +13,9 @@ use crate::repo::{apply_to, Change, LedgerRepo, Proposal, PROPOSAL_PREFIX};
 use anyhow::Result;
 use ledger_format::document::Payload;
 use ledger_format::history::{CommitInfo, LedgerState};
-use ledger_format::tree::{classify, verify_snapshot_with, Expiry, LayoutPath, Node, Problem, Snapshot, POLICY_PATH};
+use ledger_format::tree::{
+    classify, verify_snapshot_with, Expiry, Layout, LayoutPath, Node, Problem, Snapshot, POLICY_PATH,
+};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, TimestampDoc};
 use ledger_format::{Check, Document, KeyId};
 use std::path::Path;
@@ -200,6 +202,14 @@ fn add_signature(path: &str, bytes: &[u8], key: &LoadedSecret) -> Result<Vec<u8>
     }
 }
 
+/// Whether `path` is an entry whose very bytes `before` holds at its path in another layout: a move.
+fn is_moved_entry(path: &str, bytes: &[u8], before: &Snapshot) -> bool {
+    let Some(LayoutPath::Entry(env, seq)) = classify(path) else { return false };
+    [Layout::Flat, Layout::Buckets].into_iter().map(|l| l.entry_path(&env, seq)).any(|other| {
+        other != path && matches!(before.nodes.get(other.as_bytes()), Some(Node::File(old)) if old.as_slice() == bytes)
+    })
+}
+
 fn signers_of(path: &str, bytes: &[u8]) -> Vec<KeyId> {
     fn ids<T: Payload>(bytes: &[u8]) -> Vec<KeyId> {
         Document::<T>::parse(bytes).map(|d| d.signatures.iter().map(|s| s.keyid).collect()).unwrap_or_default()
@@ -284,11 +294,13 @@ pub fn sign(repo_path: &Path, name: &str, key_file: &Path) -> Result<u8> {
         .collect();
     let paths: Vec<&str> = proposal.paths();
     let mut also: Vec<String> = Vec::new();
+    let mut needed: Vec<String> = Vec::new();
     if let Verdict::Short(needs) | Verdict::Refused(needs) = judge(&state, &before, &after, &paths, "") {
         for p in needs {
             if !paths.contains(&p.path.as_str()) && !also.contains(&p.path) {
-                also.push(p.path);
+                also.push(p.path.clone());
             }
+            needed.push(p.path);
         }
     }
     for path in also {
@@ -301,6 +313,11 @@ pub fn sign(repo_path: &Path, name: &str, key_file: &Path) -> Result<u8> {
     for change in &mut changes {
         let Change::Write { path, bytes } = change else { continue };
         if !may_sign(path, &before, &after, &id)? {
+            continue;
+        }
+        // An entry a layout change moves stays byte for byte what it was (revision 5): signing it
+        // would rewrite a signed entry (H2), unless the change leaves it short of signatures (R5).
+        if is_moved_entry(path, bytes, &before) && !needed.contains(path) {
             continue;
         }
         if signers_of(path, bytes).contains(&id) {

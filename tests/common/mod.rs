@@ -170,9 +170,15 @@ impl Sandbox {
 
     /// `stele init DIR --key ROOT --env ... --ledger-id ID`, checked to succeed.
     pub fn ledger(&self, dir: &str, ledger_id: &str, root: &Key, envs: &[&str]) -> Ledger {
+        self.ledger_with(dir, ledger_id, root, envs, &[])
+    }
+
+    /// [`Sandbox::ledger`] with `extra` arguments for `stele init` (e.g. `--layout buckets`).
+    pub fn ledger_with(&self, dir: &str, ledger_id: &str, root: &Key, envs: &[&str], extra: &[&str]) -> Ledger {
         let ledger = Ledger { home: self.root().to_owned(), dir: self.path(dir) };
         let mut args = vec!["init".to_owned(), dir.to_owned(), "--key".to_owned(), path_str(&root.secret)];
         args.extend(["--ledger-id".to_owned(), ledger_id.to_owned()]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         for env in envs {
             args.extend(["--env".to_owned(), (*env).to_owned()]);
         }

@@ -91,6 +91,7 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
             repo.diff_tree_to_tree(base.as_ref(), Some(&tree), None).with_context(|| format!("diff {}", r.refname))?;
         let blob_in = |t: &git2::Tree, path: &str| t.get_path(std::path::Path::new(path)).ok().map(|e| e.id());
         let mut documents = Vec::new();
+        let mut entry_blobs: Vec<EntryBlob> = Vec::new();
         let mut stale = Vec::new();
         let mut landed = true;
         for delta in diff.deltas() {
@@ -129,8 +130,14 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
                 ),
                 None => None,
             };
+            if let LayoutPath::Entry(env, seq) = &kind {
+                let deleted = delta.status() == Delta::Deleted;
+                let id = if deleted { delta.old_file().id() } else { delta.new_file().id() };
+                entry_blobs.push(EntryBlob { index: documents.len(), env: env.clone(), seq: *seq, deleted, id });
+            }
             documents.push(judge(audit.policy, &path, kind, bytes.as_deref()));
         }
+        fold_moves(&mut documents, &entry_blobs);
         if landed && !documents.is_empty() {
             continue;
         }
@@ -160,6 +167,37 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
         });
     }
     Ok(out)
+}
+
+/// An entry file a proposal adds or deletes, by its blob.
+struct EntryBlob {
+    index: usize,
+    env: EnvName,
+    seq: u64,
+    deleted: bool,
+    id: Oid,
+}
+
+/// A layout change (revision 5) deletes each entry and adds the same blob at its new path: shown as one
+/// move, which needs no signature, rather than a release and a rollback.
+fn fold_moves(documents: &mut Vec<Proposed>, blobs: &[EntryBlob]) {
+    let mut dropped = Vec::new();
+    for added in blobs.iter().filter(|b| !b.deleted) {
+        let same = |b: &&EntryBlob| b.deleted && b.env == added.env && b.seq == added.seq && b.id == added.id;
+        let Some(gone) = blobs.iter().find(same) else { continue };
+        let from = documents[gone.index].path.clone();
+        let d = &mut documents[added.index];
+        d.what = format!("{}: entry {} moved from {from}, byte for byte (ledger layout)", added.env, added.seq);
+        (d.required, d.note) = (None, None);
+        d.signed_by.clear();
+        d.missing.clear();
+        dropped.push(gone.index);
+    }
+    let mut index = 0;
+    documents.retain(|_| {
+        index += 1;
+        !dropped.contains(&(index - 1))
+    });
 }
 
 /// What one proposed file is, and its signatures against the role the head policy gives it.

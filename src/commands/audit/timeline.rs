@@ -129,8 +129,14 @@ fn signers_of(audit: &Audit, report: &CommitReport, event: &Event) -> (Vec<KeyId
             let p = &doc.payload;
             let roles: Vec<String> =
                 p.environments.iter().map(|(env, r)| format!("{env} {} of {}", r.threshold, r.keys.len())).collect();
+            // Revision 5: the layout is named when it is not flat or has just changed (a migration).
+            let layout = if p.layout() != authority.layout() || p.layout() != ledger_format::tree::Layout::Flat {
+                format!("; ledger layout {}", p.layout().name())
+            } else {
+                String::new()
+            };
             let detail = format!(
-                "policy v{} (root {} of {}; {})",
+                "policy v{} (root {} of {}; {}{layout})",
                 p.version,
                 p.root.threshold,
                 p.root.keys.len(),
