@@ -88,38 +88,54 @@ fn generate(dir: &Path, entries: usize, per_env: usize, layout: Layout) -> Strin
     gen.root().to_hex()
 }
 
-/// Runs `command` to the end; returns its wall time in seconds and its peak RSS in MiB (from
-/// `wait4`'s rusage, which covers that process alone).
-#[allow(clippy::zombie_processes)] // reaped by `wait4`, which clippy does not see
+/// Runs `command` to the end; returns its wall time in seconds and its peak RSS in MiB.
+///
+/// The peak is measured by `/usr/bin/time -f %M`, which forks the command from its own small process:
+/// `wait4`'s `ru_maxrss` of a child spawned from this harness starts at the harness's own RSS (Linux
+/// carries the parent's high-water mark across `exec`), which overstated every binary's figure after
+/// the in-process replay had grown the harness.
 fn timed(command: &mut Command, out_dir: &Path) -> (f64, f64) {
-    let (out, err) = (out_dir.join("stdout"), out_dir.join("stderr"));
+    let (out, err, rss) = (out_dir.join("stdout"), out_dir.join("stderr"), out_dir.join("maxrss"));
+    assert!(Path::new("/usr/bin/time").exists(), "the replay bench needs /usr/bin/time (Debian package `time`)");
+    let mut wrapped = Command::new("/usr/bin/time");
+    wrapped.args(["-f", "%M", "-o"]).arg(&rss).arg(command.get_program()).args(command.get_args());
     let start = Instant::now();
-    let child = command
+    let status = wrapped
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
+        .status()
         .expect("the stele binary runs");
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value; wait4 writes into both out-parameters.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let elapsed = start.elapsed().as_secs_f64();
-    assert_eq!(waited, pid, "wait4 failed");
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        status.success(),
         "{:?} failed: {}{}",
         command,
         std::fs::read_to_string(&out).unwrap_or_default(),
         std::fs::read_to_string(&err).unwrap_or_default()
     );
-    (elapsed, usage.ru_maxrss as f64 / 1024.0)
+    let kib: f64 = std::fs::read_to_string(&rss).unwrap().trim().parse().expect("time -f %M prints KiB");
+    (elapsed, kib / 1024.0)
 }
 
 fn poll(stele: &str, repo: &Path, state: &Path, root: &str) -> (f64, f64) {
     let mut cmd = Command::new(stele);
     cmd.args(["poll", "--json", "--trust-root", root, "--repo"]).arg(repo).arg("--state-dir").arg(state);
     timed(&mut cmd, state.parent().unwrap())
+}
+
+/// A `stele poll`'s wall time alone, spawned directly (no `time` wrapper to add its own start-up).
+fn poll_wall(stele: &str, repo: &Path, state: &Path, root: &str) -> f64 {
+    let start = Instant::now();
+    let status = Command::new(stele)
+        .args(["poll", "--json", "--trust-root", root, "--repo"])
+        .arg(repo)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("the stele binary runs");
+    assert!(status.success(), "stele poll failed");
+    start.elapsed().as_secs_f64()
 }
 
 /// Resets this process's peak RSS to its current RSS (Linux `clear_refs`, value 5).
@@ -250,7 +266,7 @@ fn measure(stele: &str, n: usize, per_env: usize, layout: Layout, all: f64, thre
     let (first, first_rss) = poll(stele, &repo_dir, &state, &root);
     let mut unchanged = f64::MAX;
     for _ in 0..5 {
-        unchanged = unchanged.min(poll(stele, &repo_dir, &state, &root).0);
+        unchanged = unchanged.min(poll_wall(stele, &repo_dir, &state, &root));
     }
     println!(
         "  stele poll: first (full verification) {first:.2} s, peak RSS {first_rss:.0} MiB; no-change poll {:.1} ms \
