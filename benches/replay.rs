@@ -4,12 +4,14 @@
 //! every entry in one environment; default 1000,10000,one; `STELE_BENCH_LAYOUTS=flat,buckets` to choose
 //! the entry layouts (SPEC.md §2.3.1; default both, except that the flat layout is not generated with more
 //! than 10 000 entries in one environment: writing it is itself O(n²)); `STELE_BENCH_STELE=PATH` to
-//! measure another build of the binary, e.g. a baseline kept aside).
+//! measure another build of the binary; `STELE_BENCH_BASELINE=PATH` to measure a baseline build's no-change and one-new-entry
+//! polls too, interleaved with this build's in the same run).
 //!
 //! For each size and shape it writes a real Git repository (with `git fast-import`, one commit per
 //! entry), then measures in one run: the raw strict-verification rate on one core and on all cores, a
-//! full `replay` (what `stele audit` does, in process) with its peak RSS, and the first and a no-change
-//! `stele poll` and a `stele audit` (the binaries, end to end) with their peak RSS.
+//! full `replay` (what `stele audit` does, in process) with its peak RSS, the first, a no-change and a
+//! one-new-entry `stele poll` and a `stele audit` (the binaries, end to end) with their peak RSS. The
+//! polls read a hard-linked clone of the ledger, which the one-new-entry polls append to.
 
 mod support;
 
@@ -36,6 +38,11 @@ impl Importer {
         let status =
             Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(dir).status().expect("git runs");
         assert!(status.success(), "git init failed");
+        Self::resume(dir)
+    }
+
+    /// Goes on writing into an existing repository (the first commit must name `from`).
+    fn resume(dir: &Path) -> Self {
         let mut child = Command::new("git")
             .args(["fast-import", "--quiet", "--done"])
             .current_dir(dir)
@@ -47,12 +54,20 @@ impl Importer {
     }
 
     fn commit(&mut self, message: &str, files: &[(String, Vec<u8>)]) {
+        self.commit_from(message, None, files);
+    }
+
+    /// A commit on `main` whose first parent is `from` (a commit-ish), or the last one written.
+    fn commit_from(&mut self, message: &str, from: Option<&str>, files: &[(String, Vec<u8>)]) {
         use std::io::Write;
         self.time += 1;
         let w = &mut self.input;
         writeln!(w, "commit refs/heads/main").unwrap();
         writeln!(w, "committer bench <bench@example.invalid> {} +0000", self.time).unwrap();
         writeln!(w, "data {}\n{message}", message.len()).unwrap();
+        if let Some(from) = from {
+            writeln!(w, "from {from}").unwrap();
+        }
         for (path, bytes) in files {
             writeln!(w, "M 100644 inline {path}").unwrap();
             writeln!(w, "data {}", bytes.len()).unwrap();
@@ -71,21 +86,42 @@ impl Importer {
     }
 }
 
-/// Writes a ledger of `entries` entries, `per_env` per environment, one commit each; returns the key
-/// id that roots it.
-fn generate(dir: &Path, entries: usize, per_env: usize, layout: Layout) -> String {
+/// The environments of a ledger of `entries` entries, `per_env` per environment.
+fn environments(entries: usize, per_env: usize) -> Vec<EnvName> {
+    (0..entries.div_ceil(per_env).max(1)).map(|i| format!("env{i}").parse().unwrap()).collect()
+}
+
+/// Writes a ledger of `entries` entries, `per_env` per environment, one commit each into `dir` (or only
+/// signs them when `dir` is `None`, to carry on a ledger kept from an earlier run); returns the
+/// generator, ready for the next entry.
+fn generate(dir: Option<&Path>, entries: usize, per_env: usize, layout: Layout) -> BenchLedger {
     let mut gen = BenchLedger::new().with_layout(layout);
-    let envs: Vec<EnvName> =
-        (0..entries.div_ceil(per_env).max(1)).map(|i| format!("env{i}").parse().unwrap()).collect();
-    let mut import = Importer::start(dir);
-    import.commit("init", &gen.genesis(&envs));
+    let envs = environments(entries, per_env);
+    let mut import = dir.map(Importer::start);
+    let genesis = gen.genesis(&envs);
+    if let Some(import) = &mut import {
+        import.commit("init", &genesis);
+    }
     for n in 0..entries {
         let env = &envs[n / per_env];
         let (path, bytes) = gen.next_entry(env);
-        import.commit(&format!("release {path}"), &[(path, bytes)]);
+        if let Some(import) = &mut import {
+            import.commit(&format!("release {path}"), &[(path, bytes)]);
+        }
     }
+    if let Some(import) = import {
+        import.finish();
+    }
+    gen
+}
+
+/// Appends the next entry of `env` to `main` in the repository at `dir`, as one commit.
+fn append(dir: &Path, gen: &mut BenchLedger, env: &EnvName) {
+    let mut import = Importer::resume(dir);
+    import.time = 1_900_000_000;
+    let (path, bytes) = gen.next_entry(env);
+    import.commit_from(&format!("release {path}"), Some("refs/heads/main^0"), &[(path, bytes)]);
     import.finish();
-    gen.root().to_hex()
 }
 
 /// Runs `command` to the end; returns its wall time in seconds and its peak RSS in MiB.
@@ -180,6 +216,7 @@ fn main() {
     // STELE_BENCH_STELE=PATH measures another build of the binary (a baseline kept aside).
     let stele = std::env::var("STELE_BENCH_STELE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stele").to_owned());
     let stele = stele.as_str();
+    let baseline = std::env::var("STELE_BENCH_BASELINE").ok();
     for n in sizes {
         let mut done = Vec::new();
         for shape in &shapes {
@@ -193,13 +230,13 @@ fn main() {
                     println!("{n} entries in one env, flat layout: not generated (O(n²) to write; see SPEC.md §2.3.1)");
                     continue;
                 }
-                measure(stele, n, per_env, *layout, all, threads);
+                measure(stele, baseline.as_deref(), n, per_env, *layout, all, threads);
             }
         }
     }
 }
 
-fn measure(stele: &str, n: usize, per_env: usize, layout: Layout, all: f64, threads: usize) {
+fn measure(stele: &str, baseline: Option<&str>, n: usize, per_env: usize, layout: Layout, all: f64, threads: usize) {
     // STELE_BENCH_KEEP=DIR keeps generated repositories there and reuses them (for profiling).
     let dir = tempfile::tempdir().unwrap();
     let repo_dir = match std::env::var("STELE_BENCH_KEEP") {
@@ -207,11 +244,9 @@ fn measure(stele: &str, n: usize, per_env: usize, layout: Layout, all: f64, thre
         Err(_) => dir.path().join("ledger.git"),
     };
     let start = Instant::now();
-    let root = if repo_dir.join("HEAD").exists() {
-        BenchLedger::new().root().to_hex()
-    } else {
-        generate(&repo_dir, n, per_env, layout)
-    };
+    let kept = repo_dir.join("HEAD").exists();
+    let mut gen = generate((!kept).then_some(repo_dir.as_path()), n, per_env, layout);
+    let root = gen.root().to_hex();
     let gen_s = start.elapsed().as_secs_f64();
     let envs = n.div_ceil(per_env);
 
@@ -231,8 +266,7 @@ fn measure(stele: &str, n: usize, per_env: usize, layout: Layout, all: f64, thre
     let rate = n as f64 / replay_s;
     println!(
         "{n} entries in {envs} env(s) of {per_env}, {} layout ({} commits, generated in {gen_s:.1} s): replay \
-         {replay_s:.2} s = \
-         {rate:.0} entries/s = {:.0}% of raw verify on {threads} threads; {:.1} us per entry",
+         {replay_s:.2} s = {rate:.0} entries/s = {:.0}% of raw verify on {threads} threads; {:.1} us per entry",
         layout.name(),
         n + 1,
         100.0 * rate / all,
@@ -262,17 +296,48 @@ fn measure(stele: &str, n: usize, per_env: usize, layout: Layout, all: f64, thre
     }
     println!("  no-change poll in process (agent): {:.3} ms (best of 20)", best * 1e3);
 
+    // The binaries poll a hard-linked clone, which the one-new-entry polls append to.
+    let polled = dir.path().join("polled.git");
+    let cloned = Command::new("git").args(["clone", "-q", "--bare", "--local"]).arg(&repo_dir).arg(&polled).status();
+    assert!(cloned.expect("git runs").success(), "git clone failed");
     let state = dir.path().join("state");
-    let (first, first_rss) = poll(stele, &repo_dir, &state, &root);
-    let mut unchanged = f64::MAX;
+    let (first, first_rss) = poll(stele, &polled, &state, &root);
+    // The baseline (if any) starts from a copy of the state this build saved.
+    let base_state = dir.path().join("base").join("state");
+    if baseline.is_some() {
+        std::fs::create_dir_all(base_state.parent().unwrap()).unwrap();
+        let copied = Command::new("cp").arg("-a").arg(&state).arg(&base_state).status().expect("cp runs");
+        assert!(copied.success(), "copy the state directory");
+    }
+    let (mut unchanged, mut base_unchanged) = (f64::MAX, f64::MAX);
     for _ in 0..5 {
-        unchanged = unchanged.min(poll_wall(stele, &repo_dir, &state, &root));
+        unchanged = unchanged.min(poll_wall(stele, &polled, &state, &root));
+        if let Some(base) = baseline {
+            base_unchanged = base_unchanged.min(poll_wall(base, &polled, &base_state, &root));
+        }
+    }
+    let env = environments(n, per_env).pop().unwrap();
+    let (mut one_new, mut base_one_new) = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        append(&polled, &mut gen, &env);
+        one_new = one_new.min(poll_wall(stele, &polled, &state, &root));
+        if let Some(base) = baseline {
+            base_one_new = base_one_new.min(poll_wall(base, &polled, &base_state, &root));
+        }
     }
     println!(
         "  stele poll: first (full verification) {first:.2} s, peak RSS {first_rss:.0} MiB; no-change poll {:.1} ms \
-         (best of 5)",
-        unchanged * 1e3
+         (best of 5); one new entry {:.1} ms (best of 5)",
+        unchanged * 1e3,
+        one_new * 1e3
     );
+    if baseline.is_some() {
+        println!(
+            "  baseline stele poll (interleaved with the above): no-change {:.1} ms, one new entry {:.1} ms (best of 5)",
+            base_unchanged * 1e3,
+            base_one_new * 1e3
+        );
+    }
     let mut audit = Command::new(stele);
     audit.args(["audit", "--json", "--trust-root", &root, "--repo"]).arg(&repo_dir);
     let (audit_s, audit_rss) = timed(&mut audit, dir.path());

@@ -13,7 +13,8 @@ command -v script >/dev/null || need+=(bsdutils)   # the log colour test runs st
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)   # the ssh:// transport test runs sshd on loopback
 command -v pkg-config >/dev/null || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
-command -v openssl >/dev/null || need+=(openssl)   # the HTTPS probe test runs openssl s_server
+command -v openssl >/dev/null || need+=(openssl)   # the HTTPS probe test runs openssl s_server; tests/tls_lazy.rs makes certificates
+command -v python3 >/dev/null || need+=(python3)   # tests/tls_lazy.rs serves Git over HTTPS with python3 ssl
 command -v chromium >/dev/null || need+=(chromium)   # the page and audit report tests run headless Chromium
 command -v systemd-analyze >/dev/null || need+=(systemd)   # tests/systemd_unit.rs verifies the example unit
 if [ ${#need[@]} -gt 0 ]; then

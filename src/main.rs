@@ -17,6 +17,14 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { stele::exit::USAGE } else { stele::exit::OK });
         }
     };
+    // Before any git2 call and any other thread: libgit2 starts without parsing the CA bundle, which
+    // is loaded before the first remote operation instead (a local or no-change poll never needs it).
+    // Commands that never read a repository skip it and so never start libgit2 (and OpenSSL) at all;
+    // were one of them to use git2 after all, libgit2 would load the bundle at start, as before.
+    use stele::cli::Command as C;
+    if !matches!(cli.command, C::Lb(_) | C::Key(_) | C::Image(_) | C::Version(_) | C::Completions(_) | C::Man(_)) {
+        stele::tls::defer_ca_roots();
+    }
     // Long-running commands narrate at `info`; one-shot commands speak only about trouble.
     match &cli.command {
         stele::cli::Command::Agent(a) => stele::logging::init(a.log_format == stele::cli::LogFormat::Json, "info"),

@@ -234,8 +234,10 @@ fn git_err<'a>(location: &'a str, context: &'a str) -> impl FnOnce(git2::Error) 
 
 /// Credentials, never from the command line: an SSH agent or `STELE_GIT_SSH_KEY` (a key file) for
 /// ssh; `STELE_GIT_TOKEN` / `STELE_GIT_TOKEN_FILE` (with `STELE_GIT_USERNAME`, default
-/// `x-access-token`) for https.
+/// `x-access-token`) for https. Every remote operation starts here, so this is also where the CA
+/// roots that `main` kept libgit2 from loading at start are loaded ([`crate::tls::load_ca_roots`]).
 pub fn callbacks() -> RemoteCallbacks<'static> {
+    crate::tls::load_ca_roots();
     let mut cb = RemoteCallbacks::new();
     let mut tried_agent = false;
     cb.credentials(move |_url, username, allowed| {
