@@ -48,6 +48,7 @@ fn policy(root: &SecretKey, agent: &SecretKey, bot: &SecretKey) -> Policy {
             threshold: 1,
             max_validity_seconds: 86_400,
         }),
+        ledger_layout: None,
     }
 }
 
