@@ -81,6 +81,39 @@ impl SignatureCheck for Preverified {
 /// key id is known from any policy in the history. Keys come from the documents' own history, and a
 /// key id determines its public key, so no verdict depends on which policy lists it.
 pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
+    let files = steps.iter().flat_map(|s| &s.changes).filter_map(|c| Some((c.path.as_slice(), c.after.as_ref()?)));
+    let mut found = Preverified(HashSet::new());
+    found.add(initial, files);
+    found
+}
+
+impl Preverified {
+    pub fn new() -> Self {
+        Preverified(HashSet::new())
+    }
+
+    /// Verifies, across all cores, every signature of `files` (paths and nodes, in any order) whose key
+    /// id is known from `initial` or a policy among them, and keeps those that verify. Signatures already
+    /// kept are not verified again.
+    pub fn add<'a>(&mut self, initial: Option<&Policy>, files: impl Iterator<Item = (&'a [u8], &'a Node)>) {
+        let found = verify_all(initial, files, &self.0);
+        self.0.extend(found);
+    }
+}
+
+impl Default for Preverified {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+type Verdict = (Blake3Digest, [u8; 32], [u8; 64]);
+
+fn verify_all<'a>(
+    initial: Option<&Policy>,
+    files: impl Iterator<Item = (&'a [u8], &'a Node)>,
+    known: &HashSet<Verdict>,
+) -> Vec<Verdict> {
     let mut keys: HashMap<KeyId, PublicKey> = HashMap::new();
     let mut add_keys = |p: &Policy| {
         for (id, info) in &p.keys {
@@ -91,10 +124,8 @@ pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
         add_keys(p);
     }
     let mut docs: Vec<(&[u8], Kind)> = Vec::new();
-    for change in steps.iter().flat_map(|s| &s.changes) {
-        let (Some(Node::File(bytes)), Some(kind)) =
-            (&change.after, std::str::from_utf8(&change.path).ok().and_then(classify))
-        else {
+    for (path, node) in files {
+        let (Node::File(bytes), Some(kind)) = (node, std::str::from_utf8(path).ok().and_then(classify)) else {
             continue;
         };
         let kind = match kind {
@@ -114,7 +145,7 @@ pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = docs.len().div_ceil(threads).max(1);
     let keys = &keys;
-    let valid: HashSet<_> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let workers: Vec<_> = docs
             .chunks(chunk)
             .map(|part| {
@@ -124,8 +155,9 @@ pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
                         let Some((hash, pae, sigs)) = parse_as(bytes, *kind) else { continue };
                         for s in sigs {
                             if let Some(key) = keys.get(&s.keyid) {
-                                if key.verify(&pae, &s.sig.0).is_ok() {
-                                    valid.push((hash, key.to_bytes(), s.sig.0));
+                                let verdict = (hash, key.to_bytes(), s.sig.0);
+                                if !known.contains(&verdict) && key.verify(&pae, &s.sig.0).is_ok() {
+                                    valid.push(verdict);
                                 }
                             }
                         }
@@ -136,7 +168,7 @@ pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
             .collect();
         workers.into_iter().flat_map(|w| w.join().expect("verification threads do not panic")).collect()
     });
-    Preverified(valid)
+    valid
 }
 
 /// What a changed file is, by its path in the layout.

@@ -34,7 +34,7 @@ use crate::exit::Refused;
 use crate::repo::LedgerRepo;
 use anyhow::Result;
 use ledger_format::document::display_key;
-use ledger_format::tree::{verify_snapshot_with, Expiry, Problem, Snapshot, VerifiedTree};
+use ledger_format::tree::{Expiry, Problem, Snapshot, VerifiedTree};
 use ledger_format::types::Policy;
 use ledger_format::{KeyId, Timestamp};
 use std::path::Path;
@@ -112,7 +112,7 @@ pub fn problem_lines(problems: &[Problem]) -> String {
 pub fn load_verified(repo: &LedgerRepo) -> Result<(Snapshot, VerifiedTree)> {
     repo.ensure_clean()?;
     let snapshot = repo.worktree_snapshot()?;
-    match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
+    match verify_tree(&snapshot, Expiry::NotJudged) {
         Ok(tree) => Ok((snapshot, tree)),
         Err(problems) => Err(Refused(format!(
             "the ledger at {} does not verify, so nothing was changed; fix these first (see `stele verify`):\n{}",
@@ -121,6 +121,18 @@ pub fn load_verified(repo: &LedgerRepo) -> Result<(Snapshot, VerifiedTree)> {
         ))
         .into()),
     }
+}
+
+/// Tree verification (SPEC.md §7.2) with every entry signature verified on all cores first. Signatures
+/// verified once in this process are not verified again: a writing command verifies the tree before its
+/// change and the tree after it, which differ by a few documents. The verdict is `verify_snapshot_with`'s:
+/// anything not verified ahead is verified where the verifier meets it.
+pub fn verify_tree(snapshot: &Snapshot, expiry: Expiry) -> Result<VerifiedTree, Vec<Problem>> {
+    static SEEN: std::sync::Mutex<Option<crate::replay::Preverified>> = std::sync::Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let sigs = seen.get_or_insert_with(crate::replay::Preverified::new);
+    sigs.add(None, snapshot.nodes.iter().map(|(path, node)| (path.as_slice(), node)));
+    ledger_format::tree::verify_snapshot_using(snapshot, expiry, &*sigs)
 }
 
 /// The trust anchor from the command line; `None` when nothing is pinned.

@@ -14,7 +14,7 @@ use anyhow::Result;
 use ledger_format::document::Payload;
 use ledger_format::history::{CommitInfo, LedgerState};
 use ledger_format::tree::{
-    classify, verify_snapshot_with, Expiry, Layout, LayoutPath, Node, Problem, Snapshot, POLICY_PATH,
+    classify, Expiry, Layout, LayoutPath, Node, Problem, Snapshot, POLICY_PATH,
 };
 use ledger_format::types::{Entry, EnvName, Environment, Policy, TimestampDoc};
 use ledger_format::{Check, Document, KeyId};
@@ -45,7 +45,7 @@ fn only_signatures(p: &Problem, paths: &[&str]) -> bool {
 /// The verified state of `before`, from which [`judge`] judges steps: refuses a starting tree that
 /// does not verify (expiry not judged).
 pub fn state_before(before: &Snapshot) -> Result<LedgerState> {
-    match verify_snapshot_with(before, Expiry::NotJudged) {
+    match crate::commands::verify_tree(before, Expiry::NotJudged) {
         Ok(tree) => Ok(ledger_format::history::state_of(tree)),
         Err(problems) => Err(Refused(format!(
             "the ledger a proposal starts from does not verify, so nothing was changed:\n{}",
@@ -59,7 +59,7 @@ pub fn state_before(before: &Snapshot) -> Result<LedgerState> {
 /// tree with expiry not judged, then as one first-parent step (SPEC.md §8) by
 /// `ledger_format::history::check_step_from`.
 pub fn judge(state: &LedgerState, before: &Snapshot, after: &Snapshot, paths: &[&str], summary: &str) -> Verdict {
-    let problems = match verify_snapshot_with(after, Expiry::NotJudged) {
+    let problems = match crate::commands::verify_tree(after, Expiry::NotJudged) {
         Err(problems) => problems,
         Ok(_) => {
             let commit = CommitInfo { summary: summary.to_owned(), ..CommitInfo::default() };

@@ -7,7 +7,7 @@ use crate::exit::{self, Refused};
 use crate::keys;
 use crate::repo::{apply_to, Change, LedgerRepo};
 use anyhow::Result;
-use ledger_format::tree::{verify_snapshot_with, Expiry};
+use ledger_format::tree::Expiry;
 use ledger_format::types::{EnvName, RevertPolicy};
 use std::path::Path;
 
@@ -52,7 +52,7 @@ pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
     }
     let change = Change::Remove { path: file.clone() };
     apply_to(&mut snapshot, std::slice::from_ref(&change));
-    if let Err(problems) = verify_snapshot_with(&snapshot, Expiry::NotJudged) {
+    if let Err(problems) = crate::commands::verify_tree(&snapshot, Expiry::NotJudged) {
         return Err(Refused(format!(
             "after removing {file} the ledger would not verify, so nothing was committed:\n{}",
             problem_lines(&problems)

@@ -10,7 +10,7 @@ use crate::keys;
 use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::document::{DocError, ForeignSignatures, Payload};
-use ledger_format::tree::{classify, verify_snapshot_with, Expiry, LayoutPath, Node, Problem, Snapshot};
+use ledger_format::tree::{classify, Expiry, LayoutPath, Node, Problem, Snapshot};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, Role};
 use ledger_format::{Check, Document, SecretKey};
 use std::path::Path;
@@ -71,7 +71,7 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
 
     // Before: the only problems may be this document's own; after: none but its missing signatures.
     let only_this = |problems: &[Problem]| problems.iter().all(|p| p.path == file && is_signature_check(p.check));
-    if let Err(problems) = verify_snapshot_with(&snapshot, Expiry::NotJudged) {
+    if let Err(problems) = crate::commands::verify_tree(&snapshot, Expiry::NotJudged) {
         if !only_this(&problems) {
             return Err(Refused(format!(
                 "the ledger has problems besides {file}'s signatures; nothing was signed:\n{}",
@@ -81,7 +81,7 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
         }
     }
     snapshot.insert_file(&file, new_bytes.clone());
-    let remaining = match verify_snapshot_with(&snapshot, Expiry::NotJudged) {
+    let remaining = match crate::commands::verify_tree(&snapshot, Expiry::NotJudged) {
         Ok(_) => None,
         Err(problems) if only_this(&problems) => Some(problem_lines(&problems)),
         Err(problems) => anyhow::bail!("internal error: co-signing broke the ledger:\n{}", problem_lines(&problems)),

@@ -15,7 +15,7 @@ use crate::repo::{apply_to, Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::freshness::{check_current, TIMESTAMP_PATH};
 use ledger_format::history::{check_step_from, state_of, CommitInfo};
-use ledger_format::tree::{verify_snapshot_with, Expiry};
+use ledger_format::tree::Expiry;
 use ledger_format::types::{CommitId, TimestampDoc, TimestampType};
 use ledger_format::{Document, KeyId, Timestamp};
 use serde_json::json;
@@ -123,7 +123,7 @@ fn renew(args: RenewArgs) -> Result<u8> {
     // Judged as the tree it makes and as the step from HEAD, with HEAD as the new commit's first parent.
     let mut after = before.clone();
     apply_to(&mut after, &changes);
-    let judged = verify_snapshot_with(&after, Expiry::NotJudged).and_then(|_| {
+    let judged = crate::commands::verify_tree(&after, Expiry::NotJudged).and_then(|_| {
         let commit = CommitInfo { parent: Some(head.to_string()), summary: subject.clone(), ..CommitInfo::default() };
         check_step_from(&state_of(tree.clone()), &before, &after, commit)
     });
@@ -169,7 +169,7 @@ fn show(args: TimestampShowArgs) -> Result<u8> {
     let now = now();
     let repo = LedgerRepo::open(&args.repo.dir())?;
     let snapshot = repo.rev_snapshot("HEAD")?;
-    let tree = verify_snapshot_with(&snapshot, Expiry::NotJudged).map_err(|problems| {
+    let tree = crate::commands::verify_tree(&snapshot, Expiry::NotJudged).map_err(|problems| {
         Refused(format!(
             "the ledger at HEAD does not verify (see `stele verify --rev HEAD`):\n{}",
             problem_lines(&problems)

@@ -5,7 +5,7 @@ use crate::cli::VerifyArgs;
 use crate::exit::{self, Refused};
 use crate::repo::LedgerRepo;
 use anyhow::Result;
-use ledger_format::tree::{verify_snapshot, VerifiedTree};
+use ledger_format::tree::VerifiedTree;
 use ledger_format::types::Image;
 use ledger_format::Timestamp;
 use serde_json::json;
@@ -21,7 +21,7 @@ pub fn run(repo_path: &Path, args: VerifyArgs) -> Result<u8> {
         Some(rev) => (repo.rev_snapshot(rev)?, format!("commit {rev}")),
         None => (repo.worktree_snapshot()?, "work tree".to_owned()),
     };
-    match verify_snapshot(&snapshot, now) {
+    match super::verify_tree(&snapshot, ledger_format::tree::Expiry::JudgedAt(now)) {
         Ok(tree) => {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&tree_json(&tree, &source, now))?);

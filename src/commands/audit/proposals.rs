@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use git2::{Delta, Oid, Repository};
 use ledger_format::document::Document;
 use ledger_format::history::{check_step_from, state_of, CommitInfo};
-use ledger_format::tree::{classify, verify_snapshot_with, Expiry, LayoutPath, Problem, OWNED_DIRS};
+use ledger_format::tree::{classify, Expiry, LayoutPath, Problem, OWNED_DIRS};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, Role, TimestampDoc};
 use ledger_format::{KeyId, Timestamp};
 use serde_json::{json, Value};
@@ -63,7 +63,7 @@ pub fn open(repo: &Repository, audit: &Audit) -> Result<Vec<Proposal>> {
     // The head every proposal would land on, read and verified once for all of them.
     let head_tree = repo.find_commit(audit.head).and_then(|c| c.tree()).context("read the ledger head")?;
     let before = tree_snapshot(repo, &head_tree).context("read the ledger head")?;
-    let head_state = verify_snapshot_with(&before, Expiry::NotJudged).map(state_of);
+    let head_state = crate::commands::verify_tree(&before, Expiry::NotJudged).map(state_of);
     for r in &audit.git.proposal_refs {
         let on_branch = r.commit == audit.head
             || repo.graph_descendant_of(audit.head, r.commit).context("compare a proposal with the ledger branch")?;
