@@ -29,6 +29,7 @@
 mod answer;
 mod git;
 mod proposals;
+mod stream;
 mod time;
 mod timeline;
 
@@ -48,6 +49,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
+use stream::Json;
 
 pub(crate) use git::blob_at;
 pub use time::parse_at;
@@ -114,16 +116,20 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
     }
     replayed.with_audit(only_env.as_ref(), |audit| {
         match (at, args.json) {
-            (Some(at), true) => print_json(&merged(audit.header_json(), answer::json(audit, at, args.at.as_deref()))),
+            (Some(at), true) => {
+                Json::Value(answer::json(audit, at, args.at.as_deref())).after(audit.header_json()).print()?
+            }
             (Some(at), false) => answer::print(audit, at, args.at.as_deref()),
             (None, json) => {
                 let open = proposals::open(source.repository(), audit)?;
-                let body = merged(audit.header_json(), timeline::json(audit, &open));
+                // Made as it is written: the body holds a row per step of the history, twice.
+                let body = timeline::json(audit, &open).after(audit.header_json());
                 if let Some(file) = &args.html {
-                    write_html(file, &body, reported(source.repository(), audit))?;
+                    // The page is made whole in memory (`crate::report`), so is its timeline.
+                    write_html(file, &body.to_value(), reported(source.repository(), audit))?;
                 }
                 match (json, &args.html) {
-                    (true, _) => print_json(&body),
+                    (true, _) => body.print()?,
                     (false, None) => timeline::print(audit, &open),
                     (false, Some(file)) => {
                         audit.print_header();
@@ -159,7 +165,8 @@ pub fn timeline_json(repo: &Path, head: git2::Oid, anchor: &TrustAnchor, only: O
     }
     replayed.with_audit(only, |audit| {
         let open = proposals::open(source.repository(), audit)?;
-        Ok(merged(audit.header_json(), timeline::json(audit, &open)))
+        let value = timeline::json(audit, &open).after(audit.header_json()).to_value();
+        Ok(value)
     })
 }
 
@@ -339,19 +346,6 @@ fn write_html(file: &Path, timeline: &Value, environments: Vec<EnvView>) -> Resu
     std::fs::write(file, render_page(&view))
         .map_err(|e| Refused(format!("--html {}: cannot write the report: {e}", file.display())))?;
     Ok(())
-}
-
-/// `header` with the members of `body` added.
-fn merged(header: Value, body: Value) -> Value {
-    let mut all = header;
-    if let (Some(all), Value::Object(body)) = (all.as_object_mut(), body) {
-        all.extend(body);
-    }
-    all
-}
-
-fn print_json(all: &Value) {
-    println!("{}", serde_json::to_string_pretty(all).expect("JSON values serialize"));
 }
 
 /// Every observation the status refs hold for `env` (every ref under `refs/stele/status/` and the
