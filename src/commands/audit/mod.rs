@@ -36,12 +36,13 @@ mod timeline;
 use super::trust_anchor;
 use crate::cli::AuditArgs;
 use crate::exit::{self, Refused};
-use crate::replay::{replay, Outcome};
+use crate::replay::{replay_with, Outcome};
 use crate::report::{render_page, EnvView, PageView};
 use crate::source::{is_remote, GitSource, LedgerSource};
 use crate::status::{self, Judged, LedgerIndex, Trust};
 use anyhow::Result;
 use ledger_format::document::{Document, Payload};
+use ledger_format::history::SshSigned;
 use ledger_format::history::{Action, Event, TrustAnchor};
 use ledger_format::types::{EnvName, Policy};
 use ledger_format::{KeyId, Timestamp};
@@ -89,7 +90,7 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
     let anchor = pinned.clone().unwrap_or(TrustAnchor::UnpinnedTrustGenesisAsFound);
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let mut last_shown = 0;
-    let outcome = replay(&source, None, head, &anchor, &mut |done, total| {
+    let outcome = replay_kept(&source, head, &anchor, &mut |done, total| {
         if show_progress && (done * 100 / total.max(1) > last_shown || done == total) {
             last_shown = done * 100 / total.max(1);
             eprint!("\rreplaying {done}/{total} commits");
@@ -156,7 +157,7 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
 pub fn timeline_json(repo: &Path, head: git2::Oid, anchor: &TrustAnchor, only: Option<&EnvName>) -> Result<Value> {
     let location = repo.to_str().ok_or_else(|| Refused(format!("{}: not UTF-8", repo.display())))?;
     let source = GitSource::open(location, None, repo)?;
-    let outcome = replay(&source, None, head, anchor, &mut |_, _| {})?;
+    let outcome = replay_kept(&source, head, anchor, &mut |_, _| {})?;
     let pinned = !matches!(anchor, TrustAnchor::UnpinnedTrustGenesisAsFound);
     let shown = shown_location(&source);
     let replayed = Replayed { source: &source, head, outcome: &outcome, pinned, shown: &shown };
@@ -168,6 +169,29 @@ pub fn timeline_json(repo: &Path, head: git2::Oid, anchor: &TrustAnchor, only: O
         let value = timeline::json(audit, &open).after(audit.header_json()).to_value();
         Ok(value)
     })
+}
+
+/// Replays the history from genesis up to `head`, keeping each verified commit's report as compactly
+/// as the audit needs it: the events without spare capacity, and of a commit's SSH signature only
+/// that there is one (the key that made it, if any counts, is already in its events). A report is
+/// thereby a few hundred bytes, the memory of a long history's audit.
+fn replay_kept(
+    source: &GitSource,
+    head: git2::Oid,
+    anchor: &TrustAnchor,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Outcome> {
+    let mut reports = Vec::new();
+    let mut outcome = replay_with(source, None, head, anchor, progress, &mut |mut report| {
+        report.events.shrink_to_fit();
+        if let Some(signed) = &mut report.commit.ssh_signature {
+            *signed = SshSigned { armored: Vec::new(), signed_payload: Vec::new() };
+        }
+        reports.push(report);
+    })?;
+    reports.shrink_to_fit();
+    outcome.reports = reports;
+    Ok(outcome)
 }
 
 /// What to call a local repository: its work tree, or the repository itself when bare.
