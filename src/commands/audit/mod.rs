@@ -22,6 +22,10 @@
 //! `--trust-genesis-as-found` asks for it; the output then says loudly that the root was not pinned.
 //! `--env` naming an environment the policy does not declare is refused too, listing the declared ones.
 //!
+//! Memory: the replay's reports are kept compactly ([`replay_kept`]) and `--json` is written as it
+//! is made (`stream`), so a long history costs its reports and the verified state, not its output
+//! (which holds a row per step, twice). `--html` still makes its page whole in memory.
+//!
 //! Exit codes: 0 when every commit verified, 1 when any commit was refused (the refused and the
 //! recovering commits are still listed), 3 for a refused input. An open proposal is information,
 //! never a failure.
