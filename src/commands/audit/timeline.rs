@@ -396,8 +396,8 @@ pub fn json<'b>(audit: &'b Audit<'_>, open: &'b [Proposal]) -> Json<'b> {
         let rows = Rc::clone(&rows);
         let keep = Rc::new(keep);
         Json::lazy(move || {
-            let (rows, keep) = (Rc::clone(&rows), Rc::clone(&keep));
-            (0..rows.len()).filter_map(move |i| keep(&rows[i]).then(|| row_json(audit, &rows[i])))
+            let (rows, kept, keep) = (Rc::clone(&rows), Rc::clone(&rows), Rc::clone(&keep));
+            (0..rows.len()).filter(move |&i| keep(&kept[i])).map(move |i| row_json(audit, &rows[i]))
         })
     };
     let envs: BTreeMap<String, Json> = audit
