@@ -222,20 +222,6 @@ impl Ledger {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        if let Ok(d) = std::env::var("AUDIT_DUMP") {
-            let strs: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-            if strs.first().map(String::as_str) == Some("audit") && !strs.iter().any(|a| a == "--html") {
-                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-                let n = format!("{d}/{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-                std::fs::create_dir_all(&n).unwrap();
-                let st = Command::new("cp").arg("-a").arg(&self.dir).arg(format!("{n}/ledger")).status().unwrap();
-                assert!(st.success());
-                let st = Command::new("cp").arg("-a").arg(&self.home).arg(format!("{n}/home")).status().unwrap();
-                assert!(st.success());
-                std::fs::write(format!("{n}/args"), strs.join("\n")).unwrap();
-            }
-        }
         run(command(STELE, &self.home, &self.dir, args), None)
     }
 
