@@ -22,6 +22,10 @@
 //! `--trust-genesis-as-found` asks for it; the output then says loudly that the root was not pinned.
 //! `--env` naming an environment the policy does not declare is refused too, listing the declared ones.
 //!
+//! Memory: the replay's reports are kept compactly ([`replay_kept`]) and `--json` is written as it
+//! is made (`stream`), so a long history costs its reports and the verified state, not its output
+//! (which holds a row per step, twice). `--html` still makes its page whole in memory.
+//!
 //! Exit codes: 0 when every commit verified, 1 when any commit was refused (the refused and the
 //! recovering commits are still listed), 3 for a refused input. An open proposal is information,
 //! never a failure.
@@ -29,18 +33,20 @@
 mod answer;
 mod git;
 mod proposals;
+mod stream;
 mod time;
 mod timeline;
 
 use super::trust_anchor;
 use crate::cli::AuditArgs;
 use crate::exit::{self, Refused};
-use crate::replay::{replay, Outcome};
+use crate::replay::{replay_with, Outcome};
 use crate::report::{render_page, EnvView, PageView};
 use crate::source::{is_remote, GitSource, LedgerSource};
 use crate::status::{self, Judged, LedgerIndex, Trust};
 use anyhow::Result;
 use ledger_format::document::{Document, Payload};
+use ledger_format::history::SshSigned;
 use ledger_format::history::{Action, Event, TrustAnchor};
 use ledger_format::types::{EnvName, Policy};
 use ledger_format::{KeyId, Timestamp};
@@ -48,6 +54,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
+use stream::Json;
 
 pub(crate) use git::blob_at;
 pub use time::parse_at;
@@ -87,7 +94,7 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
     let anchor = pinned.clone().unwrap_or(TrustAnchor::UnpinnedTrustGenesisAsFound);
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let mut last_shown = 0;
-    let outcome = replay(&source, None, head, &anchor, &mut |done, total| {
+    let outcome = replay_kept(&source, head, &anchor, &mut |done, total| {
         if show_progress && (done * 100 / total.max(1) > last_shown || done == total) {
             last_shown = done * 100 / total.max(1);
             eprint!("\rreplaying {done}/{total} commits");
@@ -114,16 +121,20 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
     }
     replayed.with_audit(only_env.as_ref(), |audit| {
         match (at, args.json) {
-            (Some(at), true) => print_json(&merged(audit.header_json(), answer::json(audit, at, args.at.as_deref()))),
+            (Some(at), true) => {
+                Json::Value(answer::json(audit, at, args.at.as_deref())).after(audit.header_json()).print()?
+            }
             (Some(at), false) => answer::print(audit, at, args.at.as_deref()),
             (None, json) => {
                 let open = proposals::open(source.repository(), audit)?;
-                let body = merged(audit.header_json(), timeline::json(audit, &open));
+                // Made as it is written: the body holds a row per step of the history, twice.
+                let body = timeline::json(audit, &open).after(audit.header_json());
                 if let Some(file) = &args.html {
-                    write_html(file, &body, reported(source.repository(), audit))?;
+                    // The page is made whole in memory (`crate::report`), so is its timeline.
+                    write_html(file, &body.to_value(), reported(source.repository(), audit))?;
                 }
                 match (json, &args.html) {
-                    (true, _) => print_json(&body),
+                    (true, _) => body.print()?,
                     (false, None) => timeline::print(audit, &open),
                     (false, Some(file)) => {
                         audit.print_header();
@@ -150,7 +161,7 @@ pub fn run(repo: &Path, args: AuditArgs) -> Result<u8> {
 pub fn timeline_json(repo: &Path, head: git2::Oid, anchor: &TrustAnchor, only: Option<&EnvName>) -> Result<Value> {
     let location = repo.to_str().ok_or_else(|| Refused(format!("{}: not UTF-8", repo.display())))?;
     let source = GitSource::open(location, None, repo)?;
-    let outcome = replay(&source, None, head, anchor, &mut |_, _| {})?;
+    let outcome = replay_kept(&source, head, anchor, &mut |_, _| {})?;
     let pinned = !matches!(anchor, TrustAnchor::UnpinnedTrustGenesisAsFound);
     let shown = shown_location(&source);
     let replayed = Replayed { source: &source, head, outcome: &outcome, pinned, shown: &shown };
@@ -159,8 +170,32 @@ pub fn timeline_json(repo: &Path, head: git2::Oid, anchor: &TrustAnchor, only: O
     }
     replayed.with_audit(only, |audit| {
         let open = proposals::open(source.repository(), audit)?;
-        Ok(merged(audit.header_json(), timeline::json(audit, &open)))
+        let value = timeline::json(audit, &open).after(audit.header_json()).to_value();
+        Ok(value)
     })
+}
+
+/// Replays the history from genesis up to `head`, keeping each verified commit's report as compactly
+/// as the audit needs it: the events without spare capacity, and of a commit's SSH signature only
+/// that there is one (the key that made it, if any counts, is already in its events). A report is
+/// thereby a few hundred bytes, the memory of a long history's audit.
+fn replay_kept(
+    source: &GitSource,
+    head: git2::Oid,
+    anchor: &TrustAnchor,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Outcome> {
+    let mut reports = Vec::new();
+    let mut outcome = replay_with(source, None, head, anchor, progress, &mut |mut report| {
+        report.events.shrink_to_fit();
+        if let Some(signed) = &mut report.commit.ssh_signature {
+            *signed = SshSigned { armored: Vec::new(), signed_payload: Vec::new() };
+        }
+        reports.push(report);
+    })?;
+    reports.shrink_to_fit();
+    outcome.reports = reports;
+    Ok(outcome)
 }
 
 /// What to call a local repository: its work tree, or the repository itself when bare.
@@ -339,19 +374,6 @@ fn write_html(file: &Path, timeline: &Value, environments: Vec<EnvView>) -> Resu
     std::fs::write(file, render_page(&view))
         .map_err(|e| Refused(format!("--html {}: cannot write the report: {e}", file.display())))?;
     Ok(())
-}
-
-/// `header` with the members of `body` added.
-fn merged(header: Value, body: Value) -> Value {
-    let mut all = header;
-    if let (Some(all), Value::Object(body)) = (all.as_object_mut(), body) {
-        all.extend(body);
-    }
-    all
-}
-
-fn print_json(all: &Value) {
-    println!("{}", serde_json::to_string_pretty(all).expect("JSON values serialize"));
 }
 
 /// Every observation the status refs hold for `env` (every ref under `refs/stele/status/` and the

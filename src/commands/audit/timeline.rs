@@ -3,7 +3,8 @@
 //! history order, each saying who signed it with the names of the policy in force at that step.
 
 use super::proposals::Proposal;
-use super::{action_word, env_events, short, valid_signers, Audit};
+use super::stream::Json;
+use super::{action_word, short, valid_signers, Audit};
 use crate::replay::CommitReport;
 use crate::status::{Judged, Label, Phase};
 use ledger_format::history::{Action, CommitInfo, Event, Link};
@@ -12,6 +13,7 @@ use ledger_format::types::{EnvName, Policy};
 use ledger_format::KeyId;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// One row of the timeline.
 struct Row<'a> {
@@ -385,19 +387,25 @@ fn row_json(audit: &Audit, row: &Row) -> Value {
 }
 
 /// The timeline as JSON: `timeline` (every row in order), and the same event rows per environment
-/// (`environments.<env>.events`) and for the policy (`policy`).
-pub fn json(audit: &Audit, open: &[Proposal]) -> Value {
-    let rows = rows(audit);
-    let timeline: Vec<Value> = rows.iter().map(|r| row_json(audit, r)).collect();
-    let envs: serde_json::Map<String, Value> = audit
+/// (`environments.<env>.events`) and for the policy (`policy`). Each row is made as it is written
+/// ([`Json`]), so the body never sits in memory whole.
+pub fn json<'b>(audit: &'b Audit<'_>, open: &'b [Proposal]) -> Json<'b> {
+    let rows = Rc::new(rows(audit));
+    // The rows `keep` keeps, made one at a time.
+    let made = |keep: Box<dyn Fn(&Row) -> bool + 'b>| {
+        let rows = Rc::clone(&rows);
+        let keep = Rc::new(keep);
+        Json::lazy(move || {
+            let (rows, kept, keep) = (Rc::clone(&rows), Rc::clone(&rows), Rc::clone(&keep));
+            (0..rows.len()).filter(move |&i| keep(&kept[i])).map(move |i| row_json(audit, &rows[i]))
+        })
+    };
+    let envs: BTreeMap<String, Json> = audit
         .envs()
         .map(|env| {
-            let events: Vec<Value> = rows
-                .iter()
-                .filter(|r| matches!(&r.kind, Kind::Event { event, .. } if event.env.as_ref() == Some(env)))
-                .map(|r| row_json(audit, r))
-                .collect();
-            debug_assert_eq!(events.len(), env_events(audit.outcome, env).count());
+            let events = made(Box::new(
+                move |r| matches!(&r.kind, Kind::Event { event, .. } if event.env.as_ref() == Some(env)),
+            ));
             let unverified: Vec<Value> = audit
                 .unverified
                 .get(env)
@@ -406,18 +414,20 @@ pub fn json(audit: &Audit, open: &[Proposal]) -> Value {
                 .iter()
                 .map(super::unverified_json)
                 .collect();
-            (env.to_string(), json!({"events": events, "unverified": unverified}))
+            let mut members = BTreeMap::new();
+            members.insert("events".to_owned(), events);
+            members.insert("unverified".to_owned(), Json::Value(Value::Array(unverified)));
+            (env.to_string(), Json::Object(members))
         })
         .collect();
-    let policy: Vec<Value> = rows
-        .iter()
-        .filter(|r| matches!(&r.kind, Kind::Event { event, .. } if event.env.is_none()))
-        .map(|r| row_json(audit, r))
-        .collect();
-    json!({
-        "timeline": timeline,
-        "environments": envs,
-        "policy": policy,
-        "proposals": open.iter().map(|p| super::proposals::json(audit, p)).collect::<Vec<_>>(),
-    })
+    let mut body = BTreeMap::new();
+    body.insert("timeline".to_owned(), made(Box::new(|_| true)));
+    body.insert("environments".to_owned(), Json::Object(envs));
+    body.insert(
+        "policy".to_owned(),
+        made(Box::new(|r| matches!(&r.kind, Kind::Event { event, .. } if event.env.is_none()))),
+    );
+    let proposals = open.iter().map(|p| super::proposals::json(audit, p)).collect();
+    body.insert("proposals".to_owned(), Json::Value(Value::Array(proposals)));
+    Json::Object(body)
 }
