@@ -53,8 +53,11 @@ fn main() {
         );
     }
 
-    // End to end: `stele verify` reading a repository's work tree from disk.
-    let entries = 10_000;
+    // End to end: `stele verify` reading a repository's work tree from disk, and one `stele release`
+    // into it. STELE_BENCH_E2E_ENTRIES sets the size (default 10 000); STELE_BENCH_BASELINE=PATH runs a
+    // baseline build's commands too, alternating with this build's.
+    let entries: usize =
+        std::env::var("STELE_BENCH_E2E_ENTRIES").map_or(10_000, |n| n.trim().parse().expect("a number of entries"));
     let dir = tempfile::tempdir().expect("temp dir");
     let snapshot = ledger(entries);
     for (path, node) in &snapshot.nodes {
@@ -64,6 +67,7 @@ fn main() {
             std::fs::write(p, bytes).unwrap();
         }
     }
+    drop(snapshot);
     let git = |args: &[&str]| {
         let ok = std::process::Command::new("git")
             .args(args)
@@ -75,56 +79,64 @@ fn main() {
         assert!(ok, "git {args:?} failed");
     };
     git(&["init", "-q"]);
-    let stele = env!("CARGO_BIN_EXE_stele");
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let start = Instant::now();
-        let out =
-            std::process::Command::new(stele).args(["verify", "--repo"]).arg(dir.path()).output().expect("stele runs");
-        best = best.min(start.elapsed().as_secs_f64());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    }
-    println!(
-        "stele verify (binary, work tree on disk), {entries} entries: {:.0} ms, {:.1} us per entry",
-        best * 1e3,
-        best * 1e6 / entries as f64
-    );
-    let verify = best;
-
-    // One release into that ledger: the write path verifies the tree it starts from once, then judges
-    // the tree it makes and the step to it (SPEC.md §8.0), and commits.
     git(&["-c", "user.name=bench", "-c", "user.email=bench@example", "add", "-A"]);
     git(&["-c", "user.name=bench", "-c", "user.email=bench@example", "commit", "-q", "-m", "ledger"]);
     let key = dir.path().join("bench.key");
     BenchLedger::new().write_key(&key);
     let image = dir.path().join("image.tar");
     std::fs::write(&image, b"bench image").unwrap();
-    let mut best = f64::MAX;
-    for run in 0..3 {
-        let start = Instant::now();
-        let out = std::process::Command::new(stele)
-            .args(["release", "--env", "prod", "--version", &format!("9.0.{run}"), "--image"])
-            .arg(&image)
-            .arg("--key")
-            .arg(&key)
-            .arg("--repo")
-            .arg(dir.path())
-            .env("GIT_AUTHOR_NAME", "bench")
-            .env("GIT_AUTHOR_EMAIL", "bench@example")
-            .output()
-            .expect("stele runs");
-        best = best.min(start.elapsed().as_secs_f64());
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        git(&["reset", "-q", "--hard", "HEAD~1"]);
+    let mut builds = vec![("this build", env!("CARGO_BIN_EXE_stele").to_owned())];
+    if let Ok(base) = std::env::var("STELE_BENCH_BASELINE") {
+        builds.push(("baseline", base));
     }
-    println!(
-        "stele release (binary) into {entries} entries: {:.0} ms, {:.2}x stele verify on the same tree",
-        best * 1e3,
-        best / verify
-    );
+    let mut verify = vec![(f64::MAX, 0.0); builds.len()];
+    let mut release = vec![(f64::MAX, 0.0); builds.len()];
+    for run in 0..3 {
+        for (i, (_, stele)) in builds.iter().enumerate() {
+            let (t, rss) = timed(stele, &["verify", "--repo", dir.path().to_str().unwrap()], dir.path());
+            verify[i] = (verify[i].0.min(t), rss);
+            let version = format!("9.{i}.{run}");
+            let args = ["release", "--env", "prod", "--version", &version, "--image", image.to_str().unwrap()];
+            let args: Vec<&str> = args
+                .into_iter()
+                .chain(["--key", key.to_str().unwrap(), "--repo", dir.path().to_str().unwrap()])
+                .collect();
+            let (t, rss) = timed(stele, &args, dir.path());
+            release[i] = (release[i].0.min(t), rss);
+            git(&["reset", "-q", "--hard", "HEAD~1"]);
+        }
+    }
+    for (i, (name, _)) in builds.iter().enumerate() {
+        println!(
+            "{name}: stele verify (binary, work tree on disk), {entries} entries: {:.0} ms, {:.1} us per entry, peak RSS \
+             {:.0} MiB; stele release into it: {:.0} ms ({:.2}x verify), peak RSS {:.0} MiB (best of 3)",
+            verify[i].0 * 1e3,
+            verify[i].0 * 1e6 / entries as f64,
+            verify[i].1,
+            release[i].0 * 1e3,
+            release[i].0 / verify[i].0,
+            release[i].1
+        );
+    }
+}
+
+/// Runs `stele args` under `/usr/bin/time -f %M` (the harness's own RSS would otherwise count, see
+/// benches/replay.rs); returns its wall time in seconds and its peak RSS in MiB.
+fn timed(stele: &str, args: &[&str], dir: &std::path::Path) -> (f64, f64) {
+    assert!(std::path::Path::new("/usr/bin/time").exists(), "this bench needs /usr/bin/time (Debian package `time`)");
+    let rss = dir.join(".git/maxrss");
+    let start = Instant::now();
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&rss)
+        .arg(stele)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example")
+        .output()
+        .expect("stele runs");
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let kib: f64 = std::fs::read_to_string(&rss).unwrap().trim().parse().expect("time -f %M prints KiB");
+    (elapsed, kib / 1024.0)
 }

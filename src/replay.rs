@@ -167,8 +167,7 @@ fn verify_all<'a>(
             })
             .collect();
         workers.into_iter().flat_map(|w| w.join().expect("verification threads do not panic")).collect()
-    });
-    valid
+    })
 }
 
 /// What a changed file is, by its path in the layout.

@@ -406,10 +406,9 @@ pub fn verify_snapshot_using(
             let is_tip = index + 1 == files.len();
             let (judged_role, foreign) =
                 if is_tip { (role, ForeignSignatures::Refuse) } else { (&any_listed_key, ForeignSignatures::Skip) };
-            let checked = check_entry_position(&doc.payload, env, *seq, link)
-                .and_then(|()| {
-                    doc.check_role_with(&policy.payload, judged_role, foreign, sigs).map_err(|e| e.caused(Check::E5))
-                });
+            let checked = check_entry_position(&doc.payload, env, *seq, link).and_then(|()| {
+                doc.check_role_with(&policy.payload, judged_role, foreign, sigs).map_err(|e| e.caused(Check::E5))
+            });
             link = Link::Expect(doc.hash());
             match checked {
                 Ok(signed_by) => chain.push(VerifiedEntry { doc, signed_by }),

@@ -13,9 +13,7 @@ use crate::repo::{apply_to, Change, LedgerRepo, Proposal, PROPOSAL_PREFIX};
 use anyhow::Result;
 use ledger_format::document::Payload;
 use ledger_format::history::{CommitInfo, LedgerState};
-use ledger_format::tree::{
-    classify, Expiry, Layout, LayoutPath, Node, Problem, Snapshot, POLICY_PATH,
-};
+use ledger_format::tree::{classify, Expiry, Layout, LayoutPath, Node, Problem, Snapshot, POLICY_PATH};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, TimestampDoc};
 use ledger_format::{Check, Document, KeyId};
 use std::path::Path;
