@@ -83,8 +83,21 @@ fn main() {
     git(&["-c", "user.name=bench", "-c", "user.email=bench@example", "commit", "-q", "-m", "ledger"]);
     let key = dir.path().join("bench.key");
     BenchLedger::new().write_key(&key);
-    let image = dir.path().join("image.tar");
-    std::fs::write(&image, b"bench image").unwrap();
+    // A real image: `stele release` refuses a file the environment's provider could not run.
+    let app = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(app.path().join("bin")).unwrap();
+    std::fs::write(app.path().join("bin/app"), "#!/bin/sh\nexec sleep 3600\n").unwrap();
+    std::fs::set_permissions(app.path().join("bin/app"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(app.path().join("stele-image.json"), r#"{"command": "bin/app", "args": [], "env": {}}"#).unwrap();
+    let image = dir.path().join(".git/image.tar");
+    let packed = std::process::Command::new(env!("CARGO_BIN_EXE_stele"))
+        .args(["image", "pack"])
+        .arg(app.path())
+        .arg("--out")
+        .arg(&image)
+        .output()
+        .expect("stele runs");
+    assert!(packed.status.success(), "stele image pack: {}", String::from_utf8_lossy(&packed.stderr));
     let mut builds = vec![("this build", env!("CARGO_BIN_EXE_stele").to_owned())];
     if let Ok(base) = std::env::var("STELE_BENCH_BASELINE") {
         builds.push(("baseline", base));
