@@ -12,6 +12,7 @@ use crate::document::{DocError, Document, ForeignSignatures, Payload, SignedBy};
 use crate::freshness::{check_timestamp, MAX_VALIDITY_LIMIT, MIN_VALIDITY_LIMIT, TIMESTAMP_PATH};
 use crate::time::Timestamp;
 use crate::types::{Entry, EnvName, Environment, LedgerId, Policy, Role, TimestampDoc};
+pub use crate::types::{Layout, BUCKET};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Path of the policy document.
@@ -116,47 +117,6 @@ fn seq_of(file: &str) -> Option<u64> {
 /// Digits only, at least one, and no leading zero.
 fn canonical_number(digits: &str) -> bool {
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
-}
-
-/// How many entries share a bucket directory in the `buckets` layout.
-pub const BUCKET: u64 = 1000;
-
-/// Where entry files live (SPEC.md §2.3): the policy's `ledger_layout` decides for the whole tree.
-///
-/// `Flat` puts every entry of an environment in one directory, so one Git tree object that each
-/// release rewrites and every reader re-reads: reading one environment's history costs O(n²).
-/// `Buckets` (revision 5) fans entries out by `seq / 1000`, so a release rewrites a bucket of at most
-/// a thousand entries and a directory of `n / 1000` buckets (ARCHITECTURE.md has the measurements).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    Flat,
-    Buckets,
-}
-
-impl Layout {
-    pub fn entry_path(self, env: &EnvName, seq: u64) -> String {
-        match self {
-            Layout::Flat => format!("ledger/{env}/{seq}.json"),
-            Layout::Buckets => format!("ledger/{env}/{}/{seq}.json", seq / BUCKET),
-        }
-    }
-
-    /// The form of a path that [`classify`] took for an entry.
-    pub fn of_entry_path(path: &str) -> Layout {
-        if path.bytes().filter(|b| *b == b'/').count() == 3 {
-            Layout::Buckets
-        } else {
-            Layout::Flat
-        }
-    }
-
-    /// The policy's name for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Layout::Flat => "flat",
-            Layout::Buckets => "buckets",
-        }
-    }
 }
 
 /// Why a path under the owned directories is refused (T2).

@@ -220,8 +220,49 @@ pub struct Policy {
     pub ledger_layout: Option<LedgerLayout>,
 }
 
+/// How many entries share a bucket directory in the `buckets` layout.
+pub const BUCKET: u64 = 1000;
+
+/// Where entry files live (SPEC.md §2.3): the policy's `ledger_layout` decides for the whole tree.
+///
+/// `Flat` puts every entry of an environment in one directory, so one Git tree object that each
+/// release rewrites and every reader re-reads: reading one environment's history costs O(n²).
+/// `Buckets` (revision 5) fans entries out by `seq / 1000`, so a release rewrites a bucket of at most
+/// a thousand entries and a directory of `n / 1000` buckets (SPEC.md §2.3.1 has the measurements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Flat,
+    Buckets,
+}
+
+impl Layout {
+    pub fn entry_path(self, env: &EnvName, seq: u64) -> String {
+        match self {
+            Layout::Flat => format!("ledger/{env}/{seq}.json"),
+            Layout::Buckets => format!("ledger/{env}/{}/{seq}.json", seq / BUCKET),
+        }
+    }
+
+    /// The form of a path that [`crate::tree::classify`] took for an entry.
+    pub fn of_entry_path(path: &str) -> Layout {
+        if path.bytes().filter(|b| *b == b'/').count() == 3 {
+            Layout::Buckets
+        } else {
+            Layout::Flat
+        }
+    }
+
+    /// The policy's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Flat => "flat",
+            Layout::Buckets => "buckets",
+        }
+    }
+}
+
 /// The one value of a policy's `ledger_layout` (revision 5): entries fanned out into buckets of
-/// [`crate::tree::BUCKET`] by sequence number, so no Git tree of the ledger grows past about a thousand
+/// [`BUCKET`] by sequence number, so no Git tree of the ledger grows past about a thousand
 /// entries however long an environment's history is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -300,10 +341,10 @@ pub struct Role {
 
 impl Policy {
     /// Where this policy puts entry files (revision 5).
-    pub fn layout(&self) -> crate::tree::Layout {
+    pub fn layout(&self) -> Layout {
         match self.ledger_layout {
-            None => crate::tree::Layout::Flat,
-            Some(LedgerLayout::Buckets) => crate::tree::Layout::Buckets,
+            None => Layout::Flat,
+            Some(LedgerLayout::Buckets) => Layout::Buckets,
         }
     }
 
