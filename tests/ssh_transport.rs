@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::io::{Read, Seek, SeekFrom};
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,39 +31,7 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs `cmd` to the end, killing it (and failing) after [`PROCESS_TIMEOUT`]: a transport that hangs
 /// must not hang the test run. Output goes through unnamed files, so no pipe can fill up.
 fn run(cmd: &mut Command) -> Output {
-    let shown = format!(
-        "{} {}",
-        cmd.get_program().to_string_lossy(),
-        cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
-    );
-    let (mut stdout, mut stderr) = (tempfile::tempfile().expect("a file"), tempfile::tempfile().expect("a file"));
-    cmd.stdin(Stdio::null())
-        .stdout(stdout.try_clone().expect("clone a file handle"))
-        .stderr(stderr.try_clone().expect("clone a file handle"));
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run `{shown}`: {e}"));
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("check on a child process") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let read = |file: &mut std::fs::File| {
-        let mut text = String::new();
-        file.seek(SeekFrom::Start(0)).expect("rewind");
-        file.read_to_string(&mut text).expect("read the output");
-        text
-    };
-    let out = Output { code: -1, stdout: read(&mut stdout), stderr: read(&mut stderr), command: shown };
-    match status {
-        Some(status) => Output { code: status.code().unwrap_or(-1), ..out },
-        None => panic!("`{}` did not finish within {PROCESS_TIMEOUT:?}\n{}", out.command, out.dump()),
-    }
+    run_within(cmd, PROCESS_TIMEOUT)
 }
 
 /// `ssh-keygen -t ed25519 -N ''` into `path`; returns the public key as `TYPE BASE64` (no comment).

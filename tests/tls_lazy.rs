@@ -14,10 +14,10 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Exit code of `stele` when a fetch failed (as for any network failure; retried by an agent).
 const NETWORK: i32 = 4;
@@ -76,39 +76,7 @@ server.serve_forever()
 
 /// Runs `cmd` to the end, killing it (and failing) after [`PROCESS_TIMEOUT`].
 fn run(cmd: &mut Command) -> Output {
-    let shown = format!(
-        "{} {}",
-        cmd.get_program().to_string_lossy(),
-        cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
-    );
-    let (mut stdout, mut stderr) = (tempfile::tempfile().expect("a file"), tempfile::tempfile().expect("a file"));
-    cmd.stdin(Stdio::null())
-        .stdout(stdout.try_clone().expect("clone a file handle"))
-        .stderr(stderr.try_clone().expect("clone a file handle"));
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run `{shown}`: {e}"));
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("check on a child process") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let read = |file: &mut std::fs::File| {
-        let mut text = String::new();
-        file.seek(SeekFrom::Start(0)).expect("rewind");
-        file.read_to_string(&mut text).expect("read the output");
-        text
-    };
-    let out = Output { code: -1, stdout: read(&mut stdout), stderr: read(&mut stderr), command: shown };
-    match status {
-        Some(status) => Output { code: status.code().unwrap_or(-1), ..out },
-        None => panic!("`{}` did not finish within {PROCESS_TIMEOUT:?}\n{}", out.command, out.dump()),
-    }
+    run_within(cmd, PROCESS_TIMEOUT)
 }
 
 /// Runs the `openssl` CLI in `dir`, failing loudly when it is missing or fails.

@@ -12,7 +12,7 @@
 pub mod browser;
 
 use std::ffi::OsStr;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -502,5 +502,43 @@ impl Drop for GitDaemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` to the end, killing it (and failing) after `timeout`: a process that hangs must not hang
+/// the test run. Output goes through unnamed files, so no pipe can fill up.
+pub fn run_within(cmd: &mut Command, timeout: Duration) -> Output {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    );
+    let (mut stdout, mut stderr) = (tempfile::tempfile().expect("a file"), tempfile::tempfile().expect("a file"));
+    cmd.stdin(Stdio::null())
+        .stdout(stdout.try_clone().expect("clone a file handle"))
+        .stderr(stderr.try_clone().expect("clone a file handle"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run `{shown}`: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("check on a child process") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let read = |file: &mut std::fs::File| {
+        let mut text = String::new();
+        file.seek(SeekFrom::Start(0)).expect("rewind");
+        file.read_to_string(&mut text).expect("read the output");
+        text
+    };
+    let out = Output { code: -1, stdout: read(&mut stdout), stderr: read(&mut stderr), command: shown };
+    match status {
+        Some(status) => Output { code: status.code().unwrap_or(-1), ..out },
+        None => panic!("`{}` did not finish within {timeout:?}\n{}", out.command, out.dump()),
     }
 }
