@@ -65,7 +65,11 @@ pub struct Timings {
 
 /// Signatures verified ahead of time; anything not in the set is verified directly, so a failure is
 /// still reported precisely.
-pub struct Preverified(HashSet<(Blake3Digest, [u8; 32], [u8; 64])>);
+#[derive(Default)]
+pub struct Preverified(HashSet<Verdict>);
+
+/// A signature that verified: the document hash, the public key and the signature.
+type Verdict = (Blake3Digest, [u8; 32], [u8; 64]);
 
 impl SignatureCheck for Preverified {
     fn verify(&self, hash: &Blake3Digest, key: &PublicKey, pae: &[u8], sig: &[u8; 64]) -> Result<(), CryptoError> {
@@ -82,16 +86,12 @@ impl SignatureCheck for Preverified {
 /// key id determines its public key, so no verdict depends on which policy lists it.
 pub fn preverify(initial: Option<&Policy>, steps: &[Step]) -> Preverified {
     let files = steps.iter().flat_map(|s| &s.changes).filter_map(|c| Some((c.path.as_slice(), c.after.as_ref()?)));
-    let mut found = Preverified(HashSet::new());
+    let mut found = Preverified::default();
     found.add(initial, files);
     found
 }
 
 impl Preverified {
-    pub fn new() -> Self {
-        Preverified(HashSet::new())
-    }
-
     /// Verifies, across all cores, every signature of `files` (paths and nodes, in any order) whose key
     /// id is known from `initial` or a policy among them, and keeps those that verify. Signatures already
     /// kept are not verified again.
@@ -100,14 +100,6 @@ impl Preverified {
         self.0.extend(found);
     }
 }
-
-impl Default for Preverified {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-type Verdict = (Blake3Digest, [u8; 32], [u8; 64]);
 
 fn verify_all<'a>(
     initial: Option<&Policy>,

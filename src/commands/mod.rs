@@ -130,7 +130,7 @@ pub fn load_verified(repo: &LedgerRepo) -> Result<(Snapshot, VerifiedTree)> {
 pub fn verify_tree(snapshot: &Snapshot, expiry: Expiry) -> Result<VerifiedTree, Vec<Problem>> {
     static SEEN: std::sync::Mutex<Option<crate::replay::Preverified>> = std::sync::Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    let sigs = seen.get_or_insert_with(crate::replay::Preverified::new);
+    let sigs = seen.get_or_insert_with(crate::replay::Preverified::default);
     sigs.add(None, snapshot.nodes.iter().map(|(path, node)| (path.as_slice(), node)));
     ledger_format::tree::verify_snapshot_using(snapshot, expiry, &*sigs)
 }
