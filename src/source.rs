@@ -86,7 +86,7 @@ const PACK_MAPPED_BYTES: usize = 32 << 20;
 
 /// Process-wide libgit2 settings for replay speed and bounded memory, applied once before the first
 /// repository opens.
-fn tune_libgit2() {
+pub(crate) fn tune_libgit2() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Keep ledger directory trees (tens of KiB at a thousand entries) in the object cache: each

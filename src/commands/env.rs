@@ -6,8 +6,9 @@
 //! named, and judges the ledger as it will be before committing, exactly like the other writing
 //! commands. The one problem accepted is a spec still short of co-signatures.
 
+use super::base::load_base;
+use super::key_list;
 use super::proposal::{self, slug, Submission};
-use super::{key_list, load_verified};
 use crate::cli::{EnvCommand, EnvSetArgs};
 use crate::exit::{self, Refused};
 use crate::keys::{self, LoadedSecret};
@@ -15,7 +16,7 @@ use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::json::{parse_strict, to_file_form};
 use ledger_format::ranges::check_environment_ranges;
-use ledger_format::tree::{environment_path, VerifiedTree};
+use ledger_format::tree::environment_path;
 use ledger_format::types::{EnvName, Environment, EnvironmentType, LedgerId, Strategy};
 use ledger_format::{Check, Document};
 use serde_json::{json, Map, Value};
@@ -30,36 +31,20 @@ pub fn run(repo_path: &Path, cmd: EnvCommand) -> Result<u8> {
 
 fn show(repo_path: &Path, env: &str) -> Result<u8> {
     let repo = LedgerRepo::open(repo_path)?;
-    let (_, tree) = load_verified(&repo)?;
+    let base = load_base(&repo)?;
     let env: EnvName = env.parse().map_err(Refused)?;
-    let spec = &current_spec(&tree, &env)?.payload;
+    let spec = &base.env(&env)?.spec.payload;
     println!("{}", serde_json::to_string_pretty(spec)?);
     Ok(exit::OK)
-}
-
-fn current_spec<'t>(tree: &'t VerifiedTree, env: &EnvName) -> Result<&'t Document<Environment>> {
-    match tree.environments.get(env) {
-        Some(state) => Ok(&state.spec),
-        None => {
-            let policy = &tree.policy.payload;
-            Err(Refused(format!(
-                "environment {env} is not declared in this ledger; declare it first, signed by {} of the root keys \
-                 ({}):\n  stele policy add-env {env} --key ROOT_SECRET_KEY",
-                policy.root.threshold,
-                key_list(policy, &policy.root.keys)
-            ))
-            .into())
-        }
-    }
 }
 
 fn set(repo_path: &Path, args: EnvSetArgs) -> Result<u8> {
     let env: EnvName = args.env.parse().map_err(Refused)?;
     let file = args.spec.display().to_string();
     let repo = LedgerRepo::open(repo_path)?;
-    let (snapshot, tree) = load_verified(&repo)?;
-    let policy = &tree.policy.payload;
-    let current = current_spec(&tree, &env)?;
+    let base = load_base(&repo)?;
+    let policy = &base.state.policy.payload;
+    let current = &base.env(&env)?.spec;
     let role = policy.env_role(&env).expect("verified environments are declared");
 
     let bytes = std::fs::read(&args.spec).map_err(|e| Refused(format!("{file}: cannot read the spec: {e}")))?;
@@ -127,7 +112,7 @@ fn set(repo_path: &Path, args: EnvSetArgs) -> Result<u8> {
             key_list(policy, &policy.root.keys)
         );
     }
-    let outcome = proposal::submit(&repo, &snapshot, &ledger_format::history::state_of(tree.clone()), &submission)?;
+    let outcome = proposal::submit(&repo, &base, &submission)?;
     proposal::print_outcome(&outcome, &signed_by);
     Ok(exit::OK)
 }

@@ -7,6 +7,7 @@
 mod about;
 mod agent;
 pub mod audit;
+mod base;
 mod down;
 mod env;
 mod image_cmd;
@@ -41,6 +42,8 @@ use std::path::Path;
 
 /// Runs the parsed command line and returns the exit code.
 pub fn run(cli: Cli) -> Result<u8> {
+    // Bounded libgit2 caches for every command, set before any repository opens.
+    crate::source::tune_libgit2();
     match cli.command {
         Command::Key(cmd) => key::run(cmd),
         Command::Init(args) => init::run(args),

@@ -3,9 +3,10 @@
 //! Every change is judged before it is committed: the ledger as it would be after the change must
 //! verify, except for root signatures still to come from co-signers.
 
+use super::base::load_base;
 use super::init::default_environment;
 use super::proposal::{self, Submission};
-use super::{key_list, load_verified, now, parse_when};
+use super::{key_list, now, parse_when};
 use crate::cli::{PolicyCommand, RootKeys};
 use crate::exit::{self, Refused};
 use crate::keys::{self, LoadedSecret};
@@ -27,8 +28,8 @@ pub fn run(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
 
 fn show(repo_path: &Path, json: bool) -> Result<u8> {
     let repo = LedgerRepo::open(repo_path)?;
-    let (_, tree) = load_verified(&repo)?;
-    let p = &tree.policy.payload;
+    let base = load_base(&repo)?;
+    let p = &base.state.policy.payload;
     if json {
         println!("{}", serde_json::to_string_pretty(p)?);
         return Ok(exit::OK);
@@ -113,8 +114,8 @@ fn parse_seconds(text: &str) -> Result<u64> {
 fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     let now = now();
     let repo = LedgerRepo::open(repo_path)?;
-    let (snapshot, tree) = load_verified(&repo)?;
-    let old = tree.policy.payload.clone();
+    let base = load_base(&repo)?;
+    let old = base.state.policy.payload.clone();
     let mut new = old.clone();
     new.version += 1;
     let mut extra: Vec<Change> = Vec::new();
@@ -226,7 +227,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
             drop_unused_keys(&mut new);
             // A timestamp the new role would not accept goes in the same commit (F1, SPEC.md §8.9);
             // agents then hold their state until the new keys renew it.
-            if let Some(t) = &tree.timestamp {
+            if let Some(t) = &base.state.timestamp {
                 if ledger_format::freshness::check_timestamp(&new, t).is_err() {
                     println!(
                         "  removes trust/timestamp.json, which the new role does not sign: agents hold their \
@@ -242,7 +243,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
                 return Err(Refused("the policy has no timestamp role".into()).into());
             }
             drop_unused_keys(&mut new);
-            if tree.timestamp.is_some() {
+            if base.state.timestamp.is_some() {
                 extra.push(Change::Remove { path: TIMESTAMP_PATH.into() });
             }
             (root, "remove the timestamp role".to_owned())
@@ -254,13 +255,21 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
                 return Err(Refused(format!("the ledger already uses the {} layout", to.name())).into());
             }
             // Every entry moves, byte for byte, in the policy's commit (SPEC.md §8.3.4).
+            // The one change that reads the whole tree: every entry is rewritten.
+            let snapshot = match base.head {
+                Some(head) => repo.rev_snapshot(&head.to_string())?,
+                None => Default::default(),
+            };
             let mut moved = 0usize;
-            for (env, state) in &tree.environments {
-                for entry in &state.entries {
-                    let seq = entry.doc.payload.seq;
+            for (env, state) in &base.state.envs {
+                for seq in 1..=state.tip.as_ref().map_or(0, |t| t.seq) {
                     let (old_path, new_path) = (from.entry_path(env, seq), to.entry_path(env, seq));
                     let Some(Node::File(bytes)) = snapshot.nodes.get(old_path.as_bytes()) else {
-                        unreachable!("a verified tree holds every entry of its chains at its layout's path")
+                        return Err(anyhow::anyhow!(
+                            "{old_path}: entry {seq} of {env} is not in commit {}, whose chain ends at {}",
+                            base.head.map(|h| h.to_string()).unwrap_or_default(),
+                            state.tip.as_ref().map_or(0, |t| t.seq)
+                        ));
                     };
                     extra.push(Change::Remove { path: old_path });
                     extra.push(Change::Write { path: new_path, bytes: bytes.clone() });
@@ -312,7 +321,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     // (signatures by keys leaving the role, or too few signatures) are carried re-signed: signatures by
     // keys no longer allowed are dropped, and the given keys sign where they may.
     let mut carried: Vec<Change> = Vec::new();
-    for (env, state) in &tree.environments {
+    for (env, state) in &base.state.envs {
         let Some(role) = new.env_role(env) else { continue };
         if extra.iter().any(|c| c.path() == environment_path(env)) {
             continue;
@@ -323,11 +332,11 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
             let bytes = resigned(&state.spec, &allowed, role, &signers);
             carried.push(Change::Write { path: environment_path(env), bytes });
         }
-        if let Some(tip) = state.tip() {
-            if tip.doc.check_role(new, role, ForeignSignatures::Refuse).is_err() {
+        if let Some(tip) = base.tip_doc(&repo, env)? {
+            if tip.check_role(new, role, ForeignSignatures::Refuse).is_err() {
                 let allowed = |id: &KeyId| role.keys.contains(id);
-                let bytes = resigned(&tip.doc, &allowed, role, &signers);
-                carried.push(Change::Write { path: new.layout().entry_path(env, tip.doc.payload.seq), bytes });
+                let bytes = resigned(&tip, &allowed, role, &signers);
+                carried.push(Change::Write { path: new.layout().entry_path(env, tip.payload.seq), bytes });
             }
         }
     }
@@ -358,7 +367,7 @@ fn apply(repo_path: &Path, cmd: PolicyCommand) -> Result<u8> {
     if !carried_paths.is_empty() {
         println!("  carries, re-signed under the new policy (R5): {}", carried_paths.join(", "));
     }
-    let outcome = proposal::submit(&repo, &snapshot, &ledger_format::history::state_of(tree.clone()), &submission)?;
+    let outcome = proposal::submit(&repo, &base, &submission)?;
     proposal::print_outcome(&outcome, &signed_by);
     Ok(exit::OK)
 }

@@ -6,6 +6,7 @@
 //! signatures (write a proposal) or refused; the `sign --proposal` and `promote` commands.
 //! Must not implement verification rules: verdicts come from `ledger_format`.
 
+use super::base::Base;
 use super::{key_list, problem_lines};
 use crate::exit::{self, Refused};
 use crate::keys::{self, LoadedSecret};
@@ -102,35 +103,68 @@ pub enum Outcome {
 }
 
 /// Commits `s` on the ledger branch when complete, writes it as a proposal when short only of
-/// signatures, and refuses anything else (nothing written).
-/// `state` is the verified state of `before` (`history::state_of` the tree `load_verified` returned).
-pub fn submit(repo: &LedgerRepo, before: &Snapshot, state: &LedgerState, s: &Submission) -> Result<Outcome> {
-    let mut after = before.clone();
-    apply_to(&mut after, &s.changes);
+/// signatures, and refuses anything else (nothing written). The change is judged as one step from
+/// `base` (SPEC.md §8.0: a step the history rules accept makes a tree that verifies), reading only the
+/// documents it changes; the state after a commit is kept for the next command.
+pub fn submit(repo: &LedgerRepo, base: &Base, s: &Submission) -> Result<Outcome> {
+    let (before, after) = touched(repo, base.head, &s.changes)?;
     let paths: Vec<&str> = s.changes.iter().map(Change::path).collect();
-    match judge(state, before, &after, &paths, &s.subject) {
-        Verdict::Complete => Ok(Outcome::Committed { commit: repo.commit(&s.changes, &s.message())? }),
-        Verdict::Refused(problems) => Err(Refused(format!(
+    let commit = CommitInfo { summary: s.subject.clone(), ..CommitInfo::default() };
+    let step = ledger_format::history::step_between(&before, &after, commit);
+    let mut next = base.state.clone();
+    let problems = match ledger_format::history::apply_step(&mut next, &step, &ledger_format::document::Direct) {
+        Ok(_) => {
+            let commit = repo.commit(&s.changes, &s.message())?;
+            super::base::remember(repo, commit, &next);
+            return Ok(Outcome::Committed { commit });
+        }
+        Err(problems) => problems,
+    };
+    if !problems.iter().all(|p| only_signatures(p, &paths)) {
+        return Err(Refused(format!(
             "after this change the ledger would not verify, so nothing was written:\n{}",
             problem_lines(&problems)
         ))
-        .into()),
-        Verdict::Short(needs) => {
-            let name = s.name.clone().unwrap_or_else(|| s.slug.clone());
-            check_name(&name)?;
-            let branch = format!("{PROPOSAL_PREFIX}{name}");
-            if repo.has_branch(&branch) {
-                return Err(Refused(format!(
-                    "a proposal named {name} already exists (branch {branch}); sign or promote it, pass --proposal \
-                     OTHER_NAME, or delete it (git branch -D {branch}); nothing was written"
-                ))
-                .into());
+        .into());
+    }
+    let name = s.name.clone().unwrap_or_else(|| s.slug.clone());
+    check_name(&name)?;
+    let branch = format!("{PROPOSAL_PREFIX}{name}");
+    if repo.has_branch(&branch) {
+        return Err(Refused(format!(
+            "a proposal named {name} already exists (branch {branch}); sign or promote it, pass --proposal \
+             OTHER_NAME, or delete it (git branch -D {branch}); nothing was written"
+        ))
+        .into());
+    }
+    let parent = base.head.ok_or_else(|| Refused("the ledger has no commit yet".into()))?;
+    let commit = repo.commit_on_branch(&branch, parent, &s.changes, &s.message(), false)?;
+    Ok(Outcome::Proposed { name, commit, needs: problems })
+}
+
+/// The part of HEAD's tree a change touches, before and after it: each changed path, and the entries
+/// just below a removed entry (in either layout), which a revert makes tips again. Judging the step
+/// between these two is judging it between the whole trees (`history::step_between` reads no more).
+fn touched(repo: &LedgerRepo, head: Option<git2::Oid>, changes: &[Change]) -> Result<(Snapshot, Snapshot)> {
+    let mut paths: Vec<String> = changes.iter().map(|c| c.path().to_owned()).collect();
+    for change in changes {
+        if let Change::Remove { path } = change {
+            if let Some(LayoutPath::Entry(env, seq)) = classify(path) {
+                paths.extend([Layout::Flat, Layout::Buckets].map(|l| l.entry_path(&env, seq.saturating_sub(1))));
             }
-            let parent = repo.head_commit()?.ok_or_else(|| Refused("the ledger has no commit yet".into()))?.id();
-            let commit = repo.commit_on_branch(&branch, parent, &s.changes, &s.message(), false)?;
-            Ok(Outcome::Proposed { name, commit, needs })
         }
     }
+    let mut before = Snapshot::default();
+    if let Some(head) = head {
+        for path in paths {
+            if let Some(node) = repo.node_at(head, &path)? {
+                before.nodes.insert(path.into_bytes(), node);
+            }
+        }
+    }
+    let mut after = before.clone();
+    apply_to(&mut after, changes);
+    Ok((before, after))
 }
 
 /// Refuses proposal names git would refuse or that would not round-trip through the commands.

@@ -1,7 +1,8 @@
 //! `stele release`: hash the image, append the next signed entry to an environment's chain, commit.
 
+use super::base::load_base;
 use super::proposal::{self, slug, Outcome, Submission};
-use super::{human_size, key_list, load_verified, now, parse_when};
+use super::{human_size, key_list, now, parse_when};
 use crate::cli::ReleaseArgs;
 use crate::exit::{self, Refused};
 use crate::image::{self, ImageDigest};
@@ -79,10 +80,10 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
     let now = now();
     let key = keys::load_secret(&args.key)?;
     let repo = LedgerRepo::open(repo_path)?;
-    let (snapshot, tree) = load_verified(&repo)?;
+    let base = load_base(&repo)?;
     let env = args.env.parse().map_err(Refused)?;
-    let policy = &tree.policy.payload;
-    let Some(state) = tree.environments.get(&env) else {
+    let policy = &base.state.policy.payload;
+    let Some(state) = base.state.envs.get(&env) else {
         return Err(Refused(format!("environment {env} is not declared in this ledger")).into());
     };
     let role = policy.env_role(&env).expect("verified environments are declared");
@@ -132,8 +133,8 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
         }
         (None, None) => unreachable!("clap requires --image or --ami"),
     };
-    let (seq, prev) = match state.tip() {
-        Some(tip) => (tip.doc.payload.seq + 1, tip.doc.hash()),
+    let (seq, prev) = match &state.tip {
+        Some(tip) => (tip.seq + 1, tip.hash),
         None => (1, Blake3Digest::ZERO),
     };
     let entry = ledger_format::types::Entry {
@@ -165,7 +166,7 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
         slug: slug(&[env.as_str(), &doc.payload.version.to_string()]),
         name: args.proposal.clone(),
     };
-    let outcome = proposal::submit(&repo, &snapshot, &ledger_format::history::state_of(tree.clone()), &submission)?;
+    let outcome = proposal::submit(&repo, &base, &submission)?;
     let (commit, proposal) = match &outcome {
         Outcome::Committed { commit } => (*commit, None),
         Outcome::Proposed { name, commit, .. } => (*commit, Some(name.clone())),
@@ -177,6 +178,7 @@ pub fn run(repo_path: &Path, args: ReleaseArgs) -> Result<u8> {
                 "env": env, "seq": seq, "version": doc.payload.version, "file": file, "entry_hash": doc.hash(),
                 "image": doc.payload.image, "commit": commit.to_string(), "signed_by": [key.key_id()],
                 "threshold": role.threshold, "complete": proposal.is_none(), "proposal": proposal,
+                "verified_from": base.source,
                 "branch": proposal.as_ref().map(|n| format!("{PROPOSAL_PREFIX}{n}")),
             })
         );
