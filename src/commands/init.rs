@@ -1,6 +1,6 @@
 //! `stele init`: a new ledger with one root key that also signs every environment.
 
-use super::{key_list, load_verified};
+use super::key_list;
 use crate::cli::InitArgs;
 use crate::exit::{self, Refused};
 use crate::keys;
@@ -111,11 +111,11 @@ pub fn run(args: InitArgs) -> Result<u8> {
     let env_list = envs.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ");
     let commit =
         repo.commit(&changes, &format!("stele init: ledger {ledger}\n\nenvironments: {env_list}\nroot key: {id}\n"))?;
-    let (_, tree) = load_verified(&repo)?;
+    let base = super::base::load_base(&repo)?;
     println!("initialised ledger {ledger} in {}", repo.root().display());
     println!(
         "  root and signer of {env_list}: {} {}",
-        key_list(&tree.policy.payload, &[id]),
+        key_list(&base.state.policy.payload, &[id]),
         crate::keys::ssh_fingerprint(&key.key.public_key())
     );
     println!("  commit {commit}");

@@ -28,6 +28,7 @@ pub fn run(repo_path: &Path, args: VerifyArgs) -> Result<u8> {
             } else {
                 print_tree(&tree, &repo, &source);
             }
+            remember(&repo, args.rev.as_deref(), tree);
             Ok(exit::OK)
         }
         Err(problems) => {
@@ -47,6 +48,19 @@ pub fn run(repo_path: &Path, args: VerifyArgs) -> Result<u8> {
             }
             Ok(exit::VERIFY_FAILED)
         }
+    }
+}
+
+/// Keeps the verified state for the next writing command (src/commands/base.rs): for `--rev`, that
+/// commit's; for the work tree, HEAD's when the work tree matches it.
+fn remember(repo: &LedgerRepo, rev: Option<&str>, tree: VerifiedTree) {
+    let commit = match rev {
+        Some(rev) => repo.git().revparse_single(rev).and_then(|o| o.peel_to_commit()).ok(),
+        None if repo.ensure_clean().is_ok() => repo.head_commit().ok().flatten(),
+        None => None,
+    };
+    if let Some(commit) = commit {
+        super::base::remember(repo, commit.id(), &ledger_format::history::state_of(tree));
     }
 }
 

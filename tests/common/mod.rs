@@ -185,6 +185,12 @@ impl Sandbox {
         self.stele(self.root(), &args).expect(OK).says(&[&format!("initialised ledger {ledger_id}")]);
         ledger
     }
+
+    /// `git clone FROM DIR` of a ledger in this sandbox: another person's copy.
+    pub fn clone_ledger(&self, from: &str, dir: &str) -> Ledger {
+        self.git(self.root(), ["clone", "-q", from, dir]);
+        Ledger { home: self.root().to_owned(), dir: self.path(dir) }
+    }
 }
 
 /// A key pair written by `stele key generate`.
