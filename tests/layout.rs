@@ -4,166 +4,20 @@
 //! Every repository and commit is made by the `stele` binary or the `git` CLI; a hand-made migration
 //! that leaves an entry behind is refused (T2) and the agent keeps its last good state.
 //!
-//! Each test owns a [`Sandbox`] (its own `HOME`), so tests run in parallel.
+//! Each test owns a [`Sandbox`] (its own `HOME`), so tests run in parallel. The ledger fixture and the
+//! polling agent are tests/common/fixture.rs, shared with tests/history.rs.
 
 mod agent_world;
 mod common;
 
+use common::fixture::*;
 use common::*;
-use ledger_format::types::{Environment, RevertPolicy};
+use ledger_format::types::RevertPolicy;
 use ledger_format::Document;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
-
-/// A ledger whose root and signer of every environment is alice.
-struct Fixture {
-    sb: Sandbox,
-    alice: Key,
-    ledger: Ledger,
-}
-
-/// `stele init` with `--layout` when given (else the default, flat).
-fn fixture(ledger_id: &str, envs: &[&str], layout: Option<&str>) -> Fixture {
-    let sb = Sandbox::new();
-    let alice = sb.key("alice");
-    let ledger = match layout {
-        None => sb.ledger("ledger", ledger_id, &alice, envs),
-        Some(layout) => sb.ledger_with("ledger", ledger_id, &alice, envs, &["--layout", layout]),
-    };
-    Fixture { sb, alice, ledger }
-}
-
-impl Fixture {
-    /// `stele release` of `version` to `env` signed by `key`, with an image of its own; returns HEAD.
-    fn promote(&self, env: &str, version: &str, key: &Key) -> String {
-        let image = self.sb.image(&format!("app-{env}-{version}.tar"), format!("app {version}\n").as_bytes());
-        self.ledger.release(env, version, &image, key);
-        self.head()
-    }
-
-    fn head(&self) -> String {
-        self.ledger.git(["rev-parse", "HEAD"]).trim().to_owned()
-    }
-
-    /// The blob id of `path` at `rev`.
-    fn blob(&self, rev: &str, path: &str) -> String {
-        self.ledger.git(["rev-parse", &format!("{rev}:{path}")]).trim().to_owned()
-    }
-
-    /// Every file under `ledger/` at `rev`, sorted.
-    fn entry_files(&self, rev: &str) -> Vec<String> {
-        let out = self.ledger.git(["ls-tree", "-r", "--name-only", rev, "--", "ledger"]);
-        out.lines().map(str::to_owned).collect()
-    }
-
-    /// An agent polling this ledger in place, pinned to alice as the root.
-    fn agent(&self, name: &str) -> Agent {
-        Agent {
-            repo: path_str(&self.ledger.dir),
-            state_dir: self.sb.path(&format!("agent-{name}")),
-            root: self.alice.id.clone(),
-        }
-    }
-
-    /// `env`'s `revert` rule set to `rule`: the spec's next version, signed by alice (root and signer).
-    fn set_revert_policy(&self, env: &str, rule: RevertPolicy) -> String {
-        let rel = format!("environments/{env}.json");
-        let old = Document::<Environment>::parse(&self.ledger.read(&rel)).expect("the spec parses");
-        let mut payload = old.payload.clone();
-        payload.version += 1;
-        payload.revert = rule;
-        let mut doc = Document::new(payload);
-        doc.sign(&stele::keys::load_secret(&self.alice.secret).expect("alice's key").key);
-        self.ledger.write(&rel, doc.to_file_bytes());
-        self.ledger.commit_all(&format!("{env}: revert {rule:?}"));
-        self.head()
-    }
-
-    /// `stele audit --json --trust-root alice`, exit code checked.
-    #[track_caller]
-    fn audit(&self, code: i32) -> Value {
-        let out = self.ledger.stele(["audit", "--json", "--trust-root", &self.alice.id]);
-        out.expect(code);
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("audit printed no JSON: {e}\n{}", out.dump()))
-    }
-
-    /// `stele policy set-layout LAYOUT --key KEYS...`, not checked.
-    fn set_layout(&self, layout: &str, keys: &[&Key]) -> Output {
-        let mut args = vec!["policy".to_owned(), "set-layout".to_owned(), layout.to_owned()];
-        for k in keys {
-            args.extend(["--key".to_owned(), k.secret()]);
-        }
-        self.ledger.stele(&args)
-    }
-}
-
-/// `stele poll` with one state directory.
-struct Agent {
-    repo: String,
-    state_dir: PathBuf,
-    root: String,
-}
-
-struct Poll {
-    out: Output,
-    json: Value,
-}
-
-impl Agent {
-    fn poll(&self, sb: &Sandbox) -> Poll {
-        let state = path_str(&self.state_dir);
-        let args = ["poll", "--repo", &self.repo, "--state-dir", &state, "--trust-root", &self.root, "--json"];
-        let out = sb.stele(sb.root(), args);
-        let json = match out.stdout.trim() {
-            "" => Value::Null,
-            text => serde_json::from_str(text).unwrap_or_else(|e| panic!("poll printed no JSON: {e}\n{}", out.dump())),
-        };
-        Poll { out, json }
-    }
-
-    fn state_bytes(&self) -> Option<Vec<u8>> {
-        std::fs::read(self.state_dir.join("verified.json")).ok()
-    }
-}
-
-impl Poll {
-    /// Whether the first refusal's reasons contain `words`.
-    fn json_reason_mentions(&self, words: &str) -> bool {
-        self.json["refusals"][0]["problems"].to_string().contains(words)
-    }
-
-    /// Exit 0, `verified` or `up_to_date` at `commit`, nothing refused.
-    #[track_caller]
-    fn expect_verified(&self, commit: &str) -> &Self {
-        self.out.expect(OK);
-        let status = self.json["status"].as_str().unwrap_or_default();
-        assert!(matches!(status, "verified" | "up_to_date"), "status {status}\n{}", self.out.dump());
-        assert_eq!(self.json["commit"], commit, "{}", self.out.dump());
-        assert_eq!(self.json["refusals"], json!([]), "{}", self.out.dump());
-        self
-    }
-
-    /// `env`'s target generation, version and seq.
-    #[track_caller]
-    fn expect_target(&self, env: &str, generation: u64, version: &str, seq: u64) -> &Self {
-        let e = &self.json["environments"][env];
-        assert_eq!(e["generation"], generation, "generation of {env}\n{}", self.out.dump());
-        assert_eq!(e["target"]["version"], version, "target of {env}\n{}", self.out.dump());
-        assert_eq!(e["target"]["seq"], seq, "target seq of {env}\n{}", self.out.dump());
-        self
-    }
-}
-
-/// `(path, check)` of each problem in a JSON list of problems.
-fn problem_list(problems: &Value) -> Vec<(String, String)> {
-    let list = problems.as_array().cloned().unwrap_or_default();
-    list.iter()
-        .map(|p| (p["path"].as_str().unwrap_or("?").to_owned(), p["check"].as_str().unwrap_or("?").to_owned()))
-        .collect()
-}
 
 /// The audit's timeline rows made by `commit`, as `(action, environment)`.
 fn rows_of(audit: &Value, commit: &str) -> Vec<(String, Option<String>)> {
@@ -184,7 +38,7 @@ fn rows_of(audit: &Value, commit: &str) -> Vec<(String, Option<String>)> {
 /// and its generation goes up by one; the audit shows the migration as a policy change only.
 #[test]
 fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
-    let f = fixture("layout-migrate", &["staging", "prod"], None);
+    let f = fixture("layout-migrate", &["staging", "prod"]);
     let l = &f.ledger;
     f.promote("staging", "1.0.0", &f.alice);
     f.promote("prod", "1.0.0", &f.alice);
@@ -193,7 +47,9 @@ fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
     let (a, b) = (f.agent("a"), f.agent("b"));
     for agent in [&a, &b] {
         let poll = agent.poll(&f.sb);
-        poll.expect_verified(&before).expect_target("staging", 3, "3.0.0", 3).expect_target("prod", 1, "1.0.0", 1);
+        poll.expect_verified(&before)
+            .expect_target_seq("staging", 3, "3.0.0", 3)
+            .expect_target_seq("prod", 1, "1.0.0", 1);
     }
     let flat = ["ledger/prod/1.json", "ledger/staging/1.json", "ledger/staging/2.json", "ledger/staging/3.json"];
     assert_eq!(f.entry_files("HEAD"), flat, "stele init makes a flat ledger by default");
@@ -228,8 +84,8 @@ fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
 
     b.poll(&f.sb)
         .expect_verified(&migration)
-        .expect_target("staging", 3, "3.0.0", 3)
-        .expect_target("prod", 1, "1.0.0", 1);
+        .expect_target_seq("staging", 3, "3.0.0", 3)
+        .expect_target_seq("prod", 1, "1.0.0", 1);
 
     let out = l.release("staging", "4.0.0", &f.sb.image("app-4.tar", b"app 4\n"), &f.alice);
     out.says(&["ledger/staging/0/4.json"]);
@@ -239,7 +95,7 @@ fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
 
     for agent in [&a, &b] {
         let poll = agent.poll(&f.sb);
-        poll.expect_verified(&v4).expect_target("staging", 4, "4.0.0", 4).expect_target("prod", 1, "1.0.0", 1);
+        poll.expect_verified(&v4).expect_target_seq("staging", 4, "4.0.0", 4).expect_target_seq("prod", 1, "1.0.0", 1);
     }
     let poll = a.poll(&f.sb);
     assert_eq!(poll.expect_verified(&v4).json["status"], "up_to_date");
@@ -263,12 +119,12 @@ fn set_layout_buckets_moves_every_entry_and_agents_from_before_replay_it() {
 /// recovers there, with no new generation.
 #[test]
 fn a_migration_that_leaves_an_entry_behind_is_refused_and_its_completion_recovers() {
-    let f = fixture("layout-incomplete", &["staging"], None);
+    let f = fixture("layout-incomplete", &["staging"]);
     let l = &f.ledger;
     f.promote("staging", "1.0.0", &f.alice);
     let v2 = f.promote("staging", "2.0.0", &f.alice);
     let agent = f.agent("a");
-    agent.poll(&f.sb).expect_verified(&v2).expect_target("staging", 2, "2.0.0", 2);
+    agent.poll(&f.sb).expect_verified(&v2).expect_target_seq("staging", 2, "2.0.0", 2);
     let state = agent.state_bytes();
 
     f.set_layout("buckets", &[&f.alice]).expect(OK);
@@ -286,11 +142,11 @@ fn a_migration_that_leaves_an_entry_behind_is_refused_and_its_completion_recover
         assert_eq!(refusal["commit"], bad.as_str(), "{}", poll.out.dump());
         let problems = problem_list(&refusal["problems"]);
         assert!(
-            problems.iter().any(|(path, check)| path == "ledger/staging/1.json" && check == "T2"),
+            problems.iter().any(|(path, check)| *path == "ledger/staging/1.json" && *check == "T2"),
             "T2 names the entry left behind\n{}",
             poll.out.dump()
         );
-        assert!(problems.iter().all(|(_, check)| check == "T2"), "{}", poll.out.dump());
+        assert!(problems.iter().all(|(_, check)| *check == "T2"), "{}", poll.out.dump());
         assert_eq!(agent.state_bytes(), state, "a stalled agent keeps its verified state");
     }
     assert!(
@@ -308,7 +164,7 @@ fn a_migration_that_leaves_an_entry_behind_is_refused_and_its_completion_recover
     let poll = agent.poll(&f.sb);
     poll.out.expect(OK);
     assert_eq!((poll.json["status"].as_str(), poll.json["commit"].as_str()), (Some("verified"), Some(fix.as_str())));
-    poll.expect_target("staging", 2, "2.0.0", 2);
+    poll.expect_target_seq("staging", 2, "2.0.0", 2);
     assert_eq!(poll.json["policy_version"], 2, "{}", poll.out.dump());
     assert_eq!(poll.json["refusals"][0]["commit"], bad.as_str(), "the poll still names what it skipped");
     assert_eq!(poll.json["recovered"], json!([{"refused": bad, "recovered_at": fix}]), "{}", poll.out.dump());
@@ -322,29 +178,29 @@ fn a_migration_that_leaves_an_entry_behind_is_refused_and_its_completion_recover
 /// tip at its bucket path. Each is one generation for an agent whose mark predates the migration.
 #[test]
 fn git_revert_and_stele_rollback_after_a_migration_read_the_entry_below_from_its_bucket() {
-    let f = fixture("layout-revert", &["staging"], None);
+    let f = fixture("layout-revert", &["staging"]);
     let l = &f.ledger;
-    f.set_revert_policy("staging", RevertPolicy::Allow);
+    f.set_revert_policy("staging", RevertPolicy::Allow, &f.alice);
     f.promote("staging", "1.0.0", &f.alice);
     let v2 = f.promote("staging", "2.0.0", &f.alice);
     let agent = f.agent("a");
-    agent.poll(&f.sb).expect_verified(&v2).expect_target("staging", 2, "2.0.0", 2);
+    agent.poll(&f.sb).expect_verified(&v2).expect_target_seq("staging", 2, "2.0.0", 2);
 
     f.set_layout("buckets", &[&f.alice]).expect(OK);
     let v3 = f.promote("staging", "3.0.0", &f.alice);
     l.git(["revert", "--no-edit", &v3]);
     let rollback = f.head();
     assert_eq!(f.entry_files("HEAD"), ["ledger/staging/0/1.json", "ledger/staging/0/2.json"]);
-    agent.poll(&f.sb).expect_verified(&rollback).expect_target("staging", 4, "2.0.0", 2);
+    agent.poll(&f.sb).expect_verified(&rollback).expect_target_seq("staging", 4, "2.0.0", 2);
 
     l.git(["revert", "--no-edit", &rollback]);
     let restore = f.head();
-    agent.poll(&f.sb).expect_verified(&restore).expect_target("staging", 5, "3.0.0", 3);
+    agent.poll(&f.sb).expect_verified(&restore).expect_target_seq("staging", 5, "3.0.0", 3);
 
     l.stele(["rollback", "--env", "staging"]).expect(OK).says(&["target is now 2.0.0"]);
     let by_stele = f.head();
     assert_eq!(l.git(["show", "--name-status", "--format=", "HEAD"]), "D\tledger/staging/0/3.json\n");
-    agent.poll(&f.sb).expect_verified(&by_stele).expect_target("staging", 6, "2.0.0", 2);
+    agent.poll(&f.sb).expect_verified(&by_stele).expect_target_seq("staging", 6, "2.0.0", 2);
     l.expect_valid(&[]);
 
     let audit = f.audit(OK);
@@ -358,12 +214,12 @@ fn git_revert_and_stele_rollback_after_a_migration_read_the_entry_below_from_its
 /// move replays both. `git revert` of a migration brings back an older policy version: refused (P5).
 #[test]
 fn set_layout_to_the_current_layout_is_refused_and_flat_moves_back() {
-    let f = fixture("layout-back", &["staging"], None);
+    let f = fixture("layout-back", &["staging"]);
     let l = &f.ledger;
     let v1 = f.promote("staging", "1.0.0", &f.alice);
     l.stele(["policy", "show"]).expect(OK).says(&["ledger layout: flat (entries at ledger/<env>/<seq>.json)"]);
     let agent = f.agent("a");
-    agent.poll(&f.sb).expect_verified(&v1).expect_target("staging", 1, "1.0.0", 1);
+    agent.poll(&f.sb).expect_verified(&v1).expect_target_seq("staging", 1, "1.0.0", 1);
     f.set_layout("flat", &[&f.alice]).expect(REFUSED).says(&["already uses the flat layout"]);
     assert_eq!(f.head(), v1, "nothing committed");
 
@@ -381,7 +237,7 @@ fn set_layout_to_the_current_layout_is_refused_and_flat_moves_back() {
     assert_eq!(l.json("trust/policy.json")["payload"].get("ledger_layout"), None, "flat is spelled by omission");
     let v3 = f.promote("staging", "3.0.0", &f.alice);
     assert_eq!(l.git(["show", "--name-status", "--format=", "HEAD"]), "A\tledger/staging/3.json\n");
-    agent.poll(&f.sb).expect_verified(&v3).expect_target("staging", 3, "3.0.0", 3);
+    agent.poll(&f.sb).expect_verified(&v3).expect_target_seq("staging", 3, "3.0.0", 3);
     let audit = f.audit(OK);
     let row = audit["timeline"].as_array().unwrap().iter().find(|r| r["commit"] == back.as_str()).unwrap();
     assert!(row["detail"].as_str().is_some_and(|d| d.contains("ledger layout flat")), "{row:#}");
@@ -393,7 +249,7 @@ fn set_layout_to_the_current_layout_is_refused_and_flat_moves_back() {
     poll.out.expect(VERIFY_FAILED);
     assert_eq!(poll.json["refusals"][0]["commit"], reverted.as_str(), "{}", poll.out.dump());
     let problems = problem_list(&poll.json["refusals"][0]["problems"]);
-    assert!(problems.contains(&("trust/policy.json".to_owned(), "P5".to_owned())), "{}", poll.out.dump());
+    assert!(problems.contains(&("trust/policy.json", "P5")), "{}", poll.out.dump());
     assert_eq!(agent.state_bytes(), state, "a stalled agent keeps its verified state");
 }
 
@@ -406,7 +262,7 @@ fn set_layout_to_the_current_layout_is_refused_and_flat_moves_back() {
 /// promote`. An agent follows every step.
 #[test]
 fn init_layout_buckets_releases_cosigns_and_promotes_at_bucket_paths() {
-    let f = fixture("layout-init", &["staging"], Some("buckets"));
+    let f = fixture_with("layout-init", &["staging"], &["--layout", "buckets"]);
     let l = &f.ledger;
     let bob = f.sb.key("bob");
     let agent = f.agent("a");
@@ -418,7 +274,7 @@ fn init_layout_buckets_releases_cosigns_and_promotes_at_bucket_paths() {
     out.says(&["ledger/staging/0/1.json"]);
     let v1 = f.head();
     assert_eq!(f.entry_files("HEAD"), ["ledger/staging/0/1.json"]);
-    agent.poll(&f.sb).expect_verified(&v1).expect_target("staging", 1, "1.0.0", 1);
+    agent.poll(&f.sb).expect_verified(&v1).expect_target_seq("staging", 1, "1.0.0", 1);
     assert_ne!(genesis, v1);
 
     l.stele(["policy", "add-signer", "--env", "staging", "--pubkey", &bob.public(), "--key", &f.alice.secret()])
@@ -427,7 +283,7 @@ fn init_layout_buckets_releases_cosigns_and_promotes_at_bucket_paths() {
     let cosigned = f.head();
     assert_eq!(l.git(["show", "--name-status", "--format=", "HEAD"]), "M\tledger/staging/0/1.json\n");
     assert_eq!(l.json("ledger/staging/0/1.json")["signatures"].as_array().map(Vec::len), Some(2));
-    agent.poll(&f.sb).expect_verified(&cosigned).expect_target("staging", 1, "1.0.0", 1);
+    agent.poll(&f.sb).expect_verified(&cosigned).expect_target_seq("staging", 1, "1.0.0", 1);
 
     // Both keys: the tip, at its bucket path, is carried re-signed in the same commit (R5).
     let raise = ["policy", "set-threshold", "--env", "staging", "--threshold", "2", "--key", &f.alice.secret()];
@@ -444,7 +300,7 @@ fn init_layout_buckets_releases_cosigns_and_promotes_at_bucket_paths() {
     assert_ne!(v2, head);
     assert_eq!(f.entry_files("HEAD"), ["ledger/staging/0/1.json", "ledger/staging/0/2.json"]);
     l.expect_valid(&[]);
-    agent.poll(&f.sb).expect_verified(&v2).expect_target("staging", 2, "2.0.0", 2);
+    agent.poll(&f.sb).expect_verified(&v2).expect_target_seq("staging", 2, "2.0.0", 2);
     f.audit(OK);
 }
 
@@ -453,7 +309,7 @@ fn init_layout_buckets_releases_cosigns_and_promotes_at_bucket_paths() {
 /// entries as they are (a move is byte for byte); `stele promote` lands it and an agent accepts it.
 #[test]
 fn a_migration_needing_two_root_signatures_goes_through_a_proposal() {
-    let f = fixture("layout-proposal", &["staging"], None);
+    let f = fixture("layout-proposal", &["staging"]);
     let l = &f.ledger;
     let bob = f.sb.key("bob");
     f.promote("staging", "1.0.0", &f.alice);
@@ -464,7 +320,7 @@ fn a_migration_needing_two_root_signatures_goes_through_a_proposal() {
         .expect(OK);
     let v2 = f.promote("staging", "2.0.0", &f.alice);
     let agent = f.agent("a");
-    agent.poll(&f.sb).expect_verified(&v2).expect_target("staging", 2, "2.0.0", 2);
+    agent.poll(&f.sb).expect_verified(&v2).expect_target_seq("staging", 2, "2.0.0", 2);
 
     f.set_layout("buckets", &[&f.alice]).expect(OK).says(&["policy-v4"]);
     assert_eq!(f.head(), v2, "a proposal, not a commit on main");
@@ -497,7 +353,7 @@ fn a_migration_needing_two_root_signatures_goes_through_a_proposal() {
     let migration = f.head();
     assert_eq!(f.entry_files(&migration), ["ledger/staging/0/1.json", "ledger/staging/0/2.json"]);
     l.expect_valid(&[]);
-    agent.poll(&f.sb).expect_verified(&migration).expect_target("staging", 2, "2.0.0", 2);
+    agent.poll(&f.sb).expect_verified(&migration).expect_target_seq("staging", 2, "2.0.0", 2);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -537,7 +393,7 @@ fn a_real_agent_replays_the_migration_rolls_out_after_it_and_rolls_back() {
 /// promote` refuses it (exit 3, T2 naming where the entry belongs) and commits nothing.
 #[test]
 fn a_release_proposal_made_before_a_migration_is_refused_by_promote() {
-    let f = fixture("layout-stale-proposal", &["staging"], None);
+    let f = fixture("layout-stale-proposal", &["staging"]);
     let l = &f.ledger;
     let bob = f.sb.key("bob");
     f.promote("staging", "1.0.0", &f.alice);
@@ -566,7 +422,7 @@ fn a_release_proposal_made_before_a_migration_is_refused_by_promote() {
 #[test]
 fn a_migration_across_the_bucket_boundary_puts_entry_1000_in_bucket_1() {
     use ledger_format::types::{Entry, ReleaseVersion};
-    let f = fixture("layout-boundary", &["staging"], None);
+    let f = fixture("layout-boundary", &["staging"]);
     let l = &f.ledger;
     f.promote("staging", "1.0.0", &f.alice);
     let key = stele::keys::load_secret(&f.alice.secret).expect("alice's key").key;
@@ -584,7 +440,7 @@ fn a_migration_across_the_bucket_boundary_puts_entry_1000_in_bucket_1() {
     l.commit_all("staging: 1000 releases at once");
     let before = f.head();
     let agent = f.agent("a");
-    agent.poll(&f.sb).expect_verified(&before).expect_target("staging", 2, "1.0.1001", 1001);
+    agent.poll(&f.sb).expect_verified(&before).expect_target_seq("staging", 2, "1.0.1001", 1001);
 
     f.set_layout("buckets", &[&f.alice]).expect(OK).says(&["moves 1001 entries"]);
     let migration = f.head();
@@ -600,5 +456,5 @@ fn a_migration_across_the_bucket_boundary_puts_entry_1000_in_bucket_1() {
 
     l.release("staging", "2.0.0", &f.sb.image("app-2.tar", b"app 2\n"), &f.alice).says(&["ledger/staging/1/1002.json"]);
     let next = f.head();
-    agent.poll(&f.sb).expect_verified(&next).expect_target("staging", 3, "2.0.0", 1002);
+    agent.poll(&f.sb).expect_verified(&next).expect_target_seq("staging", 3, "2.0.0", 1002);
 }

@@ -672,7 +672,6 @@ fn next_policy(old: &Document<Policy>, node: &Node, sigs: &impl SignatureCheck) 
     Ok(doc)
 }
 
-/// The entry transitions of one environment (SPEC.md §8.3.3): append, co-sign, revert of the tip,
 /// Sorts a step's entry changes per environment into added, removed and rewritten, and judges where
 /// they are (revision 5, SPEC.md §8.3): what the step writes must be in the layout of the policy after
 /// it, and a step that changes the layout must move every entry of every environment, each removed from
@@ -689,37 +688,33 @@ fn sort_entry_changes<'a>(
     let mut moved: BTreeMap<EnvName, BTreeSet<u64>> = BTreeMap::new();
     for ((env, seq), mut paths) in entry_paths {
         let c = entry_changes.entry(env.clone()).or_default();
-        if let [(_, a), (_, b)] = paths.as_slice() {
-            if a.after.is_none() != b.after.is_none() {
-                paths.sort_by_key(|(_, change)| change.after.is_some());
-                let [(_, gone), (path, new)] = paths.as_slice() else { unreachable!("two paths") };
-                if let (Some(_), None, None, Some(node)) = (&gone.before, &gone.after, &new.before, &new.after) {
-                    moved.entry(env.clone()).or_default().insert(seq);
-                    if Layout::of_entry_path(path) != layout {
-                        problems.push(problem(path, Check::T2, wrong_layout(layout, &env, seq)));
-                    } else if gone.before != new.after {
-                        c.modified.insert(seq, (path.to_string(), node));
-                    }
-                    continue;
-                }
-            }
+        let from = moved_from(&mut paths);
+        if from.is_some() {
+            moved.entry(env.clone()).or_default().insert(seq);
         }
         for (path, change) in paths {
             if change.after.is_some() && Layout::of_entry_path(path) != layout {
                 problems.push(problem(path, Check::T2, wrong_layout(layout, &env, seq)));
                 continue;
             }
-            match (&change.before, &change.after) {
-                (None, Some(node)) => {
+            match (from, &change.before, &change.after) {
+                // A move leaves nothing removed, and changes the entry only if its bytes changed too.
+                (Some(_), Some(_), None) => {}
+                (Some(old), None, Some(node)) => {
+                    if old != node {
+                        c.modified.insert(seq, (path.to_owned(), node));
+                    }
+                }
+                (None, None, Some(node)) => {
                     c.added.insert(seq, (path.to_owned(), node));
                 }
-                (Some(_), None) => {
+                (None, Some(_), None) => {
                     c.removed.insert(seq, path.to_owned());
                 }
-                (Some(_), Some(node)) => {
+                (_, Some(_), Some(node)) => {
                     c.modified.insert(seq, (path.to_owned(), node));
                 }
-                (None, None) => {}
+                (_, None, None) => {}
             }
         }
     }
@@ -750,6 +745,23 @@ fn sort_entry_changes<'a>(
     entry_changes
 }
 
+/// Whether the two paths of one entry in `paths` are a move (its file gone from one path and the
+/// same seq new at another, as a layout change makes): if so, what the old path held. Two paths of
+/// which one is gone are put in that order (gone first) whether or not they are a move.
+fn moved_from<'a>(paths: &mut [(&str, &'a PathChange)]) -> Option<&'a Node> {
+    let [(_, a), (_, b)] = paths else { return None };
+    if a.after.is_none() == b.after.is_none() {
+        return None;
+    }
+    paths.sort_by_key(|(_, change)| change.after.is_some());
+    let [(_, gone), (_, new)] = paths else { unreachable!("two paths") };
+    match (&gone.before, &gone.after, &new.before, &new.after) {
+        (Some(old), None, None, Some(_)) => Some(old),
+        _ => None,
+    }
+}
+
+/// The entry transitions of one environment (SPEC.md §8.3.3): append, co-sign, revert of the tip,
 /// and re-adding what a revert removed. Anything else is refused.
 #[allow(clippy::too_many_arguments)]
 fn apply_entry_changes(

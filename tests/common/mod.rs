@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod fixture;
 
 use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom, Write};
