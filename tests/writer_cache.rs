@@ -117,3 +117,26 @@ fn a_cache_from_another_build_or_that_does_not_parse_is_not_trusted() {
     assert_eq!(out["seq"], 3);
     assert_eq!(cache(&ledger)["commit"], head(&ledger), "a fresh cache replaces the unreadable one");
 }
+
+#[test]
+fn policy_and_sign_start_from_the_cache_and_keep_it_current() {
+    let sb = Sandbox::new();
+    let (alice, bob) = (sb.key("alice"), sb.key("bob"));
+    let ledger = sb.ledger("ledger", "cachedemo", &alice, &["prod"]);
+    let image = sb.image("app", b"v1");
+    ledger.release("prod", "1.0.0", &image, &alice);
+    ledger
+        .stele(["policy", "add-signer", "--env", "prod", "--pubkey", &bob.public(), "--key", &alice.secret()])
+        .expect(OK);
+    assert_eq!(cache(&ledger)["commit"], head(&ledger), "the policy change kept its state");
+    // Without reading the tree: the tip gets bob's signature too, and the ledger still verifies.
+    ledger.stele(["sign", "--env", "prod", "--key", &bob.secret()]).expect(OK).says(&["the ledger verifies"]);
+    assert_eq!(cache(&ledger)["commit"], head(&ledger), "the co-signature kept its state");
+    assert_eq!(ledger.json("ledger/prod/1.json")["signatures"].as_array().map(Vec::len), Some(2));
+    ledger.expect_valid(&[]);
+    // A second signature by the same key is refused, nothing written.
+    let commits = ledger.commit_count();
+    ledger.stele(["sign", "--env", "prod", "--key", &bob.secret()]).expect(REFUSED).says(&["already signed"]);
+    assert_eq!(ledger.commit_count(), commits);
+    assert_eq!(release_json(&ledger, "2.0.0", &image, &bob)["verified_from"], "cached");
+}

@@ -112,23 +112,28 @@ fn build() -> String {
 /// ledger does not verify.
 pub fn load_base(repo: &LedgerRepo) -> Result<Base> {
     repo.ensure_clean()?;
-    let head = repo.head_commit()?.map(|c| c.id());
-    if let Some(head) = head {
-        if let Some(cached) = read_cache(repo) {
-            if let Some((state, source)) = advance(repo, cached, head) {
-                if source != Source::Cached {
-                    remember(repo, head, &state);
-                }
-                return Ok(Base { head: Some(head), state, source });
-            }
-        }
+    if let Some(base) = cached(repo)? {
+        return Ok(base);
     }
+    let head = repo.head_commit()?.map(|c| c.id());
     let (_, tree) = load_verified(repo)?;
     let state = state_of(tree);
     if let Some(head) = head {
         remember(repo, head, &state);
     }
     Ok(Base { head, state, source: Source::Verified })
+}
+
+/// HEAD's verified state from the cache alone (as is, or replayed forward), or `None` when the cache
+/// cannot give it: for commands with their own way to judge a tree that does not verify (`stele sign`).
+/// The caller has checked the work tree against HEAD.
+pub fn cached(repo: &LedgerRepo) -> Result<Option<Base>> {
+    let Some(head) = repo.head_commit()?.map(|c| c.id()) else { return Ok(None) };
+    let Some((state, source)) = read_cache(repo).and_then(|c| advance(repo, c, head)) else { return Ok(None) };
+    if source != Source::Cached {
+        remember(repo, head, &state);
+    }
+    Ok(Some(Base { head: Some(head), state, source }))
 }
 
 /// The cache, when it is there, readable and written by this build.

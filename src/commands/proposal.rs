@@ -145,7 +145,7 @@ pub fn submit(repo: &LedgerRepo, base: &Base, s: &Submission) -> Result<Outcome>
 /// The part of HEAD's tree a change touches, before and after it: each changed path, and the entries
 /// just below a removed entry (in either layout), which a revert makes tips again. Judging the step
 /// between these two is judging it between the whole trees (`history::step_between` reads no more).
-fn touched(repo: &LedgerRepo, head: Option<git2::Oid>, changes: &[Change]) -> Result<(Snapshot, Snapshot)> {
+pub fn touched(repo: &LedgerRepo, head: Option<git2::Oid>, changes: &[Change]) -> Result<(Snapshot, Snapshot)> {
     let mut paths: Vec<String> = changes.iter().map(|c| c.path().to_owned()).collect();
     for change in changes {
         if let Change::Remove { path } = change {

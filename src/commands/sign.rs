@@ -7,9 +7,10 @@ use super::{key_list, problem_lines};
 use crate::cli::SignArgs;
 use crate::exit::{self, Refused};
 use crate::keys;
-use crate::repo::{Change, LedgerRepo};
+use crate::repo::{apply_to, Change, LedgerRepo};
 use anyhow::Result;
-use ledger_format::document::{DocError, ForeignSignatures, Payload};
+use ledger_format::document::{Direct, DocError, ForeignSignatures, Payload};
+use ledger_format::history::CommitInfo;
 use ledger_format::tree::{classify, Expiry, LayoutPath, Node, Problem, Snapshot};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, Role};
 use ledger_format::{Check, Document, SecretKey};
@@ -19,28 +20,27 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
     let key = keys::load_secret(&args.key)?;
     let repo = LedgerRepo::open(repo_path)?;
     repo.ensure_clean()?;
-    let mut snapshot = repo.worktree_snapshot()?;
-    let policy = current_policy(&snapshot)?;
+    // A ledger whose verified state is cached verifies as it is: the signature is one more on a document
+    // that already meets its threshold, judged as one step without reading the tree. Otherwise the
+    // tree is read whole, since the document being signed may be the only thing it lacks.
+    let base = super::base::cached(&repo)?;
+    let ledger = match &base {
+        Some(base) => Ledger::Verified(base, &repo),
+        None => Ledger::AsFound(repo.worktree_snapshot()?),
+    };
+    let policy = ledger.policy()?;
 
     let file = match (&args.env, &args.file) {
         (Some(env), _) => {
             let env: EnvName = env.parse().map_err(Refused)?;
-            let tip = snapshot
-                .nodes
-                .keys()
-                .filter_map(|p| match classify(std::str::from_utf8(p).ok()?) {
-                    Some(LayoutPath::Entry(e, seq)) if e == env => Some(seq),
-                    _ => None,
-                })
-                .max()
-                .ok_or_else(|| Refused(format!("environment {env} has no entries to sign")))?;
+            let tip = ledger.tip(&env).ok_or_else(|| Refused(format!("environment {env} has no entries to sign")))?;
             policy.layout().entry_path(&env, tip)
         }
         (None, Some(file)) => file.trim_start_matches("./").to_owned(),
         (None, None) => unreachable!("clap requires --env, --file or --proposal"),
     };
-    let bytes = match snapshot.nodes.get(file.as_bytes()) {
-        Some(Node::File(bytes)) => bytes.clone(),
+    let bytes = match ledger.node(&file)? {
+        Some(Node::File(bytes)) => bytes,
         _ => return Err(Refused(format!("{file}: no such document in the ledger")).into()),
     };
     let (new_bytes, summary) = match classify(&file) {
@@ -50,8 +50,7 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
             cosign::<Environment>(&file, &bytes, &policy, role, &key.key)?
         }
         Some(LayoutPath::Entry(env, seq)) => {
-            let is_tip = !snapshot.nodes.contains_key(policy.layout().entry_path(&env, seq + 1).as_bytes());
-            if !is_tip {
+            if ledger.tip(&env) != Some(seq) {
                 return Err(Refused(format!(
                     "{file} is not the tip of {env}; only the tip is co-signed (it covers earlier entries through prev)"
                 ))
@@ -69,28 +68,46 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
         None => return Err(Refused(format!("{file} is not a ledger document")).into()),
     };
 
-    // Before: the only problems may be this document's own; after: none but its missing signatures.
-    let only_this = |problems: &[Problem]| problems.iter().all(|p| p.path == file && is_signature_check(p.check));
-    if let Err(problems) = crate::commands::verify_tree(&snapshot, Expiry::NotJudged) {
-        if !only_this(&problems) {
-            return Err(Refused(format!(
-                "the ledger has problems besides {file}'s signatures; nothing was signed:\n{}",
-                problem_lines(&problems)
-            ))
-            .into());
-        }
-    }
-    snapshot.insert_file(&file, new_bytes.clone());
-    let remaining = match crate::commands::verify_tree(&snapshot, Expiry::NotJudged) {
-        Ok(_) => None,
-        Err(problems) if only_this(&problems) => Some(problem_lines(&problems)),
-        Err(problems) => anyhow::bail!("internal error: co-signing broke the ledger:\n{}", problem_lines(&problems)),
-    };
     let signer = key_list(&policy, &[key.key_id()]);
-    let commit = repo.commit(
-        &[Change::Write { path: file.clone(), bytes: new_bytes }],
-        &format!("sign {file}: {summary}\n\nsigned-by: {signer}\n"),
-    )?;
+    let change = Change::Write { path: file.clone(), bytes: new_bytes };
+    let message = format!("sign {file}: {summary}\n\nsigned-by: {signer}\n");
+    let (commit, remaining) = match ledger {
+        Ledger::Verified(base, _) => {
+            let mut next = base.state.clone();
+            let (before, after) = super::proposal::touched(&repo, base.head, std::slice::from_ref(&change))?;
+            let info = CommitInfo { summary: format!("sign {file}: {summary}"), ..CommitInfo::default() };
+            let step = ledger_format::history::step_between(&before, &after, info);
+            if let Err(problems) = ledger_format::history::apply_step(&mut next, &step, &Direct) {
+                anyhow::bail!("internal error: co-signing broke the ledger:\n{}", problem_lines(&problems));
+            }
+            let commit = repo.commit(std::slice::from_ref(&change), &message)?;
+            super::base::remember(&repo, commit, &next);
+            (commit, None)
+        }
+        Ledger::AsFound(mut snapshot) => {
+            // Before: the only problems may be this document's own; after: none but its missing signatures.
+            let only_this =
+                |problems: &[Problem]| problems.iter().all(|p| p.path == file && is_signature_check(p.check));
+            if let Err(problems) = crate::commands::verify_tree(&snapshot, Expiry::NotJudged) {
+                if !only_this(&problems) {
+                    return Err(Refused(format!(
+                        "the ledger has problems besides {file}'s signatures; nothing was signed:\n{}",
+                        problem_lines(&problems)
+                    ))
+                    .into());
+                }
+            }
+            apply_to(&mut snapshot, std::slice::from_ref(&change));
+            let remaining = match crate::commands::verify_tree(&snapshot, Expiry::NotJudged) {
+                Ok(_) => None,
+                Err(problems) if only_this(&problems) => Some(problem_lines(&problems)),
+                Err(problems) => {
+                    anyhow::bail!("internal error: co-signing broke the ledger:\n{}", problem_lines(&problems))
+                }
+            };
+            (repo.commit(std::slice::from_ref(&change), &message)?, remaining)
+        }
+    };
     println!("signed {file} ({summary}) as {signer}");
     println!("  commit {commit}");
     match remaining {
@@ -98,6 +115,48 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
         Some(lines) => println!("  still needed:\n{lines}"),
     }
     Ok(exit::OK)
+}
+
+/// What `sign` reads the ledger from: HEAD's cached verified state, or the work tree as found.
+enum Ledger<'a> {
+    Verified(&'a super::base::Base, &'a LedgerRepo),
+    AsFound(Snapshot),
+}
+
+impl Ledger<'_> {
+    /// The policy as written: verified, or parsed but not yet trusted (its own signatures may be what
+    /// is being added).
+    fn policy(&self) -> Result<Policy> {
+        match self {
+            Ledger::Verified(base, _) => Ok(base.state.policy.payload.clone()),
+            Ledger::AsFound(snapshot) => current_policy(snapshot),
+        }
+    }
+
+    /// The seq of `env`'s last entry.
+    fn tip(&self, env: &EnvName) -> Option<u64> {
+        match self {
+            Ledger::Verified(base, _) => base.state.envs.get(env)?.tip.as_ref().map(|t| t.seq),
+            Ledger::AsFound(snapshot) => snapshot
+                .nodes
+                .keys()
+                .filter_map(|p| match classify(std::str::from_utf8(p).ok()?) {
+                    Some(LayoutPath::Entry(e, seq)) if e == *env => Some(seq),
+                    _ => None,
+                })
+                .max(),
+        }
+    }
+
+    fn node(&self, path: &str) -> Result<Option<Node>> {
+        match self {
+            Ledger::Verified(base, repo) => match base.head {
+                Some(head) => Ok(repo.node_at(head, path)?),
+                None => Ok(None),
+            },
+            Ledger::AsFound(snapshot) => Ok(snapshot.nodes.get(path.as_bytes()).cloned()),
+        }
+    }
 }
 
 fn is_signature_check(check: Check) -> bool {
