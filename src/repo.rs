@@ -154,33 +154,51 @@ impl LedgerRepo {
         message: &str,
         sign: Option<CommitSigner>,
     ) -> Result<Oid, RepoError> {
-        let head = match self.git.head() {
-            Ok(head) => Some(head),
-            Err(e) if e.code() == ErrorCode::UnbornBranch || e.code() == ErrorCode::NotFound => None,
-            Err(e) => return Err(git("read HEAD")(e)),
-        };
-        let parent = head.as_ref().map(|h| h.peel_to_commit()).transpose().map_err(git("read HEAD"))?;
+        let id = self.prepare_commit(changes, message, sign)?;
+        self.land(id, changes)?;
+        Ok(id)
+    }
+
+    /// Writes the commit [`LedgerRepo::commit_signed`] would make to the object database, moving no
+    /// ref: so that the very commit, signature included, can be judged before [`LedgerRepo::land`].
+    pub fn prepare_commit(
+        &self,
+        changes: &[Change],
+        message: &str,
+        sign: Option<CommitSigner>,
+    ) -> Result<Oid, RepoError> {
+        let parent = self.head_commit()?;
         let tree_id = self.tree_with(parent.as_ref(), changes)?;
         let tree = self.git.find_tree(tree_id).map_err(git("read tree"))?;
         let sig = identity(&self.git)?;
         let parents: Vec<&git2::Commit> = parent.iter().collect();
-        let id = match sign {
-            None => self.git.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).map_err(git("commit"))?,
+        match sign {
+            None => self.git.commit(None, &sig, &sig, message, &tree, &parents).map_err(git("commit")),
             Some(sign) => {
                 let buffer =
                     self.git.commit_create_buffer(&sig, &sig, message, &tree, &parents).map_err(git("build commit"))?;
                 let armored = sign(&buffer)
                     .map_err(|e| RepoError::Git { context: "sign commit".into(), source: git2::Error::from_str(&e) })?;
                 let content = std::str::from_utf8(&buffer).expect("commit buffers of UTF-8 messages are UTF-8");
-                let id = self.git.commit_signed(content, &armored, None).map_err(git("write signed commit"))?;
-                let target = match &head {
-                    Some(h) if h.is_branch() => h.name().expect("branch names are UTF-8").to_owned(),
-                    _ => "HEAD".to_owned(),
-                };
-                self.git.reference(&target, id, true, "stele: signed commit").map_err(git("move branch"))?;
-                id
+                self.git.commit_signed(content, &armored, None).map_err(git("write signed commit"))
             }
-        };
+        }
+    }
+
+    /// Moves HEAD (its branch, or HEAD itself when detached) to `commit`, a child of HEAD made by
+    /// [`LedgerRepo::prepare_commit`], only if HEAD has not moved since (else an error, nothing
+    /// changed), then brings the work tree and index up to date for `changes`.
+    pub fn land(&self, commit: Oid, changes: &[Change]) -> Result<(), RepoError> {
+        let head_ref = self.git.find_reference("HEAD").map_err(git("read HEAD"))?;
+        let target = head_ref.symbolic_target().unwrap_or("HEAD").to_owned();
+        let made = self.git.find_commit(commit).map_err(git("read commit"))?;
+        let parent = made.parent_id(0).ok();
+        let reflog = format!("commit: {}", made.summary().unwrap_or(""));
+        match parent {
+            Some(parent) => self.git.reference_matching(&target, commit, true, parent, &reflog),
+            None => self.git.reference(&target, commit, false, &reflog),
+        }
+        .map_err(git(format!("move {target} (did another commit land meanwhile?)")))?;
 
         let mut work_index = self.git.index().map_err(git("index"))?;
         for change in changes {
@@ -201,7 +219,7 @@ impl LedgerRepo {
             }
         }
         work_index.write().map_err(git("write index"))?;
-        Ok(id)
+        Ok(())
     }
 }
 
@@ -494,5 +512,41 @@ impl LedgerRepo {
     pub fn delete_branch(&self, branch: &str) -> Result<(), RepoError> {
         let mut b = self.git.find_branch(branch, git2::BranchType::Local).map_err(git(format!("find {branch}")))?;
         b.delete().map_err(git(format!("delete {branch}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &str, text: &str) -> Change {
+        Change::Write { path: path.into(), bytes: text.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn a_prepared_commit_lands_only_on_the_head_it_was_made_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = LedgerRepo::open_or_init(dir.path()).unwrap();
+        let mut config = repo.git().config().unwrap();
+        config.set_str("user.name", "Stele Test").unwrap();
+        config.set_str("user.email", "test@stele.invalid").unwrap();
+        let first = repo.commit(&[write("ledger/a", "1")], "first").unwrap();
+
+        let prepared = repo.prepare_commit(&[write("ledger/a", "2")], "second", None).unwrap();
+        assert_eq!(repo.head_commit().unwrap().unwrap().id(), first, "preparing moves nothing");
+        assert_eq!(fs::read_to_string(dir.path().join("ledger/a")).unwrap(), "1", "nor the work tree");
+
+        // Another commit lands meanwhile: the prepared one, made on `first`, must not replace it.
+        let other = repo.commit(&[write("ledger/b", "x")], "other").unwrap();
+        let err = repo.land(prepared, &[write("ledger/a", "2")]).unwrap_err();
+        assert!(err.to_string().contains("did another commit land meanwhile"), "{err}");
+        assert_eq!(repo.head_commit().unwrap().unwrap().id(), other);
+        assert_eq!(fs::read_to_string(dir.path().join("ledger/a")).unwrap(), "1");
+
+        let again = repo.prepare_commit(&[write("ledger/a", "2")], "second", None).unwrap();
+        repo.land(again, &[write("ledger/a", "2")]).unwrap();
+        assert_eq!(repo.head_commit().unwrap().unwrap().id(), again);
+        assert_eq!(fs::read_to_string(dir.path().join("ledger/a")).unwrap(), "2");
+        repo.ensure_clean().unwrap();
     }
 }

@@ -140,3 +140,41 @@ fn policy_and_sign_start_from_the_cache_and_keep_it_current() {
     assert_eq!(ledger.commit_count(), commits);
     assert_eq!(release_json(&ledger, "2.0.0", &image, &bob)["verified_from"], "cached");
 }
+
+#[test]
+fn rollback_and_timestamp_renew_judge_the_very_commit_from_the_cache() {
+    let sb = Sandbox::new();
+    let (alice, bob, bot) = (sb.key("alice"), sb.key("bob"), sb.key("bot"));
+    let ledger = sb.ledger("ledger", "cachedemo", &alice, &["prod"]);
+    let image = sb.image("app", b"v1");
+    ledger.release("prod", "1.0.0", &image, &alice);
+    ledger.release("prod", "2.0.0", &image, &alice);
+
+    // `revert: signed` (the default): a key that is not prod's signer is refused before anything is made.
+    let commits = ledger.commit_count();
+    ledger.stele(["rollback", "--env", "prod", "--key", &bob.secret()]).expect(REFUSED).says(&["not a signer of prod"]);
+    assert_eq!(ledger.commit_count(), commits);
+    let out = ledger.stele(["rollback", "--env", "prod", "--key", &alice.secret()]);
+    out.expect(OK).says(&["target is now 1.0.0 (seq 1)", "SSH-signed"]);
+    assert_eq!(cache(&ledger)["commit"], head(&ledger), "the rollback kept its state");
+    assert_eq!(
+        cache(&ledger)["state"]["envs"]["prod"]["generation"],
+        3,
+        "as agents count: two releases, then the rollback"
+    );
+    assert!(
+        ledger.git(["cat-file", "commit", "HEAD"]).contains("gpgsig -----BEGIN SSH SIGNATURE-----"),
+        "the commit carries its SSH signature"
+    );
+
+    let set = ["policy", "set-timestamp", "--pubkey", &bot.public(), "--max-validity", "6h", "--key", &alice.secret()];
+    ledger.stele(set).expect(OK);
+    let parent = head(&ledger);
+    ledger.stele(["timestamp", "renew", "--key", &bot.secret()]).expect(OK);
+    assert_eq!(ledger.git(["rev-parse", "HEAD~1"]).trim(), parent, "the renewal landed on the head it names");
+    assert_eq!(cache(&ledger)["commit"], head(&ledger));
+    ledger.stele(["timestamp", "show"]).expect(OK).says(&["version 1"]);
+    ledger.expect_valid(&[]);
+    // The next release starts from the renewal's kept state.
+    assert_eq!(release_json(&ledger, "3.0.0", &image, &alice)["verified_from"], "cached");
+}

@@ -160,6 +160,22 @@ fn advance(repo: &LedgerRepo, cached: Cached<LedgerState>, head: Oid) -> Option<
     Some((verified.state, Source::Replayed(out.commits_seen)))
 }
 
+/// Judges `commit` (made by `LedgerRepo::prepare_commit` on top of `base.head`, not yet landed) as
+/// agents will: its step read by the same reader (`GitSource::step`, SSH signature included) and
+/// applied to `base`'s state. The state after it, or every reason it would be refused.
+pub fn judge_commit(
+    repo: &LedgerRepo,
+    base: &Base,
+    commit: Oid,
+) -> Result<Result<LedgerState, Vec<ledger_format::tree::Problem>>> {
+    use crate::source::LedgerSource;
+    let root = repo.root().to_str().ok_or_else(|| anyhow::anyhow!("{}: not a UTF-8 path", repo.root().display()))?;
+    let source = GitSource::open(root, None, repo.git().path())?;
+    let step = source.step(commit, base.head)?;
+    let mut next = base.state.clone();
+    Ok(ledger_format::history::apply_step(&mut next, &step, &ledger_format::document::Direct).map(|_| next))
+}
+
 /// Records `state` as the verified state after `commit`. A cache that cannot be written costs the next
 /// command a full verification, nothing else: it is reported and otherwise ignored.
 pub fn remember(repo: &LedgerRepo, commit: Oid, state: &LedgerState) {

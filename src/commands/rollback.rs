@@ -1,24 +1,25 @@
 //! `stele rollback`: the commit `git revert` of an environment's tip promotion would make (the tip
 //! entry removed, git's revert message), optionally SSH-signed for `revert: signed` environments.
 
-use super::{key_list, load_verified, problem_lines};
+use super::base::{judge_commit, load_base, remember};
+use super::{key_list, problem_lines};
 use crate::cli::RollbackArgs;
 use crate::exit::{self, Refused};
 use crate::keys;
-use crate::repo::{apply_to, Change, LedgerRepo};
+use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
-use ledger_format::tree::Expiry;
 use ledger_format::types::{EnvName, RevertPolicy};
 use std::path::Path;
 
 pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
     let repo = LedgerRepo::open(repo_path)?;
-    let (mut snapshot, tree) = load_verified(&repo)?;
+    let base = load_base(&repo)?;
     let env: EnvName = args.env.parse().map_err(Refused)?;
-    let state = tree.environments.get(&env).ok_or_else(|| Refused(format!("environment {env} is not declared")))?;
-    let tip = state.tip().ok_or_else(|| Refused(format!("{env} has no release to roll back")))?;
-    let seq = tip.doc.payload.seq;
-    let file = tree.policy.payload.layout().entry_path(&env, seq);
+    let policy = &base.state.policy.payload;
+    let state = base.state.envs.get(&env).ok_or_else(|| Refused(format!("environment {env} is not declared")))?;
+    let tip = state.tip.as_ref().ok_or_else(|| Refused(format!("{env} has no release to roll back")))?;
+    let seq = tip.seq;
+    let file = policy.layout().entry_path(&env, seq);
     if seq == 1 {
         return Err(Refused(format!(
             "{file} is {env}'s only entry: an environment that had a target keeps one (SPEC.md §8, H2); release the \
@@ -26,8 +27,9 @@ pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
         ))
         .into());
     }
-    // Refuse here what every agent would refuse (SPEC.md §8.4), rather than commit a stall.
-    let role = tree.policy.payload.env_role(&env).expect("verified environments are declared");
+    // Refuse here what every agent would refuse (SPEC.md §8.4), with the reason in the environment's
+    // terms, before anything is made.
+    let role = policy.env_role(&env).expect("verified environments are declared");
     let key = args.key.as_deref().map(keys::load_secret).transpose()?;
     match (state.spec.payload.revert, &key) {
         (RevertPolicy::Deny, _) => {
@@ -44,21 +46,13 @@ pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
             return Err(Refused(format!(
                 "key {} is not a signer of {env} (signers: {})",
                 k.key_id(),
-                key_list(&tree.policy.payload, &role.keys)
+                key_list(policy, &role.keys)
             ))
             .into())
         }
         _ => {}
     }
     let change = Change::Remove { path: file.clone() };
-    apply_to(&mut snapshot, std::slice::from_ref(&change));
-    if let Err(problems) = crate::commands::verify_tree(&snapshot, Expiry::NotJudged) {
-        return Err(Refused(format!(
-            "after removing {file} the ledger would not verify, so nothing was committed:\n{}",
-            problem_lines(&problems)
-        ))
-        .into());
-    }
     let (promotion, summary, merged_onto) = promotion_commit(&repo, &file)?;
     // Exactly git's own message: `git revert` (`git revert -m 1` for a merge commit).
     let message = match merged_onto {
@@ -68,14 +62,23 @@ pub fn run(repo_path: &Path, args: RollbackArgs) -> Result<u8> {
         }
     };
     let sign = key.as_ref().map(|k| move |bytes: &[u8]| keys::ssh_sign(&k.key, "git", bytes));
-    let commit = repo.commit_signed(&[change], &message, sign.as_ref().map(|f| f as crate::repo::CommitSigner))?;
-    let back_to =
-        state.entries.iter().rev().nth(1).map(|e| format!("{} (seq {})", e.doc.payload.version, e.doc.payload.seq));
-    println!("rolled back {env}: removed {file} ({})", tip.doc.payload.version);
+    let changes = std::slice::from_ref(&change);
+    let commit = repo.prepare_commit(changes, &message, sign.as_ref().map(|f| f as crate::repo::CommitSigner))?;
+    // The very commit, signature included, judged as agents will judge it; only then does HEAD move.
+    let next = judge_commit(&repo, &base, commit)?.map_err(|problems| {
+        Refused(format!(
+            "after removing {file} the ledger would not verify, so nothing was committed:\n{}",
+            problem_lines(&problems)
+        ))
+    })?;
+    repo.land(commit, changes)?;
+    remember(&repo, commit, &next);
+    let back_to = next.envs.get(&env).and_then(|e| e.target.as_ref()).map(|t| format!("{} (seq {})", t.version, t.seq));
+    println!("rolled back {env}: removed {file} ({})", tip.version);
     println!("  target is now {}", back_to.as_deref().unwrap_or("nothing (no earlier release)"));
     println!("  commit {commit} reverts {promotion}");
     match &key {
-        Some(k) => println!("  SSH-signed by {}", key_list(&tree.policy.payload, &[k.key_id()])),
+        Some(k) => println!("  SSH-signed by {}", key_list(policy, &[k.key_id()])),
         None => println!("  not signed (environments with `revert: signed` refuse it; pass --key)"),
     }
     Ok(exit::OK)

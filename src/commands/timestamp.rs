@@ -2,19 +2,19 @@
 //!
 //! A renewal names HEAD, the commit it is made on (F2: the new commit's first parent), goes up one
 //! version, and is valid from now for `--expires` (at most the role's `max_validity_seconds`, F1). It
-//! is judged like every other write, as a tree and as one first-parent step
-//! (`ledger_format::history::check_step_from`, with the parent it will have), before it is committed.
+//! is judged like every other write, as the one first-parent step it makes from HEAD's verified state
+//! (`base::judge_commit`: the very commit, read as agents read it), before HEAD moves to it.
 //! A timestamp cannot wait for co-signers on a proposal branch: it names the head it lands on, so the
 //! given keys must meet the role's threshold now.
 
-use super::{key_list, load_verified, now, parse_when, problem_lines};
+use super::base::{cached, judge_commit, load_base, remember};
+use super::{key_list, now, parse_when, problem_lines};
 use crate::cli::{RenewArgs, TimestampArgs, TimestampCommand, TimestampShowArgs};
 use crate::exit::{self, Refused};
 use crate::keys::{self, LoadedSecret};
-use crate::repo::{apply_to, Change, LedgerRepo};
+use crate::repo::{Change, LedgerRepo};
 use anyhow::Result;
 use ledger_format::freshness::{check_current, TIMESTAMP_PATH};
-use ledger_format::history::{check_step_from, state_of, CommitInfo};
 use ledger_format::tree::Expiry;
 use ledger_format::types::{CommitId, TimestampDoc, TimestampType};
 use ledger_format::{Document, KeyId, Timestamp};
@@ -42,8 +42,8 @@ pub fn human_duration(seconds: i64) -> String {
 fn renew(args: RenewArgs) -> Result<u8> {
     let now = now();
     let repo = LedgerRepo::open(&args.repo.dir())?;
-    let (before, tree) = load_verified(&repo)?;
-    let policy = &tree.policy.payload;
+    let base = load_base(&repo)?;
+    let policy = &base.state.policy.payload;
     let Some(role) = &policy.timestamp else {
         return Err(Refused(format!(
             "the policy (version {}) has no timestamp role, so no timestamp can be signed; root keys add one: \
@@ -103,9 +103,9 @@ fn renew(args: RenewArgs) -> Result<u8> {
         .into());
     }
 
-    let head = repo.head_commit()?.ok_or_else(|| Refused("the ledger has no commit yet".into()))?.id();
+    let head = base.head.ok_or_else(|| Refused("the ledger has no commit yet".into()))?;
     let ledger_commit: CommitId = head.to_string().parse().map_err(Refused)?;
-    let version = tree.timestamp.as_ref().map_or(1, |t| t.payload.version + 1);
+    let version = base.state.timestamp.as_ref().map_or(1, |t| t.payload.version + 1);
     let mut doc = Document::new(TimestampDoc {
         payload_type: TimestampType,
         ledger: policy.ledger.clone(),
@@ -120,32 +120,22 @@ fn renew(args: RenewArgs) -> Result<u8> {
     let changes = vec![Change::Write { path: TIMESTAMP_PATH.into(), bytes: doc.to_file_bytes() }];
     let subject = format!("timestamp v{version}: ledger at {}, valid until {expires_at}", &head.to_string()[..12]);
 
-    // Judged as the tree it makes and as the step from HEAD, with HEAD as the new commit's first parent.
-    let mut after = before.clone();
-    apply_to(&mut after, &changes);
-    let judged = crate::commands::verify_tree(&after, Expiry::NotJudged).and_then(|_| {
-        let commit = CommitInfo { parent: Some(head.to_string()), summary: subject.clone(), ..CommitInfo::default() };
-        check_step_from(&state_of(tree.clone()), &before, &after, commit)
-    });
-    if let Err(problems) = judged {
-        return Err(Refused(format!(
-            "after this renewal the ledger would not verify, so nothing was written:\n{}",
-            problem_lines(&problems)
-        ))
-        .into());
-    }
     let signed_by: Vec<String> = ids.iter().map(|id| key_list(policy, &[*id])).collect();
     let trailers: String = signed_by.iter().map(|s| format!("signed-by: {s}\n")).collect();
     let message = format!("{subject}\n\nissued: {now}\nexpires: {expires_at}\n{trailers}");
-    // `commit` builds on HEAD as it is now; git refuses to move the branch if HEAD moved meanwhile.
-    let commit = repo.commit(&changes, &message)?;
-    // Only another writer moving HEAD between the read above and the commit could break F2 here.
-    let parent = repo.head_commit()?.and_then(|c| c.parent_ids().next());
-    anyhow::ensure!(
-        parent == Some(head),
-        "the renewal commit {commit} was not made on {head} (HEAD moved meanwhile?); agents would refuse it \
-         (F2): undo it (git reset --hard HEAD~1) and renew again"
-    );
+    // The very commit, with HEAD as its first parent, judged as agents will (F2: the timestamp names
+    // that parent); HEAD then moves to it only if no other commit landed meanwhile.
+    let commit = repo.prepare_commit(&changes, &message, None)?;
+    let next = judge_commit(&repo, &base, commit)?.map_err(|problems| {
+        Refused(format!(
+            "after this renewal the ledger would not verify, so nothing was written:\n{}",
+            problem_lines(&problems)
+        ))
+    })?;
+    repo.land(commit, &changes).map_err(|e| {
+        Refused(format!("{e}: the renewal names {head}, so it was not committed; renew again on the new HEAD"))
+    })?;
+    remember(&repo, commit, &next);
 
     if args.json {
         println!(
@@ -168,19 +158,26 @@ fn renew(args: RenewArgs) -> Result<u8> {
 fn show(args: TimestampShowArgs) -> Result<u8> {
     let now = now();
     let repo = LedgerRepo::open(&args.repo.dir())?;
-    let snapshot = repo.rev_snapshot("HEAD")?;
-    let tree = crate::commands::verify_tree(&snapshot, Expiry::NotJudged).map_err(|problems| {
-        Refused(format!(
-            "the ledger at HEAD does not verify (see `stele verify --rev HEAD`):\n{}",
-            problem_lines(&problems)
-        ))
-    })?;
-    let policy = &tree.policy.payload;
+    // HEAD's verified state: kept by the last writing command, or HEAD's tree verified now.
+    let (policy, timestamp) = match cached(&repo)? {
+        Some(base) => (base.state.policy, base.state.timestamp),
+        None => {
+            let snapshot = repo.rev_snapshot("HEAD")?;
+            let tree = crate::commands::verify_tree(&snapshot, Expiry::NotJudged).map_err(|problems| {
+                Refused(format!(
+                    "the ledger at HEAD does not verify (see `stele verify --rev HEAD`):\n{}",
+                    problem_lines(&problems)
+                ))
+            })?;
+            (tree.policy, tree.timestamp)
+        }
+    };
+    let policy = &policy.payload;
     // F3 as an agent without memory would judge it now.
     let verdict =
-        check_current(policy, tree.timestamp.as_ref(), None, now).map_err(|e| format!("{}: {}", e.check, e.reason));
+        check_current(policy, timestamp.as_ref(), None, now).map_err(|e| format!("{}: {}", e.check, e.reason));
     let code = if verdict.is_ok() { exit::OK } else { exit::VERIFY_FAILED };
-    let Some(doc) = &tree.timestamp else {
+    let Some(doc) = &timestamp else {
         let why = match (&policy.timestamp, &verdict) {
             (None, _) => "the policy has no timestamp role; agents do not require one".to_owned(),
             (Some(_), Err(reason)) => reason.clone(),
