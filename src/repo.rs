@@ -477,22 +477,31 @@ impl LedgerRepo {
                 return Err(refused(format!("it changes {name}, outside the ledger directories")));
             }
         }
-        let before = tree_snapshot(&self.git, &old_tree).map_err(git("read tree"))?;
-        let after = tree_snapshot(&self.git, &new_tree).map_err(git("read tree"))?;
+        // Only what differs is read: the two trees are compared by object id, as `git diff` does.
+        let mut opts = git2::DiffOptions::new();
+        for dir in OWNED_DIRS {
+            opts.pathspec(dir);
+        }
+        let diff = self
+            .git
+            .diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(&mut opts))
+            .map_err(git(format!("compare {branch} with its parent")))?;
         let mut changes = Vec::new();
-        let paths: std::collections::BTreeSet<&Vec<u8>> = before.nodes.keys().chain(after.nodes.keys()).collect();
-        for path in paths {
-            let (b, a) = (before.nodes.get(path), after.nodes.get(path));
-            if b == a {
+        for delta in diff.deltas() {
+            // Without rename detection, a delta is an addition, a change or a deletion of one path.
+            let new = delta.new_file();
+            let Some(path) = new.path_bytes() else { continue };
+            let text = String::from_utf8_lossy(path).into_owned();
+            if new.id().is_zero() {
+                changes.push(Change::Remove { path: text });
                 continue;
             }
-            let text = String::from_utf8_lossy(path).into_owned();
-            match a {
-                None => changes.push(Change::Remove { path: text }),
-                Some(Node::File(bytes)) => changes.push(Change::Write { path: text, bytes: bytes.clone() }),
-                Some(_) => return Err(refused(format!("{text} is not a regular file"))),
+            match node_of(&self.git, u32::from(new.mode()), new.id()).map_err(git(format!("read {text}")))? {
+                Some(Node::File(bytes)) => changes.push(Change::Write { path: text, bytes }),
+                _ => return Err(refused(format!("{text} is not a regular file"))),
             }
         }
+        changes.sort_by(|a, b| a.path().cmp(b.path()));
         let message = head.message().unwrap_or("").to_owned();
         Ok(Proposal { name: name.to_owned(), head: head.id(), parent: parent.id(), message, changes })
     }

@@ -107,26 +107,21 @@ pub enum Outcome {
 /// `base` (SPEC.md §8.0: a step the history rules accept makes a tree that verifies), reading only the
 /// documents it changes; the state after a commit is kept for the next command.
 pub fn submit(repo: &LedgerRepo, base: &Base, s: &Submission) -> Result<Outcome> {
-    let (before, after) = touched(repo, base.head, &s.changes)?;
-    let paths: Vec<&str> = s.changes.iter().map(Change::path).collect();
-    let commit = CommitInfo { summary: s.subject.clone(), ..CommitInfo::default() };
-    let step = ledger_format::history::step_between(&before, &after, commit);
-    let mut next = base.state.clone();
-    let problems = match ledger_format::history::apply_step(&mut next, &step, &ledger_format::document::Direct) {
-        Ok(_) => {
+    let problems = match judge_on(repo, base, &s.changes, &s.subject)? {
+        (Verdict::Complete, next) => {
             let commit = repo.commit(&s.changes, &s.message())?;
-            super::base::remember(repo, commit, &next);
+            super::base::remember(repo, commit, &next.expect("a complete step has a state after it"));
             return Ok(Outcome::Committed { commit });
         }
-        Err(problems) => problems,
+        (Verdict::Refused(problems), _) => {
+            return Err(Refused(format!(
+                "after this change the ledger would not verify, so nothing was written:\n{}",
+                problem_lines(&problems)
+            ))
+            .into())
+        }
+        (Verdict::Short(problems), _) => problems,
     };
-    if !problems.iter().all(|p| only_signatures(p, &paths)) {
-        return Err(Refused(format!(
-            "after this change the ledger would not verify, so nothing was written:\n{}",
-            problem_lines(&problems)
-        ))
-        .into());
-    }
     let name = s.name.clone().unwrap_or_else(|| s.slug.clone());
     check_name(&name)?;
     let branch = format!("{PROPOSAL_PREFIX}{name}");
@@ -140,6 +135,26 @@ pub fn submit(repo: &LedgerRepo, base: &Base, s: &Submission) -> Result<Outcome>
     let parent = base.head.ok_or_else(|| Refused("the ledger has no commit yet".into()))?;
     let commit = repo.commit_on_branch(&branch, parent, &s.changes, &s.message(), false)?;
     Ok(Outcome::Proposed { name, commit, needs: problems })
+}
+
+/// Judges `changes` as one step from `base` (SPEC.md §8.0: a step the history rules accept makes a tree
+/// that verifies), reading from HEAD only what they touch; with the state after them when complete.
+pub fn judge_on(
+    repo: &LedgerRepo,
+    base: &Base,
+    changes: &[Change],
+    summary: &str,
+) -> Result<(Verdict, Option<LedgerState>)> {
+    let (before, after) = touched(repo, base.head, changes)?;
+    let paths: Vec<&str> = changes.iter().map(Change::path).collect();
+    let commit = CommitInfo { summary: summary.to_owned(), ..CommitInfo::default() };
+    let step = ledger_format::history::step_between(&before, &after, commit);
+    let mut next = base.state.clone();
+    Ok(match ledger_format::history::apply_step(&mut next, &step, &ledger_format::document::Direct) {
+        Ok(_) => (Verdict::Complete, Some(next)),
+        Err(problems) if problems.iter().all(|p| only_signatures(p, &paths)) => (Verdict::Short(problems), None),
+        Err(problems) => (Verdict::Refused(problems), None),
+    })
 }
 
 /// The part of HEAD's tree a change touches, before and after it: each changed path, and the entries
@@ -413,9 +428,9 @@ fn trailers(message: &str) -> Vec<&str> {
 /// `stele promote NAME`: lands proposal NAME on the current branch as one commit.
 pub fn promote(repo_path: &Path, name: &str, json: bool) -> Result<u8> {
     let repo = LedgerRepo::open(repo_path)?;
-    repo.ensure_clean()?;
+    let base = super::base::load_base(&repo)?;
     let proposal: Proposal = repo.read_proposal(name)?;
-    let head = repo.head_commit()?.ok_or_else(|| Refused("the ledger has no commit".into()))?.id();
+    let head = base.head.ok_or_else(|| Refused("the ledger has no commit".into()))?;
     for path in proposal.paths() {
         if repo.node_at(proposal.parent, path)? != repo.node_at(head, path)? {
             return Err(Refused(format!(
@@ -428,13 +443,10 @@ pub fn promote(repo_path: &Path, name: &str, json: bool) -> Result<u8> {
             .into());
         }
     }
-    let before = repo.rev_snapshot(&head.to_string())?;
-    let state = state_before(&before)?;
-    let mut after = before.clone();
-    apply_to(&mut after, &proposal.changes);
     let what = subject(&proposal.message).to_owned();
     let paths = proposal.paths();
-    match judge(&state, &before, &after, &paths, &what) {
+    let (verdict, next) = judge_on(&repo, &base, &proposal.changes, &what)?;
+    match verdict {
         Verdict::Complete => {}
         Verdict::Short(needs) => {
             return Err(Refused(format!(
@@ -462,6 +474,9 @@ pub fn promote(repo_path: &Path, name: &str, json: bool) -> Result<u8> {
         proposal.head
     );
     let commit = repo.commit(&proposal.changes, &message)?;
+    if let Some(next) = &next {
+        super::base::remember(&repo, commit, next);
+    }
     repo.delete_branch(&proposal.branch())?;
     if json {
         println!(
