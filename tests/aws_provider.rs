@@ -16,7 +16,7 @@
 //! switched to canary (adopted) and back (refused), and every call seen by a proxy allowed by
 //! examples/aws/iam-policy.json.
 //!
-//! moto gaps met (and how the provider or the tests cope, see src/provider/aws.rs): `SourceVersion` of
+//! moto gaps met (and how the provider or the tests cope, see src/provider/aws/): `SourceVersion` of
 //! CreateLaunchTemplateVersion is ignored (the instance type is copied explicitly), the per-instance
 //! launch-template version in DescribeAutoScalingGroups is the template's default (generations are read
 //! from the instance tag `stele:generation`), `ClientToken` is ignored (versions are found again by their

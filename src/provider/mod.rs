@@ -3,10 +3,12 @@
 //! do: that is `plan`.
 //!
 //! Owns: the `Provider` trait and the errors the loop branches on. Implementations: `local` (processes
-//! on this host, the embedded default) and `sim` (deterministic, virtual time, injected failures).
+//! on this host, the embedded default), `sim` (deterministic, virtual time, injected failures) and
+//! `aws` (feature `aws`), a binding of `cloud`, the core shared by providers of managed instance groups.
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod cloud;
 pub mod local;
 pub mod sim;
 
