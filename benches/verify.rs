@@ -84,7 +84,11 @@ fn main() {
         Ok(other) => panic!("STELE_BENCH_E2E_LAYOUT={other}: flat or buckets"),
     };
     println!("end to end: {entries} entries in {envs} environment(s), {} layout", layout.name());
+    // STELE_BENCH_E2E_KEEP=1 keeps the repository (its path is printed), for profiling.
     let dir = tempfile::tempdir().expect("temp dir");
+    if std::env::var("STELE_BENCH_E2E_KEEP").is_ok() {
+        println!("keeping {}", dir.path().display());
+    }
     let snapshot = spread(entries, envs, layout);
     for (path, node) in &snapshot.nodes {
         if let ledger_format::tree::Node::File(bytes) = node {
@@ -128,34 +132,67 @@ fn main() {
     if let Ok(base) = std::env::var("STELE_BENCH_BASELINE") {
         builds.push(("baseline", base));
     }
-    // Per build: `stele verify` (which keeps HEAD's verified state), a release after it, a second
-    // release (from the state the first one kept), and a release with no kept state (a fresh clone, or a
-    // build that keeps none), then back to the ledger as generated.
+    // A second signer's key, for `policy add-signer` and `sign`, and the spec `env set` signs.
+    let second = dir.path().join(".git/second.key");
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_stele"))
+        .args(["key", "generate", "--out"])
+        .arg(&second)
+        .output()
+        .expect("stele runs");
+    assert!(made.status.success(), "stele key generate: {}", String::from_utf8_lossy(&made.stderr));
+    let spec = dir.path().join(".git/prod-spec.json");
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_stele"))
+        .args(["env", "show", "--env", "prod", "--repo"])
+        .arg(dir.path())
+        .output()
+        .expect("stele runs");
+    assert!(shown.status.success(), "stele env show: {}", String::from_utf8_lossy(&shown.stderr));
+    std::fs::write(&spec, &shown.stdout).unwrap();
+
+    // Per build: `stele verify` (which keeps HEAD's verified state), then each writing command in
+    // turn, each starting from the state the one before kept, then a release with no kept state (a
+    // fresh clone, or a build that keeps none), then back to the ledger as generated.
+    let (repo, key, image) = (dir.path().to_str().unwrap(), key.to_str().unwrap(), image.to_str().unwrap());
+    let (second, second_pub, spec) = (
+        second.to_str().unwrap().to_owned(),
+        format!("{}.pub", second.display()),
+        spec.to_str().unwrap().to_owned(),
+    );
+    let writers: Vec<(&str, Vec<&str>)> = vec![
+        ("release", vec!["release", "--env", "prod", "--image", image, "--key", key, "--version"]),
+        ("env set", vec!["env", "set", "--env", "prod", "--spec", &spec, "--key", key]),
+        ("policy add-signer", vec!["policy", "add-signer", "--env", "prod", "--pubkey", &second_pub, "--key", key]),
+        ("sign --env", vec!["sign", "--env", "prod", "--key", &second]),
+        ("rollback", vec!["rollback", "--env", "prod", "--key", key]),
+        ("release, no kept state", vec!["release", "--env", "prod", "--image", image, "--key", key, "--version"]),
+    ];
     let mut verify = vec![(f64::MAX, 0.0f64); builds.len()];
-    let mut releases = vec![[(f64::MAX, 0.0f64); 3]; builds.len()];
+    let mut times = vec![vec![(f64::MAX, 0.0f64); writers.len()]; builds.len()];
     let cache = dir.path().join(".git/stele/verified-state.json");
     for run in 0..3 {
         for (i, (_, stele)) in builds.iter().enumerate() {
-            let (t, rss) = timed(stele, &["verify", "--repo", dir.path().to_str().unwrap()], dir.path());
+            let (t, rss) = timed(stele, &["verify", "--repo", repo], dir.path());
             verify[i] = (verify[i].0.min(t), verify[i].1.max(rss));
-            for (k, slot) in releases[i].iter_mut().enumerate() {
-                if k == 2 {
+            for (k, (what, args)) in writers.iter().enumerate() {
+                let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+                if args[0] == "release" {
+                    args.push(format!("9.{i}.{run}{k}"));
+                }
+                if *what == "release, no kept state" {
                     let _ = std::fs::remove_file(&cache);
                 }
-                let version = format!("9.{i}.{}", run * 3 + k);
-                let args = ["release", "--env", "prod", "--version", &version, "--image", image.to_str().unwrap()];
-                let args: Vec<&str> = args
-                    .into_iter()
-                    .chain(["--key", key.to_str().unwrap(), "--repo", dir.path().to_str().unwrap()])
-                    .collect();
+                args.extend(["--repo".to_owned(), repo.to_owned()]);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let (t, rss) = timed(stele, &args, dir.path());
-                *slot = (slot.0.min(t), slot.1.max(rss));
+                times[i][k] = (times[i][k].0.min(t), times[i][k].1.max(rss));
             }
-            git(&["reset", "-q", "--hard", "HEAD~3"]);
+            git(&["reset", "-q", "--hard", &format!("HEAD~{}", writers.len())]);
         }
     }
+    if std::env::var("STELE_BENCH_E2E_KEEP").is_ok() {
+        std::mem::forget(dir);
+    }
     for (i, (name, _)) in builds.iter().enumerate() {
-        let [after_verify, second, cold] = releases[i];
         println!(
             "{name}: stele verify (binary, work tree on disk), {entries} entries: {:.0} ms, {:.1} us per entry, peak RSS \
              {:.0} MiB (best of 3)",
@@ -163,11 +200,9 @@ fn main() {
             verify[i].0 * 1e6 / entries as f64,
             verify[i].1,
         );
-        for (what, (t, rss)) in
-            [("after stele verify", after_verify), ("after a release", second), ("with no kept state", cold)]
-        {
+        for ((what, _), (t, rss)) in writers.iter().zip(&times[i]) {
             println!(
-                "{name}:   stele release {what}: {:.0} ms ({:.3}x verify), peak RSS {:.0} MiB (target <= 500 ms, 64 MiB)",
+                "{name}:   stele {what}: {:.0} ms ({:.3}x verify), peak RSS {:.0} MiB (target <= 500 ms, 64 MiB)",
                 t * 1e3,
                 t / verify[i].0,
                 rss
