@@ -153,11 +153,8 @@ fn main() {
     // turn, each starting from the state the one before kept, then a release with no kept state (a
     // fresh clone, or a build that keeps none), then back to the ledger as generated.
     let (repo, key, image) = (dir.path().to_str().unwrap(), key.to_str().unwrap(), image.to_str().unwrap());
-    let (second, second_pub, spec) = (
-        second.to_str().unwrap().to_owned(),
-        format!("{}.pub", second.display()),
-        spec.to_str().unwrap().to_owned(),
-    );
+    let (second, second_pub, spec) =
+        (second.to_str().unwrap().to_owned(), format!("{}.pub", second.display()), spec.to_str().unwrap().to_owned());
     let writers: Vec<(&str, Vec<&str>)> = vec![
         ("release", vec!["release", "--env", "prod", "--image", image, "--key", key, "--version"]),
         ("env set", vec!["env", "set", "--env", "prod", "--spec", &spec, "--key", key]),

@@ -4,7 +4,7 @@
 //! Owns: every filesystem and git2 call the CLI makes on a ledger. Must not judge what it reads (that
 //! is `ledger_format::tree`) and must not touch files outside the owned directories.
 
-use git2::{ErrorCode, Index, IndexEntry, IndexTime, Oid, Repository, Signature, Status, StatusOptions};
+use git2::{ErrorCode, Oid, Repository, Signature, Status, StatusOptions};
 use ledger_format::tree::{Node, Snapshot, MAX_READ, OWNED_DIRS};
 use std::fs;
 use std::io::Read;
@@ -223,23 +223,6 @@ impl LedgerRepo {
     }
 }
 
-fn index_entry(path: &str, id: Oid, len: usize) -> IndexEntry {
-    IndexEntry {
-        ctime: IndexTime::new(0, 0),
-        mtime: IndexTime::new(0, 0),
-        dev: 0,
-        ino: 0,
-        mode: 0o100644,
-        uid: 0,
-        gid: 0,
-        file_size: u32::try_from(len).unwrap_or(u32::MAX),
-        id,
-        flags: path.len().min(0xfff) as u16,
-        flags_extended: 0,
-        path: path.as_bytes().to_vec(),
-    }
-}
-
 /// The commit identity: `GIT_AUTHOR_NAME`/`GIT_AUTHOR_EMAIL` when set (as git does), else git config.
 fn identity(repo: &Repository) -> Result<Signature<'static>, RepoError> {
     if let (Ok(name), Ok(email)) = (std::env::var("GIT_AUTHOR_NAME"), std::env::var("GIT_AUTHOR_EMAIL")) {
@@ -391,20 +374,28 @@ impl LedgerRepo {
 
     /// The tree of `base` (empty when `None`) with `changes` applied, written to the object database.
     fn tree_with(&self, base: Option<&git2::Commit>, changes: &[Change]) -> Result<Oid, RepoError> {
-        let mut index = Index::new().map_err(git("index"))?;
-        if let Some(base) = base {
-            index.read_tree(&base.tree().map_err(git("read tree"))?).map_err(git("read tree"))?;
-        }
+        // Only the trees on the changed paths are rewritten (git_tree_create_updated): a change costs
+        // the depth of its path, not the size of the ledger.
+        let base = match base {
+            Some(commit) => commit.tree().map_err(git("read tree"))?,
+            None => {
+                let empty = self.git.treebuilder(None).and_then(|b| b.write()).map_err(git("write tree"))?;
+                self.git.find_tree(empty).map_err(git("read tree"))?
+            }
+        };
+        let mut update = git2::build::TreeUpdateBuilder::new();
         for change in changes {
             match change {
                 Change::Write { path, bytes } => {
                     let id = self.git.blob(bytes).map_err(git("write blob"))?;
-                    index.add(&index_entry(path, id, bytes.len())).map_err(git(format!("stage {path}")))?;
+                    update.upsert(path.as_str(), id, git2::FileMode::Blob);
                 }
-                Change::Remove { path } => index.remove_path(Path::new(path)).map_err(git(format!("remove {path}")))?,
+                Change::Remove { path } => {
+                    update.remove(path.as_str());
+                }
             }
         }
-        index.write_tree_to(&self.git).map_err(git("write tree"))
+        update.create_updated(&self.git, &base).map_err(git("write tree"))
     }
 
     /// Writes a commit of `parent`'s tree plus `changes` and points `refs/heads/<branch>` at it, without
@@ -556,6 +547,21 @@ mod tests {
         repo.land(again, &[write("ledger/a", "2")]).unwrap();
         assert_eq!(repo.head_commit().unwrap().unwrap().id(), again);
         assert_eq!(fs::read_to_string(dir.path().join("ledger/a")).unwrap(), "2");
+        repo.ensure_clean().unwrap();
+    }
+
+    #[test]
+    fn a_commit_that_empties_a_directory_drops_it_from_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = LedgerRepo::open_or_init(dir.path()).unwrap();
+        let mut config = repo.git().config().unwrap();
+        config.set_str("user.name", "Stele Test").unwrap();
+        config.set_str("user.email", "test@stele.invalid").unwrap();
+        repo.commit(&[write("ledger/prod/0/999.json", "a"), write("ledger/prod/1/1000.json", "b")], "two").unwrap();
+        let id = repo.commit(&[Change::Remove { path: "ledger/prod/1/1000.json".into() }], "revert").unwrap();
+        let tree = repo.git().find_commit(id).unwrap().tree().unwrap();
+        assert!(tree.get_path(Path::new("ledger/prod/1")).is_err(), "no empty tree is written, as git never does");
+        assert!(tree.get_path(Path::new("ledger/prod/0/999.json")).is_ok());
         repo.ensure_clean().unwrap();
     }
 }
