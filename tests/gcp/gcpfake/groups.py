@@ -318,7 +318,7 @@ def handlers(read, mutation, g_get, g_list):
 
     def delete(world, method, key, params, body):
         mig = world.get(key)
-        user = world.in_use_by(igm_key_to_group(key)) or world.in_use_by(key)
+        user = world.in_use_by(igm_key_to_group(key), ignore=(key,)) or world.in_use_by(key)
         if user is not None:
             raise ApiError(400, f"The instance_group resource '{igm_key_to_group(key)}' is already being "
                            f"used by '{user}'", reason="resourceInUseByAnotherResource")

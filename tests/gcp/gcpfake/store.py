@@ -201,12 +201,12 @@ class World:
             result["fingerprint"] = new_fingerprint()
         return result
 
-    def in_use_by(self, key):
+    def in_use_by(self, key, ignore=()):
         """The key of a stored resource that refers to `key` (by selfLink or relative path), if any."""
         link = self_link(key)
         relative = "/".join(key.split("/")[2:])
         for other_key, other in self.resources.items():
-            if other_key == key or "/operations/" in other_key:
+            if other_key == key or other_key in ignore or "/operations/" in other_key:
                 continue
             if refers_to(other, link, key, relative):
                 return other_key
