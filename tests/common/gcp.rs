@@ -9,6 +9,8 @@
 #[path = "moto.rs"]
 mod moto;
 
+// Not every test binary that includes tests/common uses these.
+#[allow(unused_imports)]
 pub use moto::{http, FaultProxy, FaultShape, Outcome};
 
 use serde_json::{json, Value};
