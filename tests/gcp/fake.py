@@ -95,8 +95,11 @@ class Handler(BaseHTTPRequestHandler):
         self.handle_any("DELETE")
 
     def handle_any(self, http_method):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = self.read_chunked()
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
         parsed = urllib.parse.urlsplit(self.path)
         path = parsed.path
         query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
@@ -130,6 +133,17 @@ class Handler(BaseHTTPRequestHandler):
                                      "status": status})
         token = auth.split(" ", 1)[1][:12] + "..." if " " in auth else "-"
         self.answer(status, out, method_id or "?", http_method, path, token)
+
+    def read_chunked(self):
+        body = b""
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline().strip():
+                    pass  # Trailers up to the empty line.
+                return body
+            body += self.rfile.read(size)
+            self.rfile.readline()
 
     def answer(self, status, out, what, http_method, path, token="-"):
         data = json.dumps(out, indent=1).encode() + b"\n"
