@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need (git, ssh-keygen, OpenSSL headers, Chromium; moto, the AWS API
-# emulator, in .venv-moto/) when it is missing, then lints and tests the whole workspace, without and
+# emulator, in .venv-moto/; Google's compute v1 discovery document for the GCP fake, in .venv-gcp/) when it is missing, then lints and tests the whole workspace, without and
 # with the `aws` feature, and runs each fuzz target in fuzz/ briefly. CI runs exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,9 @@ fi
 
 # The AWS tests run moto on loopback from .venv-moto/; they fail loudly without it.
 scripts/moto-venv.sh >/dev/null
+# The GCP tests run tests/gcp/fake.py, which validates against the compute v1 discovery document that
+# google-api-python-client ships, from .venv-gcp/; they fail loudly without it.
+scripts/gcp-venv.sh >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -11,6 +11,7 @@
 
 pub mod browser;
 pub mod fixture;
+pub mod gcp;
 
 use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom, Write};

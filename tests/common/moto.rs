@@ -364,6 +364,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 ///
 /// The n-th request to arrive draws the n-th number of the seeded generator, so a client that sends one
 /// request at a time sees the same faults on every run.
+///
+/// In front of the GCP fake (tests/common/gcp.rs), `start_shaped(.., FaultShape::Google)` shapes the faults
+/// as Google APIs send them instead: `429 RESOURCE_EXHAUSTED` (reason `rateLimitExceeded`) and
+/// `503 UNAVAILABLE` (reason `backendError`), in Google's JSON error body.
 pub struct FaultProxy {
     /// `http://127.0.0.1:PORT`, to use instead of moto's endpoint.
     pub endpoint: String,
@@ -372,13 +376,22 @@ pub struct FaultProxy {
     accept: Option<JoinHandle<()>>,
 }
 
+/// Whose error shape the proxy's faults take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultShape {
+    /// AWS Query and EC2 services, chosen per request by the SigV4 credential scope.
+    Aws,
+    /// Google APIs (Compute Engine): JSON `{"error": {"code", "message", "errors", "status"}}`.
+    Google,
+}
+
 /// What the proxy did with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxiedRequest {
     /// The service of the SigV4 credential scope (`ec2`, `autoscaling`, `elasticloadbalancing`, `sts`), or
-    /// empty for an unsigned request.
+    /// empty for an unsigned request. With `FaultShape::Google`: `compute` for a path under `/compute/`.
     pub service: String,
-    /// The Query API `Action`, or empty.
+    /// The Query API `Action`, or empty. With `FaultShape::Google`: the HTTP method and path (no query).
     pub action: String,
     pub outcome: Outcome,
 }
@@ -397,6 +410,7 @@ pub enum Outcome {
 
 struct ProxyState {
     upstream: SocketAddr,
+    shape: FaultShape,
     fault_rate: AtomicU64,
     decider: Mutex<Decider>,
     forwarded: AtomicUsize,
@@ -432,12 +446,18 @@ impl FaultProxy {
     /// Starts a proxy in front of `upstream` (`http://127.0.0.1:PORT`) that faults each request with
     /// probability `fault_rate` (0.0 to 1.0), drawn from a generator seeded with `seed`.
     pub fn start(upstream: &str, fault_rate: f64, seed: u64) -> FaultProxy {
+        FaultProxy::start_shaped(upstream, fault_rate, seed, FaultShape::Aws)
+    }
+
+    /// `start` with the faults in `shape`'s error shape.
+    pub fn start_shaped(upstream: &str, fault_rate: f64, seed: u64, shape: FaultShape) -> FaultProxy {
         assert!((0.0..=1.0).contains(&fault_rate), "fault rate {fault_rate} is not in [0, 1]");
         let upstream = socket_addr(upstream).unwrap_or_else(|e| panic!("fault proxy upstream {upstream:?}: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy on loopback");
         let addr = listener.local_addr().expect("fault proxy address");
         let state = Arc::new(ProxyState {
             upstream,
+            shape,
             fault_rate: AtomicU64::new(fault_rate.to_bits()),
             decider: Mutex::new(Decider { rng: SplitMix64(seed), faults: 0 }),
             forwarded: AtomicUsize::new(0),
@@ -541,7 +561,14 @@ fn serve(state: &ProxyState, mut client: TcpStream) -> io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     // A client may open a connection and close it unused; that is no request.
     let Some(request) = read_request(&mut reader, &mut client)? else { return Ok(()) };
-    let (service, action) = (request.service(), request.action());
+    let (service, action) = match state.shape {
+        FaultShape::Aws => (request.service(), request.action()),
+        FaultShape::Google => {
+            let path = request.target.split('?').next().unwrap_or_default();
+            let service = if path.starts_with("/compute/") { "compute" } else { "" };
+            (service.to_string(), format!("{} {path}", request.method))
+        }
+    };
     let fault = {
         let mut decider = state.decider.lock().expect("fault proxy lock");
         let rate = f64::from_bits(state.fault_rate.load(Ordering::SeqCst));
@@ -553,7 +580,13 @@ fn serve(state: &ProxyState, mut client: TcpStream) -> io::Result<()> {
         }
     };
     let (outcome, response) = match fault {
-        Some(kind) => (kind, fault_response(kind, &service)),
+        Some(kind) => (
+            kind,
+            match state.shape {
+                FaultShape::Aws => fault_response(kind, &service),
+                FaultShape::Google => google_fault_response(kind),
+            },
+        ),
         None => match forward(state.upstream, &request) {
             Ok((status, response)) => {
                 state.forwarded.fetch_add(1, Ordering::SeqCst);
@@ -714,6 +747,38 @@ fn fault_response(kind: Outcome, service: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nx-amzn-RequestId: \
          {request_id}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The error a Google API sends for `kind`: rate limiting (429) or a transient outage (503).
+fn google_fault_response(kind: Outcome) -> Vec<u8> {
+    let (status, reason_phrase, code, domain, reason, message) = if kind == Outcome::Throttled {
+        (
+            429,
+            "Too Many Requests",
+            "RESOURCE_EXHAUSTED",
+            "usageLimits",
+            "rateLimitExceeded",
+            "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute' of service \
+             'compute.googleapis.com'.",
+        )
+    } else {
+        (503, "Service Unavailable", "UNAVAILABLE", "global", "backendError", "The service is currently unavailable.")
+    };
+    let body = serde_json::json!({
+        "error": {
+            "code": status,
+            "message": message,
+            "errors": [{"message": message, "domain": domain, "reason": reason}],
+            "status": code,
+        }
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 {status} {reason_phrase}\r\nContent-Type: application/json; charset=UTF-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
