@@ -113,14 +113,37 @@ pub(crate) fn tune_libgit2() {
     });
 }
 
-/// Where the ledger at `location` is read from: the bare repository a remote is fetched into under
-/// `cache_dir`, or the local repository itself.
-pub fn local_copy(location: &str, cache_dir: &Path) -> std::path::PathBuf {
-    if is_remote(location) {
-        cache_dir.join("ledger.git")
-    } else {
-        std::path::PathBuf::from(location)
+/// The path of a repository on this machine: `location` itself when it is not a URL, or the path of
+/// a `file:///` URL (percent-decoded). `None` for every other URL.
+pub fn local_path(location: &str) -> Option<PathBuf> {
+    if !is_remote(location) {
+        return Some(PathBuf::from(location));
     }
+    let path = location.strip_prefix("file://").filter(|p| p.starts_with('/'))?;
+    percent_decode(path).map(PathBuf::from)
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Where the ledger at `location` is read from: the local repository itself (a path or a `file:///`
+/// URL), or the bare repository a remote is fetched into under `cache_dir`.
+pub fn local_copy(location: &str, cache_dir: &Path) -> std::path::PathBuf {
+    local_path(location).unwrap_or_else(|| cache_dir.join("ledger.git"))
 }
 
 impl GitSource {
@@ -128,7 +151,9 @@ impl GitSource {
     /// read in place. `branch` defaults to the local repository's HEAD, or `main` for a remote.
     pub fn open(location: &str, branch: Option<&str>, cache_dir: &Path) -> Result<Self, SourceError> {
         tune_libgit2();
-        if is_remote(location) {
+        // A repository on this machine, even named by a `file:///` URL, is read in place: libgit2's
+        // local transport would copy every object into the cache without deltas (10× the pack).
+        let Some(in_place) = local_path(location) else {
             let path = local_copy(location, cache_dir);
             let repo = match Repository::open_bare(&path) {
                 Ok(r) => r,
@@ -141,23 +166,23 @@ impl GitSource {
                     Repository::init_bare(&path).map_err(git_err(location, "create cache"))?
                 }
             };
-            Ok(Self {
+            return Ok(Self {
                 repo,
                 branch: Some(branch.unwrap_or("main").to_owned()),
                 remote_url: Some(location.to_owned()),
                 location: location.to_owned(),
                 readers: Default::default(),
-            })
-        } else {
-            let repo = Repository::discover(location).map_err(git_err(location, "open repository"))?;
-            // Follow the branch checked out now, by name, so that switching branches in this checkout
-            // later is not mistaken for a history rewrite.
-            let branch = match branch {
-                Some(b) => Some(b.to_owned()),
-                None => repo.head().ok().filter(|h| h.is_branch()).and_then(|h| h.shorthand().map(str::to_owned)),
-            };
-            Ok(Self { repo, branch, remote_url: None, location: location.to_owned(), readers: Default::default() })
-        }
+            });
+        };
+        let repo = Repository::discover(&in_place).map_err(git_err(location, "open repository"))?;
+        // Follow the branch checked out now, by name, so that switching branches in this checkout later
+        // is not mistaken for a history rewrite. A URL names a remote: `main`, as for every remote.
+        let branch = match branch {
+            Some(b) => Some(b.to_owned()),
+            None if is_remote(location) => Some("main".to_owned()),
+            None => repo.head().ok().filter(|h| h.is_branch()).and_then(|h| h.shorthand().map(str::to_owned)),
+        };
+        Ok(Self { repo, branch, remote_url: None, location: location.to_owned(), readers: Default::default() })
     }
 
     /// The branch followed (`None`: a detached HEAD).
@@ -515,6 +540,16 @@ fn diff_entry(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn file_urls_are_local_paths_and_other_urls_are_remote() {
+        assert_eq!(local_path("/srv/ledger"), Some(std::path::PathBuf::from("/srv/ledger")));
+        assert_eq!(local_path("file:///srv/my%20ledger.git"), Some(std::path::PathBuf::from("/srv/my ledger.git")));
+        assert_eq!(local_path("file://host/srv/ledger"), None);
+        assert_eq!(local_path("git://127.0.0.1/ledger.git"), None);
+        assert_eq!(local_path("https://example.com/ledger.git"), None);
+        assert_eq!(local_path("file:///bad%zz"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -7,11 +7,9 @@
 #![cfg(feature = "aws")]
 
 mod common;
-#[path = "common/moto.rs"]
-mod moto;
 
+use common::moto::Moto;
 use common::{path_str, scrubbed, Key, Ledger, Sandbox, OK, STELE};
-use moto::Moto;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,7 +104,7 @@ impl World {
     /// The agent with moto's endpoint and credentials and nothing else of this process's AWS settings.
     fn agent_cmd(&self, once: bool) -> Command {
         let mut cmd = scrubbed(STELE, self.sb.root(), &self.ledger.dir);
-        moto::configure_aws(&mut cmd, &self.moto.endpoint);
+        common::moto::configure_aws(&mut cmd, &self.moto.endpoint);
         cmd.args(["agent", "--config", &path_str(&self.config)]);
         if once {
             cmd.args(["--once", "--timeout", "120"]);
@@ -117,7 +115,7 @@ impl World {
     /// `stele plan --json` with the agent's configuration: (exit code, JSON).
     fn plan(&self) -> (i32, Value) {
         let mut cmd = scrubbed(STELE, self.sb.root(), &self.ledger.dir);
-        moto::configure_aws(&mut cmd, &self.moto.endpoint);
+        common::moto::configure_aws(&mut cmd, &self.moto.endpoint);
         let out = cmd.args(["plan", "--config", &path_str(&self.config), "--json"]).output().expect("run stele plan");
         let json = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("plan JSON: {e}\n{}", String::from_utf8_lossy(&out.stderr)));
@@ -183,7 +181,7 @@ impl World {
              print(json.dumps([i['ImageId'] for r in ec2.describe_instances()['Reservations'] for i in r['Instances']]))";
         let mut cmd = Command::new(self.moto.python());
         cmd.arg("-c").arg(script);
-        moto::configure_aws(&mut cmd, &self.moto.endpoint);
+        common::moto::configure_aws(&mut cmd, &self.moto.endpoint);
         let out = cmd.output().expect("python");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let images: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();

@@ -8,14 +8,14 @@
 use super::{
     decode, git_err, read_env_file, render, render_signed, status_dir, status_path, EnvStatus, StatusError, STATUS_DIR,
 };
-use crate::source::{callbacks, is_remote};
+use crate::source::{callbacks, local_path};
 use git2::{ErrorCode, FileMode, Oid, PushOptions, Repository, Signature, Tree};
 use ledger_format::crypto::KeyId;
 use ledger_format::types::EnvName;
 use ledger_format::SecretKey;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -599,33 +599,6 @@ fn head_target(repo: &Repository) -> Option<String> {
     repo.find_reference("HEAD").ok().and_then(|head| head.symbolic_target().map(str::to_owned))
 }
 
-/// The path of a repository on this machine: `location` itself when it is not a URL, or the path of
-/// a `file:///` URL.
-fn local_path(location: &str) -> Option<PathBuf> {
-    if !is_remote(location) {
-        return Some(PathBuf::from(location));
-    }
-    let path = location.strip_prefix("file://").filter(|p| p.starts_with('/'))?;
-    percent_decode(path).map(PathBuf::from)
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// A pause before the next attempt: doubling from 25 ms, plus up to as much again at random, so
 /// writers that collided do not collide again in lockstep.
 fn backoff(attempt: u32) -> Duration {
@@ -699,16 +672,6 @@ mod tests {
         );
         s.target = None;
         assert!(commit_message(&s, "status/staging.json").contains("(no target)"));
-    }
-
-    #[test]
-    fn file_urls_are_local_paths_and_other_urls_are_remote() {
-        assert_eq!(local_path("/srv/ledger"), Some(PathBuf::from("/srv/ledger")));
-        assert_eq!(local_path("file:///srv/my%20ledger.git"), Some(PathBuf::from("/srv/my ledger.git")));
-        assert_eq!(local_path("file://host/srv/ledger"), None);
-        assert_eq!(local_path("git://127.0.0.1/ledger.git"), None);
-        assert_eq!(local_path("https://example.com/ledger.git"), None);
-        assert_eq!(local_path("file:///bad%zz"), None);
     }
 
     #[test]

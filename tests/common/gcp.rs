@@ -6,12 +6,9 @@
 //! A missing venv or discovery document is a test failure whose message names the script that installs it,
 //! never a skip. It owns processes and sockets on loopback only and never touches the repository.
 
-#[path = "moto.rs"]
-mod moto;
-
 // Not every test binary that includes tests/common uses these.
 #[allow(unused_imports)]
-pub use moto::{http, FaultProxy, FaultShape, Outcome};
+pub use super::moto::{http, FaultProxy, FaultShape, Outcome};
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

@@ -12,6 +12,7 @@
 pub mod browser;
 pub mod fixture;
 pub mod gcp;
+pub mod moto;
 
 use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom, Write};
