@@ -328,6 +328,10 @@ pub fn verify_snapshot_using(
         }
     }
 
+    // Every entry is parsed up front on all cores (parsing is most of a large tree's cost and each
+    // file's parse stands alone); the chains are then judged in order below, as if parsed there.
+    let mut parsed = parse_entries(&entry_nodes, ledger).into_iter();
+
     // E1-E6: chains.
     let mut chains: BTreeMap<EnvName, Vec<VerifiedEntry>> = BTreeMap::new();
     let any_listed_key = Role { keys: policy.payload.keys.keys().copied().collect(), threshold: 0 };
@@ -335,13 +339,14 @@ pub fn verify_snapshot_using(
         let Some(role) = policy.payload.env_role(env) else {
             for (path, _) in files.values() {
                 problems.add(path, Check::E1, format!("environment {env} is not declared in {POLICY_PATH}"));
+                parsed.next();
             }
             continue;
         };
         let mut chain = Vec::new();
         let mut link = Link::Expect(Blake3Digest::ZERO);
         let mut previous_seq = 0;
-        for (index, (seq, (path, node))) in files.iter().enumerate() {
+        for (index, (seq, (path, _))) in files.iter().enumerate() {
             if *seq != previous_seq + 1 {
                 let missing = if *seq == previous_seq + 2 {
                     format!("entry {} of {env} is missing", previous_seq + 1)
@@ -352,7 +357,7 @@ pub fn verify_snapshot_using(
                 link = Link::AfterGap;
             }
             previous_seq = *seq;
-            let doc = match parse_in_ledger::<Entry>(node, Some(ledger), |e| &e.ledger) {
+            let doc = match parsed.next().expect("one parse per entry file, in the same order") {
                 Ok(doc) => doc,
                 Err(e) => {
                     problems.doc(path, e);
@@ -398,6 +403,29 @@ pub fn verify_snapshot_using(
         })
         .collect();
     Ok(VerifiedTree { policy, environments, timestamp })
+}
+
+/// [`parse_in_ledger`] of every entry file, in the order of `entry_nodes` (environment, then seq),
+/// spread over the available cores.
+fn parse_entries(
+    entry_nodes: &BTreeMap<EnvName, BTreeMap<u64, (String, &Node)>>,
+    ledger: &LedgerId,
+) -> Vec<Result<Document<Entry>, DocError>> {
+    let nodes: Vec<&Node> = entry_nodes.values().flat_map(|files| files.values().map(|(_, node)| *node)).collect();
+    let parse = |node: &Node| parse_in_ledger::<Entry>(node, Some(ledger), |e| &e.ledger);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || nodes.len() < 256 {
+        return nodes.into_iter().map(parse).collect();
+    }
+    let chunk = nodes.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parse = &parse;
+        let workers: Vec<_> = nodes
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|node| parse(node)).collect::<Vec<_>>()))
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("entry parsers do not panic")).collect()
+    })
 }
 
 /// P1-P4 (SPEC.md §6.1) for a policy judged on its own.
