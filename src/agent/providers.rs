@@ -93,6 +93,12 @@ impl Providers {
                  (cargo build --features aws)",
                 spec.name
             )),
+            #[cfg(not(feature = "gcp"))]
+            ledger_format::types::Provider::Gcp { .. } => Err(format!(
+                "environment {} uses provider gcp, but this stele was built without the `gcp` feature \
+                 (cargo build --features gcp)",
+                spec.name
+            )),
         }
     }
 }
