@@ -41,6 +41,8 @@ struct AgentFile {
     local: LocalSettings,
     #[serde(default)]
     aws: crate::provider::AwsSettings,
+    #[serde(default)]
+    gcp: crate::provider::GcpSettings,
     /// The HTTP surface; off without this table (or `--http-listen`).
     http: Option<crate::http::HttpSettings>,
     /// Notification targets (`[[notify]]`).
@@ -167,6 +169,7 @@ pub fn load_config_with(repo_flag: Option<&Path>, args: &AgentSettingsArgs, crea
         agent_id,
         local: file.local,
         aws: file.aws,
+        gcp: file.gcp,
         http: file.http.map(|mut h| {
             h.hook_secret_file = h.hook_secret_file.map(resolve);
             h
