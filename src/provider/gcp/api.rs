@@ -5,7 +5,7 @@
 use super::errors::{classify, is_already_exists, is_not_found, operation_error, operation_reason};
 use super::names::{
     self, instance_id, joined_digest, last_segment, parse_tags, same_resource, tags_text, Scope, LABEL_ENV,
-    LABEL_GENERATION, LABEL_GROUP, LABEL_MANAGED, LABEL_VERSION, TAG_BASE_TEMPLATE,
+    LABEL_GENERATION, LABEL_GROUP, LABEL_MANAGED, LABEL_VERSION, TAG_BACKENDS, TAG_BASE_TEMPLATE,
 };
 use super::{GcpCredentials, GcpOptions, WORDS};
 use crate::plan::{Generation, Health, Release};
@@ -58,6 +58,9 @@ pub(super) struct GcpApi {
     instance_templates: HashMap<String, String>,
     /// Instance id → its group's name.
     instance_groups: HashMap<String, String>,
+    /// Group name → backend services its description names that it is not a backend of yet (creation
+    /// attaches after the insert; an agent stopped in between completes it at the next resize).
+    unattached: HashMap<String, Vec<String>>,
 }
 
 /// What an instance's health is, from the MIG's view of it, the instance and the backend services'
@@ -156,6 +159,7 @@ impl GcpApi {
             templates: HashMap::new(),
             instance_templates: HashMap::new(),
             instance_groups: HashMap::new(),
+            unattached: HashMap::new(),
         }
     }
 
@@ -249,7 +253,21 @@ impl GcpApi {
             .iter()
             .filter(|b| b.backends.iter().any(|be| be.group.as_deref().is_some_and(|g| same_resource(g, &group_url))))
             .filter_map(|b| b.name.clone())
-            .collect();
+            .collect::<Vec<String>>();
+        let missing: Vec<String> = tags
+            .get(TAG_BACKENDS)
+            .map(|list| {
+                list.split(',')
+                    .filter(|b| !b.is_empty() && !attached.iter().any(|a| a == b))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if missing.is_empty() {
+            self.unattached.remove(&name);
+        } else {
+            self.unattached.insert(name.clone(), missing);
+        }
         Ok(GroupView {
             name,
             env: tags.get(LABEL_ENV).cloned(),
@@ -522,6 +540,10 @@ impl CloudApi for GcpApi {
         if let Some(g) = generation {
             tags.push((LABEL_GENERATION, g.to_string()));
         }
+        let backends: Vec<&str> = balancers.iter().map(|b| last_segment(b)).collect();
+        if !backends.is_empty() {
+            tags.push((TAG_BACKENDS, backends.join(",")));
+        }
         let version = template.version.clone().unwrap_or_else(|| template.name.clone());
         let mut policy = m::InstanceGroupManagerUpdatePolicy::default();
         policy.r#type = Some(Type::Opportunistic);
@@ -570,8 +592,13 @@ impl CloudApi for GcpApi {
         done("regionInstanceGroupManagers.setInstanceTemplate", poller).await.map(drop)
     }
 
-    /// `regionInstanceGroupManagers.resize`.
+    /// `regionInstanceGroupManagers.resize`, after attaching the group to the backend services it was
+    /// created for and is not a backend of yet (an agent stopped between the insert and the attachment).
     async fn set_desired(&mut self, location: &str, name: &str, desired: i32) -> Result<(), ProviderError> {
+        for b in self.unattached.remove(name).unwrap_or_default() {
+            self.attach_balancer(location, name, &b).await?;
+            tracing::info!(group = name, backend_service = %b, "attached (completing an interrupted creation)");
+        }
         let s = Scope::parse(location)?;
         let c = self.clients().await?;
         let poller = c

@@ -26,6 +26,9 @@ pub const KEY_BLAKE3: &str = "stele-blake3-hi/lo";
 pub const TAG_TRAFFIC_SINCE: &str = "stele-traffic-since";
 /// In a MIG's description: the operator's instance template its release templates are copied from.
 pub const TAG_BASE_TEMPLATE: &str = "stele-base-template";
+/// In a MIG's description: the backend services it was created to be a backend of (comma-separated),
+/// so an attachment cut short by a restart is completed later.
+pub const TAG_BACKENDS: &str = "stele-backends";
 
 /// The largest weight of one weighted backend service in a URL map.
 pub const MAX_URL_MAP_WEIGHT: u32 = 1000;
