@@ -1,13 +1,16 @@
 //! GCP errors in the provider's classes: rate limits (429), 5xx, timeouts, connection failures and the
 //! reasons that name a passing condition are retryable (the agent tries again with backoff); anything
 //! else (invalid requests, missing resources, permissions, quota) is refused with GCP's reason and
-//! message. Long-running operations that end with an error are classed the same way.
+//! message. Long-running operations that end with an error are classed the same way; `done`, `created`
+//! and `deleted` poll one to DONE and read its outcome (an insert of what exists, a delete of what is
+//! gone: success).
 
 use crate::provider::cloud::{refused, retryable, retryable_status};
 use crate::provider::ProviderError;
 use google_cloud_compute_v1::model::Operation;
 use google_cloud_gax::error::rpc::StatusDetails;
 use google_cloud_gax::error::Error;
+use google_cloud_lro::Poller;
 
 /// Reasons (the API's `errors[].reason`, the operation's `error.errors[].code`, `ErrorInfo.reason`) that
 /// name a passing condition: retryable whatever the HTTP status.
@@ -112,6 +115,43 @@ pub fn operation_error(op: &str, operation: &Operation) -> Option<ProviderError>
 /// after a lost answer) or is gone already (a delete retried).
 pub fn operation_reason(operation: &Operation) -> Option<String> {
     operation.error.as_ref().and_then(|e| e.errors.first()).and_then(|e| e.code.clone())
+}
+
+/// Runs a long-running operation's poller to DONE and classes its error.
+pub(super) async fn done<P: Poller<Operation, Operation>>(op: &str, poller: P) -> Result<Operation, ProviderError> {
+    let operation = poller.until_done().await.map_err(|e| classify(op, e))?;
+    match operation_error(op, &operation) {
+        Some(e) => Err(e),
+        None => Ok(operation),
+    }
+}
+
+/// As `done`, where "already exists" (an insert retried after a lost answer) is success.
+pub(super) async fn created<P: Poller<Operation, Operation>>(op: &str, poller: P) -> Result<bool, ProviderError> {
+    match poller.until_done().await {
+        Err(e) if is_already_exists(&e) => Ok(false),
+        Err(e) => Err(classify(op, e)),
+        Ok(o) if operation_reason(&o).as_deref() == Some("RESOURCE_ALREADY_EXISTS") => Ok(false),
+        Ok(o) => operation_error(op, &o).map_or(Ok(true), Err),
+    }
+}
+
+/// As `done`, where "not found" (a delete retried, or of something gone already) is success.
+pub(super) async fn deleted<P: Poller<Operation, Operation>>(op: &str, poller: P) -> Result<(), ProviderError> {
+    match poller.until_done().await {
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(classify(op, e)),
+        Ok(o) if operation_reason(&o).as_deref() == Some("RESOURCE_NOT_FOUND") => Ok(()),
+        Ok(o) => operation_error(op, &o).map_or(Ok(()), Err),
+    }
+}
+
+pub(super) fn not_found_is_none<T>(op: &str, r: Result<T, Error>) -> Result<Option<T>, ProviderError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(classify(op, e)),
+    }
 }
 
 #[cfg(test)]

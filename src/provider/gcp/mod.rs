@@ -5,8 +5,9 @@
 //! on every observation, so an agent killed at any point continues where GCP is.
 //!
 //! The step order, groups, traffic, pinning, adoption and the image check are the cloud-provider core's
-//! (`provider::cloud`); this binding is its `CloudApi` for GCP (`api.rs`), with the pure rules in
-//! `names.rs` and the error classes in `errors.rs`.
+//! (`provider::cloud`); this binding is its `CloudApi` for GCP (`api.rs`), on the clients and shared reads
+//! of `resources.rs`, with the pure rules in `names.rs`, GCP's health verdict in `health.rs` and the error
+//! classes (and outcomes of operations) in `errors.rs`.
 //!
 //! **The MIG never rolls itself.** Groups are created with `updatePolicy.type = OPPORTUNISTIC` (a new
 //! template applies only to instances created afterwards; nothing is replaced proactively),
@@ -40,16 +41,18 @@
 
 mod api;
 mod errors;
+mod health;
 mod names;
+mod resources;
 
 pub use names::{backend_service_name, template_name, url_map_weights, Scope};
 
 use super::cloud::{Cloud, TagKeys, Vocabulary};
 use super::{Provider, ProviderError, Readiness};
 use crate::plan::{Observed, Release, Traffic};
-use api::GcpApi;
 use ledger_format::types::{EnvName, Environment, GroupName};
-use std::time::Duration;
+use resources::GcpApi;
+pub use resources::{GcpCredentials, GcpOptions};
 
 pub use super::cloud::{generation_group_name, group_name};
 
@@ -78,48 +81,6 @@ static WORDS: Vocabulary = Vocabulary {
         traffic_since: names::TAG_TRAFFIC_SINCE,
     },
 };
-
-/// Where the provider's credentials come from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum GcpCredentials {
-    /// Application Default Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user credentials, the
-    /// metadata server of a VM or workload identity): the SDK's default.
-    #[default]
-    Adc,
-    /// No credentials at all: only for an endpoint that needs none (the loopback fake of the tests).
-    Anonymous,
-}
-
-/// How the provider reaches GCP. `Default` is what the agent uses.
-#[derive(Clone, Debug)]
-pub struct GcpOptions {
-    /// Overrides the Compute Engine endpoint (a Private Service Connect endpoint, or the tests' fake);
-    /// `None`: `https://compute.googleapis.com`.
-    pub endpoint: Option<String>,
-    pub credentials: GcpCredentials,
-    /// Attempts per call, with the SDK's backoff between them; only what the SDK deems safe to repeat is
-    /// retried (AIP-194: UNAVAILABLE), everything else comes back at once and is classed.
-    pub max_attempts: u32,
-    /// The limit of one attempt of one call.
-    pub attempt_timeout: Duration,
-    /// Also probe each running instance at its internal IP with the environment's health check.
-    pub probe_instances: bool,
-    /// Observe only (`stele plan`): no clean-up, every action refused.
-    pub observe_only: bool,
-}
-
-impl Default for GcpOptions {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            credentials: GcpCredentials::Adc,
-            max_attempts: 4,
-            attempt_timeout: Duration::from_secs(30),
-            probe_instances: false,
-            observe_only: false,
-        }
-    }
-}
 
 pub struct GcpProvider {
     /// Always `Some` until dropped.
@@ -296,28 +257,28 @@ mod tests {
         let now = 1_000_000;
         let m = member("NONE");
         assert_eq!(
-            api::judge_health(&m, Some(&instance("RUNNING", 0)), &[], now),
+            health::judge_health(&m, Some(&instance("RUNNING", 0)), &[], now),
             Some(Health::Healthy { since_ms: 0 })
         );
-        assert_eq!(api::judge_health(&m, Some(&instance("STAGING", 0)), &[], now), Some(Health::Starting));
-        assert_eq!(api::judge_health(&member("CREATING"), None, &[], now), Some(Health::Starting));
-        assert_eq!(api::judge_health(&m, None, &[], now), Some(Health::Starting));
-        assert_eq!(api::judge_health(&member("Terminating"), Some(&instance("RUNNING", 0)), &[], now), None);
+        assert_eq!(health::judge_health(&m, Some(&instance("STAGING", 0)), &[], now), Some(Health::Starting));
+        assert_eq!(health::judge_health(&member("CREATING"), None, &[], now), Some(Health::Starting));
+        assert_eq!(health::judge_health(&m, None, &[], now), Some(Health::Starting));
+        assert_eq!(health::judge_health(&member("Terminating"), Some(&instance("RUNNING", 0)), &[], now), None);
         assert!(member("Terminating").leaving() && member("Detaching").leaving(), "the core's words for leaving");
         assert!(matches!(
-            api::judge_health(&m, Some(&instance("TERMINATED", 0)), &[], now),
+            health::judge_health(&m, Some(&instance("TERMINATED", 0)), &[], now),
             Some(Health::Unhealthy { .. })
         ));
         let ok = [verdict("HEALTHY")];
         assert_eq!(
-            api::judge_health(&m, Some(&instance("RUNNING", 0)), &ok, now),
+            health::judge_health(&m, Some(&instance("RUNNING", 0)), &ok, now),
             Some(Health::Healthy { since_ms: 0 })
         );
         // Load balancers report a new instance UNHEALTHY until its first checks pass: starting within the
         // grace, unhealthy after it.
         let bad = [verdict("UNHEALTHY")];
-        assert_eq!(api::judge_health(&m, Some(&instance("RUNNING", now - 1000)), &bad, now), Some(Health::Starting));
-        match api::judge_health(&m, Some(&instance("RUNNING", 0)), &bad, now) {
+        assert_eq!(health::judge_health(&m, Some(&instance("RUNNING", now - 1000)), &bad, now), Some(Health::Starting));
+        match health::judge_health(&m, Some(&instance("RUNNING", 0)), &bad, now) {
             Some(Health::Unhealthy { reason, .. }) => {
                 assert!(reason.contains("stele-abc") && reason.contains("UNHEALTHY"), "{reason}")
             }
@@ -326,7 +287,7 @@ mod tests {
         let mut sick = member("NONE");
         sick.health_status = "UNHEALTHY".into();
         assert!(matches!(
-            api::judge_health(&sick, Some(&instance("RUNNING", 0)), &[], now),
+            health::judge_health(&sick, Some(&instance("RUNNING", 0)), &[], now),
             Some(Health::Unhealthy { .. })
         ));
     }
