@@ -471,3 +471,26 @@ fn the_aws_example_specs_are_accepted() {
     }
     assert_eq!(f.show("prod")["strategy"]["kind"], "canary");
 }
+
+#[test]
+fn the_gcp_example_specs_are_accepted_and_n3_refusals_name_the_rule() {
+    let f = fixture();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gcp");
+    for (i, name) in ["environment.json", "environment-canary.json"].into_iter().enumerate() {
+        let out = f.set("prod", &dir.join(name), &[&f.alice]);
+        out.expect(OK).says(&[&format!("prod: spec version {}", i + 2)]);
+        assert_eq!(f.show("prod")["provider"]["kind"], "gcp", "{name}");
+        f.ledger.expect_valid(&[]);
+    }
+    assert_eq!(f.show("prod")["strategy"]["kind"], "canary");
+    assert_eq!(f.show("prod")["provider"]["url_map"], "web-map");
+    // Canary without a url map: refused before anything is written.
+    let mut spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("environment-canary.json")).unwrap()).unwrap();
+    spec["provider"].as_object_mut().unwrap().remove("url_map");
+    let path = f.sb.path("canary-no-map.json");
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let head = f.head();
+    let out = f.set("prod", &path, &[&f.alice]);
+    f.expect_refused_unchanged(&out, &head, &["N3", "url_map, health_check and port"]);
+}

@@ -10,6 +10,10 @@ use std::collections::BTreeSet;
 pub const MAX_CAPACITY: u64 = 10_000;
 /// Longest wait of any kind (pause, grace, deadline, min ready): one day.
 pub const MAX_WAIT_SECONDS: u64 = 86_400;
+/// Longest environment and group names together on provider `gcp`: GCP names have at most 63
+/// characters, and `stele-<env>-<group>-g<generation>` spends 9 on its fixed parts and up to 20 on the
+/// generation (a u64).
+pub const GCP_MAX_ENV_AND_GROUP: usize = 63 - 9 - 20;
 
 pub fn check_environment_ranges(spec: &Environment) -> Result<(), String> {
     if spec.version < 1 {
@@ -88,6 +92,31 @@ pub fn check_environment_ranges(spec: &Environment) -> Result<(), String> {
         let weighted = !matches!(spec.strategy, Strategy::Rolling { .. });
         if weighted && (listener.is_none() || vpc.is_none() || port.is_none()) {
             return Err("aws: blue_green and canary need listener, vpc and port (traffic moves by listener weights between per-generation target groups)".into());
+        }
+    }
+    if let Provider::Gcp { image_projects, url_map, health_check, port, .. } = &spec.provider {
+        if image_projects.is_empty() {
+            return Err("gcp: image_projects must not be empty".into());
+        }
+        if let Some(p) = port {
+            if !(1..=65_535).contains(p) {
+                return Err(format!("gcp: port {p} outside 1..=65535"));
+            }
+        }
+        for g in &spec.groups {
+            let len = spec.name.as_str().len() + g.name.as_str().len();
+            if len > GCP_MAX_ENV_AND_GROUP {
+                return Err(format!(
+                    "gcp: environment {} and group {} are {len} characters together, at most \
+                     {GCP_MAX_ENV_AND_GROUP} (instance group names stele-<env>-<group>-g<generation> must fit \
+                     GCP's 63)",
+                    spec.name, g.name
+                ));
+            }
+        }
+        let weighted = !matches!(spec.strategy, Strategy::Rolling { .. });
+        if weighted && (url_map.is_none() || health_check.is_none() || port.is_none()) {
+            return Err("gcp: blue_green and canary need url_map, health_check and port (traffic moves by the url map's weights between per-generation backend services)".into());
         }
     }
     if let Some(age) = spec.max_instance_age_seconds {

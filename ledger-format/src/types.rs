@@ -152,6 +152,25 @@ checked_string!(
     "use an ARN (arn:partition:service:region:account:resource)"
 );
 
+checked_string!(
+    /// A Google Cloud project id such as `acme-prod`: 6-30 characters (GCP's rule).
+    GcpProject, "gcp project id",
+    |s| (6..=30).contains(&s.len()) && is_slug(s, 30),
+    "use 6-30 of a-z 0-9 '-', starting with a letter and not ending with '-'"
+);
+checked_string!(
+    /// A Google Cloud region such as `europe-west1`.
+    GcpRegion, "gcp region",
+    |s| is_slug(s, 63) && s.as_bytes()[s.len() - 1].is_ascii_digit(),
+    "use a region name such as europe-west1 (1-63 of a-z 0-9 '-', starting with a letter, ending in a digit)"
+);
+checked_string!(
+    /// A Compute Engine resource name (RFC 1035): instance templates, backend services, URL maps,
+    /// health checks.
+    GcpName, "gcp resource name", |s| is_slug(s, 63),
+    "use 1-63 of a-z 0-9 '-', starting with a letter and not ending with '-' (RFC 1035)"
+);
+
 /// A payload kind's `type` member: a unit value that only deserializes from its one spelling.
 macro_rules! type_tag {
     ($name:ident, $value:literal) => {
@@ -406,6 +425,33 @@ pub enum Provider {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u64>,
     },
+    /// Regional Compute Engine managed instance groups launched from instance templates pinned to the
+    /// entry's image (SPEC.md §6.2, revision 6).
+    Gcp {
+        /// The project every group, template and load-balancing resource of the environment is in.
+        project: GcpProject,
+        /// The region of the (regional) managed instance groups.
+        region: GcpRegion,
+        /// The operator's global instance template (machine type, network, service account, metadata);
+        /// Stele copies its properties into one new template per release with only the boot image (and
+        /// Stele's labels) changed.
+        instance_template: GcpName,
+        /// Projects whose images may run here.
+        image_projects: Vec<GcpProject>,
+        /// Global backend services the rolling group is a backend of.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backend_services: Vec<GcpName>,
+        /// The global URL map whose default weighted backend services carry blue/green and canary
+        /// traffic between per-generation backend services.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url_map: Option<GcpName>,
+        /// The global health check of the per-generation backend services (blue/green, canary).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        health_check: Option<GcpName>,
+        /// The serving port: the groups' named port `http` and the backend services' port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -549,6 +595,52 @@ mod aws_tests {
         }
         let mut extra = ok;
         extra["endpoint"] = serde_json::json!("http://localhost");
+        assert!(serde_json::from_value::<Provider>(extra).is_err(), "unknown members are refused");
+    }
+}
+
+#[cfg(test)]
+mod gcp_tests {
+    use super::*;
+
+    #[test]
+    fn gcp_provider_members_are_validated_and_unknown_ones_refused() {
+        let ok = serde_json::json!({
+            "kind": "gcp", "project": "acme-prod", "region": "europe-west1", "instance_template": "web-base",
+            "image_projects": ["acme-images"], "backend_services": ["web"], "url_map": "web-map",
+            "health_check": "web-hc", "port": 8080
+        });
+        let p: Provider = serde_json::from_value(ok.clone()).expect("valid");
+        assert_eq!(serde_json::to_value(&p).expect("renders"), ok);
+        let minimal = serde_json::json!({
+            "kind": "gcp", "project": "acme-prod", "region": "us-central1", "instance_template": "t",
+            "image_projects": ["acme-images"]
+        });
+        let p: Provider = serde_json::from_value(minimal.clone()).expect("valid");
+        assert_eq!(serde_json::to_value(&p).expect("renders"), minimal, "optional members are omitted");
+        for (member, bad) in [
+            ("project", serde_json::json!("acme")),
+            ("project", serde_json::json!("a-project-id-longer-than-thirty")),
+            ("project", serde_json::json!("Acme-prod")),
+            ("project", serde_json::json!("acme-prod-")),
+            ("region", serde_json::json!("europe-west")),
+            ("region", serde_json::json!("EUROPE-WEST1")),
+            ("instance_template", serde_json::json!("Web_base")),
+            ("instance_template", serde_json::json!("1web")),
+            ("instance_template", serde_json::json!("a".repeat(64))),
+            ("image_projects", serde_json::json!(["acme"])),
+            ("backend_services", serde_json::json!(["web-"])),
+            ("url_map", serde_json::json!("projects/acme-prod/global/urlMaps/web")),
+            ("health_check", serde_json::json!("")),
+        ] {
+            let mut v = ok.clone();
+            v[member] = bad.clone();
+            assert!(serde_json::from_value::<Provider>(v).is_err(), "{member}: {bad}");
+        }
+        assert!("a".repeat(63).parse::<GcpName>().is_ok());
+        assert!("abcdef".parse::<GcpProject>().is_ok() && "a".repeat(30).parse::<GcpProject>().is_ok());
+        let mut extra = ok;
+        extra["zone"] = serde_json::json!("europe-west1-b");
         assert!(serde_json::from_value::<Provider>(extra).is_err(), "unknown members are refused");
     }
 }

@@ -49,6 +49,7 @@ pub struct AgentConfig {
     pub agent_id: String,
     pub local: LocalSettings,
     pub aws: crate::provider::AwsSettings,
+    pub gcp: crate::provider::GcpSettings,
     /// The binary that runs `stele lb`.
     pub stele_exe: PathBuf,
     /// The HTTP surface (`[http]`, `--http-listen`); off when `None`.

@@ -18,7 +18,11 @@ pub(crate) struct Providers {
     aws: Option<crate::provider::aws::AwsProvider>,
     #[cfg(feature = "aws")]
     aws_settings: crate::provider::AwsSettings,
-    #[cfg(feature = "aws")]
+    #[cfg(feature = "gcp")]
+    gcp: Option<crate::provider::gcp::GcpProvider>,
+    #[cfg(feature = "gcp")]
+    gcp_settings: crate::provider::GcpSettings,
+    #[cfg(any(feature = "aws", feature = "gcp"))]
     observe_only: bool,
     /// Set only by `simulated`: every environment runs here.
     #[cfg(any(test, feature = "sim"))]
@@ -33,7 +37,11 @@ impl Providers {
             aws: None,
             #[cfg(feature = "aws")]
             aws_settings: cfg.aws.clone(),
-            #[cfg(feature = "aws")]
+            #[cfg(feature = "gcp")]
+            gcp: None,
+            #[cfg(feature = "gcp")]
+            gcp_settings: cfg.gcp.clone(),
+            #[cfg(any(feature = "aws", feature = "gcp"))]
             observe_only: false,
             #[cfg(any(test, feature = "sim"))]
             sim: None,
@@ -60,7 +68,11 @@ impl Providers {
             aws: None,
             #[cfg(feature = "aws")]
             aws_settings: cfg.aws.clone(),
-            #[cfg(feature = "aws")]
+            #[cfg(feature = "gcp")]
+            gcp: None,
+            #[cfg(feature = "gcp")]
+            gcp_settings: cfg.gcp.clone(),
+            #[cfg(any(feature = "aws", feature = "gcp"))]
             observe_only: true,
             #[cfg(any(test, feature = "sim"))]
             sim: None,
@@ -91,6 +103,30 @@ impl Providers {
             ledger_format::types::Provider::Aws { .. } => Err(format!(
                 "environment {} uses provider aws, but this stele was built without the `aws` feature \
                  (cargo build --features aws)",
+                spec.name
+            )),
+            #[cfg(feature = "gcp")]
+            ledger_format::types::Provider::Gcp { .. } => {
+                if self.gcp.is_none() {
+                    let options = crate::provider::gcp::GcpOptions {
+                        endpoint: self.gcp_settings.endpoint.clone(),
+                        credentials: match (&self.gcp_settings.endpoint, self.gcp_settings.anonymous) {
+                            (Some(_), true) => crate::provider::gcp::GcpCredentials::Anonymous,
+                            _ => crate::provider::gcp::GcpCredentials::Adc,
+                        },
+                        probe_instances: self.gcp_settings.probe_instances,
+                        observe_only: self.observe_only,
+                        ..Default::default()
+                    };
+                    let provider = crate::provider::gcp::GcpProvider::with_options(options);
+                    self.gcp = Some(provider.map_err(|e| e.to_string())?);
+                }
+                Ok(self.gcp.as_mut().expect("created above"))
+            }
+            #[cfg(not(feature = "gcp"))]
+            ledger_format::types::Provider::Gcp { .. } => Err(format!(
+                "environment {} uses provider gcp, but this stele was built without the `gcp` feature \
+                 (cargo build --features gcp)",
                 spec.name
             )),
         }

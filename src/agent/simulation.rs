@@ -163,6 +163,7 @@ pub fn agent_config(state_dir: &Path) -> AgentConfig {
         agent_id: "sim-agent".into(),
         local: Default::default(),
         aws: Default::default(),
+        gcp: Default::default(),
         stele_exe: "stele".into(),
         http: None,
         notify: Vec::new(),

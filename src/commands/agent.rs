@@ -41,6 +41,8 @@ struct AgentFile {
     local: LocalSettings,
     #[serde(default)]
     aws: crate::provider::AwsSettings,
+    #[serde(default)]
+    gcp: crate::provider::GcpSettings,
     /// The HTTP surface; off without this table (or `--http-listen`).
     http: Option<crate::http::HttpSettings>,
     /// Notification targets (`[[notify]]`).
@@ -167,6 +169,7 @@ pub fn load_config_with(repo_flag: Option<&Path>, args: &AgentSettingsArgs, crea
         agent_id,
         local: file.local,
         aws: file.aws,
+        gcp: file.gcp,
         http: file.http.map(|mut h| {
             h.hook_secret_file = h.hook_secret_file.map(resolve);
             h
@@ -266,11 +269,16 @@ mod tests {
         for (name, text) in [
             ("examples/agent.toml", include_str!("../../examples/agent.toml")),
             ("examples/aws/agent.toml", include_str!("../../examples/aws/agent.toml")),
+            ("examples/gcp/agent.toml", include_str!("../../examples/gcp/agent.toml")),
         ] {
             let file: AgentFile = toml::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(file.repo.is_some() && !file.trust_root.is_empty(), "{name}");
-            assert!(!file.aws.probe_instances, "{name}: probing is opt-in");
+            assert!(!file.aws.probe_instances && !file.gcp.probe_instances, "{name}: probing is opt-in");
+            assert!(file.gcp.endpoint.is_none() && !file.gcp.anonymous, "{name}: GCP itself, with ADC");
         }
+        let fake: AgentFile = toml::from_str("[gcp]\nendpoint = \"http://127.0.0.1:1\"\nanonymous = true\n").unwrap();
+        assert!(fake.gcp.anonymous && fake.gcp.endpoint.is_some());
+        assert!(toml::from_str::<AgentFile>("[gcp]\nprobe = true\n").is_err(), "unknown keys are refused");
         let on: AgentFile = toml::from_str("[aws]\nprobe_instances = true\n").unwrap();
         assert!(on.aws.probe_instances);
         assert!(toml::from_str::<AgentFile>("[aws]\nprobe = true\n").is_err(), "unknown keys are refused");

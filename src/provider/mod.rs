@@ -4,11 +4,14 @@
 //!
 //! Owns: the `Provider` trait and the errors the loop branches on. Implementations: `local` (processes
 //! on this host, the embedded default), `sim` (deterministic, virtual time, injected failures) and
-//! `aws` (feature `aws`), a binding of `cloud`, the core shared by providers of managed instance groups.
+//! `aws` (feature `aws`) and `gcp` (feature `gcp`), bindings of `cloud`, the core shared by providers of
+//! managed instance groups.
 
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod cloud;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 pub mod local;
 pub mod sim;
 
@@ -26,6 +29,24 @@ pub struct AwsSettings {
     /// proxy or middlebox that answers in their place would make every probe fail. Default false.
     #[serde(default)]
     pub probe_instances: bool,
+}
+
+/// Settings of the GCP provider (the `[gcp]` table of the agent's configuration). Parsed in every build,
+/// so a configuration stays valid for an agent built without the feature.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpSettings {
+    /// As `AwsSettings::probe_instances`, at each instance's internal IP. Default false.
+    #[serde(default)]
+    pub probe_instances: bool,
+    /// The Compute Engine endpoint, for a Private Service Connect endpoint; default
+    /// `https://compute.googleapis.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Call `endpoint` without credentials (the tests' loopback fake of Compute Engine). Ignored without
+    /// `endpoint`: GCP itself always gets Application Default Credentials. Default false.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// How the agent must react to a provider failure (STYLE.md 4).

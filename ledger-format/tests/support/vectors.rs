@@ -17,6 +17,8 @@ pub mod history;
 pub mod rev4;
 #[path = "rev5.rs"]
 pub mod rev5;
+#[path = "rev6.rs"]
+pub mod rev6;
 
 use ledger_format::check::Check;
 use ledger_format::crypto::{self, Blake3Digest, CryptoError, KeyId, PublicKey, SecretKey, KEY_ID_CONTEXT};
@@ -566,6 +568,7 @@ pub fn build_cases() -> Vec<Case> {
     signature_cases(&k, &mut cases);
     rev4::tree_cases(&k, &mut cases);
     rev5::tree_cases(&k, &mut cases);
+    rev6::tree_cases(&k, &mut cases);
     cases.0
 }
 

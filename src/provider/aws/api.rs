@@ -226,7 +226,7 @@ impl CloudApi for AwsApi {
                 vpc,
                 port,
             } => Ok(CloudSpec {
-                region: region.as_str(),
+                region: region.as_str().into(),
                 template: launch_template.as_str(),
                 subnets: subnets.iter().map(|s| s.as_str()).collect(),
                 image_owners: ami_owners.iter().map(|s| s.as_str()).collect(),
@@ -343,7 +343,7 @@ impl CloudApi for AwsApi {
         env: &EnvName,
         new: NewGroup<'_>,
     ) -> Result<(), ProviderError> {
-        let c = self.clients(spec.region);
+        let c = self.clients(&spec.region);
         let NewGroup { name, group, generation, template, max, balancers } = new;
         if name.len() > 255 {
             return Err(refused(format!("auto scaling group name {name} is longer than 255")));

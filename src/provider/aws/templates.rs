@@ -80,7 +80,7 @@ impl AwsApi {
         ami: &str,
     ) -> Option<i64> {
         let description = version_description(env, release.generation, ami);
-        self.versions.get(&(aws.region.to_owned(), aws.template.to_owned(), description)).copied()
+        self.versions.get(&(aws.region.to_string(), aws.template.to_owned(), description)).copied()
     }
 
     pub(super) async fn ensure_version(
@@ -90,7 +90,7 @@ impl AwsApi {
         release: &Release,
         ami: &str,
     ) -> Result<i64, ProviderError> {
-        let (region, template) = (aws.region, aws.template);
+        let (region, template) = (&*aws.region, aws.template);
         let c = self.clients(region);
         let description = version_description(env, release.generation, ami);
         let key = (region.to_owned(), template.to_owned(), description.clone());

@@ -85,8 +85,9 @@ pub struct TagKeys {
 /// The provider members of a spec a cloud maps onto, borrowed.
 #[derive(Clone, Debug)]
 pub struct CloudSpec<'a> {
-    /// Region (or zone) every call of this environment goes to.
-    pub region: &'a str,
+    /// Where every call of this environment goes: the region (or zone), or what the binding makes of its
+    /// spec's scope (GCP: `project/region`). Borrowed from the spec where it is one member.
+    pub region: std::borrow::Cow<'a, str>,
     /// The operator's template that release templates are made from.
     pub template: &'a str,
     pub subnets: Vec<&'a str>,
@@ -585,7 +586,7 @@ impl<A: CloudApi> Cloud<A> {
     ) -> Result<(), ProviderError> {
         let w = A::WORDS;
         let noun = w.image;
-        let found = match self.api.describe_image(cs.region, image).await? {
+        let found = match self.api.describe_image(&cs.region, image).await? {
             ImageLookup::Found(found) => found,
             ImageLookup::Missing(Some(code)) => {
                 return Err(refused(format!("{noun} {image} does not exist or is not visible here ({code})")))
@@ -614,7 +615,7 @@ impl<A: CloudApi> Cloud<A> {
                 Err(refused(format!("{noun} {image} {tag} {key} is {got}, the entry pins {want}")))
             }
             Some(_) => {
-                self.digests.insert((cs.region.to_owned(), image.to_owned()), *digest);
+                self.digests.insert((cs.region.to_string(), image.to_owned()), *digest);
                 Ok(())
             }
         }

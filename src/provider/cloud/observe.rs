@@ -59,7 +59,7 @@ impl<A: CloudApi> Cloud<A> {
         let words = A::WORDS;
         let keys = &words.keys;
         let cs = A::spec_of(spec)?;
-        let region = cs.region.to_owned();
+        let region = cs.region.to_string();
         self.specs.insert(env.clone(), spec.clone());
         let first_look = self.seen.insert(env.clone());
         let layout = cs.layout(spec, words)?;

@@ -31,7 +31,7 @@ impl<A: CloudApi> Cloud<A> {
                 continue;
             }
             let update = GroupUpdate { template: Some(template.clone()), ..GroupUpdate::default() };
-            self.api.update_group(cs.region, &name, update).await?;
+            self.api.update_group(&cs.region, &name, update).await?;
             tracing::info!(group = %name, version = %template, generation = release.generation, "group pointed at {}", A::WORDS.template);
         }
         self.rolling_templates.remove(env);
@@ -66,13 +66,13 @@ impl<A: CloudApi> Cloud<A> {
                 (generation_group_name(env, group, release.generation), Some(release.generation))
             }
         };
-        let view = match self.api.describe_group(cs.region, &name).await? {
+        let view = match self.api.describe_group(&cs.region, &name).await? {
             Some(view) => view,
             None => {
                 let balancers = match layout {
                     Layout::Rolling => cs.balancers.iter().map(|s| (*s).to_owned()).collect(),
                     Layout::Weighted { network, port, .. } => vec![
-                        self.ensure_balancer(cs.region, spec, env, group, release.generation, network, port).await?,
+                        self.ensure_balancer(&cs.region, spec, env, group, release.generation, network, port).await?,
                     ],
                 };
                 // The maximum size starts at the capacity; a surge raises it while it lasts (see below)
@@ -81,7 +81,7 @@ impl<A: CloudApi> Cloud<A> {
                     NewGroup { name: &name, group, generation, template: template.clone(), max: capacity, balancers };
                 self.api.create_group(&cs, env, new).await?;
                 self.api
-                    .describe_group(cs.region, &name)
+                    .describe_group(&cs.region, &name)
                     .await?
                     .ok_or_else(|| retryable(format!("{} {name} is not visible yet", words.group)))?
             }
@@ -101,12 +101,12 @@ impl<A: CloudApi> Cloud<A> {
             return Err(refused(format!("{name}: desired {desired} below MinSize {}", view.min)));
         }
         if update.template.is_some() || update.max.is_some() {
-            self.api.update_group(cs.region, &name, update).await?;
+            self.api.update_group(&cs.region, &name, update).await?;
             if view.template_version != template.version {
                 tracing::info!(group = %name, version = %template, generation = release.generation, "group switched to {}", words.template);
             }
         }
-        self.api.set_desired(cs.region, &name, desired).await?;
+        self.api.set_desired(&cs.region, &name, desired).await?;
         self.scaled_at.insert(name.clone(), now_ms);
         Ok(format!("pending:{name}:{desired}"))
     }
@@ -119,7 +119,7 @@ impl<A: CloudApi> Cloud<A> {
     ) -> Result<(), ProviderError> {
         let spec = self.spec_of(env)?;
         let cs = A::spec_of(&spec)?;
-        let region = cs.region.to_owned();
+        let region = cs.region.to_string();
         let capacity = spec.groups.iter().find(|g| &g.name == group).map(|g| g.capacity);
         // The rolling group and the per-generation groups of (env, group): each id is in one of them
         // (a pending launch names its group), or in none any more.

@@ -29,7 +29,7 @@ impl<A: CloudApi> Cloud<A> {
                 continue;
             }
             // Only generations with healthy instances get weight, so their balancers exist.
-            let id = self.find_balancer(cs.region, env, group, generation).await?.ok_or_else(|| {
+            let id = self.find_balancer(&cs.region, env, group, generation).await?.ok_or_else(|| {
                 retryable(format!("{} of generation {generation} of {env}/{group} does not exist", words.balancer))
             })?;
             tuples.push((id, weight));
@@ -37,13 +37,13 @@ impl<A: CloudApi> Cloud<A> {
         if tuples.is_empty() {
             return Err(refused(format!("weights {} send no traffic anywhere", weights_text(weights))));
         }
-        let current = self.api.read_weights(cs.region, router).await?;
+        let current = self.api.read_weights(&cs.region, router).await?;
         if normalize(&current) == normalize(&tuples) {
             return Ok(());
         }
         let ids: Vec<String> = tuples.iter().map(|(a, _)| a.clone()).collect();
-        self.api.tag_balancers(cs.region, &ids, words.keys.traffic_since, &now_ms.to_string()).await?;
-        self.api.write_weights(cs.region, router, &tuples).await?;
+        self.api.tag_balancers(&cs.region, &ids, words.keys.traffic_since, &now_ms.to_string()).await?;
+        self.api.write_weights(&cs.region, router, &tuples).await?;
         tracing::info!(listener = A::short_router(router), weights = %weights_text(weights), "{} weights set", words.router);
         Ok(())
     }

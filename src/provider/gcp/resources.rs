@@ -1,0 +1,271 @@
+//! The SDK's clients, made on first use, what this process has read (only to save calls), and the reads
+//! and read-modify-writes several `CloudApi` calls share: a MIG as the core sees it, release templates,
+//! backend services.
+
+//! The SDK bindings: the core's `CloudApi` calls as Compute Engine v1 requests (regional instance group
+//! managers, instance templates, instances, images, backend services, URL maps), each long-running
+//! operation polled until DONE, and what is read back in the core's terms.
+
+use super::errors::{classify, done, not_found_is_none};
+use super::names::{self, instance_id, last_segment, parse_tags, same_resource, Scope};
+use super::names::{LABEL_ENV, LABEL_GENERATION, LABEL_GROUP, LABEL_MANAGED, TAG_BACKENDS, TAG_BASE_TEMPLATE};
+use crate::plan::Generation;
+use crate::provider::cloud::{refused, retryable, GroupInstance, GroupView};
+use crate::provider::ProviderError;
+use google_cloud_compute_v1::client::{
+    BackendServices, Images, InstanceTemplates, Instances, RegionInstanceGroupManagers, UrlMaps,
+};
+use google_cloud_compute_v1::model as m;
+use google_cloud_gax::paginator::ItemPaginator;
+use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Where the provider's credentials come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum GcpCredentials {
+    /// Application Default Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user credentials, the
+    /// metadata server of a VM or workload identity): the SDK's default.
+    #[default]
+    Adc,
+    /// No credentials at all: only for an endpoint that needs none (the loopback fake of the tests).
+    Anonymous,
+}
+
+/// How the provider reaches GCP. `Default` is what the agent uses.
+#[derive(Clone, Debug)]
+pub struct GcpOptions {
+    /// Overrides the Compute Engine endpoint (a Private Service Connect endpoint, or the tests' fake);
+    /// `None`: `https://compute.googleapis.com`.
+    pub endpoint: Option<String>,
+    pub credentials: GcpCredentials,
+    /// Attempts per call, with the SDK's backoff between them; only what the SDK deems safe to repeat is
+    /// retried (AIP-194: UNAVAILABLE), everything else comes back at once and is classed.
+    pub max_attempts: u32,
+    /// The limit of one attempt of one call.
+    pub attempt_timeout: Duration,
+    /// Also probe each running instance at its internal IP with the environment's health check.
+    pub probe_instances: bool,
+    /// Observe only (`stele plan`): no clean-up, every action refused.
+    pub observe_only: bool,
+}
+
+impl Default for GcpOptions {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            credentials: GcpCredentials::Adc,
+            max_attempts: 4,
+            attempt_timeout: Duration::from_secs(30),
+            probe_instances: false,
+            observe_only: false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct Clients {
+    pub(super) groups: RegionInstanceGroupManagers,
+    pub(super) templates: InstanceTemplates,
+    pub(super) instances: Instances,
+    pub(super) images: Images,
+    pub(super) backends: BackendServices,
+    pub(super) url_maps: UrlMaps,
+}
+
+/// What a release template was made for, read from its description and properties.
+#[derive(Clone, Debug)]
+pub(super) struct TemplateInfo {
+    pub(super) env: String,
+    pub(super) generation: Generation,
+    pub(super) image: String,
+    pub(super) labels: HashMap<String, String>,
+}
+
+/// The GCP side of the provider: the SDK's clients and what this process has read (only to save calls).
+pub(super) struct GcpApi {
+    options: GcpOptions,
+    clients: Option<Clients>,
+    /// (location, template name) → what it was made for; `None`: not Stele's.
+    pub(super) templates: HashMap<(String, String), Option<TemplateInfo>>,
+    /// Instance id → the template URL it was created from (from the last listing of its group).
+    pub(super) instance_templates: HashMap<String, String>,
+    /// Instance id → its group's name.
+    pub(super) instance_groups: HashMap<String, String>,
+    /// Group name → backend services its description names that it is not a backend of yet (creation
+    /// attaches after the insert; an agent stopped in between completes it at the next resize).
+    pub(super) unattached: HashMap<String, Vec<String>>,
+}
+
+impl GcpApi {
+    pub(super) fn new(options: GcpOptions) -> Self {
+        Self {
+            options,
+            clients: None,
+            templates: HashMap::new(),
+            instance_templates: HashMap::new(),
+            instance_groups: HashMap::new(),
+            unattached: HashMap::new(),
+        }
+    }
+
+    /// The SDK's clients, made on first use (each loads the credentials).
+    pub(super) async fn clients(&mut self) -> Result<Clients, ProviderError> {
+        if let Some(c) = &self.clients {
+            return Ok(c.clone());
+        }
+        let o = &self.options;
+        macro_rules! build {
+            ($client:ty) => {{
+                let mut b = <$client>::builder()
+                    .with_attempt_timeout(o.attempt_timeout)
+                    .with_retry_policy(Aip194Strict.with_attempt_limit(o.max_attempts.max(1)));
+                if let Some(e) = &o.endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                if o.credentials == GcpCredentials::Anonymous {
+                    b = b.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+                }
+                b.build().await.map_err(|e| retryable(format!("gcp: cannot make a client: {e}")))?
+            }};
+        }
+        let c = Clients {
+            groups: build!(RegionInstanceGroupManagers),
+            templates: build!(InstanceTemplates),
+            instances: build!(Instances),
+            images: build!(Images),
+            backends: build!(BackendServices),
+            url_maps: build!(UrlMaps),
+        };
+        self.clients = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Every backend service of the project: which instance groups each has as backends.
+    pub(super) async fn backend_services(&mut self, s: Scope<'_>) -> Result<Vec<m::BackendService>, ProviderError> {
+        let c = self.clients().await?;
+        let mut out = Vec::new();
+        let mut items = c.backends.list().set_project(s.project).by_item();
+        while let Some(item) = items.next().await {
+            out.push(item.map_err(|e| classify("backendServices.list", e))?);
+        }
+        Ok(out)
+    }
+
+    /// A MIG as the core sees it: tags from its description, its instances from `listManagedInstances`,
+    /// the backend services it is a backend of.
+    pub(super) async fn group_view(
+        &mut self,
+        s: Scope<'_>,
+        igm: &m::InstanceGroupManager,
+        backends: &[m::BackendService],
+    ) -> Result<GroupView, ProviderError> {
+        let c = self.clients().await?;
+        let name = igm.name.clone().unwrap_or_default();
+        let tags = parse_tags(igm.description.as_deref().unwrap_or_default());
+        let mut instances = Vec::new();
+        let mut items = c
+            .groups
+            .list_managed_instances()
+            .set_project(s.project)
+            .set_region(s.region)
+            .set_instance_group_manager(&name)
+            .by_item();
+        while let Some(item) = items.next().await {
+            let mi = item.map_err(|e| classify("regionInstanceGroupManagers.listManagedInstances", e))?;
+            let Some(id) = mi.instance.as_deref().and_then(instance_id) else { continue };
+            let action = mi.current_action.as_ref().and_then(|a| a.name()).unwrap_or("NONE");
+            // The core's words for an instance on its way out.
+            let lifecycle = match action {
+                "DELETING" => "Terminating".to_owned(),
+                "ABANDONING" => "Detaching".to_owned(),
+                other => other.to_owned(),
+            };
+            let health = mi
+                .instance_health
+                .iter()
+                .filter_map(|h| h.detailed_health_state.as_ref().and_then(|d| d.name()))
+                .find(|h| *h != "HEALTHY")
+                .unwrap_or("")
+                .to_owned();
+            if let Some(t) = mi.version.as_ref().and_then(|v| v.instance_template.clone()) {
+                self.instance_templates.insert(id.clone(), t);
+            }
+            self.instance_groups.insert(id.clone(), name.clone());
+            instances.push(GroupInstance { id, lifecycle, health_status: health });
+        }
+        let group_url = s.instance_group(&name);
+        let attached = backends
+            .iter()
+            .filter(|b| b.backends.iter().any(|be| be.group.as_deref().is_some_and(|g| same_resource(g, &group_url))))
+            .filter_map(|b| b.name.clone())
+            .collect::<Vec<String>>();
+        let missing: Vec<String> = tags
+            .get(TAG_BACKENDS)
+            .map(|list| {
+                list.split(',')
+                    .filter(|b| !b.is_empty() && !attached.iter().any(|a| a == b))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if missing.is_empty() {
+            self.unattached.remove(&name);
+        } else {
+            self.unattached.insert(name.clone(), missing);
+        }
+        Ok(GroupView {
+            name,
+            env: tags.get(LABEL_ENV).cloned(),
+            group: tags.get(LABEL_GROUP).cloned(),
+            generation: tags.get(LABEL_GENERATION).and_then(|g| g.parse().ok()),
+            managed: tags.get(LABEL_MANAGED).map(String::as_str) == Some("true"),
+            // A MIG has a target size only: no bounds to keep.
+            min: 0,
+            max: i32::MAX,
+            desired: igm.target_size.unwrap_or(0),
+            template_name: tags.get(TAG_BASE_TEMPLATE).cloned(),
+            template_version: igm.instance_template.as_deref().map(|t| last_segment(t).to_owned()),
+            balancers: attached,
+            instances,
+        })
+    }
+
+    /// Reads a template's description and labels once.
+    pub(super) async fn read_template(&mut self, location: &str, name: &str) -> Result<(), ProviderError> {
+        let key = (location.to_owned(), name.to_owned());
+        if self.templates.contains_key(&key) {
+            return Ok(());
+        }
+        let s = Scope::parse(location)?;
+        let c = self.clients().await?;
+        let r = c.templates.get().set_project(s.project).set_instance_template(name).send().await;
+        let Some(t) = not_found_is_none("instanceTemplates.get", r)? else { return Ok(()) };
+        let info =
+            t.description.as_deref().and_then(names::parse_template_description).map(|(env, generation, image)| {
+                TemplateInfo { env, generation, image, labels: t.properties.map(|p| p.labels).unwrap_or_default() }
+            });
+        self.templates.insert(key, info);
+        Ok(())
+    }
+
+    /// Gets a backend service, changes it and writes it back whole (`update`, guarded by its fingerprint).
+    pub(super) async fn modify_backend_service(
+        &mut self,
+        s: Scope<'_>,
+        name: &str,
+        op: &str,
+        change: impl FnOnce(&mut m::BackendService) -> bool,
+    ) -> Result<(), ProviderError> {
+        let c = self.clients().await?;
+        let r = c.backends.get().set_project(s.project).set_backend_service(name).send().await;
+        let Some(mut b) = not_found_is_none("backendServices.get", r)? else {
+            return Err(refused(format!("backend service {name} does not exist")));
+        };
+        if !change(&mut b) {
+            return Ok(());
+        }
+        let poller = c.backends.update().set_project(s.project).set_backend_service(name).set_body(b).poller();
+        done(op, poller).await.map(drop)
+    }
+}
