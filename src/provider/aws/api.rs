@@ -26,7 +26,7 @@ pub(super) struct Clients {
 
 /// The AWS side of the provider: SDK clients per region and the launch-template versions this process
 /// has read or made (only to save calls).
-pub(super) struct AwsApi {
+pub struct AwsApi {
     pub(super) config: aws_config::SdkConfig,
     pub(super) clients: HashMap<String, Clients>,
     /// (region, template, description) → the version number Stele made for it.

@@ -47,12 +47,10 @@ mod templates;
 pub use api::{listener_weights, target_group_name};
 pub use templates::{parse_version_description, version_description};
 
-use super::cloud::{Cloud, TagKeys, Vocabulary};
-use super::{Provider, ProviderError, Readiness};
-use crate::plan::{Observed, Release, Traffic};
-use api::AwsApi;
+use super::cloud::{Cloud, CloudProvider, TagKeys, Vocabulary};
+use super::ProviderError;
+pub use api::AwsApi;
 use aws_sdk_ec2 as ec2;
-use ledger_format::types::{EnvName, Environment, GroupName};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -131,28 +129,8 @@ impl Default for AwsOptions {
     }
 }
 
-pub struct AwsProvider {
-    /// Always `Some` until dropped.
-    rt: Option<tokio::runtime::Runtime>,
-    inner: Cloud<AwsApi>,
-}
-
-impl Drop for AwsProvider {
-    /// The agent drops its providers at the end of its async main: a runtime dropped there would panic
-    /// ("cannot drop a runtime in a context where blocking is not allowed"). Nothing runs on this
-    /// runtime between calls, so there is nothing to wait for.
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-impl AwsProvider {
-    fn block_on<F: std::future::Future>(rt: &Option<tokio::runtime::Runtime>, f: F) -> F::Output {
-        rt.as_ref().expect("the runtime lives as long as the provider").block_on(f)
-    }
-}
+/// The AWS provider: the cloud core on AWS's API.
+pub type AwsProvider = CloudProvider<AwsApi>;
 
 impl AwsProvider {
     /// The agent's provider: AWS configuration from the environment, loaded once.
@@ -167,10 +145,7 @@ impl AwsProvider {
     }
 
     pub fn with_options(options: AwsOptions) -> Result<Self, ProviderError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ProviderError::Retryable(format!("aws: cannot start a runtime: {e}")))?;
+        let rt = Self::runtime()?;
         let retry = aws_config::retry::RetryConfig::standard()
             .with_max_attempts(options.max_attempts.max(1))
             .with_initial_backoff(options.initial_backoff)
@@ -191,14 +166,8 @@ impl AwsProvider {
             loader = loader.credentials_provider(aws_credential_types(key, secret));
         }
         let config = rt.block_on(loader.load());
-        Ok(Self {
-            rt: Some(rt),
-            inner: Cloud::new(
-                AwsApi { config, clients: HashMap::new(), versions: HashMap::new(), version_info: HashMap::new() },
-                options.probe_instances,
-                options.observe_only,
-            ),
-        })
+        let api = AwsApi { config, clients: HashMap::new(), versions: HashMap::new(), version_info: HashMap::new() };
+        Ok(Self::from_parts(rt, Cloud::new(api, options.probe_instances, options.observe_only)))
     }
 }
 
@@ -206,67 +175,14 @@ fn aws_credential_types(key: &str, secret: &str) -> ec2::config::Credentials {
     ec2::config::Credentials::new(key, secret, None, None, "stele-static")
 }
 
-impl Provider for AwsProvider {
-    fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<Readiness, ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.prepare(env, spec, release)).map(|_| Readiness::Ready)
-    }
-
-    fn pin(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.pin(env, spec, release))
-    }
-
-    fn observe(&mut self, env: &EnvName, spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError> {
-        Self::block_on(&self.rt, self.inner.observe(env, spec, now_ms))
-    }
-
-    fn launch(
-        &mut self,
-        env: &EnvName,
-        spec: &Environment,
-        group: &GroupName,
-        release: &Release,
-        now_ms: u64,
-    ) -> Result<String, ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.launch(env, spec, group, release, now_ms))
-    }
-
-    fn terminate(&mut self, env: &EnvName, group: &GroupName, id: &str) -> Result<(), ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.terminate_all(env, group, &[id.to_owned()]))
-    }
-
-    fn terminate_all(&mut self, env: &EnvName, group: &GroupName, ids: &[String]) -> Result<(), ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.terminate_all(env, group, ids))
-    }
-
-    fn set_traffic(
-        &mut self,
-        env: &EnvName,
-        group: &GroupName,
-        traffic: &Traffic,
-        now_ms: u64,
-    ) -> Result<(), ProviderError> {
-        match traffic {
-            // A rolling group's target groups send to every registered (healthy) instance.
-            Traffic::Even => Ok(()),
-            Traffic::Weighted(weights) => {
-                self.inner.acting()?;
-                Self::block_on(&self.rt, self.inner.set_weights(env, group, weights, now_ms))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::api::judge_health;
     use super::*;
-    use crate::plan::Health;
+    use crate::plan::{Health, Traffic};
     use crate::provider::cloud::{balancer_view, CloudApi, GroupInstance, InstanceView, TargetVerdict};
+    use crate::provider::Provider;
+    use ledger_format::types::{EnvName, GroupName};
     use std::collections::BTreeMap;
 
     #[test]

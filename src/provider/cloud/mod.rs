@@ -26,8 +26,11 @@
 //! would need, or name any cloud's SDK: bindings (`provider::aws`) import this module, never the reverse.
 
 mod observe;
+mod provider;
 mod rollout;
 mod traffic;
+
+pub use provider::CloudProvider;
 
 use super::ProviderError;
 use crate::plan::{Generation, Health, Release};

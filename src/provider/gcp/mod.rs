@@ -47,11 +47,9 @@ mod resources;
 
 pub use names::{backend_service_name, template_name, url_map_weights, Scope};
 
-use super::cloud::{Cloud, TagKeys, Vocabulary};
-use super::{Provider, ProviderError, Readiness};
-use crate::plan::{Observed, Release, Traffic};
-use ledger_format::types::{EnvName, Environment, GroupName};
-use resources::GcpApi;
+use super::cloud::{Cloud, CloudProvider, TagKeys, Vocabulary};
+use super::ProviderError;
+pub use resources::GcpApi;
 pub use resources::{GcpCredentials, GcpOptions};
 
 pub use super::cloud::{generation_group_name, group_name};
@@ -82,26 +80,10 @@ static WORDS: Vocabulary = Vocabulary {
     },
 };
 
-pub struct GcpProvider {
-    /// Always `Some` until dropped.
-    rt: Option<tokio::runtime::Runtime>,
-    inner: Cloud<GcpApi>,
-}
-
-impl Drop for GcpProvider {
-    /// As `AwsProvider`: the agent may drop its providers inside its async main.
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
+/// The GCP provider: the cloud core on GCP's API.
+pub type GcpProvider = CloudProvider<GcpApi>;
 
 impl GcpProvider {
-    fn block_on<F: std::future::Future>(rt: &Option<tokio::runtime::Runtime>, f: F) -> F::Output {
-        rt.as_ref().expect("the runtime lives as long as the provider").block_on(f)
-    }
-
     /// The agent's provider: Application Default Credentials, GCP's endpoint.
     pub fn new() -> Result<Self, ProviderError> {
         Self::with_options(GcpOptions::default())
@@ -118,75 +100,19 @@ impl GcpProvider {
 
     /// The SDK's clients are made on the first call (building one loads the credentials).
     pub fn with_options(options: GcpOptions) -> Result<Self, ProviderError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ProviderError::Retryable(format!("gcp: cannot start a runtime: {e}")))?;
+        let rt = Self::runtime()?;
         let (probe, observe_only) = (options.probe_instances, options.observe_only);
-        Ok(Self { rt: Some(rt), inner: Cloud::new(GcpApi::new(options), probe, observe_only) })
-    }
-}
-
-impl Provider for GcpProvider {
-    fn prepare(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<Readiness, ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.prepare(env, spec, release)).map(|_| Readiness::Ready)
-    }
-
-    fn pin(&mut self, env: &EnvName, spec: &Environment, release: &Release) -> Result<(), ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.pin(env, spec, release))
-    }
-
-    fn observe(&mut self, env: &EnvName, spec: &Environment, now_ms: u64) -> Result<Observed, ProviderError> {
-        Self::block_on(&self.rt, self.inner.observe(env, spec, now_ms))
-    }
-
-    fn launch(
-        &mut self,
-        env: &EnvName,
-        spec: &Environment,
-        group: &GroupName,
-        release: &Release,
-        now_ms: u64,
-    ) -> Result<String, ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.launch(env, spec, group, release, now_ms))
-    }
-
-    fn terminate(&mut self, env: &EnvName, group: &GroupName, id: &str) -> Result<(), ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.terminate_all(env, group, &[id.to_owned()]))
-    }
-
-    fn terminate_all(&mut self, env: &EnvName, group: &GroupName, ids: &[String]) -> Result<(), ProviderError> {
-        self.inner.acting()?;
-        Self::block_on(&self.rt, self.inner.terminate_all(env, group, ids))
-    }
-
-    fn set_traffic(
-        &mut self,
-        env: &EnvName,
-        group: &GroupName,
-        traffic: &Traffic,
-        now_ms: u64,
-    ) -> Result<(), ProviderError> {
-        match traffic {
-            // A rolling group's backend services balance over every healthy instance.
-            Traffic::Even => Ok(()),
-            Traffic::Weighted(weights) => {
-                self.inner.acting()?;
-                Self::block_on(&self.rt, self.inner.set_weights(env, group, weights, now_ms))
-            }
-        }
+        Ok(Self::from_parts(rt, Cloud::new(GcpApi::new(options), probe, observe_only)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Health;
+    use crate::plan::{Health, Traffic};
     use crate::provider::cloud::{CloudApi, GroupInstance, InstanceView, TargetVerdict};
+    use crate::provider::Provider;
+    use ledger_format::types::{EnvName, Environment, GroupName};
     use std::collections::{BTreeMap, HashMap};
 
     #[test]

@@ -83,7 +83,7 @@ pub(super) struct TemplateInfo {
 }
 
 /// The GCP side of the provider: the SDK's clients and what this process has read (only to save calls).
-pub(super) struct GcpApi {
+pub struct GcpApi {
     options: GcpOptions,
     clients: Option<Clients>,
     /// (location, template name) → what it was made for; `None`: not Stele's.
