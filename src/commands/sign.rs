@@ -3,14 +3,14 @@
 //! Co-signing is for documents that are otherwise valid but short of their threshold, so the only
 //! problem the ledger may have before signing is that document's missing signatures.
 
+use super::proposal::Verdict;
 use super::{key_list, problem_lines};
 use crate::cli::SignArgs;
 use crate::exit::{self, Refused};
 use crate::keys;
 use crate::repo::{apply_to, Change, LedgerRepo};
 use anyhow::Result;
-use ledger_format::document::{Direct, DocError, ForeignSignatures, Payload};
-use ledger_format::history::CommitInfo;
+use ledger_format::document::{DocError, ForeignSignatures, Payload};
 use ledger_format::tree::{classify, Expiry, LayoutPath, Node, Problem, Snapshot};
 use ledger_format::types::{Entry, EnvName, Environment, Policy, Role};
 use ledger_format::{Check, Document, SecretKey};
@@ -73,14 +73,14 @@ pub fn run(repo_path: &Path, args: SignArgs) -> Result<u8> {
     let message = format!("sign {file}: {summary}\n\nsigned-by: {signer}\n");
     let (commit, remaining) = match ledger {
         Ledger::Verified(base, _) => {
-            let mut next = base.state.clone();
-            let (before, after) = super::proposal::touched(&repo, base.head, std::slice::from_ref(&change))?;
-            let info = CommitInfo { summary: format!("sign {file}: {summary}"), ..CommitInfo::default() };
-            let step = ledger_format::history::step_between(&before, &after, info);
-            if let Err(problems) = ledger_format::history::apply_step(&mut next, &step, &Direct) {
-                anyhow::bail!("internal error: co-signing broke the ledger:\n{}", problem_lines(&problems));
-            }
-            let commit = repo.commit(std::slice::from_ref(&change), &message)?;
+            let changes = std::slice::from_ref(&change);
+            let next = match super::proposal::judge_on(&repo, base, changes, &format!("sign {file}: {summary}"))? {
+                (Verdict::Complete, next) => next.expect("a complete step has a state after it"),
+                (Verdict::Short(problems) | Verdict::Refused(problems), _) => {
+                    anyhow::bail!("internal error: co-signing broke the ledger:\n{}", problem_lines(&problems))
+                }
+            };
+            let commit = repo.commit(changes, &message)?;
             super::base::remember(&repo, commit, &next);
             (commit, None)
         }
