@@ -35,10 +35,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy --workspace --all-targets --features aws,sim,gcp --quiet -- -D warnings
 cargo test --workspace
-# The cloud providers: the AWS provider against moto (its unit tests, the provider suite and the agent
-# end to end) and the GCP binding's unit tests, in one build with both features. (The rest of the suite
+# The cloud providers, in one build with both features: the AWS provider against moto and the GCP
+# provider against the loopback Compute Engine fake (each binding's unit tests, its strategy suite and
+# the agent end to end). (The rest of the suite
 # does not depend on them and ran above.)
-cargo test --features aws,gcp --lib --test aws_provider --test agent_aws
+cargo test --features aws,gcp --lib --test aws_provider --test agent_aws --test gcp_provider --test agent_gcp
 # Coverage-guided fuzzing, briefly: every target in fuzz/ for a few seconds from its committed seeds
 # (scripts/fuzz.sh installs cargo-fuzz when it is missing; fuzz/ is its own workspace, so nothing above
 # builds it). The long run's figures are in BENCHMARKS.md, "Fuzzing".

@@ -54,6 +54,8 @@ pub struct Call {
     pub http_method: String,
     pub path: String,
     pub status: u16,
+    /// The call's `x-goog-api-client` header: Google's SDKs send it, a test's raw calls do not.
+    pub client: String,
 }
 
 /// A fake on a loopback port of its own, killed and reaped on drop.
@@ -71,6 +73,13 @@ impl GcpFake {
     /// failure) when it cannot, with the install hint.
     pub fn start() -> GcpFake {
         GcpFake::start_with(&python_path(), &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `start` with `--allow-anonymous`: calls without a bearer token are served too, as the provider's
+    /// `GcpCredentials::Anonymous` sends none (Application Default Credentials need Google's token
+    /// service, which a loopback test cannot reach).
+    pub fn start_anonymous() -> GcpFake {
+        GcpFake::start_with(&python_path(), &["--allow-anonymous"]).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts `python tests/gcp/fake.py --port 0 EXTRA...`; the error says what went wrong and how to fix it.
@@ -226,14 +235,25 @@ impl GcpFake {
                 http_method: c["httpMethod"].as_str().unwrap_or_default().to_string(),
                 path: c["path"].as_str().unwrap_or_default().to_string(),
                 status: c["status"].as_u64().unwrap_or_default() as u16,
+                client: c["client"].as_str().unwrap_or_default().to_string(),
             })
             .collect()
     }
 
-    /// The number of calls per method id, e.g. for API calls per rollout.
+    /// The number of calls per method id.
     pub fn call_counts(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
         for call in self.calls() {
+            *counts.entry(call.method).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The number of calls per method id made through a Google SDK (the provider's, not the test's own
+    /// raw reads), e.g. for API calls per rollout.
+    pub fn sdk_call_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for call in self.calls().into_iter().filter(|c| !c.client.is_empty()) {
             *counts.entry(call.method).or_insert(0) += 1;
         }
         counts
@@ -244,6 +264,18 @@ impl GcpFake {
         let (status, out) = self.call("GET", "/_fake/instances", None);
         assert_eq!(status, 200, "{out:#}");
         out["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// How many instances the fake ever created (deleted ones included).
+    pub fn instances_created(&self) -> usize {
+        let (status, out) = self.call("GET", "/_fake/instances", None);
+        assert_eq!(status, 200, "{out:#}");
+        out["created"].as_u64().expect("created is a count") as usize
+    }
+
+    /// Forgets the calls logged so far.
+    pub fn clear_calls(&self) {
+        self.control("POST", "/_fake/calls/clear", json!({}));
     }
 
     /// Polls an Operation (by its selfLink) with `get` until DONE, at most `polls` times; returns it.

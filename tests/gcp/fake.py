@@ -44,8 +44,12 @@ Control API (not Google's; JSON in and out):
   POST /_fake/fail-next          {"method": "compute.x.y", "code": 400, "reason", "message", "sync": bool}:
                                  the next such call fails: its operation ends DONE with that error (or, with
                                  sync, the call itself is answered with it); nothing is applied
-  GET  /_fake/calls              {"calls": [{"method", "httpMethod", "path", "status"}]} every API call
-  GET  /_fake/instances          {"instances": [...]} every fake instance with its health
+  GET  /_fake/calls              {"calls": [{"method", "httpMethod", "path", "status", "client"}]} every API
+                                 call; `client` is its x-goog-api-client header (the SDK's, empty for a test's
+                                 raw calls)
+  POST /_fake/calls/clear        forget the calls so far (a test's own set-up is not the provider's)
+  GET  /_fake/instances          {"instances": [...], "created": N} every fake instance with its health, and
+                                 how many instances were ever created
 """
 
 import argparse
@@ -130,7 +134,7 @@ class Handler(BaseHTTPRequestHandler):
                 traceback.print_exc(file=sys.stderr)
                 status, out = 500, error_body(500, f"gcp fake internal error: {e!r}", "backendError")
             self.world.calls.append({"method": method_id, "httpMethod": http_method, "path": path,
-                                     "status": status})
+                                     "status": status, "client": self.headers.get("x-goog-api-client", "")})
         token = auth.split(" ", 1)[1][:12] + "..." if " " in auth else "-"
         self.answer(status, out, method_id or "?", http_method, path, token)
 

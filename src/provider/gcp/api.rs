@@ -8,7 +8,7 @@ use super::names::{
     self, instance_id, joined_digest, last_segment, parse_tags, same_resource, tags_text, Scope, LABEL_ENV,
     LABEL_GENERATION, LABEL_GROUP, LABEL_MANAGED, LABEL_VERSION, TAG_BACKENDS, TAG_BASE_TEMPLATE,
 };
-use super::resources::{GcpApi, TemplateInfo};
+use super::resources::{request_id, GcpApi, TemplateInfo};
 use super::WORDS;
 use crate::plan::{Generation, Health, Release};
 use crate::provider::cloud::{
@@ -17,6 +17,7 @@ use crate::provider::cloud::{
 };
 use crate::provider::ProviderError;
 use google_cloud_compute_v1::model as m;
+use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::paginator::ItemPaginator;
 use ledger_format::types::{EnvName, Environment, GroupName};
 use std::collections::{BTreeMap, HashMap};
@@ -75,9 +76,13 @@ impl CloudApi for GcpApi {
         judge_health(member, instance, verdicts, now_ms)
     }
 
-    /// `images.get`; the owner is the image's project.
+    /// `images.get`; the owner is the image's project. A name that is no image's (an instance template of
+    /// someone else's may boot from an image family, or from none) is missing, with the reason.
     async fn describe_image(&mut self, _location: &str, image: &str) -> Result<ImageLookup, ProviderError> {
-        let (project, name) = names::image_ref(image)?;
+        let (project, name) = match names::image_ref(image) {
+            Ok(found) => found,
+            Err(e) => return Ok(ImageLookup::Missing(Some(e.to_string()))),
+        };
         let c = self.clients().await?;
         let r = c.images.get().set_project(project).set_image(name).send().await;
         let Some(img) = not_found_is_none("images.get", r)? else {
@@ -104,13 +109,25 @@ impl CloudApi for GcpApi {
         let name = names::template_name(env, release.generation, image);
         let done_ref = TemplateRef { name: spec.template.to_owned(), version: Some(name.clone()) };
         let key = (spec.region.to_string(), name.clone());
-        if matches!(self.templates.get(&key), Some(Some(_))) {
+        let made_for_this = |t: &TemplateInfo| {
+            t.release.as_ref().is_some_and(|(e, g)| e == env.as_str() && *g == release.generation)
+                && names::same_resource(&t.image, image)
+        };
+        if self.templates.get(&key).is_some_and(|t| t.as_ref().is_some_and(made_for_this)) {
             return Ok(done_ref);
         }
         self.templates.remove(&key);
         self.read_template(&spec.region, &name).await?;
-        if matches!(self.templates.get(&key), Some(Some(_))) {
-            return Ok(done_ref);
+        match self.templates.get(&key) {
+            Some(Some(t)) if made_for_this(t) => return Ok(done_ref),
+            Some(Some(_)) => {
+                return Err(refused(format!(
+                    "instance template {name} exists but is not Stele's for generation {} of {env} with \
+                     image {image}; rename or remove it",
+                    release.generation
+                )))
+            }
+            _ => {}
         }
         let c = self.clients().await?;
         let r = c.templates.get().set_project(s.project).set_instance_template(spec.template).send().await;
@@ -127,7 +144,7 @@ impl CloudApi for GcpApi {
         let Some(boot) = props.disks.get_mut(boot) else {
             return Err(refused(format!("instance template {} has no boot disk", spec.template)));
         };
-        boot.initialize_params.get_or_insert_with(Default::default).source_image = Some(source);
+        boot.initialize_params.get_or_insert_with(Default::default).source_image = Some(source.clone());
         props.labels.insert(LABEL_ENV.into(), env.to_string());
         props.labels.insert(LABEL_GENERATION.into(), release.generation.to_string());
         props.labels.insert(LABEL_VERSION.into(), names::label_value(release.version.as_str()));
@@ -136,12 +153,18 @@ impl CloudApi for GcpApi {
         t.name = Some(name.clone());
         t.description = Some(names::template_description(env, release.generation, image, spec.template));
         t.properties = Some(props);
-        let poller = c.templates.insert().set_project(s.project).set_body(t).poller();
+        let poller = c
+            .templates
+            .insert()
+            .set_project(s.project)
+            .set_body(t)
+            .set_request_id(request_id())
+            .with_idempotency(true)
+            .poller();
         if created("instanceTemplates.insert", poller).await? {
             tracing::info!(template = %name, generation = release.generation, "created instance template");
         }
-        let info =
-            TemplateInfo { env: env.to_string(), generation: release.generation, image: image.to_owned(), labels };
+        let info = TemplateInfo { release: Some((env.to_string(), release.generation)), image: source, labels };
         self.templates.insert(key, Some(info));
         Ok(done_ref)
     }
@@ -155,7 +178,9 @@ impl CloudApi for GcpApi {
     ) -> Option<TemplateRef> {
         let name = names::template_name(env, release.generation, image);
         match self.templates.get(&(spec.region.to_string(), name.clone())) {
-            Some(Some(_)) => Some(TemplateRef { name: spec.template.to_owned(), version: Some(name) }),
+            Some(Some(t)) if t.release.is_some() => {
+                Some(TemplateRef { name: spec.template.to_owned(), version: Some(name) })
+            }
             _ => None,
         }
     }
@@ -174,7 +199,8 @@ impl CloudApi for GcpApi {
     fn template_release(&self, location: &str, env: &EnvName, view: &GroupView) -> Option<(Generation, String)> {
         let name = view.template_version.as_deref()?;
         let info = self.templates.get(&(location.to_owned(), name.to_owned()))?.as_ref()?;
-        (info.env == env.as_str()).then(|| (info.generation, info.image.clone()))
+        let (made_for, generation) = info.release.as_ref()?;
+        (made_for == env.as_str()).then(|| (*generation, info.image.clone()))
     }
 
     /// `regionInstanceGroupManagers.list` (Stele's by name and description), `listManagedInstances` of
@@ -261,7 +287,15 @@ impl CloudApi for GcpApi {
             igm.named_ports = vec![np];
         }
         let c = self.clients().await?;
-        let poller = c.groups.insert().set_project(s.project).set_region(s.region).set_body(igm).poller();
+        let poller = c
+            .groups
+            .insert()
+            .set_project(s.project)
+            .set_region(s.region)
+            .set_body(igm)
+            .set_request_id(request_id())
+            .with_idempotency(true)
+            .poller();
         if created("regionInstanceGroupManagers.insert", poller).await? {
             tracing::info!(group = name, "created managed instance group");
         }
@@ -285,6 +319,8 @@ impl CloudApi for GcpApi {
             .set_region(s.region)
             .set_instance_group_manager(name)
             .set_body(body)
+            .set_request_id(request_id())
+            .with_idempotency(true)
             .poller();
         done("regionInstanceGroupManagers.setInstanceTemplate", poller).await.map(drop)
     }
@@ -305,6 +341,8 @@ impl CloudApi for GcpApi {
             .set_region(s.region)
             .set_instance_group_manager(name)
             .set_size(desired)
+            .set_request_id(request_id())
+            .with_idempotency(true)
             .poller();
         done("regionInstanceGroupManagers.resize", poller).await.map(drop)
     }
@@ -326,6 +364,8 @@ impl CloudApi for GcpApi {
             .set_region(s.region)
             .set_instance_group_manager(group)
             .set_body(body)
+            .set_request_id(request_id())
+            .with_idempotency(true)
             .poller();
         deleted("regionInstanceGroupManagers.deleteInstances", poller).await?;
         tracing::info!(group, instance = id, "deleting");
@@ -354,8 +394,15 @@ impl CloudApi for GcpApi {
             .await?;
         }
         let c = self.clients().await?;
-        let poller =
-            c.groups.delete().set_project(s.project).set_region(s.region).set_instance_group_manager(name).poller();
+        let poller = c
+            .groups
+            .delete()
+            .set_project(s.project)
+            .set_region(s.region)
+            .set_instance_group_manager(name)
+            .set_request_id(request_id())
+            .with_idempotency(true)
+            .poller();
         deleted("regionInstanceGroupManagers.delete", poller).await
     }
 
@@ -505,7 +552,14 @@ impl CloudApi for GcpApi {
         b.load_balancing_scheme = Some(m::backend_service::LoadBalancingScheme::ExternalManaged);
         b.health_checks = vec![s.health_check(health_check)];
         let c = self.clients().await?;
-        let poller = c.backends.insert().set_project(s.project).set_body(b).poller();
+        let poller = c
+            .backends
+            .insert()
+            .set_project(s.project)
+            .set_body(b)
+            .set_request_id(request_id())
+            .with_idempotency(true)
+            .poller();
         if created("backendServices.insert", poller).await? {
             tracing::info!(backend_service = %name, generation, "created backend service");
         }
@@ -516,7 +570,14 @@ impl CloudApi for GcpApi {
     async fn delete_balancer(&mut self, location: &str, id: &str) -> Result<(), ProviderError> {
         let s = Scope::parse(location)?;
         let c = self.clients().await?;
-        let poller = c.backends.delete().set_project(s.project).set_backend_service(last_segment(id)).poller();
+        let poller = c
+            .backends
+            .delete()
+            .set_project(s.project)
+            .set_backend_service(last_segment(id))
+            .set_request_id(request_id())
+            .with_idempotency(true)
+            .poller();
         deleted("backendServices.delete", poller).await
     }
 
@@ -598,7 +659,15 @@ impl CloudApi for GcpApi {
             })
             .collect();
         map.default_service = None;
-        let poller = c.url_maps.update().set_project(s.project).set_url_map(url_map).set_body(map).poller();
+        let poller = c
+            .url_maps
+            .update()
+            .set_project(s.project)
+            .set_url_map(url_map)
+            .set_body(map)
+            .set_request_id(request_id())
+            .with_idempotency(true)
+            .poller();
         done("urlMaps.update", poller).await.map(drop)
     }
 }

@@ -2,10 +2,6 @@
 //! and read-modify-writes several `CloudApi` calls share: a MIG as the core sees it, release templates,
 //! backend services.
 
-//! The SDK bindings: the core's `CloudApi` calls as Compute Engine v1 requests (regional instance group
-//! managers, instance templates, instances, images, backend services, URL maps), each long-running
-//! operation polled until DONE, and what is read back in the core's terms.
-
 use super::errors::{classify, done, not_found_is_none};
 use super::names::{self, instance_id, last_segment, parse_tags, same_resource, Scope};
 use super::names::{LABEL_ENV, LABEL_GENERATION, LABEL_GROUP, LABEL_MANAGED, TAG_BACKENDS, TAG_BASE_TEMPLATE};
@@ -16,8 +12,15 @@ use google_cloud_compute_v1::client::{
     BackendServices, Images, InstanceTemplates, Instances, RegionInstanceGroupManagers, UrlMaps,
 };
 use google_cloud_compute_v1::model as m;
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_gax::exponential_backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
+use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::paginator::ItemPaginator;
-use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt};
+use google_cloud_gax::polling_error_policy::{PollingErrorPolicy, PollingErrorPolicyExt};
+use google_cloud_gax::polling_state::PollingState;
+use google_cloud_gax::retry_policy::{RetryPolicy, RetryPolicyExt};
+use google_cloud_gax::retry_result::RetryResult;
+use google_cloud_gax::retry_state::RetryState;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -39,9 +42,13 @@ pub struct GcpOptions {
     /// `None`: `https://compute.googleapis.com`.
     pub endpoint: Option<String>,
     pub credentials: GcpCredentials,
-    /// Attempts per call, with the SDK's backoff between them; only what the SDK deems safe to repeat is
-    /// retried (AIP-194: UNAVAILABLE), everything else comes back at once and is classed.
+    /// Attempts per call, with exponential backoff between them from `initial_backoff`. Rate limits
+    /// (429), 5xx and connection failures are retried for calls that are safe to repeat: reads, and
+    /// mutations, which all carry a `requestId` (GCP ignores a repeated one); everything else comes back
+    /// at once and is classed.
     pub max_attempts: u32,
+    /// The first wait between attempts, and between polls of an operation; it doubles up to a minute.
+    pub initial_backoff: Duration,
     /// The limit of one attempt of one call.
     pub attempt_timeout: Duration,
     /// Also probe each running instance at its internal IP with the environment's health check.
@@ -56,6 +63,7 @@ impl Default for GcpOptions {
             endpoint: None,
             credentials: GcpCredentials::Adc,
             max_attempts: 4,
+            initial_backoff: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(30),
             probe_instances: false,
             observe_only: false,
@@ -73,11 +81,81 @@ pub(super) struct Clients {
     pub(super) url_maps: UrlMaps,
 }
 
-/// What a release template was made for, read from its description and properties.
+/// The retry policy: what GCP asks clients to retry (429 RESOURCE_EXHAUSTED, 5xx, UNAVAILABLE, a
+/// connection that failed) when the call is safe to repeat; the SDK's own AIP-194 policy retries only
+/// UNAVAILABLE, so rate limits would otherwise fail the whole tick.
+#[derive(Debug)]
+struct Transient;
+
+impl Transient {
+    fn judge(error: google_cloud_gax::error::Error) -> RetryResult {
+        let code = error.status().map(|s| s.code);
+        let http = error.http_status_code();
+        if error.is_io()
+            || matches!(code, Some(Code::Unavailable | Code::ResourceExhausted | Code::Internal))
+            || http.is_some_and(|h| h == 429 || (500..=599).contains(&h))
+        {
+            return RetryResult::Continue(error);
+        }
+        RetryResult::Permanent(error)
+    }
+}
+
+impl RetryPolicy for Transient {
+    fn on_error(&self, state: &RetryState, error: google_cloud_gax::error::Error) -> RetryResult {
+        if error.is_transient_and_before_rpc() {
+            return RetryResult::Continue(error);
+        }
+        if !state.idempotent {
+            return RetryResult::Permanent(error);
+        }
+        Self::judge(error)
+    }
+}
+
+/// Polling an operation (`operations.get`) is always safe to repeat.
+impl PollingErrorPolicy for Transient {
+    fn on_error(&self, _state: &PollingState, error: google_cloud_gax::error::Error) -> RetryResult {
+        if error.is_transient_and_before_rpc() {
+            return RetryResult::Continue(error);
+        }
+        Self::judge(error)
+    }
+}
+
+/// How long one mutation's operation is polled before the call fails (retryably; the next tick
+/// observes what it did). Resizing or deleting a group takes minutes at most.
+const OPERATION_LIMIT: Duration = Duration::from_secs(600);
+
+fn backoff(initial: Duration) -> Result<ExponentialBackoff, ProviderError> {
+    let initial = initial.max(Duration::from_millis(1));
+    ExponentialBackoffBuilder::new()
+        .with_initial_delay(initial)
+        .with_maximum_delay(Duration::from_secs(60).max(initial))
+        .build()
+        .map_err(|e| retryable(format!("gcp: backoff {initial:?}: {e}")))
+}
+
+/// A fresh `requestId` for one mutation (a version-4 UUID): the SDK may then repeat the call, and GCP
+/// runs it once.
+pub(super) fn request_id() -> String {
+    use rand_core::RngCore;
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// What an instance template makes: its boot image and instance labels, and, for Stele's release
+/// templates, the environment and generation its description names.
 #[derive(Clone, Debug)]
 pub(super) struct TemplateInfo {
-    pub(super) env: String,
-    pub(super) generation: Generation,
+    /// `Some((env, generation))`: a release template of Stele's; `None`: someone else's.
+    pub(super) release: Option<(String, Generation)>,
+    /// The boot disk's source image as `projects/P/global/images/NAME` (what GCP runs, whatever the
+    /// description says); empty when the template has none.
     pub(super) image: String,
     pub(super) labels: HashMap<String, String>,
 }
@@ -86,7 +164,7 @@ pub(super) struct TemplateInfo {
 pub struct GcpApi {
     options: GcpOptions,
     clients: Option<Clients>,
-    /// (location, template name) → what it was made for; `None`: not Stele's.
+    /// (location, template name) → what it makes; `None`: it does not exist.
     pub(super) templates: HashMap<(String, String), Option<TemplateInfo>>,
     /// Instance id → the template URL it was created from (from the last listing of its group).
     pub(super) instance_templates: HashMap<String, String>,
@@ -119,7 +197,10 @@ impl GcpApi {
             ($client:ty) => {{
                 let mut b = <$client>::builder()
                     .with_attempt_timeout(o.attempt_timeout)
-                    .with_retry_policy(Aip194Strict.with_attempt_limit(o.max_attempts.max(1)));
+                    .with_retry_policy(RetryPolicyExt::with_attempt_limit(Transient, o.max_attempts.max(1)))
+                    .with_backoff_policy(backoff(o.initial_backoff)?)
+                    .with_polling_error_policy(PollingErrorPolicyExt::with_time_limit(Transient, OPERATION_LIMIT))
+                    .with_polling_backoff_policy(backoff(o.initial_backoff)?);
                 if let Some(e) = &o.endpoint {
                     b = b.with_endpoint(e.clone());
                 }
@@ -231,7 +312,7 @@ impl GcpApi {
         })
     }
 
-    /// Reads a template's description and labels once.
+    /// Reads a template's description, boot image and labels once.
     pub(super) async fn read_template(&mut self, location: &str, name: &str) -> Result<(), ProviderError> {
         let key = (location.to_owned(), name.to_owned());
         if self.templates.contains_key(&key) {
@@ -240,11 +321,18 @@ impl GcpApi {
         let s = Scope::parse(location)?;
         let c = self.clients().await?;
         let r = c.templates.get().set_project(s.project).set_instance_template(name).send().await;
-        let Some(t) = not_found_is_none("instanceTemplates.get", r)? else { return Ok(()) };
-        let info =
-            t.description.as_deref().and_then(names::parse_template_description).map(|(env, generation, image)| {
-                TemplateInfo { env, generation, image, labels: t.properties.map(|p| p.labels).unwrap_or_default() }
-            });
+        let info = not_found_is_none("instanceTemplates.get", r)?.map(|t| {
+            let release = t
+                .description
+                .as_deref()
+                .and_then(names::parse_template_description)
+                .map(|(env, generation, _)| (env, generation));
+            let props = t.properties.unwrap_or_default();
+            let boot = props.disks.iter().find(|d| d.boot == Some(true)).or(props.disks.first());
+            let source = boot.and_then(|d| d.initialize_params.as_ref()).and_then(|p| p.source_image.as_deref());
+            let image = source.map(|i| i.find("projects/").map_or(i, |at| &i[at..]).to_owned()).unwrap_or_default();
+            TemplateInfo { release, image, labels: props.labels }
+        });
         self.templates.insert(key, info);
         Ok(())
     }
@@ -265,7 +353,15 @@ impl GcpApi {
         if !change(&mut b) {
             return Ok(());
         }
-        let poller = c.backends.update().set_project(s.project).set_backend_service(name).set_body(b).poller();
+        let poller = c
+            .backends
+            .update()
+            .set_project(s.project)
+            .set_backend_service(name)
+            .set_body(b)
+            .set_request_id(request_id())
+            .with_idempotency(true)
+            .poller();
         done(op, poller).await.map(drop)
     }
 }

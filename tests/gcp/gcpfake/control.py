@@ -105,6 +105,11 @@ def calls(world, body):
     return {"calls": list(world.calls)}
 
 
+def clear_calls(world, body):
+    world.calls.clear()
+    return {}
+
+
 def instances(world, body):
     out = []
     for record in sorted(world.instances.values(), key=lambda r: (r["created"], r["name"])):
@@ -112,7 +117,7 @@ def instances(world, body):
         item["selfLink"] = self_link(record["key"])
         item["health"] = groups.health_of(world, record)
         out.append(item)
-    return {"instances": out}
+    return {"instances": out, "created": world.created}
 
 
 ROUTES = {
@@ -124,5 +129,6 @@ ROUTES = {
     ("POST", "/_fake/failing-template"): failing_template,
     ("POST", "/_fake/fail-next"): fail_next,
     ("GET", "/_fake/calls"): calls,
+    ("POST", "/_fake/calls/clear"): clear_calls,
     ("GET", "/_fake/instances"): instances,
 }

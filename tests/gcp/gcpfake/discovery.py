@@ -17,6 +17,9 @@ from .errors import ApiError
 # Google accepts its system parameters with a `$` prefix too (`$alt`, `$fields`, `$prettyPrint`), which
 # the generated Rust clients use. These values of `$alt` / `alt` mean a JSON response.
 JSON_ALTS = ("json", "json;enum-encoding=int")
+# System parameters Google documents (cloud.google.com/apis/docs/system-parameters) that the discovery
+# document does not list: `$apiVersion`, the API version the generated Rust clients pin (a date).
+EXTRA_SYSTEM_PARAMS = {"apiVersion": {"type": "string", "pattern": r"\d{4}-\d{2}-\d{2}"}}
 
 
 def find_document(explicit=None):
@@ -89,7 +92,7 @@ class Discovery:
             raise SystemExit(f"gcp fake: {path} is not the compute v1 discovery document")
         self.path = path
         self.schemas = self.doc["schemas"]
-        self.system_params = self.doc.get("parameters", {})
+        self.system_params = {**EXTRA_SYSTEM_PARAMS, **self.doc.get("parameters", {})}
         self.service_path = self.doc["servicePath"]  # compute/v1/
         self.methods = []
         self.by_id = {}
@@ -145,6 +148,8 @@ class Discovery:
                     f"Field '{name}' could not be found in request message ({method.id}).",
                 )
             bare = name.lstrip("$")
+            if bare == "apiVersion" and not re.fullmatch(system["pattern"], raws[-1]):
+                raise ApiError(400, f"{name}={raws[-1]}: an API version is a date, YYYY-MM-DD")
             if bare == "alt" and raws[-1] not in JSON_ALTS:
                 raise ApiError(400, f"{name}={raws[-1]}: the fake answers only JSON (alt=json)")
             if bare == "prettyPrint" and raws[-1] not in ("true", "false"):

@@ -155,6 +155,7 @@ def create_instance(world, mig_key, mig, name=None, zone=None):
         "status": "RUNNING",
     }
     world.health.pop(key, None)
+    world.created += 1
     return world.instances[key]
 
 

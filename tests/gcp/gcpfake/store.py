@@ -24,7 +24,9 @@ def now():
 
 
 def new_fingerprint():
-    return base64.b64encode(os.urandom(8)).decode()
+    # Compute Engine writes its `format: byte` fields in URL-safe base64 ("ERw4s-BfXxs="), which the
+    # generated Rust clients decode with the URL-safe alphabet only: a `/` or `+` here fails them.
+    return base64.urlsafe_b64encode(os.urandom(8)).decode()
 
 
 def self_link(key):
@@ -75,6 +77,7 @@ class World:
         self.failing_templates = set()  # template keys whose instances never become healthy
         self.fail_next = []  # [{method, code, reason, message, sync}] injected failures
         self.calls = []
+        self.created = 0  # instances ever created (the record of a deleted one is forgotten)
         self.next_id = 1000000000000000001
         self.config = {"operationPolls": 2, "instanceIpPrefix": "10.128",
                        "requireAuth": getattr(self, "defaults_require_auth", True)}
