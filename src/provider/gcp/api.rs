@@ -424,8 +424,9 @@ impl CloudApi for GcpApi {
         .await
     }
 
-    /// `instances.get` per instance (its status, internal IP, creation time and labels); the image is
-    /// the one of the template the MIG created it from.
+    /// The instances (their status, internal IP, creation time and labels), one `instances.list` per
+    /// zone filtered by name (`instances.get` for a zone with one); the image is the one of the template
+    /// the MIG created it from.
     async fn describe_instances(
         &mut self,
         location: &str,
@@ -433,18 +434,46 @@ impl CloudApi for GcpApi {
     ) -> Result<HashMap<String, InstanceView>, ProviderError> {
         let s = Scope::parse(location)?;
         let c = self.clients().await?;
-        let mut out = HashMap::new();
+        let mut by_zone: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for id in ids {
-            let Some((zone, name)) = id.split_once('/') else { continue };
-            let r = c.instances.get().set_project(s.project).set_zone(zone).set_instance(name).send().await;
-            let Some(i) = not_found_is_none("instances.get", r)? else { continue };
-            let template = self.instance_templates.get(id).map(|t| last_segment(t).to_owned());
+            if let Some((zone, name)) = id.split_once('/') {
+                by_zone.entry(zone).or_default().push(name);
+            }
+        }
+        let mut found: Vec<(String, m::Instance)> = Vec::new();
+        for (zone, zone_names) in by_zone {
+            if let [name] = zone_names[..] {
+                let r = c.instances.get().set_project(s.project).set_zone(zone).set_instance(name).send().await;
+                if let Some(i) = not_found_is_none("instances.get", r)? {
+                    found.push((format!("{zone}/{name}"), i));
+                }
+                continue;
+            }
+            for chunk in zone_names.chunks(names::NAMES_PER_FILTER) {
+                let mut items = c
+                    .instances
+                    .list()
+                    .set_project(s.project)
+                    .set_zone(zone)
+                    .set_filter(names::name_filter(chunk))
+                    .by_item();
+                while let Some(i) = items.next().await {
+                    let i = i.map_err(|e| classify("instances.list", e))?;
+                    if let Some(name) = i.name.clone().filter(|n| chunk.contains(&n.as_str())) {
+                        found.push((format!("{zone}/{name}"), i));
+                    }
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        for (id, i) in found {
+            let template = self.instance_templates.get(&id).map(|t| last_segment(t).to_owned());
             let info = template.and_then(|t| self.templates.get(&(location.to_owned(), t)).cloned().flatten());
             let status = i.status.as_ref().and_then(|st| st.name()).unwrap_or("UNKNOWN").to_owned();
             let mut tags = info.as_ref().map(|t| t.labels.clone()).unwrap_or_default();
             tags.extend(i.labels.clone());
             out.insert(
-                id.clone(),
+                id,
                 InstanceView {
                     image_id: info.map(|t| t.image).unwrap_or_default(),
                     private_ip: i.network_interfaces.first().and_then(|n| n.network_ip.clone()),

@@ -116,6 +116,15 @@ pub fn image_ref(image: &str) -> Result<(&str, &str), ProviderError> {
     }
 }
 
+/// At most this many instance names in one list filter (the filter travels in the URL).
+pub const NAMES_PER_FILTER: usize = 50;
+
+/// A list filter that matches exactly these resource names: `name eq "a|b|c"` (a whole-value RE2 match;
+/// names are `[a-z0-9-]`, nothing to escape).
+pub fn name_filter(names: &[&str]) -> String {
+    format!("name eq \"{}\"", names.join("|"))
+}
+
 /// Stele's tags as a description: `stele-env=prod stele-group=web ...` (MIGs and backend services have
 /// no labels). Values are names and numbers, without spaces.
 pub fn tags_text(tags: &[(&str, String)]) -> String {
@@ -245,6 +254,12 @@ fn time_to_utc_seconds(t: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_filter_matches_whole_names() {
+        assert_eq!(name_filter(&["web-ab12", "web-cd34"]), "name eq \"web-ab12|web-cd34\"");
+        assert!(NAMES_PER_FILTER * 64 < 4096, "a full filter stays well within a URL");
+    }
 
     #[test]
     fn scope_and_urls() {

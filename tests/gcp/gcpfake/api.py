@@ -164,6 +164,11 @@ def instances_get(world, method, key, params, body):
     return Read(groups.instance_json(world, record))
 
 
+def instances_list(world, method, key, params, body):
+    items = [groups.instance_json(world, r) for k, r in world.instances.items() if k.rsplit("/", 1)[0] == key]
+    return Read(world.listing(method, key, params, items=items))
+
+
 GENERIC = {
     "insert": g_insert,
     "get": g_get,
@@ -177,6 +182,7 @@ GENERIC = {
 SPECIAL = {
     "compute.images.getFromFamily": images_get_from_family,
     "compute.instances.get": instances_get,
+    "compute.instances.list": instances_list,
 }
 SPECIAL.update(groups.handlers(Read, Mutation, g_get, g_list))
 SPECIAL.update(traffic.handlers(Read, Mutation, GENERIC, with_check))

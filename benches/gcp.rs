@@ -1,0 +1,188 @@
+//! What a rollout costs on the GCP provider, against the loopback Compute Engine fake: ticks, wall time,
+//! and Compute Engine API calls (from the fake's call log, only the SDK's), split into reads, mutations
+//! and operation polls. API calls are what real projects budget (per-minute read and write quotas); wall
+//! time here is the fake's latency plus Stele's, not GCP's, and the fake finishes every operation on its
+//! second poll, where GCP takes as long as the change does. For each strategy: 6 instances, v1
+//! converged, then v2 measured. Also: the cost of one observation of a converged environment (what every
+//! tick pays while nothing changes).
+//!
+//! Run: `cargo bench --features gcp --bench gcp --profile dev` (call counts and fake latency, so the
+//! dev build the tests made serves). Needs the fake's venv: `scripts/gcp-venv.sh`.
+
+#[path = "../tests/common/gcp.rs"]
+#[allow(dead_code)]
+mod gcp;
+#[path = "../tests/common/moto.rs"]
+#[allow(dead_code)]
+mod moto;
+
+use gcp::{api_path, GcpFake, PROJECT, REGION};
+use ledger_format::types::{EnvName, Environment, Image};
+use ledger_format::Blake3Digest;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use stele::converge::{self, Memory};
+use stele::plan::Release;
+use stele::provider::gcp::{GcpCredentials, GcpOptions, GcpProvider};
+use stele::provider::Provider;
+
+const IMAGES: &str = "stele-images";
+
+fn digest(v: &str) -> Blake3Digest {
+    Blake3Digest(*blake3::hash(format!("stele gcp bench {v}").as_bytes()).as_bytes())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// The operator's side: images app-1, app-2 labelled with their digests, a base template, a health
+/// check, and a URL map on a backend service of theirs.
+fn world() -> GcpFake {
+    let fake = GcpFake::start_anonymous();
+    for key in ["1", "2"] {
+        let hex = digest(&format!("v{key}")).to_hex();
+        fake.seed_image(
+            IMAGES,
+            &format!("app-{key}"),
+            "READY",
+            &[("stele-blake3-hi", &hex[..32]), ("stele-blake3-lo", &hex[32..])],
+        );
+    }
+    let operator = [
+        (
+            "global/instanceTemplates",
+            json!({"name": "web-base", "properties": {"machineType": "e2-small", "disks": [{"boot": true,
+                "initializeParams": {"sourceImage": "projects/debian-cloud/global/images/debian-12"}}]}}),
+        ),
+        ("global/healthChecks", json!({"name": "web-hc", "type": "TCP", "tcpHealthCheck": {"port": 8080}})),
+        ("global/backendServices", json!({"name": "web-old"})),
+        ("global/urlMaps", json!({"name": "web-map", "defaultService": "global/backendServices/web-old"})),
+    ];
+    for (collection, body) in operator {
+        let (status, op) = fake.call("POST", &api_path(collection), Some(&body));
+        assert_eq!(status, 200, "{op:#}");
+        fake.poll_until_done(&op, 10);
+    }
+    fake
+}
+
+fn spec(strategy: Value) -> Environment {
+    serde_json::from_value(json!({
+        "type": "stele.environment/v1", "ledger": "bench", "name": "prod", "version": 1,
+        "provider": {
+            "kind": "gcp", "project": PROJECT, "region": REGION, "instance_template": "web-base",
+            "image_projects": [IMAGES], "url_map": "web-map", "health_check": "web-hc", "port": 8080,
+        },
+        "groups": [{"name": "web", "capacity": 6}],
+        "strategy": strategy,
+        "health": {"kind": "tcp", "interval_ms": 1000, "timeout_ms": 500, "healthy_threshold": 1,
+                   "deadline_seconds": 120},
+        "drift": "correct", "revert": "allow",
+    }))
+    .expect("spec")
+}
+
+fn release(generation: u64, key: &str) -> Release {
+    Release {
+        generation,
+        version: format!("{key}.0.0").parse().unwrap(),
+        seq: generation,
+        image: Image::MachineImage {
+            id: format!("projects/{IMAGES}/global/images/app-{key}").parse().unwrap(),
+            blake3: digest(&format!("v{key}")),
+        },
+    }
+}
+
+/// Ticks to convergence; returns (ticks, wall time).
+fn converge(p: &mut GcpProvider, spec: &Environment, target: &Release, memory: &mut Memory) -> (usize, Duration) {
+    let env: EnvName = "prod".parse().unwrap();
+    let start = Instant::now();
+    for n in 1..=200 {
+        let tick = converge::tick(p, &env, spec, Some(target), memory, now_ms()).expect("tick");
+        assert!(tick.retryable.is_empty(), "{:?}", tick.retryable);
+        if tick.converged() {
+            return (n, start.elapsed());
+        }
+    }
+    panic!("no convergence in 200 ticks");
+}
+
+/// (reads, mutations, operation polls) of a call count by method id.
+fn split(counts: &BTreeMap<String, usize>) -> (usize, usize, usize) {
+    let (mut reads, mut mutations, mut polls) = (0, 0, 0);
+    for (method, n) in counts {
+        let verb = method.rsplit('.').next().unwrap_or_default();
+        if method.contains("Operations.") {
+            polls += n;
+        } else if matches!(verb, "get" | "list" | "listManagedInstances" | "getHealth") {
+            reads += n;
+        } else {
+            mutations += n;
+        }
+    }
+    (reads, mutations, polls)
+}
+
+fn main() {
+    println!("GCP provider against the loopback fake, 6 instances, v1 converged then v2 measured");
+    println!(
+        "| strategy | ticks | wall time | API calls | reads / mutations / operation polls | calls per tick | \
+         observe of a converged environment: calls, median time | top calls |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let strategies = [
+        (
+            "rolling (surge 1, unavailable 1)",
+            json!({"kind": "rolling", "max_surge": 1, "max_unavailable": 1, "min_ready_seconds": 0}),
+        ),
+        ("blue/green (grace 0)", json!({"kind": "blue_green", "grace_seconds": 0})),
+        (
+            "canary (25%, 50%, no pauses)",
+            json!({"kind": "canary", "steps": [{"weight": 25, "pause_seconds": 0}, {"weight": 50, "pause_seconds": 0}]}),
+        ),
+    ];
+    for (name, strategy) in strategies {
+        let fake = world();
+        let mut p = GcpProvider::with_options(GcpOptions {
+            endpoint: Some(fake.endpoint.clone()),
+            credentials: GcpCredentials::Anonymous,
+            // The fake finishes an operation on its second poll; GCP's own pace would only add waiting.
+            initial_backoff: Duration::from_millis(20),
+            ..GcpOptions::default()
+        })
+        .expect("provider");
+        let spec = spec(strategy);
+        let mut memory = Memory::default();
+        converge(&mut p, &spec, &release(1, "1"), &mut memory);
+        fake.clear_calls();
+        let (ticks, wall) = converge(&mut p, &spec, &release(2, "2"), &mut memory);
+        let counts = fake.sdk_call_counts();
+        let calls: usize = counts.values().sum();
+        let (reads, mutations, polls) = split(&counts);
+        let mut top: Vec<(&String, &usize)> = counts.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let top: Vec<String> =
+            top.iter().take(4).map(|(m, n)| format!("{} {n}", m.trim_start_matches("compute."))).collect();
+        // Observations of the converged environment.
+        let env: EnvName = "prod".parse().unwrap();
+        fake.clear_calls();
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            p.observe(&env, &spec, now_ms()).expect("observe");
+            times.push(t.elapsed());
+        }
+        let per_observe = fake.sdk_call_counts().values().sum::<usize>() as f64 / 20.0;
+        times.sort();
+        println!(
+            "| {name} | {ticks} | {:.2} s | {calls} | {reads} / {mutations} / {polls} | {:.1} | {per_observe:.0} calls, {:.1} ms | {} |",
+            wall.as_secs_f64(),
+            calls as f64 / ticks as f64,
+            times[10].as_secs_f64() * 1000.0,
+            top.join(", ")
+        );
+    }
+}
