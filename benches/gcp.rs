@@ -13,7 +13,6 @@
 #[allow(dead_code)]
 mod gcp;
 #[path = "../tests/common/moto.rs"]
-#[allow(dead_code)]
 mod moto;
 
 use gcp::{api_path, GcpFake, PROJECT, REGION};
