@@ -90,14 +90,22 @@ fn group_view(g: &autoscaling::types::AutoScalingGroup) -> GroupView {
             .instances()
             .iter()
             .filter_map(|i| {
+                let lifecycle = i.lifecycle_state().map(|s| s.as_str().to_owned()).unwrap_or_default();
                 Some(GroupInstance {
                     id: i.instance_id()?.to_owned(),
-                    lifecycle: i.lifecycle_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    leaving: leaving(&lifecycle),
+                    lifecycle,
                     health_status: i.health_status().unwrap_or("Healthy").to_owned(),
                 })
             })
             .collect(),
     }
+}
+
+/// Whether an Auto Scaling lifecycle state takes the instance out of the group (Terminating:Wait,
+/// Terminated, Detaching, Detached...).
+pub(super) fn leaving(lifecycle: &str) -> bool {
+    lifecycle.starts_with("Terminat") || lifecycle.starts_with("Detach")
 }
 
 fn template_spec(template: &TemplateRef) -> autoscaling::types::LaunchTemplateSpecification {

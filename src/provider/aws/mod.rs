@@ -233,7 +233,12 @@ mod tests {
     }
 
     fn member(lifecycle: &str) -> GroupInstance {
-        GroupInstance { id: "i-1".into(), lifecycle: lifecycle.into(), health_status: "Healthy".into() }
+        GroupInstance {
+            id: "i-1".into(),
+            lifecycle: lifecycle.into(),
+            health_status: "Healthy".into(),
+            leaving: api::leaving(lifecycle),
+        }
     }
 
     fn ec2(state: &str) -> InstanceView {

@@ -177,14 +177,17 @@ pub struct GroupView {
 #[derive(Clone, Debug)]
 pub struct GroupInstance {
     pub id: String,
+    /// The cloud's word for what the group is doing with it (informative, in the cloud's terms).
     pub lifecycle: String,
     pub health_status: String,
+    /// On its way out of the group (or out already), in the binding's judgement of `lifecycle`.
+    pub leaving: bool,
 }
 
 impl GroupInstance {
     /// On its way out (or out already): not counted, not reported.
     pub fn leaving(&self) -> bool {
-        self.lifecycle.starts_with("Terminat") || self.lifecycle.starts_with("Detach")
+        self.leaving
     }
 }
 

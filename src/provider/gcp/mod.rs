@@ -155,7 +155,12 @@ mod tests {
     }
 
     fn member(action: &str) -> GroupInstance {
-        GroupInstance { id: "europe-west1-b/i-1".into(), lifecycle: action.into(), health_status: String::new() }
+        GroupInstance {
+            id: "europe-west1-b/i-1".into(),
+            lifecycle: action.into(),
+            health_status: String::new(),
+            leaving: names::leaving(action),
+        }
     }
 
     fn instance(status: &str, launched_ms: u64) -> InstanceView {
@@ -189,8 +194,8 @@ mod tests {
         assert_eq!(health::judge_health(&m, Some(&instance("STAGING", 0)), &[], now), Some(Health::Starting));
         assert_eq!(health::judge_health(&member("CREATING"), None, &[], now), Some(Health::Starting));
         assert_eq!(health::judge_health(&m, None, &[], now), Some(Health::Starting));
-        assert_eq!(health::judge_health(&member("Terminating"), Some(&instance("RUNNING", 0)), &[], now), None);
-        assert!(member("Terminating").leaving() && member("Detaching").leaving(), "the core's words for leaving");
+        assert_eq!(health::judge_health(&member("DELETING"), Some(&instance("RUNNING", 0)), &[], now), None);
+        assert!(member("DELETING").leaving() && member("ABANDONING").leaving() && !member("RECREATING").leaving());
         assert!(matches!(
             health::judge_health(&m, Some(&instance("TERMINATED", 0)), &[], now),
             Some(Health::Unhealthy { .. })

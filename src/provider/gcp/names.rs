@@ -116,6 +116,11 @@ pub fn image_ref(image: &str) -> Result<(&str, &str), ProviderError> {
     }
 }
 
+/// Whether a managed instance's `currentAction` takes it out of the group.
+pub fn leaving(action: &str) -> bool {
+    matches!(action, "DELETING" | "ABANDONING")
+}
+
 /// At most this many instance names in one list filter (the filter travels in the URL).
 pub const NAMES_PER_FILTER: usize = 50;
 

@@ -256,12 +256,8 @@ impl GcpApi {
             let mi = item.map_err(|e| classify("regionInstanceGroupManagers.listManagedInstances", e))?;
             let Some(id) = mi.instance.as_deref().and_then(instance_id) else { continue };
             let action = mi.current_action.as_ref().and_then(|a| a.name()).unwrap_or("NONE");
-            // The core's words for an instance on its way out.
-            let lifecycle = match action {
-                "DELETING" => "Terminating".to_owned(),
-                "ABANDONING" => "Detaching".to_owned(),
-                other => other.to_owned(),
-            };
+            let leaving = names::leaving(action);
+            let lifecycle = action.to_owned();
             let health = mi
                 .instance_health
                 .iter()
@@ -273,7 +269,7 @@ impl GcpApi {
                 self.instance_templates.insert(id.clone(), t);
             }
             self.instance_groups.insert(id.clone(), name.clone());
-            instances.push(GroupInstance { id, lifecycle, health_status: health });
+            instances.push(GroupInstance { id, lifecycle, health_status: health, leaving });
         }
         let group_url = s.instance_group(&name);
         let attached = backends
