@@ -268,7 +268,10 @@ impl CloudApi for AwsApi {
         instance: Option<&InstanceView>,
         verdicts: &[TargetVerdict],
         now_ms: u64,
+        _was_healthy: bool,
     ) -> Option<Health> {
+        // Auto Scaling's and the target groups' verdicts need no history: a target still registering
+        // reports `initial`, not `unhealthy`.
         judge_health(member, instance, verdicts, now_ms)
     }
 

@@ -342,12 +342,14 @@ pub trait CloudApi {
     fn short_router(id: &str) -> &str;
 
     /// What an instance's health is, from the group's member, the compute API and the balancers'
-    /// verdicts; `None`: leaving or gone, not reported.
+    /// verdicts; `None`: leaving or gone, not reported. `was_healthy`: this process has seen it healthy
+    /// before (a balancer's "unhealthy" then means it went bad, not that it is still booting).
     fn judge_health(
         member: &GroupInstance,
         instance: Option<&InstanceView>,
         verdicts: &[TargetVerdict],
         now_ms: u64,
+        was_healthy: bool,
     ) -> Option<Health>;
 
     // Images and release templates.
@@ -528,8 +530,11 @@ pub struct Cloud<A> {
     digests: HashMap<(String, String), Blake3Digest>,
     /// Environments observed at least once by this process.
     seen: HashSet<EnvName>,
-    /// Instance id → when this process first saw it healthy.
-    healthy_since: HashMap<String, u64>,
+    /// (environment, instance id) → when this process first saw it healthy, in its current healthy spell.
+    healthy_since: HashMap<(EnvName, String), u64>,
+    /// (environment, instance id) of the members this process has ever seen healthy (kept while they
+    /// are members).
+    ever_healthy: HashSet<(EnvName, String)>,
     /// Group name → when this process last raised its desired capacity (the age of pending launches).
     scaled_at: HashMap<String, u64>,
     /// The spec of each environment as last observed (traffic changes and terminations have none).
@@ -552,6 +557,7 @@ impl<A: CloudApi> Cloud<A> {
             digests: HashMap::new(),
             seen: HashSet::new(),
             healthy_since: HashMap::new(),
+            ever_healthy: HashSet::new(),
             scaled_at: HashMap::new(),
             specs: HashMap::new(),
             traffic_seen: HashMap::new(),

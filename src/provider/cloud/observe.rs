@@ -121,6 +121,7 @@ impl<A: CloudApi> Cloud<A> {
         };
         let mut observed = Observed::default();
         let mut healthy_now = HashSet::new();
+        let mut members_now = HashSet::new();
         // Balancers attached to a group that stays: not to be deleted.
         let mut attached: HashSet<String> = HashSet::new();
         let rolling_templates = groups
@@ -146,7 +147,10 @@ impl<A: CloudApi> Cloud<A> {
             for member in view.live() {
                 let inst = instances.get(&member.id);
                 let verdicts = verdicts.get(&member.id).map(Vec::as_slice).unwrap_or(&[]);
-                let Some(mut health) = A::judge_health(member, inst, verdicts, now_ms) else { continue };
+                let key = (env.clone(), member.id.clone());
+                members_now.insert(key.clone());
+                let was_healthy = self.ever_healthy.contains(&key);
+                let Some(mut health) = A::judge_health(member, inst, verdicts, now_ms, was_healthy) else { continue };
                 if let (Health::Healthy { .. }, Some(Err(reason))) = (&health, probes.get(&member.id)) {
                     health = Health::Unhealthy { since_ms: now_ms, reason: reason.clone() };
                 }
@@ -156,8 +160,9 @@ impl<A: CloudApi> Cloud<A> {
                     // Healthy since this process first saw it so; on the first look after a start,
                     // since launch (what was running before the restart has been up at least that long).
                     let first = if first_look { launched_ms } else { now_ms };
-                    *since_ms = *self.healthy_since.entry(member.id.clone()).or_insert(first);
-                    healthy_now.insert(member.id.clone());
+                    *since_ms = *self.healthy_since.entry(key.clone()).or_insert(first);
+                    self.ever_healthy.insert(key.clone());
+                    healthy_now.insert(key);
                 }
                 let (generation, digest, drift) = match inst {
                     Some(i) => {
@@ -264,7 +269,9 @@ impl<A: CloudApi> Cloud<A> {
             };
             observed.traffic.insert(group.clone(), GroupTraffic { traffic: Traffic::Weighted(weights), since_ms });
         }
-        self.healthy_since.retain(|id, _| healthy_now.contains(id));
+        // Only this environment's history is judged here; another's is kept for its own observation.
+        self.healthy_since.retain(|key, _| key.0 != *env || healthy_now.contains(key));
+        self.ever_healthy.retain(|key| key.0 != *env || members_now.contains(key));
         Ok(observed)
     }
 

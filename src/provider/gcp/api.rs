@@ -72,8 +72,9 @@ impl CloudApi for GcpApi {
         instance: Option<&InstanceView>,
         verdicts: &[TargetVerdict],
         now_ms: u64,
+        was_healthy: bool,
     ) -> Option<Health> {
-        judge_health(member, instance, verdicts, now_ms)
+        judge_health(member, instance, verdicts, now_ms, was_healthy)
     }
 
     /// `images.get`; the owner is the image's project. A name that is no image's (an instance template of

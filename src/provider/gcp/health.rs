@@ -5,16 +5,18 @@ use crate::plan::Health;
 use crate::provider::cloud::{GroupInstance, InstanceView, TargetVerdict};
 
 /// A backend service reports a new instance UNHEALTHY until its first checks pass: within this long of
-/// its creation that is taken as starting.
+/// its creation, and until it has been seen healthy once, that is taken as starting.
 const HEALTH_GRACE_MS: u64 = 120_000;
 
 /// What an instance's health is, from the MIG's view of it, the instance and the backend services'
-/// verdicts; `None`: leaving or gone, not reported.
+/// verdicts; `None`: leaving or gone, not reported. An instance seen healthy before (`was_healthy`) that a
+/// backend service reports UNHEALTHY went bad: unhealthy at once, whatever its age.
 pub(super) fn judge_health(
     member: &GroupInstance,
     instance: Option<&InstanceView>,
     verdicts: &[TargetVerdict],
     now_ms: u64,
+    was_healthy: bool,
 ) -> Option<Health> {
     if member.leaving() {
         return None;
@@ -43,7 +45,7 @@ pub(super) fn judge_health(
             reason: format!("managed instance group health {}", member.health_status),
         });
     }
-    let young = now_ms.saturating_sub(instance.launched_ms) < HEALTH_GRACE_MS;
+    let young = !was_healthy && now_ms.saturating_sub(instance.launched_ms) < HEALTH_GRACE_MS;
     for v in verdicts {
         match v.state.as_str() {
             "HEALTHY" => {}

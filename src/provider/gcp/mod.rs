@@ -188,28 +188,36 @@ mod tests {
         let now = 1_000_000;
         let m = member("NONE");
         assert_eq!(
-            health::judge_health(&m, Some(&instance("RUNNING", 0)), &[], now),
+            health::judge_health(&m, Some(&instance("RUNNING", 0)), &[], now, false),
             Some(Health::Healthy { since_ms: 0 })
         );
-        assert_eq!(health::judge_health(&m, Some(&instance("STAGING", 0)), &[], now), Some(Health::Starting));
-        assert_eq!(health::judge_health(&member("CREATING"), None, &[], now), Some(Health::Starting));
-        assert_eq!(health::judge_health(&m, None, &[], now), Some(Health::Starting));
-        assert_eq!(health::judge_health(&member("DELETING"), Some(&instance("RUNNING", 0)), &[], now), None);
+        assert_eq!(health::judge_health(&m, Some(&instance("STAGING", 0)), &[], now, false), Some(Health::Starting));
+        assert_eq!(health::judge_health(&member("CREATING"), None, &[], now, false), Some(Health::Starting));
+        assert_eq!(health::judge_health(&m, None, &[], now, false), Some(Health::Starting));
+        assert_eq!(health::judge_health(&member("DELETING"), Some(&instance("RUNNING", 0)), &[], now, false), None);
         assert!(member("DELETING").leaving() && member("ABANDONING").leaving() && !member("RECREATING").leaving());
         assert!(matches!(
-            health::judge_health(&m, Some(&instance("TERMINATED", 0)), &[], now),
+            health::judge_health(&m, Some(&instance("TERMINATED", 0)), &[], now, false),
             Some(Health::Unhealthy { .. })
         ));
         let ok = [verdict("HEALTHY")];
         assert_eq!(
-            health::judge_health(&m, Some(&instance("RUNNING", 0)), &ok, now),
+            health::judge_health(&m, Some(&instance("RUNNING", 0)), &ok, now, false),
             Some(Health::Healthy { since_ms: 0 })
         );
         // Load balancers report a new instance UNHEALTHY until its first checks pass: starting within the
         // grace, unhealthy after it.
         let bad = [verdict("UNHEALTHY")];
-        assert_eq!(health::judge_health(&m, Some(&instance("RUNNING", now - 1000)), &bad, now), Some(Health::Starting));
-        match health::judge_health(&m, Some(&instance("RUNNING", 0)), &bad, now) {
+        assert_eq!(
+            health::judge_health(&m, Some(&instance("RUNNING", now - 1000)), &bad, now, false),
+            Some(Health::Starting)
+        );
+        // ... unless it has been healthy before: then it went bad, whatever its age.
+        assert!(matches!(
+            health::judge_health(&m, Some(&instance("RUNNING", now - 1000)), &bad, now, true),
+            Some(Health::Unhealthy { .. })
+        ));
+        match health::judge_health(&m, Some(&instance("RUNNING", 0)), &bad, now, false) {
             Some(Health::Unhealthy { reason, .. }) => {
                 assert!(reason.contains("stele-abc") && reason.contains("UNHEALTHY"), "{reason}")
             }
@@ -218,7 +226,7 @@ mod tests {
         let mut sick = member("NONE");
         sick.health_status = "UNHEALTHY".into();
         assert!(matches!(
-            health::judge_health(&sick, Some(&instance("RUNNING", 0)), &[], now),
+            health::judge_health(&sick, Some(&instance("RUNNING", 0)), &[], now, false),
             Some(Health::Unhealthy { .. })
         ));
     }
