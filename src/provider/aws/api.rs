@@ -240,7 +240,7 @@ impl CloudApi for AwsApi {
                 image_owners: ami_owners.iter().map(|s| s.as_str()).collect(),
                 balancers: target_groups.iter().map(|s| s.as_str()).collect(),
                 router: listener.as_ref().map(|s| s.as_str()),
-                network: vpc.as_ref().map(|s| s.as_str()),
+                balancer_base: vpc.as_ref().map(|s| s.as_str()),
                 port: *port,
             }),
             _ => Err(refused(format!("environment {} does not use provider aws", spec.name))),
@@ -618,7 +618,7 @@ impl CloudApi for AwsApi {
         new: NewBalancer<'_>,
     ) -> Result<(), ProviderError> {
         let c = self.clients(region);
-        let NewBalancer { name, env, group, generation, network, port } = new;
+        let NewBalancer { name, env, group, generation, balancer_base: vpc, port } = new;
         let tag = |k: &str, v: String| elbv2::types::Tag::builder().key(k).value(v).build();
         let mut create = c
             .elb
@@ -626,7 +626,7 @@ impl CloudApi for AwsApi {
             .name(name)
             .protocol(elbv2::types::ProtocolEnum::Http)
             .port(port)
-            .vpc_id(network)
+            .vpc_id(vpc)
             .target_type(elbv2::types::TargetTypeEnum::Instance)
             .tags(tag(TAG_ENV, env.to_string()))
             .tags(tag(TAG_GROUP, group.to_string()))

@@ -99,7 +99,9 @@ pub struct CloudSpec<'a> {
     pub balancers: Vec<&'a str>,
     /// What weights the per-generation balancers (blue/green, canary).
     pub router: Option<&'a str>,
-    pub network: Option<&'a str>,
+    /// What each per-generation balancer is made on, besides its port: the VPC of a target group on
+    /// AWS, the health check of a backend service on GCP.
+    pub balancer_base: Option<&'a str>,
     pub port: Option<u64>,
 }
 
@@ -109,7 +111,7 @@ pub enum Layout<'a> {
     /// One group per spec group, attached to the spec's balancers.
     Rolling,
     /// One group and one balancer per generation; the router's weights move traffic between generations.
-    Weighted { router: &'a str, network: &'a str, port: i32 },
+    Weighted { router: &'a str, balancer_base: &'a str, port: i32 },
 }
 
 impl<'a> CloudSpec<'a> {
@@ -119,7 +121,7 @@ impl<'a> CloudSpec<'a> {
             Strategy::BlueGreen { .. } => "blue_green",
             Strategy::Canary { .. } => "canary",
         };
-        let (Some(router), Some(network), Some(port)) = (self.router, self.network, self.port) else {
+        let (Some(router), Some(balancer_base), Some(port)) = (self.router, self.balancer_base, self.port) else {
             return Err(refused(format!(
                 "strategy {strategy} on {} needs {} in the provider",
                 words.cloud, words.weighted_needs
@@ -135,7 +137,7 @@ impl<'a> CloudSpec<'a> {
                 spec.groups.len()
             )));
         }
-        Ok(Layout::Weighted { router, network, port: to_i32(port, "port", words)? })
+        Ok(Layout::Weighted { router, balancer_base, port: to_i32(port, "port", words)? })
     }
 }
 
@@ -269,7 +271,7 @@ pub struct NewBalancer<'a> {
     pub env: &'a EnvName,
     pub group: &'a GroupName,
     pub generation: Generation,
-    pub network: &'a str,
+    pub balancer_base: &'a str,
     pub port: i32,
 }
 

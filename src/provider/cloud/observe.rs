@@ -112,8 +112,8 @@ impl<A: CloudApi> Cloud<A> {
         self.api.read_templates(&region, &groups).await?;
         let ids: Vec<String> = groups.iter().flat_map(|g| g.live().map(|i| i.id.clone())).collect();
         let instances = self.api.describe_instances(&region, &ids).await?;
-        if let (Layout::Weighted { network, port, .. }, false) = (layout, self.observe_only) {
-            self.adopt_rolling_groups(&region, spec, env, &groups, &balancers, &instances, network, port).await?;
+        if let (Layout::Weighted { balancer_base, port, .. }, false) = (layout, self.observe_only) {
+            self.adopt_rolling_groups(&region, spec, env, &groups, &balancers, &instances, balancer_base, port).await?;
         }
         let probes = match (self.probe_instances, cs.port) {
             (true, Some(port)) => probe_instances(&instances, &spec.health, port),
@@ -313,7 +313,7 @@ impl<A: CloudApi> Cloud<A> {
         groups: &[GroupView],
         balancers: &[BalancerView],
         instances: &HashMap<String, InstanceView>,
-        network: &str,
+        balancer_base: &str,
         port: i32,
     ) -> Result<(), ProviderError> {
         for view in groups.iter().filter(|g| g.generation.is_none()) {
@@ -342,7 +342,7 @@ impl<A: CloudApi> Cloud<A> {
             {
                 continue;
             }
-            let id = self.ensure_balancer(region, spec, env, &group, generation, network, port).await?;
+            let id = self.ensure_balancer(region, spec, env, &group, generation, balancer_base, port).await?;
             if view.balancers.contains(&id) {
                 continue;
             }

@@ -71,8 +71,9 @@ impl<A: CloudApi> Cloud<A> {
             None => {
                 let balancers = match layout {
                     Layout::Rolling => cs.balancers.iter().map(|s| (*s).to_owned()).collect(),
-                    Layout::Weighted { network, port, .. } => vec![
-                        self.ensure_balancer(&cs.region, spec, env, group, release.generation, network, port).await?,
+                    Layout::Weighted { balancer_base, port, .. } => vec![
+                        self.ensure_balancer(&cs.region, spec, env, group, release.generation, balancer_base, port)
+                            .await?,
                     ],
                 };
                 // The maximum size starts at the capacity; a surge raises it while it lasts (see below)

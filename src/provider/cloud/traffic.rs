@@ -77,14 +77,14 @@ impl<A: CloudApi> Cloud<A> {
         env: &EnvName,
         group: &GroupName,
         generation: Generation,
-        network: &str,
+        balancer_base: &str,
         port: i32,
     ) -> Result<String, ProviderError> {
         if let Some(id) = self.find_balancer(region, env, group, generation).await? {
             return Ok(id);
         }
         let name = A::balancer_name(env, group, generation);
-        let new = NewBalancer { name: &name, env, group, generation, network, port };
+        let new = NewBalancer { name: &name, env, group, generation, balancer_base, port };
         self.api.create_balancer(region, spec, new).await?;
         self.find_balancer(region, env, group, generation)
             .await?

@@ -43,8 +43,7 @@ impl CloudApi for GcpApi {
                 image_owners: image_projects.iter().map(|p| p.as_str()).collect(),
                 balancers: backend_services.iter().map(|b| b.as_str()).collect(),
                 router: url_map.as_ref().map(|u| u.as_str()),
-                // The per-generation backend services' health check stands where AWS has the VPC.
-                network: health_check.as_ref().map(|h| h.as_str()),
+                balancer_base: health_check.as_ref().map(|h| h.as_str()),
                 port: *port,
             }),
             _ => Err(refused(format!("environment {} does not use provider gcp", spec.name))),
@@ -568,7 +567,7 @@ impl CloudApi for GcpApi {
         new: NewBalancer<'_>,
     ) -> Result<(), ProviderError> {
         let s = Scope::parse(location)?;
-        let NewBalancer { name, env, group, generation, network: health_check, port: _ } = new;
+        let NewBalancer { name, env, group, generation, balancer_base: health_check, port: _ } = new;
         let mut b = m::BackendService::default();
         b.name = Some(name.to_owned());
         b.description = Some(tags_text(&[

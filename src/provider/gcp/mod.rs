@@ -141,7 +141,7 @@ mod tests {
         let cs = GcpApi::spec_of(&spec).unwrap();
         assert_eq!(cs.region, "acme-prod/europe-west1");
         assert_eq!(
-            (cs.template, cs.router, cs.network, cs.port),
+            (cs.template, cs.router, cs.balancer_base, cs.port),
             ("web-base", Some("web-map"), Some("web-hc"), Some(8080))
         );
         assert_eq!(cs.image_owners, vec!["acme-images"]);
