@@ -8,26 +8,26 @@
 //! emulator latency, so the SDK's optimisation level barely matters, and the dev build is already
 //! there after the tests). Needs moto: `scripts/moto-venv.sh`.
 
+#[path = "../tests/common/cloud.rs"]
+#[allow(dead_code)]
+mod cloud;
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
-use ledger_format::types::{EnvName, Environment, Image};
+use cloud::{machine_release, now_ms};
+use ledger_format::types::{EnvName, Environment};
 use ledger_format::Blake3Digest;
 use moto::{FaultProxy, Moto};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use stele::converge::{self, Memory};
+use stele::converge::Memory;
 use stele::plan::Release;
 use stele::provider::aws::{AwsOptions, AwsProvider};
 use stele::provider::Provider;
 
 fn digest(v: &str) -> Blake3Digest {
     Blake3Digest(*blake3::hash(format!("stele aws bench {v}").as_bytes()).as_bytes())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 fn spec(setup: &Value, strategy: Value) -> Environment {
@@ -49,29 +49,15 @@ fn spec(setup: &Value, strategy: Value) -> Environment {
 }
 
 fn release(setup: &Value, generation: u64, key: &str) -> Release {
-    Release {
-        generation,
-        version: format!("{key}.0.0").parse().unwrap(),
-        seq: generation,
-        image: Image::MachineImage {
-            id: setup["amis"][key].as_str().unwrap().parse().unwrap(),
-            blake3: digest(&format!("v{key}")),
-        },
-    }
+    machine_release(generation, &format!("{key}.0.0"), setup["amis"][key].as_str().unwrap(), digest(&format!("v{key}")))
 }
 
-/// Ticks to convergence; returns (ticks, wall time).
+/// Ticks to convergence, which must take no retry; returns (ticks, wall time).
 fn converge(p: &mut AwsProvider, spec: &Environment, target: &Release, memory: &mut Memory) -> (usize, Duration) {
-    let env: EnvName = "prod".parse().unwrap();
     let start = Instant::now();
-    for n in 1..=200 {
-        let tick = converge::tick(p, &env, spec, Some(target), memory, now_ms()).expect("tick");
-        assert!(tick.retryable.is_empty(), "{:?}", tick.retryable);
-        if tick.converged() {
-            return (n, start.elapsed());
-        }
-    }
-    panic!("no convergence in 200 ticks");
+    let (ticks, retried) = cloud::converge(p, None, spec, target, memory, |_| {});
+    assert_eq!(retried, 0, "a bench run without faults retried");
+    (ticks, start.elapsed())
 }
 
 fn by_action(proxy: &FaultProxy, from: usize) -> BTreeMap<String, usize> {

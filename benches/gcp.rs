@@ -9,61 +9,38 @@
 //! Run: `cargo bench --features gcp --bench gcp --profile dev` (call counts and fake latency, so the
 //! dev build the tests made serves). Needs the fake's venv: `scripts/gcp-venv.sh`.
 
+#[path = "../tests/common/cloud.rs"]
+#[allow(dead_code)]
+mod cloud;
 #[path = "../tests/common/gcp.rs"]
 #[allow(dead_code)]
 mod gcp;
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
-use gcp::{api_path, GcpFake, PROJECT, REGION};
-use ledger_format::types::{EnvName, Environment, Image};
+use cloud::{machine_release, now_ms};
+use gcp::{GcpFake, BASE_TEMPLATE, HEALTH_CHECK, IMAGES, PROJECT, REGION, URL_MAP};
+use ledger_format::types::{EnvName, Environment};
 use ledger_format::Blake3Digest;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use stele::converge::{self, Memory};
+use stele::converge::Memory;
 use stele::plan::Release;
 use stele::provider::gcp::{GcpCredentials, GcpOptions, GcpProvider};
 use stele::provider::Provider;
-
-const IMAGES: &str = "stele-images";
 
 fn digest(v: &str) -> Blake3Digest {
     Blake3Digest(*blake3::hash(format!("stele gcp bench {v}").as_bytes()).as_bytes())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// The operator's side: images app-1, app-2 labelled with their digests, a base template, a health
-/// check, and a URL map on a backend service of theirs.
+/// The operator's side (`GcpFake::seed_operator`) and images app-1, app-2 labelled with their digests.
 fn world() -> GcpFake {
     let fake = GcpFake::start_anonymous();
     for key in ["1", "2"] {
-        let hex = digest(&format!("v{key}")).to_hex();
-        fake.seed_image(
-            IMAGES,
-            &format!("app-{key}"),
-            "READY",
-            &[("stele-blake3-hi", &hex[..32]), ("stele-blake3-lo", &hex[32..])],
-        );
+        fake.seed_digest_image(IMAGES, &format!("app-{key}"), "READY", &digest(&format!("v{key}")).to_hex());
     }
-    let operator = [
-        (
-            "global/instanceTemplates",
-            json!({"name": "web-base", "properties": {"machineType": "e2-small", "disks": [{"boot": true,
-                "initializeParams": {"sourceImage": "projects/debian-cloud/global/images/debian-12"}}]}}),
-        ),
-        ("global/healthChecks", json!({"name": "web-hc", "type": "TCP", "tcpHealthCheck": {"port": 8080}})),
-        ("global/backendServices", json!({"name": "web-old"})),
-        ("global/urlMaps", json!({"name": "web-map", "defaultService": "global/backendServices/web-old"})),
-    ];
-    for (collection, body) in operator {
-        let (status, op) = fake.call("POST", &api_path(collection), Some(&body));
-        assert_eq!(status, 200, "{op:#}");
-        fake.poll_until_done(&op, 10);
-    }
+    fake.seed_operator();
     fake
 }
 
@@ -71,8 +48,8 @@ fn spec(strategy: Value) -> Environment {
     serde_json::from_value(json!({
         "type": "stele.environment/v1", "ledger": "bench", "name": "prod", "version": 1,
         "provider": {
-            "kind": "gcp", "project": PROJECT, "region": REGION, "instance_template": "web-base",
-            "image_projects": [IMAGES], "url_map": "web-map", "health_check": "web-hc", "port": 8080,
+            "kind": "gcp", "project": PROJECT, "region": REGION, "instance_template": BASE_TEMPLATE,
+            "image_projects": [IMAGES], "url_map": URL_MAP, "health_check": HEALTH_CHECK, "port": 8080,
         },
         "groups": [{"name": "web", "capacity": 6}],
         "strategy": strategy,
@@ -84,29 +61,20 @@ fn spec(strategy: Value) -> Environment {
 }
 
 fn release(generation: u64, key: &str) -> Release {
-    Release {
+    machine_release(
         generation,
-        version: format!("{key}.0.0").parse().unwrap(),
-        seq: generation,
-        image: Image::MachineImage {
-            id: format!("projects/{IMAGES}/global/images/app-{key}").parse().unwrap(),
-            blake3: digest(&format!("v{key}")),
-        },
-    }
+        &format!("{key}.0.0"),
+        &format!("projects/{IMAGES}/global/images/app-{key}"),
+        digest(&format!("v{key}")),
+    )
 }
 
-/// Ticks to convergence; returns (ticks, wall time).
+/// Ticks to convergence, which must take no retry; returns (ticks, wall time).
 fn converge(p: &mut GcpProvider, spec: &Environment, target: &Release, memory: &mut Memory) -> (usize, Duration) {
-    let env: EnvName = "prod".parse().unwrap();
     let start = Instant::now();
-    for n in 1..=200 {
-        let tick = converge::tick(p, &env, spec, Some(target), memory, now_ms()).expect("tick");
-        assert!(tick.retryable.is_empty(), "{:?}", tick.retryable);
-        if tick.converged() {
-            return (n, start.elapsed());
-        }
-    }
-    panic!("no convergence in 200 ticks");
+    let (ticks, retried) = cloud::converge(p, None, spec, target, memory, |_| {});
+    assert_eq!(retried, 0, "a bench run without faults retried");
+    (ticks, start.elapsed())
 }
 
 /// (reads, mutations, operation polls) of a call count by method id.

@@ -9,13 +9,11 @@
 
 mod common;
 
-use common::gcp::{api_path, GcpFake, PROJECT, REGION};
+use common::gcp::{api_path, GcpFake, BASE_TEMPLATE, HEALTH_CHECK, IMAGES, PROJECT, REGION, URL_MAP};
 use common::{path_str, scrubbed, Key, Ledger, Sandbox, OK, STELE};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const IMAGES: &str = "stele-images";
 
 fn digest_hex(version: &str) -> String {
     blake3::hash(format!("stele agent gcp {version}").as_bytes()).to_hex().to_string()
@@ -40,30 +38,9 @@ impl World {
     fn new(strategy: Value, capacity: u64, tick_ms: u64) -> World {
         let fake = GcpFake::start_anonymous();
         for key in ["1", "2", "3"] {
-            let hex = digest_hex(key);
-            fake.seed_image(
-                IMAGES,
-                &format!("app-{key}"),
-                "READY",
-                &[("stele-blake3-hi", &hex[..32]), ("stele-blake3-lo", &hex[32..])],
-            );
+            fake.seed_digest_image(IMAGES, &format!("app-{key}"), "READY", &digest_hex(key));
         }
-        let operator = [
-            (
-                "global/instanceTemplates",
-                json!({"name": "web-base", "properties": {"machineType": "e2-small", "disks": [{"boot": true,
-                    "initializeParams": {"sourceImage": "projects/debian-cloud/global/images/debian-12"}}]}}),
-            ),
-            ("global/healthChecks", json!({"name": "web-hc", "type": "TCP", "tcpHealthCheck": {"port": 8080}})),
-            ("global/backendServices", json!({"name": "web-old"})),
-            ("global/urlMaps", json!({"name": "web-map", "defaultService": "global/backendServices/web-old"})),
-        ];
-        for (collection, body) in operator {
-            let (status, op) = fake.call("POST", &api_path(collection), Some(&body));
-            assert_eq!(status, 200, "{op:#}");
-            let op = fake.poll_until_done(&op, 10);
-            assert!(op.get("error").is_none(), "{op:#}");
-        }
+        fake.seed_operator();
         let sb = Sandbox::new();
         let alice = sb.key("alice");
         let ledger = sb.ledger("ledger", "gcp-test", &alice, &["prod"]);
@@ -73,10 +50,10 @@ impl World {
                 "kind": "gcp",
                 "project": PROJECT,
                 "region": REGION,
-                "instance_template": "web-base",
+                "instance_template": BASE_TEMPLATE,
                 "image_projects": [IMAGES],
-                "url_map": "web-map",
-                "health_check": "web-hc",
+                "url_map": URL_MAP,
+                "health_check": HEALTH_CHECK,
                 "port": 8080,
             },
             "groups": [{"name": "web", "capacity": capacity}],
@@ -104,7 +81,6 @@ impl World {
             ),
         )
         .unwrap();
-        fake.clear_calls();
         World { sb, ledger, alice, config, fake, agent: None }
     }
 
@@ -221,7 +197,7 @@ impl World {
 
     /// The URL map's default route: [(backend service name, weight)], or the default service at 100.
     fn url_map(&self) -> Vec<(String, u64)> {
-        let (status, map) = self.fake.call("GET", &api_path("global/urlMaps/web-map"), None);
+        let (status, map) = self.fake.call("GET", &api_path(&format!("global/urlMaps/{URL_MAP}")), None);
         assert_eq!(status, 200, "{map:#}");
         let name = |link: &Value| link.as_str().unwrap().rsplit('/').next().unwrap().to_owned();
         match map["defaultRouteAction"]["weightedBackendServices"].as_array() {

@@ -28,18 +28,18 @@
 //! SetInstanceHealth.
 #![cfg(feature = "aws")]
 
-#[path = "common/moto.rs"]
-mod moto;
+mod common;
 
+use common::cloud::{converge, healthy_of, machine_release, now_ms};
+use common::moto::{self, FaultProxy, Moto};
 use ledger_format::ranges::check_environment_ranges;
 use ledger_format::types::{EnvName, Environment, HealthCheck, Image};
 use ledger_format::Blake3Digest;
-use moto::{FaultProxy, Moto};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use stele::converge::{self, Memory, Tick};
+use stele::converge::{self, Memory};
 use stele::plan::{Health, Phase, Release};
 use stele::provider::aws::{target_group_name, AwsOptions, AwsProvider};
 use stele::provider::{Provider, ProviderError};
@@ -156,15 +156,6 @@ impl World {
     }
 }
 
-fn machine_release(generation: u64, version: &str, ami: &str, blake3: Blake3Digest) -> Release {
-    Release {
-        generation,
-        version: version.parse().unwrap(),
-        seq: generation,
-        image: Image::MachineImage { id: ami.parse().unwrap(), blake3 },
-    }
-}
-
 fn provider_at(endpoint: &str, max_attempts: u32) -> AwsProvider {
     AwsProvider::with_options(options_at(endpoint, max_attempts)).expect("provider")
 }
@@ -199,48 +190,6 @@ fn boto(moto: &Moto, body: &str) -> String {
 
 fn env() -> EnvName {
     "prod".parse().unwrap()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// Ticks until converged; `check` sees every tick. With `restart`, every tick runs on a new provider
-/// (an agent restarted before each tick). Retryable failures (of the whole tick or of single actions)
-/// are counted and ticked through; a refusal fails the test. Returns (ticks, retryable failures).
-fn converge(
-    provider: &mut AwsProvider,
-    restart: Option<&dyn Fn() -> AwsProvider>,
-    spec: &Environment,
-    target: &Release,
-    memory: &mut Memory,
-    mut check: impl FnMut(&Tick),
-) -> (usize, usize) {
-    let mut retryable = 0;
-    for n in 1..=80 {
-        if let Some(fresh) = restart {
-            *provider = fresh();
-        }
-        match converge::tick(provider, &env(), spec, Some(target), memory, now_ms()) {
-            Ok(tick) => {
-                check(&tick);
-                retryable += tick.retryable.len();
-                for e in &tick.retryable {
-                    eprintln!("tick {n}: retryable action: {e}");
-                }
-                if tick.converged() {
-                    assert_eq!(tick.plan.phase, Phase::Healthy, "{:?}", tick.plan);
-                    return (n, retryable);
-                }
-            }
-            Err(ProviderError::Retryable(e)) => {
-                eprintln!("tick {n}: retryable: {e}");
-                retryable += 1;
-            }
-            Err(e @ ProviderError::Refused(_)) => panic!("tick {n} refused: {e}"),
-        }
-    }
-    panic!("no convergence to generation {} in 80 ticks", target.generation);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -670,15 +619,6 @@ fn assert_iam_policy_covers(proxy: &FaultProxy) {
     assert!(called.len() >= 8, "the proxy saw the provider's calls: {called:?}");
     let missing: Vec<&String> = called.iter().filter(|a| !allowed.contains(*a)).collect();
     assert!(missing.is_empty(), "called but not in {}: {missing:?}", path.display());
-}
-
-/// Instances of `generation` the tick observed healthy.
-fn healthy_of(tick: &Tick, generation: u64) -> usize {
-    tick.observed
-        .instances
-        .iter()
-        .filter(|i| i.generation == generation && matches!(i.health, Health::Healthy { .. }))
-        .count()
 }
 
 fn generation_group(generation: u64) -> String {

@@ -22,32 +22,25 @@
 
 mod common;
 
-use common::gcp::{api_path, FaultProxy, FaultShape, GcpFake, PROJECT, REGION};
+use common::cloud::{converge, healthy_of, machine_release, now_ms};
+use common::gcp::{
+    api_path, FaultProxy, FaultShape, GcpFake, BASE_TEMPLATE, IMAGES, OPERATOR_SERVICE, PROJECT, REGION, URL_MAP,
+};
 use ledger_format::ranges::check_environment_ranges;
 use ledger_format::types::{EnvName, Environment, HealthCheck, Image};
 use ledger_format::Blake3Digest;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use stele::converge::{self, Memory, Tick};
+use stele::converge::{self, Memory};
 use stele::plan::{Health, Phase, Release};
 use stele::provider::gcp::{backend_service_name, GcpCredentials, GcpOptions, GcpProvider};
 use stele::provider::{Provider, ProviderError};
 
-const IMAGES: &str = "stele-images";
 const GROUP: &str = "stele-prod-web";
-const BASE_TEMPLATE: &str = "web-base";
-const URL_MAP: &str = "web-map";
-/// The operator's backend service the URL map sends to before Stele's first weighted release.
-const OPERATOR_SERVICE: &str = "web-old";
 
 fn digest(version: &str) -> Blake3Digest {
     Blake3Digest(*blake3::hash(format!("stele gcp test {version}").as_bytes()).as_bytes())
-}
-
-/// The two labels that carry a digest (a label value holds at most 63 characters).
-fn digest_labels(hex: &str) -> [(&'static str, String); 2] {
-    [("stele-blake3-hi", hex[..32].to_owned()), ("stele-blake3-lo", hex[32..].to_owned())]
 }
 
 fn image_link(project: &str, name: &str) -> String {
@@ -56,10 +49,6 @@ fn image_link(project: &str, name: &str) -> String {
 
 fn env() -> EnvName {
     "prod".parse().unwrap()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// One fake holding what an operator sets up before Stele: images app-1..3 in project stele-images
@@ -73,51 +62,15 @@ impl World {
     fn new() -> World {
         let fake = GcpFake::start_anonymous();
         for key in ["1", "2", "3"] {
-            let hex = digest(&format!("v{key}")).to_hex();
-            let [hi, lo] = digest_labels(&hex);
-            fake.seed_image(IMAGES, &format!("app-{key}"), "READY", &[(hi.0, &hi.1), (lo.0, &lo.1)]);
+            fake.seed_digest_image(IMAGES, &format!("app-{key}"), "READY", &digest(&format!("v{key}")).to_hex());
         }
         let v1 = digest("v1").to_hex();
-        let [hi, lo] = digest_labels(&v1);
-        let wrong = "deadbeef".repeat(8);
-        let [whi, wlo] = digest_labels(&wrong);
         fake.seed_image(IMAGES, "untagged", "READY", &[]);
-        fake.seed_image(IMAGES, "wrong", "READY", &[(whi.0, &whi.1), (wlo.0, &wlo.1)]);
-        fake.seed_image(IMAGES, "pending", "PENDING", &[(hi.0, &hi.1), (lo.0, &lo.1)]);
-        fake.seed_image("someone-else", "app-1", "READY", &[(hi.0, &hi.1), (lo.0, &lo.1)]);
-        let w = World { fake };
-        w.done(
-            "POST",
-            &api_path("global/instanceTemplates"),
-            json!({"name": BASE_TEMPLATE, "properties": {"machineType": "e2-small",
-                "disks": [{"boot": true, "autoDelete": true,
-                    "initializeParams": {"sourceImage": image_link("debian-cloud", "debian-12")}}],
-                "networkInterfaces": [{"network": "global/networks/default"}],
-                "labels": {"team": "web"}}}),
-        );
-        w.done(
-            "POST",
-            &api_path("global/healthChecks"),
-            json!({"name": "web-hc", "type": "HTTP", "httpHealthCheck": {"port": 8080, "requestPath": "/healthz"}}),
-        );
-        w.done("POST", &api_path("global/backendServices"), json!({"name": OPERATOR_SERVICE}));
-        w.done(
-            "POST",
-            &api_path("global/urlMaps"),
-            json!({"name": URL_MAP, "defaultService": format!("global/backendServices/{OPERATOR_SERVICE}")}),
-        );
-        // The operator's set-up is not the provider's: count only what comes next.
-        w.fake.clear_calls();
-        w
-    }
-
-    /// A mutation of the operator's, polled to DONE without error.
-    fn done(&self, method: &str, path: &str, body: Value) -> Value {
-        let (status, op) = self.fake.call(method, path, Some(&body));
-        assert_eq!(status, 200, "{method} {path}: {op:#}");
-        let op = self.fake.poll_until_done(&op, 10);
-        assert!(op.get("error").is_none(), "{method} {path} failed: {op:#}");
-        op
+        fake.seed_digest_image(IMAGES, "wrong", "READY", &"deadbeef".repeat(8));
+        fake.seed_digest_image(IMAGES, "pending", "PENDING", &v1);
+        fake.seed_digest_image("someone-else", "app-1", "READY", &v1);
+        fake.seed_operator();
+        World { fake }
     }
 
     fn get(&self, path: &str) -> Option<Value> {
@@ -150,7 +103,7 @@ impl World {
                 "instance_template": BASE_TEMPLATE,
                 "image_projects": image_projects,
                 "url_map": URL_MAP,
-                "health_check": "web-hc",
+                "health_check": common::gcp::HEALTH_CHECK,
                 "port": 8080,
             },
             "groups": groups,
@@ -261,15 +214,6 @@ impl World {
     }
 }
 
-fn machine_release(generation: u64, version: &str, image: &str, blake3: Blake3Digest) -> Release {
-    Release {
-        generation,
-        version: version.parse().unwrap(),
-        seq: generation,
-        image: Image::MachineImage { id: image.parse().unwrap(), blake3 },
-    }
-}
-
 fn provider_at(endpoint: &str, max_attempts: u32) -> GcpProvider {
     GcpProvider::with_options(GcpOptions {
         endpoint: Some(endpoint.to_owned()),
@@ -280,44 +224,6 @@ fn provider_at(endpoint: &str, max_attempts: u32) -> GcpProvider {
         ..GcpOptions::default()
     })
     .expect("provider")
-}
-
-/// Ticks until converged; `check` sees every tick. With `restart`, every tick runs on a new provider
-/// (an agent restarted before each tick). Retryable failures (of the whole tick or of single actions)
-/// are counted and ticked through; a refusal fails the test. Returns (ticks, retryable failures).
-fn converge(
-    provider: &mut GcpProvider,
-    restart: Option<&dyn Fn() -> GcpProvider>,
-    spec: &Environment,
-    target: &Release,
-    memory: &mut Memory,
-    mut check: impl FnMut(&Tick),
-) -> (usize, usize) {
-    let mut retryable = 0;
-    for n in 1..=80 {
-        if let Some(fresh) = restart {
-            *provider = fresh();
-        }
-        match converge::tick(provider, &env(), spec, Some(target), memory, now_ms()) {
-            Ok(tick) => {
-                check(&tick);
-                retryable += tick.retryable.len();
-                for e in &tick.retryable {
-                    eprintln!("tick {n}: retryable action: {e}");
-                }
-                if tick.converged() {
-                    assert_eq!(tick.plan.phase, Phase::Healthy, "{:?}", tick.plan);
-                    return (n, retryable);
-                }
-            }
-            Err(ProviderError::Retryable(e)) => {
-                eprintln!("tick {n}: retryable: {e}");
-                retryable += 1;
-            }
-            Err(e @ ProviderError::Refused(_)) => panic!("tick {n} refused: {e}"),
-        }
-    }
-    panic!("no convergence to generation {} in 80 ticks", target.generation);
 }
 
 /// The release template Stele made for `generation`: exactly one, running `image`, with the base's
@@ -399,15 +305,6 @@ fn assert_weighted_fleet(w: &World, image: &str, generation: u64, capacity: usiz
     }
     assert!(description.contains("stele-traffic-since="), "{description:?}");
     assert_eq!(w.url_map(), vec![(generation, 100)]);
-}
-
-/// Instances of `generation` the tick observed healthy.
-fn healthy_of(tick: &Tick, generation: u64) -> usize {
-    tick.observed
-        .instances
-        .iter()
-        .filter(|i| i.generation == generation && matches!(i.health, Health::Healthy { .. }))
-        .count()
 }
 
 /// Every method the provider called (the fake's call log) is a permission of examples/gcp/iam-role.yaml.
@@ -590,7 +487,7 @@ fn refused_images_touch_nothing() {
 #[test]
 fn a_group_name_taken_by_someone_else_is_refused() {
     let w = World::new();
-    w.done(
+    w.fake.done(
         "POST",
         &api_path(&format!("regions/{REGION}/instanceGroupManagers")),
         json!({"name": GROUP, "instanceTemplate": format!("global/instanceTemplates/{BASE_TEMPLATE}"),
@@ -856,12 +753,12 @@ fn an_instance_from_another_template_is_replaced() {
     converge(&mut p, None, &spec, &v1, &mut memory, |_| {});
     assert_fleet(&w, &image_link(IMAGES, "app-1"), 1, 3);
     let mig = api_path(&format!("regions/{REGION}/instanceGroupManagers/{GROUP}"));
-    w.done(
+    w.fake.done(
         "POST",
         &format!("{mig}/setInstanceTemplate"),
         json!({"instanceTemplate": format!("global/instanceTemplates/{BASE_TEMPLATE}")}),
     );
-    w.done("POST", &format!("{mig}/resize?size=4"), json!({}));
+    w.fake.done("POST", &format!("{mig}/resize?size=4"), json!({}));
     let stray: Vec<String> = w
         .instances_of(GROUP)
         .iter()

@@ -23,6 +23,15 @@ use std::time::Duration;
 pub const PROJECT: &str = "stele-test";
 pub const REGION: &str = "us-central1";
 pub const ZONE: &str = "us-central1-a";
+/// The project of the tests' release images.
+pub const IMAGES: &str = "stele-images";
+/// What the operator made before Stele (`GcpFake::seed_operator`): the base instance template, the health
+/// check, the URL map, and the backend service the map sends to until Stele's first weighted release.
+pub const BASE_TEMPLATE: &str = "web-base";
+pub const HEALTH_CHECK: &str = "web-hc";
+pub const URL_MAP: &str = "web-map";
+pub const OPERATOR_SERVICE: &str = "web-old";
+
 /// The bearer token every raw call sends; the fake accepts any and logs its start.
 pub const TOKEN: &str = "stele-fake-token";
 
@@ -200,6 +209,49 @@ impl GcpFake {
             "/_fake/images",
             json!({"project": project, "name": name, "status": status, "labels": labels}),
         )
+    }
+
+    /// Seeds image `project/name` labelled with the digest `hex` (64 hex digits) the way Stele reads it:
+    /// `stele-blake3-hi` and `stele-blake3-lo`, its two halves (a label value holds at most 63 characters).
+    pub fn seed_digest_image(&self, project: &str, name: &str, status: &str, hex: &str) -> Value {
+        self.seed_image(project, name, status, &[("stele-blake3-hi", &hex[..32]), ("stele-blake3-lo", &hex[32..])])
+    }
+
+    /// A mutation through the API (not the provider), polled to DONE without error.
+    pub fn done(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, op) = self.call(method, path, Some(&body));
+        assert_eq!(status, 200, "{method} {path}: {op:#}\n{}", self.log());
+        let op = self.poll_until_done(&op, 10);
+        assert!(op.get("error").is_none(), "{method} {path} failed: {op:#}");
+        op
+    }
+
+    /// The operator's side of an environment before Stele: instance template `BASE_TEMPLATE` (e2-small,
+    /// booting debian-12, label team=web), HTTP health check `HEALTH_CHECK` on 8080, backend service
+    /// `OPERATOR_SERVICE`, and URL map `URL_MAP` sending everything to it. The calls log is cleared
+    /// afterwards, so that it holds only what comes next.
+    pub fn seed_operator(&self) {
+        self.done(
+            "POST",
+            &api_path("global/instanceTemplates"),
+            json!({"name": BASE_TEMPLATE, "properties": {"machineType": "e2-small",
+                "disks": [{"boot": true, "autoDelete": true,
+                    "initializeParams": {"sourceImage": "projects/debian-cloud/global/images/debian-12"}}],
+                "networkInterfaces": [{"network": "global/networks/default"}],
+                "labels": {"team": "web"}}}),
+        );
+        self.done(
+            "POST",
+            &api_path("global/healthChecks"),
+            json!({"name": HEALTH_CHECK, "type": "HTTP", "httpHealthCheck": {"port": 8080, "requestPath": "/healthz"}}),
+        );
+        self.done("POST", &api_path("global/backendServices"), json!({"name": OPERATOR_SERVICE}));
+        self.done(
+            "POST",
+            &api_path("global/urlMaps"),
+            json!({"name": URL_MAP, "defaultService": format!("global/backendServices/{OPERATOR_SERVICE}")}),
+        );
+        self.clear_calls();
     }
 
     /// Sets an instance's health (name or URL), or clears the override with `None`.

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod cloud;
 pub mod fixture;
 pub mod gcp;
 pub mod moto;

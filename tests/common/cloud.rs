@@ -1,0 +1,72 @@
+//! What the cloud providers' strategy suites (tests/aws_provider.rs, tests/gcp_provider.rs) and their
+//! call-count benches (benches/aws.rs, benches/gcp.rs) share: `converge::tick` driven to convergence,
+//! releases that pin a machine image, and what a tick observed. It knows the `Provider` trait, never a
+//! cloud, and touches nothing but the provider it is given.
+
+use ledger_format::types::{Environment, Image};
+use ledger_format::Blake3Digest;
+use stele::converge::{self, Memory, Tick};
+use stele::plan::{Health, Phase, Release};
+use stele::provider::{Provider, ProviderError};
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Generation `generation` (also its seq) of `version`, pinning machine image `image` with `blake3`.
+pub fn machine_release(generation: u64, version: &str, image: &str, blake3: Blake3Digest) -> Release {
+    Release {
+        generation,
+        version: version.parse().unwrap(),
+        seq: generation,
+        image: Image::MachineImage { id: image.parse().unwrap(), blake3 },
+    }
+}
+
+/// Instances of `generation` the tick observed healthy.
+pub fn healthy_of(tick: &Tick, generation: u64) -> usize {
+    tick.observed
+        .instances
+        .iter()
+        .filter(|i| i.generation == generation && matches!(i.health, Health::Healthy { .. }))
+        .count()
+}
+
+/// Ticks `spec`'s environment until converged (Healthy); `check` sees every tick. With `restart`, every
+/// tick runs on a new provider (an agent restarted before each tick). Retryable failures (of the whole
+/// tick or of single actions) are counted and ticked through; a refusal fails the test. Returns (ticks,
+/// retryable failures).
+pub fn converge<P: Provider>(
+    provider: &mut P,
+    restart: Option<&dyn Fn() -> P>,
+    spec: &Environment,
+    target: &Release,
+    memory: &mut Memory,
+    mut check: impl FnMut(&Tick),
+) -> (usize, usize) {
+    let mut retryable = 0;
+    for n in 1..=80 {
+        if let Some(fresh) = restart {
+            *provider = fresh();
+        }
+        match converge::tick(provider, &spec.name, spec, Some(target), memory, now_ms()) {
+            Ok(tick) => {
+                check(&tick);
+                retryable += tick.retryable.len();
+                for e in &tick.retryable {
+                    eprintln!("tick {n}: retryable action: {e}");
+                }
+                if tick.converged() {
+                    assert_eq!(tick.plan.phase, Phase::Healthy, "{:?}", tick.plan);
+                    return (n, retryable);
+                }
+            }
+            Err(ProviderError::Retryable(e)) => {
+                eprintln!("tick {n}: retryable: {e}");
+                retryable += 1;
+            }
+            Err(e @ ProviderError::Refused(_)) => panic!("tick {n} refused: {e}"),
+        }
+    }
+    panic!("no convergence to generation {} in 80 ticks", target.generation);
+}
