@@ -1,5 +1,6 @@
 //! The cloud-provider core: what a provider of managed instance groups does whatever the cloud (AWS
-//! Auto Scaling groups today; GCP managed instance groups, Azure scale sets, OCI instance pools later).
+//! Auto Scaling groups and GCP managed instance groups today; Azure scale sets and OCI instance pools
+//! would be bindings of their own).
 //! A cloud binding implements [`CloudApi`], a small set of API calls (groups, instances, per-generation
 //! balancers, the router's traffic weights, images, release templates), and [`Cloud`] carries out the
 //! `Provider` trait's actions with them in a restart-safe, idempotent order:
@@ -15,7 +16,9 @@
 //! - **Pinning.** Rolling groups are pointed at the release the agent converges to (after a failed gate,
 //!   the last good one), so the cloud's own replacements never launch a failed image.
 //! - **Adoption.** Everything is found again from tags (or labels) and names on every observation; the
-//!   caches here only save calls, so an agent killed at any point continues where the cloud is.
+//!   caches here only save calls, so an agent killed at any point continues where the cloud is. Health
+//!   history (since when an instance is healthy, whether it ever was) is kept per environment: one
+//!   provider serves all of an agent's environments.
 //! - **Images.** Checked before anything is made: exists, ready, owned by an allowed owner, its digest
 //!   tag equal to the entry's digest; otherwise the release is refused with the reason.
 //! - **Errors.** Bindings class their errors as [`ProviderError::Retryable`] (throttling, 5xx, timeouts)
@@ -23,7 +26,8 @@
 //!
 //! Owns: that step order, group and generation bookkeeping, reading health, images and weights back into
 //! `Observed`. Must not decide what runs or when traffic moves (that is `plan`), keep state a restart
-//! would need, or name any cloud's SDK: bindings (`provider::aws`) import this module, never the reverse.
+//! would need, or name any cloud's SDK: bindings (`provider::aws`, `provider::gcp`) import this module,
+//! never the reverse.
 
 mod observe;
 mod provider;
