@@ -12,12 +12,13 @@
 //! ends DONE with an error; blue/green with the URL map's weights checked at every tick (never split,
 //! switched only once the new group is whole and healthy); canary steps and their weights; a canary
 //! whose backend service reports UNHEALTHY (gate failed, traffic restored, canary group, backend service
-//! gone, Degraded); blue/green through faults with a restart before every tick; and every method called
-//! allowed by examples/gcp/iam-role.yaml. The SIGKILL mid-rollout runs the real agent binary
-//! (tests/agent_gcp.rs).
+//! gone, Degraded); blue/green through faults with a restart before every tick; weighted specs refused
+//! before anything is made; an instance from someone else's template replaced; two environments on one
+//! provider, each keeping its own health history; and every method called allowed by
+//! examples/gcp/iam-role.yaml. The SIGKILL mid-rollout runs the real agent binary (tests/agent_gcp.rs).
 //!
 //! The fake is faithful to Google's discovery document in shape; what it does not model is listed in the
-//! README ("The GCP fake").
+//! README ("GCP fake"). The provider authenticates anonymously (the fake runs with --allow-anonymous).
 #![cfg(feature = "gcp")]
 
 mod common;
