@@ -774,9 +774,10 @@ pub struct ReleaseArgs {
     /// Image artifact: a local path, or a file://, http:// or https:// URL. It is hashed as a stream.
     #[arg(long, value_name = "PATH_OR_URL", required_unless_present = "ami")]
     pub image: Option<String>,
-    /// A machine image instead (an AMI id, for `aws` environments), with --blake3: the digest its bake
-    /// pipeline recorded (and tagged the AMI `stele:blake3` with). The agent checks the tag.
-    #[arg(long, value_name = "ID", conflicts_with_all = ["image", "uri", "expect_blake3", "expect_size"], requires = "blake3")]
+    /// A machine image instead, with --blake3: the digest its bake pipeline recorded. For `aws`
+    /// environments an AMI id, tagged `stele:blake3`; for `gcp` environments
+    /// projects/P/global/images/NAME, labelled `stele-blake3-hi`/`-lo`. The agent checks the tag or labels.
+    #[arg(long, visible_alias = "machine-image", value_name = "ID", conflicts_with_all = ["image", "uri", "expect_blake3", "expect_size"], requires = "blake3")]
     pub ami: Option<String>,
     /// With --ami: the image's BLAKE3 digest (hex).
     #[arg(long, value_name = "HEX", requires = "ami")]

@@ -95,7 +95,7 @@ impl World {
                 "prod",
                 "--version",
                 &version,
-                "--ami",
+                "--machine-image",
                 &image(key),
                 "--blake3",
                 &digest,
