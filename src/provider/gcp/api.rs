@@ -425,8 +425,7 @@ impl CloudApi for GcpApi {
     }
 
     /// The instances (their status, internal IP, creation time and labels), one `instances.list` per
-    /// zone filtered by name (`instances.get` for a zone with one); the image is the one of the template
-    /// the MIG created it from.
+    /// zone filtered by name; the image is the one of the template the MIG created it from.
     async fn describe_instances(
         &mut self,
         location: &str,
@@ -442,13 +441,6 @@ impl CloudApi for GcpApi {
         }
         let mut found: Vec<(String, m::Instance)> = Vec::new();
         for (zone, zone_names) in by_zone {
-            if let [name] = zone_names[..] {
-                let r = c.instances.get().set_project(s.project).set_zone(zone).set_instance(name).send().await;
-                if let Some(i) = not_found_is_none("instances.get", r)? {
-                    found.push((format!("{zone}/{name}"), i));
-                }
-                continue;
-            }
             for chunk in zone_names.chunks(names::NAMES_PER_FILTER) {
                 let mut items = c
                     .instances
