@@ -14,7 +14,7 @@ mod cloud;
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
-use cloud::{machine_release, now_ms};
+use cloud::{bench_strategies, machine_release, now_ms};
 use ledger_format::types::{EnvName, Environment};
 use ledger_format::Blake3Digest;
 use moto::{FaultProxy, Moto};
@@ -74,18 +74,7 @@ fn main() {
         "| strategy | ticks | wall time | API calls | calls per tick | observe of a converged environment: calls, median time | top calls |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let strategies = [
-        (
-            "rolling (surge 1, unavailable 1)",
-            json!({"kind": "rolling", "max_surge": 1, "max_unavailable": 1, "min_ready_seconds": 0}),
-        ),
-        ("blue/green (grace 0)", json!({"kind": "blue_green", "grace_seconds": 0})),
-        (
-            "canary (25%, 50%, no pauses)",
-            json!({"kind": "canary", "steps": [{"weight": 25, "pause_seconds": 0}, {"weight": 50, "pause_seconds": 0}]}),
-        ),
-    ];
-    for (name, strategy) in strategies {
+    for (name, strategy) in bench_strategies() {
         let moto = Moto::start();
         let setup = moto.setup(&[&digest("v1").to_hex(), &digest("v2").to_hex()]);
         let proxy = FaultProxy::start(&moto.endpoint, 0.0, 1);

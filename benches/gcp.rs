@@ -18,7 +18,7 @@ mod gcp;
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
-use cloud::{machine_release, now_ms};
+use cloud::{bench_strategies, machine_release, now_ms};
 use gcp::{GcpFake, BASE_TEMPLATE, HEALTH_CHECK, IMAGES, PROJECT, REGION, URL_MAP};
 use ledger_format::types::{EnvName, Environment};
 use ledger_format::Blake3Digest;
@@ -100,18 +100,7 @@ fn main() {
          observe of a converged environment: calls, median time | top calls |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let strategies = [
-        (
-            "rolling (surge 1, unavailable 1)",
-            json!({"kind": "rolling", "max_surge": 1, "max_unavailable": 1, "min_ready_seconds": 0}),
-        ),
-        ("blue/green (grace 0)", json!({"kind": "blue_green", "grace_seconds": 0})),
-        (
-            "canary (25%, 50%, no pauses)",
-            json!({"kind": "canary", "steps": [{"weight": 25, "pause_seconds": 0}, {"weight": 50, "pause_seconds": 0}]}),
-        ),
-    ];
-    for (name, strategy) in strategies {
+    for (name, strategy) in bench_strategies() {
         let fake = world();
         let mut p = GcpProvider::with_options(GcpOptions {
             endpoint: Some(fake.endpoint.clone()),

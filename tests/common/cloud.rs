@@ -23,6 +23,23 @@ pub fn machine_release(generation: u64, version: &str, image: &str, blake3: Blak
     }
 }
 
+/// The strategies the call-count benches compare, by name: rolling (surge 1, unavailable 1), blue/green
+/// (grace 0), canary (25 %, 50 %, no pauses).
+pub fn bench_strategies() -> [(&'static str, serde_json::Value); 3] {
+    use serde_json::json;
+    [
+        (
+            "rolling (surge 1, unavailable 1)",
+            json!({"kind": "rolling", "max_surge": 1, "max_unavailable": 1, "min_ready_seconds": 0}),
+        ),
+        ("blue/green (grace 0)", json!({"kind": "blue_green", "grace_seconds": 0})),
+        (
+            "canary (25%, 50%, no pauses)",
+            json!({"kind": "canary", "steps": [{"weight": 25, "pause_seconds": 0}, {"weight": 50, "pause_seconds": 0}]}),
+        ),
+    ]
+}
+
 /// Instances of `generation` the tick observed healthy.
 pub fn healthy_of(tick: &Tick, generation: u64) -> usize {
     tick.observed
