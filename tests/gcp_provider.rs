@@ -696,6 +696,43 @@ fn canary_steps_then_a_failed_gate_restores_traffic_and_scales_the_canary_in() {
 }
 
 #[test]
+fn a_group_created_but_never_attached_is_made_again_by_the_next_agent() {
+    // A MIG's insert and its attachment to its backend service are two calls. The attachment fails here,
+    // as if the agent had stopped between them. A new agent finds an empty group that the URL map does
+    // not send to, deletes it and its backend service, and creates both again: g2 never gets instances
+    // while unattached, nothing launches twice, and traffic moves only to an attached, healthy g2.
+    let w = World::new();
+    let spec = w.blue_green(2, 0);
+    let mut p = w.provider();
+    let mut memory = Memory::default();
+    converge(&mut p, None, &spec, &w.release(1, "1"), &mut memory, |_| {});
+    let v2 = w.release(2, "2");
+    w.fake.fail_next("compute.backendServices.update", 403, "QUOTA_EXCEEDED", false);
+    let failures: Vec<String> = match converge::tick(&mut p, &env(), &spec, Some(&v2), &mut memory, now_ms()) {
+        Ok(tick) => tick.retryable.clone(),
+        Err(e) => vec![e.to_string()],
+    };
+    assert!(
+        failures.iter().any(|f| f.contains("backendServices.update") && f.contains("QUOTA_EXCEEDED")),
+        "{failures:?}"
+    );
+    let g2 = w.mig(&generation_group(2)).expect("g2 was created");
+    let service = backend_service_name(&env(), &"web".parse().unwrap(), 2);
+    let backends = w.stele_services()[&service]["backends"].as_array().cloned().unwrap_or_default();
+    assert!(backends.is_empty(), "g2 is not attached yet: {backends:?}");
+    assert!(g2["description"].as_str().unwrap().contains(&format!("stele-backends={service}")), "{g2:#}");
+
+    let mut p = w.provider();
+    converge(&mut p, None, &spec, &v2, &mut memory, |_| {
+        let attached = w.stele_services().get(&service).and_then(|b| b["backends"].as_array().cloned());
+        let g2 = w.instances_of(&generation_group(2)).len();
+        assert!(g2 == 0 || attached.is_some_and(|b| b.len() == 1), "g2 gets instances only once attached");
+    });
+    assert_weighted_fleet(&w, &image_link(IMAGES, "app-2"), 2, 2);
+    assert_eq!(w.launches(), 4, "2 of v1 and 2 of v2, nothing twice");
+}
+
+#[test]
 fn blue_green_through_faults_with_a_restart_before_every_tick() {
     let w = World::new();
     let proxy = FaultProxy::start_shaped(&w.fake.endpoint, 0.2, 0xb1e, FaultShape::Google);

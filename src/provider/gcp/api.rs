@@ -326,7 +326,9 @@ impl CloudApi for GcpApi {
     }
 
     /// `regionInstanceGroupManagers.resize`, after attaching the group to the backend services it was
-    /// created for and is not a backend of yet (an agent stopped between the insert and the attachment).
+    /// created for and is not a backend of yet. An agent stopped between a group's insert and its
+    /// attachment leaves an empty group, which the next observation deletes and the plan creates again
+    /// (`tests/gcp_provider.rs`); this covers a group given instances from outside before its attachment.
     async fn set_desired(&mut self, location: &str, name: &str, desired: i32) -> Result<(), ProviderError> {
         for b in self.unattached.remove(name).unwrap_or_default() {
             self.attach_balancer(location, name, &b).await?;
