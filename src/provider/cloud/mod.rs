@@ -416,7 +416,8 @@ pub trait CloudApi {
     ) -> Result<HashMap<String, Vec<TargetVerdict>>, ProviderError>;
 
     // Per-generation balancers and the router.
-    /// Stele's balancers that may be this environment's, with their tags.
+    /// Stele's balancers that may be this environment's, with their tags. An observation calls it right
+    /// after `list_groups` with nothing changed in between, so a binding may answer both from one read.
     async fn list_balancers(&mut self, region: &str) -> Result<Vec<(String, HashMap<String, String>)>, ProviderError>;
     /// The balancer of this name with its tags, if it exists.
     async fn find_balancer(

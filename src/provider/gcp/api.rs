@@ -204,8 +204,10 @@ impl CloudApi for GcpApi {
     }
 
     /// `regionInstanceGroupManagers.list` (Stele's by name and description), `listManagedInstances` of
-    /// each, and `backendServices.list` for their attachments.
+    /// each, and `backendServices.list` for their attachments (kept for the observation's
+    /// `list_balancers`, which then needs no second listing).
     async fn list_groups(&mut self, location: &str, env: &EnvName) -> Result<Vec<GroupView>, ProviderError> {
+        self.listed_backends = None;
         let s = Scope::parse(location)?;
         let c = self.clients().await?;
         let mut mine = Vec::new();
@@ -227,6 +229,7 @@ impl CloudApi for GcpApi {
         for igm in &mine {
             out.push(self.group_view(s, igm, &backends).await?);
         }
+        self.listed_backends = Some((s.project.to_owned(), backends));
         Ok(out)
     }
 
@@ -522,15 +525,18 @@ impl CloudApi for GcpApi {
         Ok(out)
     }
 
-    /// `backendServices.list`: Stele's by name, with the tags of their descriptions.
+    /// `backendServices.list`: Stele's by name, with the tags of their descriptions. Right after
+    /// `list_groups` (as an observation calls them), its listing is used instead of a second one.
     async fn list_balancers(
         &mut self,
         location: &str,
     ) -> Result<Vec<(String, HashMap<String, String>)>, ProviderError> {
         let s = Scope::parse(location)?;
-        Ok(self
-            .backend_services(s)
-            .await?
+        let services = match self.listed_backends.take() {
+            Some((project, services)) if project == s.project => services,
+            _ => self.backend_services(s).await?,
+        };
+        Ok(services
             .into_iter()
             .filter_map(|b| {
                 let name = b.name.filter(|n| n.starts_with("stele-"))?;

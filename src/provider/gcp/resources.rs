@@ -171,8 +171,11 @@ pub struct GcpApi {
     /// Instance id → its group's name.
     pub(super) instance_groups: HashMap<String, String>,
     /// Group name → backend services its description names that it is not a backend of yet (creation
-    /// attaches after the insert; an agent stopped in between completes it at the next resize).
+    /// attaches after the insert; a group given instances before that is attached at the next resize).
     pub(super) unattached: HashMap<String, Vec<String>>,
+    /// The project's backend services as the last `list_groups` read them, for the `list_balancers`
+    /// that follows it in the same observation: taken by that call (one use), dropped by the next listing.
+    pub(super) listed_backends: Option<(String, Vec<m::BackendService>)>,
 }
 
 impl GcpApi {
@@ -184,6 +187,7 @@ impl GcpApi {
             instance_templates: HashMap::new(),
             instance_groups: HashMap::new(),
             unattached: HashMap::new(),
+            listed_backends: None,
         }
     }
 
