@@ -11,6 +11,7 @@
 
 pub mod browser;
 pub mod cloud;
+pub mod cloud_suite;
 pub mod fixture;
 pub mod gcp;
 pub mod moto;
