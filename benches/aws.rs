@@ -14,50 +14,32 @@ mod cloud;
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
-use cloud::{bench_strategies, machine_release, now_ms};
+use cloud::{bench_strategies, converge_clean, machine_release, median_observe, most_frequent, OBSERVATIONS};
 use ledger_format::types::{EnvName, Environment};
 use ledger_format::Blake3Digest;
 use moto::{FaultProxy, Moto};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 use stele::converge::Memory;
 use stele::plan::Release;
 use stele::provider::aws::{AwsOptions, AwsProvider};
-use stele::provider::Provider;
 
 fn digest(v: &str) -> Blake3Digest {
     Blake3Digest(*blake3::hash(format!("stele aws bench {v}").as_bytes()).as_bytes())
 }
 
 fn spec(setup: &Value, strategy: Value) -> Environment {
-    serde_json::from_value(json!({
-        "type": "stele.environment/v1", "ledger": "bench", "name": "prod", "version": 1,
-        "provider": {
-            "kind": "aws", "region": setup["region"], "launch_template": setup["launch_template"],
-            "subnets": setup["subnets"], "ami_owners": [setup["owner"]],
-            "target_groups": setup["target_group_arns"], "listener": setup["listener_arn"],
-            "vpc": setup["vpc"], "port": 8080,
-        },
-        "groups": [{"name": "web", "capacity": 6}],
-        "strategy": strategy,
-        "health": {"kind": "http", "path": "/healthz", "interval_ms": 1000, "timeout_ms": 500,
-                   "healthy_threshold": 1, "deadline_seconds": 120},
-        "drift": "correct", "revert": "allow",
-    }))
-    .expect("spec")
+    let provider = json!({
+        "kind": "aws", "region": setup["region"], "launch_template": setup["launch_template"],
+        "subnets": setup["subnets"], "ami_owners": [setup["owner"]],
+        "target_groups": setup["target_group_arns"], "listener": setup["listener_arn"],
+        "vpc": setup["vpc"], "port": 8080,
+    });
+    cloud::environment("prod", provider, json!([{"name": "web", "capacity": 6}]), strategy)
 }
 
 fn release(setup: &Value, generation: u64, key: &str) -> Release {
     machine_release(generation, &format!("{key}.0.0"), setup["amis"][key].as_str().unwrap(), digest(&format!("v{key}")))
-}
-
-/// Ticks to convergence, which must take no retry; returns (ticks, wall time).
-fn converge(p: &mut AwsProvider, spec: &Environment, target: &Release, memory: &mut Memory) -> (usize, Duration) {
-    let start = Instant::now();
-    let (ticks, retried) = cloud::converge(p, None, spec, target, memory, |_| {});
-    assert_eq!(retried, 0, "a bench run without faults retried");
-    (ticks, start.elapsed())
 }
 
 fn by_action(proxy: &FaultProxy, from: usize) -> BTreeMap<String, usize> {
@@ -86,30 +68,22 @@ fn main() {
         .expect("provider");
         let spec = spec(&setup, strategy);
         let mut memory = Memory::default();
-        converge(&mut p, &spec, &release(&setup, 1, "1"), &mut memory);
+        converge_clean(&mut p, &spec, &release(&setup, 1, "1"), &mut memory);
         let before = proxy.requests().len();
-        let (ticks, wall) = converge(&mut p, &spec, &release(&setup, 2, "2"), &mut memory);
+        let (ticks, wall) = converge_clean(&mut p, &spec, &release(&setup, 2, "2"), &mut memory);
         let calls = proxy.requests().len() - before;
         let actions = by_action(&proxy, before);
-        let mut top: Vec<(&String, &usize)> = actions.iter().collect();
-        top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let top: Vec<String> = top.iter().take(4).map(|(a, n)| format!("{a} {n}")).collect();
+        let top = most_frequent(&actions, 4);
         // Observations of the converged environment.
         let env: EnvName = "prod".parse().unwrap();
-        let mut times = Vec::new();
         let start = proxy.requests().len();
-        for _ in 0..20 {
-            let t = Instant::now();
-            p.observe(&env, &spec, now_ms()).expect("observe");
-            times.push(t.elapsed());
-        }
-        let per_observe = (proxy.requests().len() - start) as f64 / 20.0;
-        times.sort();
+        let median = median_observe(&mut p, &env, &spec);
+        let per_observe = (proxy.requests().len() - start) as f64 / OBSERVATIONS as f64;
         println!(
             "| {name} | {ticks} | {:.2} s | {calls} | {:.1} | {per_observe:.0} calls, {:.1} ms | {} |",
             wall.as_secs_f64(),
             calls as f64 / ticks as f64,
-            times[10].as_secs_f64() * 1000.0,
+            median.as_secs_f64() * 1000.0,
             top.join(", ")
         );
     }

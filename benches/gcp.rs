@@ -18,17 +18,16 @@ mod gcp;
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
-use cloud::{bench_strategies, machine_release, now_ms};
+use cloud::{bench_strategies, converge_clean, machine_release, median_observe, most_frequent, OBSERVATIONS};
 use gcp::{GcpFake, BASE_TEMPLATE, HEALTH_CHECK, IMAGES, PROJECT, REGION, URL_MAP};
 use ledger_format::types::{EnvName, Environment};
 use ledger_format::Blake3Digest;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use stele::converge::Memory;
 use stele::plan::Release;
 use stele::provider::gcp::{GcpCredentials, GcpOptions, GcpProvider};
-use stele::provider::Provider;
 
 fn digest(v: &str) -> Blake3Digest {
     Blake3Digest(*blake3::hash(format!("stele gcp bench {v}").as_bytes()).as_bytes())
@@ -45,19 +44,11 @@ fn world() -> GcpFake {
 }
 
 fn spec(strategy: Value) -> Environment {
-    serde_json::from_value(json!({
-        "type": "stele.environment/v1", "ledger": "bench", "name": "prod", "version": 1,
-        "provider": {
-            "kind": "gcp", "project": PROJECT, "region": REGION, "instance_template": BASE_TEMPLATE,
-            "image_projects": [IMAGES], "url_map": URL_MAP, "health_check": HEALTH_CHECK, "port": 8080,
-        },
-        "groups": [{"name": "web", "capacity": 6}],
-        "strategy": strategy,
-        "health": {"kind": "tcp", "interval_ms": 1000, "timeout_ms": 500, "healthy_threshold": 1,
-                   "deadline_seconds": 120},
-        "drift": "correct", "revert": "allow",
-    }))
-    .expect("spec")
+    let provider = json!({
+        "kind": "gcp", "project": PROJECT, "region": REGION, "instance_template": BASE_TEMPLATE,
+        "image_projects": [IMAGES], "url_map": URL_MAP, "health_check": HEALTH_CHECK, "port": 8080,
+    });
+    cloud::environment("prod", provider, json!([{"name": "web", "capacity": 6}]), strategy)
 }
 
 fn release(generation: u64, key: &str) -> Release {
@@ -67,14 +58,6 @@ fn release(generation: u64, key: &str) -> Release {
         &format!("projects/{IMAGES}/global/images/app-{key}"),
         digest(&format!("v{key}")),
     )
-}
-
-/// Ticks to convergence, which must take no retry; returns (ticks, wall time).
-fn converge(p: &mut GcpProvider, spec: &Environment, target: &Release, memory: &mut Memory) -> (usize, Duration) {
-    let start = Instant::now();
-    let (ticks, retried) = cloud::converge(p, None, spec, target, memory, |_| {});
-    assert_eq!(retried, 0, "a bench run without faults retried");
-    (ticks, start.elapsed())
 }
 
 /// (reads, mutations, operation polls) of a call count by method id.
@@ -112,32 +95,24 @@ fn main() {
         .expect("provider");
         let spec = spec(strategy);
         let mut memory = Memory::default();
-        converge(&mut p, &spec, &release(1, "1"), &mut memory);
+        converge_clean(&mut p, &spec, &release(1, "1"), &mut memory);
         fake.clear_calls();
-        let (ticks, wall) = converge(&mut p, &spec, &release(2, "2"), &mut memory);
+        let (ticks, wall) = converge_clean(&mut p, &spec, &release(2, "2"), &mut memory);
         let counts = fake.sdk_call_counts();
         let calls: usize = counts.values().sum();
         let (reads, mutations, polls) = split(&counts);
-        let mut top: Vec<(&String, &usize)> = counts.iter().collect();
-        top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let top: Vec<String> =
-            top.iter().take(4).map(|(m, n)| format!("{} {n}", m.trim_start_matches("compute."))).collect();
+            most_frequent(&counts, 4).iter().map(|c| c.trim_start_matches("compute.").to_owned()).collect();
         // Observations of the converged environment.
         let env: EnvName = "prod".parse().unwrap();
         fake.clear_calls();
-        let mut times = Vec::new();
-        for _ in 0..20 {
-            let t = Instant::now();
-            p.observe(&env, &spec, now_ms()).expect("observe");
-            times.push(t.elapsed());
-        }
-        let per_observe = fake.sdk_call_counts().values().sum::<usize>() as f64 / 20.0;
-        times.sort();
+        let median = median_observe(&mut p, &env, &spec);
+        let per_observe = fake.sdk_call_counts().values().sum::<usize>() as f64 / OBSERVATIONS as f64;
         println!(
             "| {name} | {ticks} | {:.2} s | {calls} | {reads} / {mutations} / {polls} | {:.1} | {per_observe:.0} calls, {:.1} ms | {} |",
             wall.as_secs_f64(),
             calls as f64 / ticks as f64,
-            times[10].as_secs_f64() * 1000.0,
+            median.as_secs_f64() * 1000.0,
             top.join(", ")
         );
     }

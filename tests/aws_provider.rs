@@ -36,7 +36,7 @@
 
 mod common;
 
-use common::cloud::machine_release;
+use common::cloud::{self, machine_release};
 use common::cloud_suite::{self as suite, env, generation_group, CloudWorld, GROUP};
 use common::moto::{self, FaultProxy, Moto};
 use ledger_format::types::Environment;
@@ -91,7 +91,7 @@ impl World {
             "vpc": s["vpc"],
             "port": self.port,
         });
-        suite::environment(name, provider, groups, strategy)
+        cloud::environment(name, provider, groups, strategy)
     }
 
     fn asgs(&self) -> Vec<Value> {

@@ -29,7 +29,7 @@
 
 mod common;
 
-use common::cloud::{converge, machine_release, now_ms};
+use common::cloud::{self, converge, machine_release, now_ms};
 use common::cloud_suite::{self as suite, env, generation_group, CloudWorld, GROUP};
 use common::gcp::{
     api_path, FaultProxy, FaultShape, GcpFake, BASE_TEMPLATE, IMAGES, OPERATOR_SERVICE, PROJECT, REGION, URL_MAP,
@@ -39,9 +39,10 @@ use ledger_format::Blake3Digest;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use stele::converge::{self, Memory};
+use stele::converge::{self, Memory, Tick};
 use stele::plan::Release;
 use stele::provider::gcp::{backend_service_name, GcpCredentials, GcpOptions, GcpProvider};
+use stele::provider::ProviderError;
 
 fn digest(version: &str) -> Blake3Digest {
     Blake3Digest(*blake3::hash(format!("stele gcp test {version}").as_bytes()).as_bytes())
@@ -95,7 +96,7 @@ impl World {
             "health_check": common::gcp::HEALTH_CHECK,
             "port": self.port,
         });
-        suite::environment(name, provider, groups, strategy)
+        cloud::environment(name, provider, groups, strategy)
     }
 
     /// Every managed instance group in the region, as `list` shows it.
@@ -116,27 +117,32 @@ impl World {
 
     /// Every instance template but the base, by name.
     fn release_templates(&self) -> BTreeMap<String, Value> {
-        let out = self.get(&api_path("global/instanceTemplates")).expect("list");
-        out["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| t["name"] != BASE_TEMPLATE)
-            .map(|t| (t["name"].as_str().unwrap().to_owned(), t))
-            .collect()
+        self.listed_by_name("global/instanceTemplates", BASE_TEMPLATE)
+    }
+
+    /// The templates Stele made for `generation` (by their description), by name.
+    fn templates_for(&self, generation: u64) -> BTreeMap<String, Value> {
+        let prefix = format!("stele prod generation {generation} ");
+        let mut made = self.release_templates();
+        made.retain(|_, t| t["description"].as_str().is_some_and(|d| d.starts_with(&prefix)));
+        made
     }
 
     /// Stele's backend services by name (every one but the operator's).
     fn stele_services(&self) -> BTreeMap<String, Value> {
-        let out = self.get(&api_path("global/backendServices")).expect("list");
+        self.listed_by_name("global/backendServices", OPERATOR_SERVICE)
+    }
+
+    /// The global resources a `list` at `collection` shows, by name, but `except`.
+    fn listed_by_name(&self, collection: &str, except: &str) -> BTreeMap<String, Value> {
+        let out = self.get(&api_path(collection)).expect("list");
         out["items"]
             .as_array()
             .cloned()
             .unwrap_or_default()
             .into_iter()
-            .filter(|b| b["name"] != OPERATOR_SERVICE)
-            .map(|b| (b["name"].as_str().unwrap().to_owned(), b))
+            .filter(|r| r["name"] != except)
+            .map(|r| (r["name"].as_str().unwrap().to_owned(), r))
             .collect()
     }
 
@@ -270,11 +276,7 @@ impl CloudWorld for World {
     }
 
     fn releases_made_for(&self, generation: u64) -> usize {
-        let prefix = format!("stele prod generation {generation} ");
-        self.release_templates()
-            .values()
-            .filter(|t| t["description"].as_str().is_some_and(|d| d.starts_with(&prefix)))
-            .count()
+        self.templates_for(generation).len()
     }
 
     fn snapshot(&self) -> String {
@@ -363,13 +365,7 @@ fn options_at(endpoint: &str, max_attempts: u32) -> GcpOptions {
 /// The release template Stele made for `generation`: exactly one, running `image`, with the base's
 /// properties and Stele's labels.
 fn release_template(w: &World, generation: u64, image: &str) -> String {
-    let made: Vec<(String, Value)> = w
-        .release_templates()
-        .into_iter()
-        .filter(|(_, t)| {
-            t["description"].as_str().is_some_and(|d| d.starts_with(&format!("stele prod generation {generation} ")))
-        })
-        .collect();
+    let made: Vec<(String, Value)> = w.templates_for(generation).into_iter().collect();
     assert_eq!(made.len(), 1, "one template for generation {generation}: {made:#?}");
     let (name, t) = &made[0];
     let props = &t["properties"];
@@ -435,6 +431,14 @@ fn assert_weighted_fleet(w: &World, image: &str, generation: u64, capacity: usiz
     }
     assert!(description.contains("stele-traffic-since="), "{description:?}");
     assert_eq!(w.url_map(), vec![(generation, 100)]);
+}
+
+/// What failed in a tick: its retryable actions, or the whole tick's error.
+fn failures(tick: Result<Tick, ProviderError>) -> Vec<String> {
+    match tick {
+        Ok(tick) => tick.retryable,
+        Err(e) => vec![e.to_string()],
+    }
 }
 
 /// Every method the provider called (the fake's call log) is a permission of examples/gcp/iam-role.yaml.
@@ -610,11 +614,7 @@ fn a_failed_operation_is_named_and_the_next_tick_goes_on() {
     // The resize's operation ends DONE with a quota error: the action fails with GCP's reason, nothing
     // is half-applied, and the next tick tries again.
     w.fake.fail_next("compute.regionInstanceGroupManagers.resize", 403, "QUOTA_EXCEEDED", false);
-    let tick = converge::tick(&mut p, &env(), &spec, Some(&w.release(1, "1")), &mut memory, now_ms());
-    let failures: Vec<String> = match tick {
-        Ok(tick) => tick.retryable.clone(),
-        Err(e) => vec![e.to_string()],
-    };
+    let failures = failures(converge::tick(&mut p, &env(), &spec, Some(&w.release(1, "1")), &mut memory, now_ms()));
     assert!(failures.iter().any(|f| f.contains("QUOTA_EXCEEDED") && f.contains("resize")), "{failures:?}");
     converge(&mut p, None, &spec, &w.release(1, "1"), &mut memory, |_| {});
     assert_fleet(&w, &image_link(IMAGES, "app-1"), 1, 2);
@@ -677,10 +677,7 @@ fn a_group_created_but_never_attached_is_made_again_by_the_next_agent() {
     converge(&mut p, None, &spec, &w.release(1, "1"), &mut memory, |_| {});
     let v2 = w.release(2, "2");
     w.fake.fail_next("compute.backendServices.update", 403, "QUOTA_EXCEEDED", false);
-    let failures: Vec<String> = match converge::tick(&mut p, &env(), &spec, Some(&v2), &mut memory, now_ms()) {
-        Ok(tick) => tick.retryable.clone(),
-        Err(e) => vec![e.to_string()],
-    };
+    let failures = failures(converge::tick(&mut p, &env(), &spec, Some(&v2), &mut memory, now_ms()));
     assert!(
         failures.iter().any(|f| f.contains("backendServices.update") && f.contains("QUOTA_EXCEEDED")),
         "{failures:?}"

@@ -1,10 +1,15 @@
 //! What the cloud providers' strategy suites (tests/aws_provider.rs, tests/gcp_provider.rs) and their
-//! call-count benches (benches/aws.rs, benches/gcp.rs) share: `converge::tick` driven to convergence,
-//! releases that pin a machine image, and what a tick observed. It knows the `Provider` trait, never a
+//! call-count benches (benches/aws.rs, benches/gcp.rs) share: the spec envelope, `converge::tick` driven
+//! to convergence, releases that pin a machine image, what a tick observed, and the benches' timing of
+//! observations and ranking of calls. It knows the `Provider` trait, never a
 //! cloud, and touches nothing but the provider it is given.
 
-use ledger_format::types::{Environment, Image};
+use ledger_format::ranges::check_environment_ranges;
+use ledger_format::types::{EnvName, Environment, Image};
 use ledger_format::Blake3Digest;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 use stele::converge::{self, Memory, Tick};
 use stele::plan::{Health, Phase, Release};
 use stele::provider::{Provider, ProviderError};
@@ -24,6 +29,28 @@ pub fn machine_release(generation: u64, version: &str, image: &str, blake3: Blak
         seq: generation,
         image: Image::MachineImage { id: image.parse().unwrap(), blake3 },
     }
+}
+
+/// Environment `name`'s spec on `provider` (the spec's `provider` object), with `groups` and `strategy`, an
+/// HTTP health check on /healthz (deadline 120 s), drift corrected and reverts allowed; within the ledger's
+/// ranges.
+pub fn environment(name: &str, provider: Value, groups: Value, strategy: Value) -> Environment {
+    let spec: Environment = serde_json::from_value(json!({
+        "type": "stele.environment/v1",
+        "ledger": "acme",
+        "name": name,
+        "version": 1,
+        "provider": provider,
+        "groups": groups,
+        "strategy": strategy,
+        "health": {"kind": "http", "path": "/healthz", "interval_ms": 1000, "timeout_ms": 500,
+                   "healthy_threshold": 1, "deadline_seconds": 120},
+        "drift": "correct",
+        "revert": "allow",
+    }))
+    .expect("spec parses");
+    check_environment_ranges(&spec).expect("spec within the ledger's ranges");
+    spec
 }
 
 /// The strategies the call-count benches compare, by name: rolling (surge 1, unavailable 1), blue/green
@@ -97,4 +124,40 @@ pub fn converge<P: Provider>(
         }
     }
     unreachable!()
+}
+
+/// For the benches: ticks to convergence, which must take no retry; returns (ticks, wall time).
+pub fn converge_clean<P: Provider>(
+    p: &mut P,
+    spec: &Environment,
+    target: &Release,
+    memory: &mut Memory,
+) -> (usize, Duration) {
+    let start = Instant::now();
+    let (ticks, retried) = converge(p, None, spec, target, memory, |_| {});
+    assert_eq!(retried, 0, "a bench run without faults retried");
+    (ticks, start.elapsed())
+}
+
+/// How many observations of a converged environment [`median_observe`] makes.
+pub const OBSERVATIONS: usize = 20;
+
+/// For the benches: the median time of [`OBSERVATIONS`] observations of `spec`'s environment.
+pub fn median_observe<P: Provider>(p: &mut P, env: &EnvName, spec: &Environment) -> Duration {
+    let mut times: Vec<Duration> = (0..OBSERVATIONS)
+        .map(|_| {
+            let t = Instant::now();
+            p.observe(env, spec, now_ms()).expect("observe");
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[OBSERVATIONS / 2]
+}
+
+/// For the benches: the `n` most frequent calls, as "name count", most first (ties by name).
+pub fn most_frequent(counts: &BTreeMap<String, usize>, n: usize) -> Vec<String> {
+    let mut top: Vec<(&String, &usize)> = counts.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    top.iter().take(n).map(|(name, count)| format!("{name} {count}")).collect()
 }

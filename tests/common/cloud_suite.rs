@@ -11,7 +11,6 @@
 
 use super::cloud::{converge, healthy_of, now_ms};
 use super::moto::FaultProxy;
-use ledger_format::ranges::check_environment_ranges;
 use ledger_format::types::{EnvName, Environment, HealthCheck};
 use ledger_format::Blake3Digest;
 use serde_json::{json, Value};
@@ -31,28 +30,6 @@ pub fn generation_group(generation: u64) -> String {
 
 pub fn env() -> EnvName {
     "prod".parse().unwrap()
-}
-
-/// Environment `name`'s spec on `provider` (the spec's `provider` object), with `groups` and `strategy`, an
-/// HTTP health check on /healthz (deadline 120 s), drift corrected and reverts allowed; within the ledger's
-/// ranges.
-pub fn environment(name: &str, provider: Value, groups: Value, strategy: Value) -> Environment {
-    let spec: Environment = serde_json::from_value(json!({
-        "type": "stele.environment/v1",
-        "ledger": "acme",
-        "name": name,
-        "version": 1,
-        "provider": provider,
-        "groups": groups,
-        "strategy": strategy,
-        "health": {"kind": "http", "path": "/healthz", "interval_ms": 1000, "timeout_ms": 500,
-                   "healthy_threshold": 1, "deadline_seconds": 120},
-        "drift": "correct",
-        "revert": "allow",
-    }))
-    .expect("spec parses");
-    check_environment_ranges(&spec).expect("spec within the ledger's ranges");
-    spec
 }
 
 /// What differs between clouds; each method reads or changes the emulator directly (moto through boto3,
