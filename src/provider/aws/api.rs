@@ -123,7 +123,7 @@ pub(super) fn judge_health(
     targets: &[TargetVerdict],
     now_ms: u64,
 ) -> Option<Health> {
-    if member.leaving() {
+    if member.leaving {
         return None;
     }
     let Some(ec2) = ec2 else {

@@ -186,20 +186,14 @@ pub struct GroupInstance {
     /// The cloud's word for what the group is doing with it (informative, in the cloud's terms).
     pub lifecycle: String,
     pub health_status: String,
-    /// On its way out of the group (or out already), in the binding's judgement of `lifecycle`.
+    /// On its way out of the group (or out already), in the binding's judgement of `lifecycle`: not
+    /// counted, not reported.
     pub leaving: bool,
-}
-
-impl GroupInstance {
-    /// On its way out (or out already): not counted, not reported.
-    pub fn leaving(&self) -> bool {
-        self.leaving
-    }
 }
 
 impl GroupView {
     pub fn live(&self) -> impl Iterator<Item = &GroupInstance> {
-        self.instances.iter().filter(|i| !i.leaving())
+        self.instances.iter().filter(|i| !i.leaving)
     }
 
     /// The template the group launches from.

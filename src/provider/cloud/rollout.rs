@@ -171,7 +171,7 @@ impl<A: CloudApi> Cloud<A> {
             } else {
                 match view.instances.iter().find(|i| &i.id == *id) {
                     None => continue, // not in the group (any more)
-                    Some(i) if i.leaving() => continue,
+                    Some(i) if i.leaving => continue,
                     Some(_) => match self.lower_min(region, name, &mut min, desired - 1).await {
                         Ok(()) => self.api.terminate_instance(region, name, id).await.map(|_| live -= 1),
                         Err(e) => Err(e),

@@ -18,7 +18,7 @@ pub(super) fn judge_health(
     now_ms: u64,
     was_healthy: bool,
 ) -> Option<Health> {
-    if member.leaving() {
+    if member.leaving {
         return None;
     }
     match member.lifecycle.as_str() {

@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(health::judge_health(&member("CREATING"), None, &[], now, false), Some(Health::Starting));
         assert_eq!(health::judge_health(&m, None, &[], now, false), Some(Health::Starting));
         assert_eq!(health::judge_health(&member("DELETING"), Some(&instance("RUNNING", 0)), &[], now, false), None);
-        assert!(member("DELETING").leaving() && member("ABANDONING").leaving() && !member("RECREATING").leaving());
+        assert!(member("DELETING").leaving && member("ABANDONING").leaving && !member("RECREATING").leaving);
         assert!(matches!(
             health::judge_health(&m, Some(&instance("TERMINATED", 0)), &[], now, false),
             Some(Health::Unhealthy { .. })
