@@ -8,7 +8,7 @@ use super::names::{
     self, instance_id, joined_digest, last_segment, parse_tags, same_resource, tags_text, Scope, LABEL_ENV,
     LABEL_GENERATION, LABEL_GROUP, LABEL_MANAGED, LABEL_VERSION, TAG_BACKENDS, TAG_BASE_TEMPLATE,
 };
-use super::resources::{request_id, GcpApi, TemplateInfo};
+use super::resources::{boot_disk, request_id, GcpApi, TemplateInfo};
 use super::WORDS;
 use crate::plan::{Generation, Health, Release};
 use crate::provider::cloud::{
@@ -140,7 +140,7 @@ impl CloudApi for GcpApi {
         let mut props = base.properties.unwrap_or_default();
         let (project, image_name) = names::image_ref(image)?;
         let source = format!("projects/{project}/global/images/{image_name}");
-        let boot = props.disks.iter().position(|d| d.boot == Some(true)).unwrap_or(0);
+        let boot = boot_disk(&props.disks);
         let Some(boot) = props.disks.get_mut(boot) else {
             return Err(refused(format!("instance template {} has no boot disk", spec.template)));
         };

@@ -83,13 +83,15 @@ pub fn last_segment(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
 }
 
-/// Whether two resource URLs (full `https://.../compute/v1/projects/...` or partial `projects/...`)
-/// name the same resource.
+/// The partial URL (`projects/...`) of a resource URL, full (`https://.../compute/v1/projects/...`) or
+/// partial already.
+pub fn partial_url(url: &str) -> &str {
+    url.find("projects/").map_or(url, |i| &url[i..])
+}
+
+/// Whether two resource URLs, full or partial, name the same resource.
 pub fn same_resource(a: &str, b: &str) -> bool {
-    fn tail(u: &str) -> &str {
-        u.find("projects/").map_or(u, |i| &u[i..])
-    }
-    tail(a) == tail(b)
+    partial_url(a) == partial_url(b)
 }
 
 /// An instance's id, `zone/name`, from its URL.
@@ -103,8 +105,7 @@ pub fn instance_id(url: &str) -> Option<String> {
 /// The (project, name) of an entry's image: `projects/P/global/images/N`, optionally as a full URL.
 /// Image families are refused: an entry pins one image.
 pub fn image_ref(image: &str) -> Result<(&str, &str), ProviderError> {
-    let path = image.find("projects/").map_or(image, |i| &image[i..]);
-    let parts: Vec<&str> = path.split('/').collect();
+    let parts: Vec<&str> = partial_url(image).split('/').collect();
     match parts[..] {
         ["projects", project, "global", "images", name] if !project.is_empty() && !name.is_empty() => {
             Ok((project, name))

@@ -91,7 +91,8 @@ impl Transient {
     fn judge(error: google_cloud_gax::error::Error) -> RetryResult {
         let code = error.status().map(|s| s.code);
         let http = error.http_status_code();
-        if error.is_io()
+        if error.is_transient_and_before_rpc()
+            || error.is_io()
             || matches!(code, Some(Code::Unavailable | Code::ResourceExhausted | Code::Internal))
             || http.is_some_and(|h| h == 429 || (500..=599).contains(&h))
         {
@@ -103,10 +104,8 @@ impl Transient {
 
 impl RetryPolicy for Transient {
     fn on_error(&self, state: &RetryState, error: google_cloud_gax::error::Error) -> RetryResult {
-        if error.is_transient_and_before_rpc() {
-            return RetryResult::Continue(error);
-        }
-        if !state.idempotent {
+        // A call that never reached GCP may be sent again whatever it is.
+        if !state.idempotent && !error.is_transient_and_before_rpc() {
             return RetryResult::Permanent(error);
         }
         Self::judge(error)
@@ -116,9 +115,6 @@ impl RetryPolicy for Transient {
 /// Polling an operation (`operations.get`) is always safe to repeat.
 impl PollingErrorPolicy for Transient {
     fn on_error(&self, _state: &PollingState, error: google_cloud_gax::error::Error) -> RetryResult {
-        if error.is_transient_and_before_rpc() {
-            return RetryResult::Continue(error);
-        }
         Self::judge(error)
     }
 }
@@ -146,6 +142,11 @@ pub(super) fn request_id() -> String {
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// Which of a template's disks is its boot disk: the one marked so, else the first.
+pub(super) fn boot_disk(disks: &[m::AttachedDisk]) -> usize {
+    disks.iter().position(|d| d.boot == Some(true)).unwrap_or(0)
 }
 
 /// What an instance template makes: its boot image and instance labels, and, for Stele's release
@@ -328,9 +329,9 @@ impl GcpApi {
                 .and_then(names::parse_template_description)
                 .map(|(env, generation, _)| (env, generation));
             let props = t.properties.unwrap_or_default();
-            let boot = props.disks.iter().find(|d| d.boot == Some(true)).or(props.disks.first());
+            let boot = props.disks.get(boot_disk(&props.disks));
             let source = boot.and_then(|d| d.initialize_params.as_ref()).and_then(|p| p.source_image.as_deref());
-            let image = source.map(|i| i.find("projects/").map_or(i, |at| &i[at..]).to_owned()).unwrap_or_default();
+            let image = source.map(|i| names::partial_url(i).to_owned()).unwrap_or_default();
             TemplateInfo { release, image, labels: props.labels }
         });
         self.templates.insert(key, info);
