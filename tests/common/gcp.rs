@@ -294,35 +294,30 @@ impl GcpFake {
 
     /// The number of calls per method id.
     pub fn call_counts(&self) -> BTreeMap<String, usize> {
-        let mut counts = BTreeMap::new();
-        for call in self.calls() {
-            *counts.entry(call.method).or_insert(0) += 1;
-        }
-        counts
+        count_by_method(self.calls())
     }
 
     /// The number of calls per method id made through a Google SDK (the provider's, not the test's own
     /// raw reads), e.g. for API calls per rollout.
     pub fn sdk_call_counts(&self) -> BTreeMap<String, usize> {
-        let mut counts = BTreeMap::new();
-        for call in self.calls().into_iter().filter(|c| !c.client.is_empty()) {
-            *counts.entry(call.method).or_insert(0) += 1;
-        }
-        counts
+        count_by_method(self.calls().into_iter().filter(|c| !c.client.is_empty()))
     }
 
     /// Every fake instance: `name`, `zone`, `template`, `mig`, `ip`, `health`, `selfLink`, ...
     pub fn instances(&self) -> Vec<Value> {
-        let (status, out) = self.call("GET", "/_fake/instances", None);
-        assert_eq!(status, 200, "{out:#}");
-        out["instances"].as_array().cloned().unwrap_or_default()
+        self.instances_answer()["instances"].as_array().cloned().unwrap_or_default()
     }
 
     /// How many instances the fake ever created (deleted ones included).
     pub fn instances_created(&self) -> usize {
+        self.instances_answer()["created"].as_u64().expect("created is a count") as usize
+    }
+
+    /// `GET /_fake/instances`: `{"instances": [...], "created": N}`.
+    fn instances_answer(&self) -> Value {
         let (status, out) = self.call("GET", "/_fake/instances", None);
         assert_eq!(status, 200, "{out:#}");
-        out["created"].as_u64().expect("created is a count") as usize
+        out
     }
 
     /// Forgets the calls logged so far.
@@ -361,4 +356,13 @@ impl Drop for GcpFake {
 /// `/compute/v1/projects/{PROJECT}/{rest}`.
 pub fn api_path(rest: &str) -> String {
     format!("/compute/v1/projects/{PROJECT}/{rest}")
+}
+
+/// How many of `calls` each method id has.
+fn count_by_method(calls: impl IntoIterator<Item = Call>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for call in calls {
+        *counts.entry(call.method).or_insert(0) += 1;
+    }
+    counts
 }
